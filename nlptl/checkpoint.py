@@ -1,0 +1,168 @@
+"""Stage directories: where a run goes, how it is written (all or nothing), and what it records.
+
+A stage directory is a normal Hugging Face checkpoint (config.json, model.safetensors, tokenizer
+files) plus `nlptl-run.json` (stage, resolved config, metrics, lineage) and `config.yaml` (the
+resolved config, usable as `--config`). `nlptl-run.json` marks a completed run.
+
+The files are written into a hidden staging directory next to `--out` and renamed into place at the
+end, so a failed or interrupted run never leaves a half-written directory that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from nlptl import __version__
+from nlptl.config import runs_root
+from nlptl.errors import UsageError
+
+RUN_FILE = "nlptl-run.json"
+PREVIOUS = {"adapt": ("pretrain",), "finetune": ("adapt", "pretrain"), "evaluate": ("finetune",),
+            "predict": ("finetune",)}
+
+
+def read_record(path: str | Path) -> dict | None:
+    f = Path(path) / RUN_FILE
+    if not f.is_file():
+        return None
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def latest_run(stages: tuple[str, ...]) -> Path | None:
+    """The most recently completed run of any of `stages` under the runs root."""
+    root = runs_root()
+    if not root.is_dir():
+        return None
+    found = []
+    for f in root.glob(f"*/{RUN_FILE}"):
+        rec = read_record(f.parent)
+        if rec and rec.get("stage") in stages:
+            found.append((rec.get("created", ""), f.stat().st_mtime, f.parent))
+    return max(found)[2] if found else None
+
+
+def default_from(stage: str) -> str:
+    """`--from` when omitted: the latest completed run of the previous stage."""
+    stages = PREVIOUS[stage]
+    run = latest_run(stages)
+    if run is None:
+        flag = "--model" if stage in ("evaluate", "predict") else "--from"
+        raise UsageError(
+            f"no completed {' or '.join(stages)} run under {runs_root()}; pass {flag} MODEL (a run directory, "
+            "a checkpoint or a hub id)"
+        )
+    return str(run)
+
+
+def default_out(stage: str) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = runs_root() / f"{stage}-{stamp}"
+    n = 1
+    while out.exists() or _staging(out).exists():
+        n += 1
+        out = runs_root() / f"{stage}-{stamp}-{n}"
+    return out
+
+
+def check_out(out: Path, overwrite: bool, from_path: str | None = None) -> None:
+    """Refuse an --out we must not write to, before anything heavy runs."""
+    if from_path is not None and Path(from_path).exists() and out.resolve() == Path(from_path).resolve():
+        raise UsageError(f"--out {out} is the --from directory; write the new run to another --out")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; pass a directory path")
+    if out.is_dir() and any(out.iterdir()):
+        rec = read_record(out)
+        if rec is None and not overwrite:
+            raise UsageError(f"--out {out} is a non-empty directory; choose another --out (or --overwrite)")
+        if rec is None and not (out / "config.json").is_file():
+            raise UsageError(f"--out {out} is a non-empty directory that is not an nlptl run; nlptl will not delete it")
+        if not overwrite:
+            raise UsageError(
+                f"--out {out} already holds a {rec.get('stage', '?')} run from {rec.get('created', '?')}; "
+                "pass --overwrite to replace it, or choose another --out"
+            )
+    parent = out.parent if not out.exists() else out
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"--out {out}: {parent} is not writable; choose another --out")
+
+
+def _staging(out: Path) -> Path:
+    return out.parent / f".{out.name}.partial"
+
+
+class StageWriter:
+    """Collects a stage's files in a staging directory; `commit()` moves them into --out at once."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.staging = _staging(out)
+
+    def __enter__(self) -> StageWriter:
+        if self.staging.exists():
+            shutil.rmtree(self.staging)
+        self.staging.mkdir(parents=True)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.staging.exists():
+            shutil.rmtree(self.staging, ignore_errors=True)
+
+    @property
+    def path(self) -> Path:
+        return self.staging
+
+    def save_model(self, model, tokenizer, kept: dict | None = None) -> None:
+        """Weights (safetensors), config and tokenizer; `kept`: extra parent tensors to carry along."""
+        state = None
+        if kept:
+            state = dict(model.state_dict())
+            state.update({k: v for k, v in kept.items() if k not in state})
+        model.save_pretrained(self.staging, state_dict=state)
+        tokenizer.save_pretrained(self.staging)
+
+    def commit(self, record: dict[str, Any]) -> Path:
+        import yaml
+
+        (self.staging / "config.yaml").write_text(yaml.safe_dump(record["config"], sort_keys=False), encoding="utf-8")
+        (self.staging / RUN_FILE).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
+        if self.out.exists():
+            shutil.rmtree(self.out)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.staging, self.out)
+        return self.out
+
+
+def make_record(stage: str, config: dict, metrics: dict, lineage: dict) -> dict:
+    return {
+        "nlptl_version": __version__,
+        "stage": stage,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["nlptl"] + sys.argv[1:]) if Path(sys.argv[0]).name in ("nlptl", "__main__.py") else None,
+        "config": config,
+        "metrics": metrics,
+        "lineage": lineage,
+    }
+
+
+def lineage_of(stage: str, base=None, **fields: Any) -> dict:
+    """This stage's lineage; the parent's record is nested when the base is an nlptl run."""
+    out: dict[str, Any] = {"stage": stage}
+    if base is not None:
+        out["base_model"] = base.spec if not base.local else str(Path(base.path).resolve())
+        if base.run:
+            out["parent"] = base.run.get("lineage")
+    out.update({k: v for k, v in fields.items() if v is not None})
+    out["time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return out

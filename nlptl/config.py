@@ -1,0 +1,308 @@
+"""Typed configs for every stage, and how they are resolved.
+
+Precedence: dataclass defaults < `--config FILE.yaml` < explicit flags < `--set key=value`.
+Each field's help text is plain data in its metadata (read by the CLI without parsing any source),
+and `__post_init__` checks values with messages that name the flag the user typed.
+
+This module must stay light: the CLI imports it before any heavy library.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nlptl.errors import UsageError, did_you_mean
+
+ARCHS = ("gpt", "bert")
+SIZES = ("tiny", "mini", "small", "base")
+OBJECTIVES = ("auto", "mlm", "clm")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+# Config keys that are not valid Python identifiers, or that users spell like the flag.
+ALIASES = {"from": "from_model", "train": "train_file", "eval": "eval_file"}
+
+
+def opt(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+def flag_name(key: str) -> str:
+    return "--" + {v: k for k, v in ALIASES.items()}.get(key, key).replace("_", "-")
+
+
+@dataclass
+class TrainConfig:
+    """Options every training stage shares; the loop in train.py reads only these."""
+
+    out: str | None = opt(None, "Output run directory (default: a new directory under $NLPTL_HOME, default ./runs).")
+    overwrite: bool = opt(False, "Replace an --out directory that already holds a run.")
+    max_steps: int | None = opt(None, "Stop after this many optimizer steps (overrides --epochs).")
+    epochs: float = opt(1.0, "Passes over the training data.")
+    batch_size: int = opt(16, "Examples (or blocks) per step per process; global batch = batch x processes x grad-accum.")
+    grad_accum: int = opt(1, "Gradient accumulation steps per optimizer step.")
+    lr: float = opt(1e-4, "Peak learning rate.")
+    weight_decay: float = opt(0.01, "AdamW weight decay (not applied to biases and norms).")
+    warmup_ratio: float = opt(0.06, "Fraction of the steps spent warming the learning rate up.")
+    max_grad_norm: float = opt(1.0, "Clip gradients to this norm (0 turns clipping off).")
+    seed: int = opt(42, "Random seed (data order, initialisation, masking).")
+    eval_every: int | None = opt(None, "Evaluate every N steps (default: a few times per run for finetune, at the end for LM stages).")
+    log_every: int = opt(10, "Log the training loss every N steps.")
+    precision: str = opt("auto", "auto (bf16 where the hardware has it, else fp32), fp32, bf16 or fp16.")
+
+    def __post_init__(self) -> None:
+        positive(self, "epochs", "batch_size", "grad_accum", "lr", "log_every")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise UsageError(f"--max-steps must be a positive integer (got {self.max_steps})")
+        if self.eval_every is not None and self.eval_every <= 0:
+            raise UsageError(f"--eval-every must be a positive integer (got {self.eval_every})")
+        if not 0 <= self.warmup_ratio < 1:
+            raise UsageError(f"--warmup-ratio must be in [0, 1) (got {self.warmup_ratio})")
+        if self.weight_decay < 0 or self.max_grad_norm < 0:
+            raise UsageError("--weight-decay and --max-grad-norm must be >= 0")
+        choice(self, "precision", PRECISIONS)
+
+
+@dataclass
+class LMConfig(TrainConfig):
+    """Options of the language-modelling stages (pretrain with a corpus, adapt)."""
+
+    corpus: str | None = opt(None, "Corpus name (see `nlptl corpora`) or a .txt/.csv/.jsonl/.parquet file, directory or glob.")
+    text_column: str = opt("text", "Text column of .csv/.jsonl/.parquet corpora.")
+    objective: str = opt("auto", "auto (MLM for encoders, CLM for decoders), mlm or clm.")
+    block_size: int = opt(128, "Tokens per packed training block.")
+    validation_percentage: float = opt(5.0, "Percentage of the packed blocks held out (fixed, seeded) for perplexity.")
+    max_eval_blocks: int = opt(2000, "At most this many held-out blocks are scored.")
+    mlm_probability: float = opt(0.15, "Fraction of tokens masked for the MLM objective.")
+    train_file: str | None = opt(None, "With --corpus task:NAME: the task's training file whose texts are the corpus.")
+    lr: float = opt(1e-4, TrainConfig.__dataclass_fields__["lr"].metadata["help"])
+    warmup_ratio: float = opt(0.05, TrainConfig.__dataclass_fields__["warmup_ratio"].metadata["help"])
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        positive(self, "block_size", "max_eval_blocks")
+        choice(self, "objective", OBJECTIVES)
+        if not 0 < self.validation_percentage < 50:
+            raise UsageError(f"--validation-percentage must be in (0, 50) (got {self.validation_percentage})")
+        if not 0 < self.mlm_probability < 1:
+            raise UsageError(f"--mlm-probability must be in (0, 1) (got {self.mlm_probability})")
+
+
+@dataclass
+class PretrainConfig(LMConfig):
+    """`nlptl pretrain`: a general language model, trained from scratch or taken from a checkpoint."""
+
+    arch: str = opt("gpt", "Model family for training from scratch: gpt (causal LM) or bert (masked LM).")
+    size: str = opt("tiny", "Model size preset: tiny (2x64), mini (4x256), small (6x512), base (12x768).")
+    vocab_size: int | None = opt(None, "Tokenizer vocabulary size (default by size: 4k tiny, 8k mini, 16k small, 32k base).")
+    from_model: str | None = opt(None, "Take this existing general checkpoint (hub id or local dir) instead of training from scratch.")
+    lr: float = opt(5e-4, TrainConfig.__dataclass_fields__["lr"].metadata["help"])
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        choice(self, "arch", ARCHS)
+        choice(self, "size", SIZES)
+        if self.vocab_size is not None and self.vocab_size < 64:
+            raise UsageError(f"--vocab-size must be at least 64 (got {self.vocab_size})")
+        if self.from_model is None and self.corpus is None:
+            raise UsageError("pretrain needs --corpus CORPUS to train from scratch, or --from MODEL to take a checkpoint")
+
+
+@dataclass
+class AdaptConfig(LMConfig):
+    """`nlptl adapt`: continue a language model on domain (or task) text."""
+
+    from_model: str | None = opt(None, "Language model to adapt: run dir, local checkpoint or hub id (default: latest pretrain run).")
+    corpus: str | None = opt(None, "Domain corpus: a name (see `nlptl corpora`), task:NAME, or a file/dir/glob.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.corpus is None:
+            raise UsageError("adapt needs --corpus CORPUS (a name such as 'reviews', or a file)")
+
+
+@dataclass
+class FinetuneConfig(TrainConfig):
+    """`nlptl finetune`: a sequence classifier on top of the (adapted) language model."""
+
+    from_model: str | None = opt(None, "Model to fine-tune: run dir, local checkpoint or hub id (default: latest adapt, else pretrain run).")
+    task: str = opt("sentiment", "Task name (see `nlptl tasks`): sentiment, or classification with --train.")
+    train_file: str | None = opt(None, "Labelled training file (.csv/.jsonl/.parquet/.tsv).")
+    eval_file: str | None = opt(None, "Labelled evaluation file for model selection (default: a seeded slice of --train).")
+    text_column: str = opt("text", "Text column.")
+    label_column: str = opt("label", "Label column.")
+    max_length: int | None = opt(None, "Truncate texts to this many tokens (default: min(256, model positions)).")
+    eval_fraction: float = opt(0.1, "Without --eval: fraction of the training data held out for model selection.")
+    batch_size: int = opt(32, TrainConfig.__dataclass_fields__["batch_size"].metadata["help"])
+    epochs: float = opt(3.0, TrainConfig.__dataclass_fields__["epochs"].metadata["help"])
+    lr: float = opt(1e-4, TrainConfig.__dataclass_fields__["lr"].metadata["help"])
+    warmup_ratio: float = opt(0.1, TrainConfig.__dataclass_fields__["warmup_ratio"].metadata["help"])
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_length is not None and self.max_length < 2:
+            raise UsageError(f"--max-length must be at least 2 (got {self.max_length})")
+        if not 0 < self.eval_fraction < 1:
+            raise UsageError(f"--eval-fraction must be in (0, 1) (got {self.eval_fraction})")
+
+
+@dataclass
+class EvaluateConfig:
+    """`nlptl evaluate`: accuracy/F1 of a classifier, or perplexity of a language model."""
+
+    model: str | None = opt(None, "Run dir or checkpoint to evaluate (default: latest finetune run).")
+    data: str | None = opt(None, "Labelled file (classifier) or text corpus (language model).")
+    text_column: str = opt("text", "Text column.")
+    label_column: str = opt("label", "Label column (classifiers).")
+    batch_size: int = opt(32, "Examples per batch.")
+    max_length: int | None = opt(None, "Truncate texts to this many tokens (default: the length the classifier was trained with).")
+    block_size: int | None = opt(None, "LM block size (default: the one the model was trained with).")
+    mlm_probability: float = opt(0.15, "Masking rate for MLM perplexity.")
+    seed: int = opt(42, "Seed of the (fixed) MLM masks.")
+
+    def __post_init__(self) -> None:
+        positive(self, "batch_size")
+        if self.data is None:
+            raise UsageError("evaluate needs --data FILE")
+
+
+@dataclass
+class PredictConfig:
+    """`nlptl predict`: labels with scores for texts."""
+
+    model: str | None = opt(None, "Classifier run dir or checkpoint (default: latest finetune run).")
+    texts: list[str] = field(default_factory=list, metadata={"help": "Texts to classify."})
+    input: str | None = opt(None, "File of texts, one per line, or - for standard input.")
+    batch_size: int = opt(32, "Texts per batch.")
+    max_length: int | None = opt(None, "Truncate texts to this many tokens (default: the length the classifier was trained with).")
+
+    def __post_init__(self) -> None:
+        positive(self, "batch_size")
+
+
+STAGE_CONFIGS: dict[str, type] = {
+    "pretrain": PretrainConfig,
+    "adapt": AdaptConfig,
+    "finetune": FinetuneConfig,
+    "evaluate": EvaluateConfig,
+    "predict": PredictConfig,
+}
+
+
+def positive(cfg: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if value is None or value <= 0:
+            raise UsageError(f"{flag_name(name)} must be positive (got {value})")
+
+
+def choice(cfg: Any, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(cfg, name)
+    if value not in choices:
+        raise UsageError(
+            f"unknown {flag_name(name)} '{value}'{did_you_mean(str(value), choices)}; choose one of {', '.join(choices)}"
+        )
+
+
+def help_of(cls: type, name: str) -> str:
+    return cls.__dataclass_fields__[name].metadata.get("help", "")
+
+
+def runs_root() -> Path:
+    """Where runs go by default: $NLPTL_HOME, else ./runs."""
+    return Path(os.environ.get("NLPTL_HOME") or "runs")
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+def _coerce(cls: type, key: str, value: Any) -> Any:
+    """Convert a YAML/--set value to the field's declared type (annotations are strings here)."""
+    kind = str(cls.__dataclass_fields__[key].type)
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and "None" in kind):
+        return None
+    try:
+        if kind.startswith("bool"):
+            if isinstance(value, str):
+                if value.lower() in ("true", "1", "yes", "on"):
+                    return True
+                if value.lower() in ("false", "0", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if kind.startswith("int"):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if kind.startswith("float"):
+            return float(value)
+        if kind.startswith("list"):
+            return list(value) if isinstance(value, list | tuple) else [value]
+        return str(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{flag_name(key)}: '{value}' is not a valid {kind.split(' ')[0]}") from None
+
+
+def _check_keys(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
+    known = cls.__dataclass_fields__
+    out = {}
+    for key, value in data.items():
+        key = ALIASES.get(str(key).replace("-", "_"), str(key).replace("-", "_"))
+        if key not in known:
+            raise UsageError(f"unknown config key '{key}' in {where}{did_you_mean(key, list(known) + list(ALIASES))}")
+        out[key] = _coerce(cls, key, value)
+    return out
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"--config {path}: no such file")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1})" if mark is not None else ""
+        raise UsageError(f"--config {path}: malformed YAML{at}; fix the file or check it with a YAML linter") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--config {path}: not a UTF-8 text file") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"--config {path}: expected a mapping of key: value at the top level")
+    return data
+
+
+def parse_sets(sets: list[str] | None) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in sets or []:
+        if "=" not in item:
+            raise UsageError(f"--set expects key=value (got '{item}')")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
+def resolve(cls: type, *, config_file: str | None = None, flags: dict[str, Any] | None = None,
+            sets: list[str] | None = None) -> Any:
+    """Build a stage config: defaults < config file < flags (those given) < --set."""
+    values: dict[str, Any] = {}
+    if config_file:
+        values.update(_check_keys(cls, load_yaml(config_file), f"--config {config_file}"))
+    values.update({k: v for k, v in (flags or {}).items() if v is not None})
+    values.update(_check_keys(cls, parse_sets(sets), "--set"))
+    return cls(**values)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,166 @@
+"""All terminal output: logs and progress on stderr (main process only), `--json` results on stdout.
+
+Library code logs through `logging.getLogger("nlptl")` and reports progress through `progress()`;
+only this module writes to the terminal. Rich formatting on a terminal; plain lines when stderr is a
+pipe or NO_COLOR is set; nothing but warnings with `--quiet`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+log = logging.getLogger("nlptl")
+
+_state = {"quiet": False, "json": False, "configured": False}
+
+
+def is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") in ("0", "")
+
+
+def fancy() -> bool:
+    """Rich output only on a real terminal, and never with NO_COLOR."""
+    return sys.stderr.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, no_color=bool(os.environ.get("NO_COLOR")))
+
+
+def configure(quiet: bool = False, json_mode: bool = False) -> None:
+    """Route the nlptl logger to stderr. Other processes than the main one only report errors."""
+    _state.update(quiet=quiet, json=json_mode, configured=True)
+    log.handlers.clear()
+    log.propagate = False
+    if fancy():
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(console=_stderr_console(), show_time=False, show_path=False,
+                                               markup=False, rich_tracebacks=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("nlptl: %(message)s"))
+    log.addHandler(handler)
+    if not is_main_process():
+        log.setLevel(logging.ERROR)
+    else:
+        log.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+def error(message: str) -> None:
+    """The one line a failing command leaves on stderr."""
+    if fancy():
+        _stderr_console().print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    else:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+def header(title: str, config: dict[str, Any]) -> None:
+    """The resolved config, before a stage starts."""
+    if _state["quiet"] or not is_main_process():
+        return
+    if not fancy():
+        log.info("%s: %s", title, ", ".join(f"{k}={v}" for k, v in config.items() if v not in (None, [], "")))
+        return
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False, title_justify="left", box=None, padding=(0, 2))
+    for k, v in config.items():
+        if v not in (None, [], ""):
+            table.add_row(k, str(v))
+    _stderr_console().print(table)
+
+
+def results(title: str, rows: dict[str, Any]) -> None:
+    if not is_main_process():
+        return
+    if _state["json"]:
+        return
+    if _state["quiet"]:
+        return
+    if not fancy():
+        log.info("%s: %s", title, ", ".join(f"{k}={_fmt(v)}" for k, v in rows.items()))
+        return
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", show_header=False, padding=(0, 2))
+    for k, v in rows.items():
+        table.add_row(k, _fmt(v))
+    _stderr_console().print(table)
+
+
+def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    if not is_main_process() or _state["quiet"]:
+        return
+    if not fancy():
+        log.info(title)
+        log.info(" | ".join(columns))
+        for r in rows:
+            log.info(" | ".join(_fmt(v) for v in r))
+        return
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left")
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*[_fmt(v) for v in r])
+    _stderr_console().print(t)
+
+
+def emit_json(obj: Any) -> None:
+    """One JSON document on one line of stdout (main process only)."""
+    if is_main_process():
+        sys.stdout.write(json.dumps(obj, default=str, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+class Progress:
+    """Training progress: a rich bar with loss, tokens/s and ETA on a terminal, plain log lines elsewhere."""
+
+    def __init__(self, description: str, total: int, log_every: int = 10):
+        self.total, self.log_every, self.description = total, log_every, description
+        self.enabled = is_main_process() and not _state["quiet"]
+        self.bar = None
+        self.t0 = time.perf_counter()
+        if self.enabled and fancy():
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import Progress as RichProgress
+
+            self.bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                    console=_stderr_console(), transient=False)
+            self.task = self.bar.add_task(description, total=total, info="")
+            self.bar.start()
+
+    def update(self, step: int, info: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        text = "  ".join(f"{k} {_fmt(v)}" for k, v in info.items())
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, info=text)
+        elif step % self.log_every == 0 or step == self.total:
+            log.info("%s step %d/%d  %s", self.description, step, self.total, text)
+
+    def note(self, message: str) -> None:
+        if self.enabled:
+            log.info(message)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None

@@ -1,0 +1,1 @@
+"""Data: corpora and tasks (names and files -> text), tokenization and packing."""

@@ -1,0 +1,127 @@
+"""Corpora: a name or a path -> a `datasets.Dataset` with one column, `text`.
+
+`resolve_corpus` is light (runs before torch is imported) and does every check that needs only the
+files; `load_corpus` reads them with `datasets` (Arrow, memory-mapped, cached).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from nlptl import hub, registry
+from nlptl.data.files import check_data_file
+from nlptl.errors import NlptlError, UsageError
+
+
+@dataclass
+class CorpusSource:
+    spec: str  # what the user typed
+    name: str | None = None  # registered name, if any
+    files: list[str] = field(default_factory=list)
+    format: str | None = None  # text/csv/tsv/json/parquet
+    text_column: str = "text"
+    hub: str | None = None
+    hub_config: str | None = None
+    hub_splits: tuple[str, ...] = ()
+    sha256: str | None = None
+
+    def record(self) -> dict:
+        """What lineage keeps about the corpus."""
+        d = {k: v for k, v in asdict(self).items() if v not in (None, [], ())}
+        d["hub_splits"] = list(self.hub_splits) if self.hub_splits else None
+        return {k: v for k, v in d.items() if v is not None}
+
+
+def resolve_corpus(spec: str, text_column: str = "text", train_file: str | None = None) -> CorpusSource:
+    """Name or path -> CorpusSource, with the files checked (exists, non-empty, UTF-8, column)."""
+    if spec.startswith("task:"):
+        return _task_corpus(spec, text_column, train_file)
+    if registry.looks_like_path(spec) and spec not in registry.corpora():
+        return _files(spec, None, text_column)
+    entry = registry.corpus_entry(spec)
+    if entry.path:
+        return _files(entry.path, entry.name, text_column)
+    return CorpusSource(spec=spec, name=entry.name, hub=entry.hub, hub_config=entry.hub_config,
+                        hub_splits=entry.hub_splits, text_column=entry.text_column)
+
+
+def _files(spec: str, name: str | None, text_column: str, flag: str = "--corpus") -> CorpusSource:
+    files, fmt, sha = check_data_file(spec, flag, {text_column: "--text-column"})
+    return CorpusSource(spec=spec, name=name, files=[str(f) for f in files], format=fmt,
+                        text_column=text_column if fmt != "text" else "text", sha256=sha)
+
+
+def _task_corpus(spec: str, text_column: str, train_file: str | None) -> CorpusSource:
+    """Task-adaptive pretraining: the task's own (unlabeled) training texts as the corpus."""
+    entry = registry.task_entry(spec.split(":", 1)[1])
+    path = train_file or entry.train
+    if path:
+        src = _files(path, None, text_column, flag="--train")
+        src.spec, src.name = spec, spec
+        return src
+    if entry.hub:
+        return CorpusSource(spec=spec, name=spec, hub=entry.hub, hub_config=entry.hub_config,
+                            hub_splits=(entry.hub_train_split,), text_column=entry.hub_text_column)
+    raise UsageError(f"--corpus {spec}: the task has no default data; pass its training file with --train FILE")
+
+
+def load_corpus(src: CorpusSource):
+    """The corpus as a `datasets.Dataset` with a single non-empty `text` column."""
+    import datasets
+
+    if src.hub:
+        ds = load_hub(src.hub, src.hub_config, list(src.hub_splits), f"--corpus {src.spec}",
+                      "pass a local file, directory or glob instead (or register one in $NLPTL_HOME/registry.yaml)")
+        src.sha256 = src.sha256 or ds._fingerprint
+    else:
+        ds = read_files(src.files, src.format)
+    if src.text_column not in ds.column_names:
+        raise UsageError(f"--corpus {src.spec}: no column '{src.text_column}'; pass --text-column NAME")
+    ds = ds.select_columns([src.text_column])
+    if src.text_column != "text":
+        ds = ds.rename_column(src.text_column, "text")
+    if ds.features["text"].dtype != "string":
+        ds = ds.cast_column("text", datasets.Value("string"))
+    ds = ds.filter(lambda b: [t is not None and t.strip() != "" for t in b["text"]], batched=True,
+                   desc="dropping blank lines")
+    if len(ds) == 0:
+        raise UsageError(f"--corpus {src.spec}: holds no text")
+    return ds
+
+
+def read_files(files: list[str], fmt: str):
+    """Read data files with `datasets`' packaged builders; every column as read, CSV cells as strings."""
+    import datasets
+
+    kwargs: dict = {}
+    builder = {"text": "text", "csv": "csv", "tsv": "csv", "json": "json", "parquet": "parquet"}[fmt]
+    if fmt in ("csv", "tsv"):
+        # Strings, never guessed types or NaN: "NA", "null" or "1e5" are texts and labels too.
+        from nlptl.data.files import columns_of
+
+        header = columns_of(Path(files[0]), fmt, "--corpus")
+        kwargs.update(keep_default_na=False, na_filter=False,
+                      features=datasets.Features({c: datasets.Value("string") for c in header}))
+        if fmt == "tsv":
+            kwargs["sep"] = "\t"
+    try:
+        return datasets.load_dataset(builder, data_files=files, split="train", **kwargs)
+    except (datasets.exceptions.DatasetGenerationError, ValueError, OSError) as e:
+        cause = e.__cause__ or e
+        raise NlptlError(f"could not read {', '.join(files[:3])}: {str(cause).splitlines()[0][:200]}") from e
+
+
+def load_hub(repo: str, config: str | None, splits: list[str], what: str, hint: str):
+    import datasets
+
+    online = hub.prepare(repo)
+    try:
+        parts = [datasets.load_dataset(repo, config, split=s) for s in splits]
+    except Exception as e:
+        if not online:
+            raise NlptlError(
+                f"{what}: the Hugging Face Hub is unreachable (offline) and '{repo}' is not in the local cache; {hint}"
+            ) from e
+        raise NlptlError(f"{what}: could not load '{repo}' from the hub: {str(e).splitlines()[0][:200]}; {hint}") from e
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)

@@ -1,0 +1,182 @@
+"""Checks on data files that need no heavy import: they run before torch is loaded, so a bad path
+or a missing column is reported within a second.
+
+Also the content hash recorded in lineage, computed in the same pass that checks UTF-8.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import io
+import json
+from pathlib import Path
+
+from nlptl.errors import NlptlError, UsageError, did_you_mean
+
+FORMATS = {".txt": "text", ".text": "text", ".csv": "csv", ".tsv": "tsv", ".jsonl": "json", ".json": "json",
+           ".parquet": "parquet"}
+CHUNK = 1 << 22
+
+
+def expand(spec: str, flag: str) -> list[Path]:
+    """A file, a directory (its data files, sorted) or a glob -> the list of files."""
+    p = Path(spec).expanduser()
+    if any(c in spec for c in "*?["):
+        files = sorted(Path(f) for f in glob.glob(str(p), recursive=True) if Path(f).is_file())
+        if not files:
+            raise UsageError(f"{flag} {spec}: the pattern matches no file")
+    elif p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in FORMATS)
+        if not files:
+            raise UsageError(f"{flag} {spec}: the directory holds no .txt/.csv/.jsonl/.parquet file")
+    elif p.is_file():
+        files = [p]
+    else:
+        raise UsageError(f"{flag} {spec}: no such file or directory")
+    kinds = {file_format(f, flag) for f in files}
+    if len(kinds) > 1:
+        raise UsageError(f"{flag} {spec}: mixes file formats ({', '.join(sorted(kinds))}); use one format per corpus")
+    return files
+
+
+def file_format(path: Path, flag: str) -> str:
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise UsageError(
+            f"{flag} {path}: unsupported file type '{path.suffix}'; use .txt (one document per line), .csv, .tsv, .jsonl or .parquet"
+        )
+    return fmt
+
+
+def scan_text(path: Path, flag: str, digest=None) -> int:
+    """Check that a text file is non-empty, valid UTF-8 and not only blank lines; feed its bytes to
+    `digest`. Returns the number of non-blank lines. One pass, in chunks (big corpora stay cheap)."""
+    size = path.stat().st_size
+    if size == 0:
+        raise UsageError(f"{flag} {path}: the file is empty")
+    lines_before = 0
+    nonblank = 0
+    tail = b""
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            if digest is not None:
+                digest.update(chunk)
+            data = tail + chunk
+            # Keep an incomplete last line (and any split UTF-8 sequence) for the next chunk.
+            cut = data.rfind(b"\n") + 1
+            if cut == 0 and len(data) < 64 * CHUNK:
+                tail = data
+                continue
+            block, tail = (data[:cut], data[cut:]) if cut else (data, b"")
+            nonblank += _check_block(block, path, flag, lines_before)
+            lines_before += block.count(b"\n")
+    if tail:
+        nonblank += _check_block(tail, path, flag, lines_before)
+    if nonblank == 0:
+        raise UsageError(f"{flag} {path}: the file holds only blank lines")
+    return nonblank
+
+
+def _check_block(block: bytes, path: Path, flag: str, lines_before: int) -> int:
+    if b"\x00" in block:
+        line = lines_before + block[: block.index(b"\x00")].count(b"\n") + 1
+        raise UsageError(f"{flag} {path}: line {line} holds binary data (NUL bytes); pass a UTF-8 text file")
+    try:
+        text = block.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = lines_before + block[: e.start].count(b"\n") + 1
+        raise UsageError(
+            f"{flag} {path}: line {line} is not valid UTF-8 (byte 0x{block[e.start]:02x}); re-encode the file as UTF-8"
+        ) from None
+    return sum(1 for line in text.split("\n") if line.strip())
+
+
+def columns_of(path: Path, fmt: str, flag: str) -> list[str]:
+    """The column names of a table file, from its header alone."""
+    if fmt in ("csv", "tsv"):
+        with open(path, encoding="utf-8", errors="replace", newline="") as f:
+            try:
+                header = next(csv.reader(f, delimiter="\t" if fmt == "tsv" else ","))
+            except StopIteration:
+                raise UsageError(f"{flag} {path}: the file is empty") from None
+        return [h.strip() for h in header]
+    if fmt == "json":
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:
+                        raise UsageError(f"{flag} {path}: the first record is not valid JSON (expected JSON Lines)") from None
+                    if not isinstance(row, dict):
+                        raise UsageError(f"{flag} {path}: expected one JSON object per line")
+                    return list(row)
+        raise UsageError(f"{flag} {path}: the file is empty")
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return list(pq.read_schema(path).names)
+        except Exception:
+            raise UsageError(f"{flag} {path}: not a readable Parquet file") from None
+    return ["text"]
+
+
+def require_columns(path: Path, fmt: str, flag: str, needed: dict[str, str]) -> None:
+    """`needed` maps a column name to the flag that names it (for the message)."""
+    cols = columns_of(path, fmt, flag)
+    for col, col_flag in needed.items():
+        if col not in cols:
+            raise UsageError(
+                f"{flag} {path}: no column '{col}'{did_you_mean(col, cols)}; columns are {', '.join(cols) or '(none)'}; "
+                f"pass {col_flag} NAME"
+            )
+
+
+def check_data_file(spec: str, flag: str, columns: dict[str, str] | None = None) -> tuple[list[Path], str, str]:
+    """Expand, check and hash the files behind `spec`. Returns (files, format, sha256)."""
+    files = expand(spec, flag)
+    fmt = file_format(files[0], flag)
+    digest = hashlib.sha256()
+    for f in files:
+        if f.stat().st_size == 0:
+            raise UsageError(f"{flag} {f}: the file is empty")
+        if fmt in ("text", "csv", "tsv", "json"):
+            scan_text(f, flag, digest)
+        else:
+            with open(f, "rb") as fh:
+                while chunk := fh.read(CHUNK):
+                    digest.update(chunk)
+        if fmt != "text" and columns:
+            require_columns(f, fmt, flag, columns)
+    return files, fmt, digest.hexdigest()
+
+
+def read_lines(spec: str) -> list[str]:
+    """Texts for predict: one per non-blank line of a file, or of standard input for '-'."""
+    import sys
+
+    if spec == "-":
+        data = sys.stdin.buffer.read()
+        name = "standard input"
+    else:
+        p = Path(spec)
+        if not p.is_file():
+            raise UsageError(f"--input {spec}: no such file")
+        data = p.read_bytes()
+        name = spec
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise UsageError(f"--input {name}: line {line} is not valid UTF-8; re-encode it as UTF-8") from None
+    return [line for line in io.StringIO(text, newline=None).read().split("\n") if line.strip()]
+
+
+def nonempty_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        raise NlptlError(f"{path}: unreadable or corrupted JSON") from None

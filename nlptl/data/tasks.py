@@ -1,0 +1,154 @@
+"""Labelled data for classification: a task name and files -> `datasets.Dataset`s of (text, label id).
+
+`resolve_task` is light and checks files, headers and columns before torch is imported;
+`load_task` reads them with `datasets` and maps labels to ids with one clear error per problem.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from nlptl import registry
+from nlptl.data.corpora import load_hub, read_files
+from nlptl.data.files import check_data_file
+from nlptl.errors import UsageError
+
+log = logging.getLogger("nlptl")
+
+
+@dataclass
+class LabelledSource:
+    flag: str  # the flag that named it, for messages
+    spec: str
+    files: list[str] = field(default_factory=list)
+    format: str | None = None
+    sha256: str | None = None
+    hub: str | None = None
+    hub_config: str | None = None
+    hub_split: str | None = None
+
+    def record(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v not in (None, [], "flag")}
+
+
+@dataclass
+class TaskSpec:
+    entry: registry.TaskEntry
+    train: LabelledSource | None
+    eval: LabelledSource | None
+    text_column: str
+    label_column: str
+
+
+def labelled_source(path: str, flag: str, text_column: str, label_column: str | None) -> LabelledSource:
+    cols = {text_column: "--text-column"}
+    if label_column:
+        cols[label_column] = "--label-column"
+    files, fmt, sha = check_data_file(path, flag, cols)
+    if fmt == "text":
+        raise UsageError(f"{flag} {path}: labelled data needs a table (.csv/.tsv/.jsonl/.parquet with text and label columns)")
+    return LabelledSource(flag=flag, spec=path, files=[str(f) for f in files], format=fmt, sha256=sha)
+
+
+def resolve_task(task: str, train_file: str | None, eval_file: str | None, text_column: str,
+                 label_column: str, need_train: bool = True) -> TaskSpec:
+    entry = registry.task_entry(task)
+    train = eval_ = None
+    train_path = train_file or entry.train
+    eval_path = eval_file or (entry.eval if not train_file else None)
+    if train_path:
+        train = labelled_source(train_path, "--train", text_column, label_column)
+    elif entry.hub and need_train:
+        train = LabelledSource("--train", entry.hub, hub=entry.hub, hub_config=entry.hub_config,
+                               hub_split=entry.hub_train_split)
+    elif need_train:
+        raise UsageError(f"--task {task} has no default data; pass --train FILE (and --eval FILE)")
+    if eval_path:
+        eval_ = labelled_source(eval_path, "--eval", text_column, label_column)
+    elif entry.hub and not train_path:
+        eval_ = LabelledSource("--eval", entry.hub, hub=entry.hub, hub_config=entry.hub_config,
+                               hub_split=entry.hub_eval_split)
+    return TaskSpec(entry, train, eval_, text_column, label_column)
+
+
+def read_labelled(src: LabelledSource, spec: TaskSpec, with_labels: bool = True):
+    """Rows with columns `text` and `label` (label as a string, as written in the file)."""
+    import datasets
+
+    if src.hub:
+        ds = load_hub(src.hub, src.hub_config, [src.hub_split], f"--task {spec.entry.name}",
+                      "pass local files with --train FILE --eval FILE")
+        text_col, label_col = spec.entry.hub_text_column, spec.entry.hub_label_column
+        src.sha256 = ds._fingerprint
+    else:
+        ds = read_files(src.files, src.format)
+        text_col, label_col = spec.text_column, spec.label_column
+    keep = [text_col] + ([label_col] if with_labels else [])
+    ds = ds.select_columns(keep)
+    if text_col != "text":
+        ds = ds.rename_column(text_col, "text")
+    if with_labels and label_col != "label":
+        ds = ds.rename_column(label_col, "label")
+    features = datasets.Features({"text": datasets.Value("string")})
+    if with_labels:
+        features["label"] = datasets.Value("string")
+    ds = ds.cast(features)
+    return ds
+
+
+def label_names(spec: TaskSpec, train_labels: list[str]) -> list[str]:
+    """The label set: fixed by the task, or the sorted distinct labels of the training data."""
+    if spec.entry.labels:
+        return list(spec.entry.labels)
+    values = sorted(set(train_labels))
+    if all(_is_int(v) for v in values):
+        values = sorted(values, key=lambda v: int(v))
+    return values
+
+
+def _is_int(v: str) -> bool:
+    try:
+        int(v)
+        return True
+    except ValueError:
+        return False
+
+
+def encode(ds, names: list[str], spec: TaskSpec, src_flag: str, src_spec: str):
+    """Map label strings to ids; one error line for empty labels, unknown labels or empty texts."""
+    aliases = {k.lower(): v for k, v in spec.entry.aliases.items()}
+    lookup = {n.lower(): i for i, n in enumerate(names)}
+    lookup.update({a: lookup[v.lower()] for a, v in aliases.items() if v.lower() in lookup})
+    labels = ds["label"]
+    empty = [i for i, v in enumerate(labels) if v is None or str(v).strip() == ""]
+    if empty:
+        raise UsageError(
+            f"{src_flag} {src_spec}: {len(empty)} row(s) have an empty '{spec.label_column}' value "
+            f"(first at data row {empty[0] + 1}); fill them in or drop those rows"
+        )
+    ids, unknown = [], {}
+    for v in labels:
+        key = str(v).strip().lower()
+        if key in lookup:
+            ids.append(lookup[key])
+        else:
+            unknown[str(v)] = unknown.get(str(v), 0) + 1
+            ids.append(-1)
+    if unknown:
+        shown = ", ".join(f"'{k}'" for k in list(unknown)[:5])
+        if src_flag == "--eval" or not spec.entry.labels:
+            why = "labels not seen in the training data"
+        else:
+            why = f"labels outside the task's set ({', '.join(names)})"
+        raise UsageError(f"{src_flag} {src_spec}: {why}: {shown}; fix the labels or use --task classification")
+    texts = ds["text"]
+    blank = sum(1 for t in texts if t is None or not t.strip())
+    if blank:
+        log.warning("%s %s: dropped %d row(s) with an empty text", src_flag, src_spec, blank)
+    ds = ds.remove_columns("label").add_column("label", ids)
+    if blank:
+        ds = ds.filter(lambda b: [t is not None and t.strip() != "" for t in b["text"]], batched=True)
+    if len(ds) == 0:
+        raise UsageError(f"{src_flag} {src_spec}: holds no rows with text")
+    return ds

@@ -1,0 +1,91 @@
+"""Evaluation passes: perplexity of a language model on held-out blocks, logits of a classifier.
+
+Both gather per-example results with `gather_for_metrics`, which drops the duplicates that the
+padded last batch of a multi-process run would otherwise count twice.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+METRICS_DIR = Path(__file__).parent / "metrics"
+
+
+def lm_loss(accelerator, model, dataset, collate_fn, batch_size: int) -> dict:
+    """Mean loss per predicted token, and its perplexity, over `dataset` (fixed masks for MLM:
+    the collator is built fresh with a seed by the caller)."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+
+    loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn))
+    model.eval()
+    sums, counts = [], []
+    with torch.no_grad():
+        for batch in loader:
+            labels = batch.pop("labels")
+            logits = model(**batch).logits
+            if labels.shape == batch["input_ids"].shape and _is_causal(model):
+                logits, labels = logits[:, :-1], labels[:, 1:]
+            token_loss = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+            valid = labels != -100
+            s, n = accelerator.gather_for_metrics(((token_loss * valid).sum(1), valid.sum(1)))
+            sums.append(s.double().cpu())
+            counts.append(n.cpu())
+    total = torch.cat(sums).sum().item()
+    n = int(torch.cat(counts).sum().item())
+    loss = total / max(n, 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": n}
+
+
+def _is_causal(model) -> bool:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    unwrapped = getattr(model, "module", model)
+    return type(unwrapped).__name__ in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+
+
+def classify(accelerator, model, dataset, collate_fn, batch_size: int):
+    """(logits, labels or None) for every example of `dataset`, in dataset order."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn))
+    model.eval()
+    all_logits, all_labels = [], []
+    with torch.no_grad():
+        for batch in loader:
+            labels = batch.pop("labels", None)
+            logits = model(**batch).logits.float()
+            if labels is not None:
+                logits, labels = accelerator.gather_for_metrics((logits, labels))
+                all_labels.append(labels.cpu())
+            else:
+                logits = accelerator.gather_for_metrics(logits)
+            all_logits.append(logits.cpu())
+    return torch.cat(all_logits), (torch.cat(all_labels) if all_labels else None)
+
+
+_metric_cache: dict = {}
+
+
+def load_metric(name: str):
+    """An `evaluate` metric from the modules shipped in nlptl/metrics (works offline)."""
+    if name not in _metric_cache:
+        import evaluate
+
+        _metric_cache[name] = evaluate.load(str(METRICS_DIR / name))
+    return _metric_cache[name]
+
+
+def classification_metrics(logits, labels) -> dict:
+    import torch.nn.functional as F
+
+    preds = logits.argmax(-1)
+    out = {
+        "accuracy": float(load_metric("accuracy").compute(predictions=preds, references=labels)["accuracy"]),
+        "f1_macro": float(load_metric("f1").compute(predictions=preds, references=labels, average="macro")["f1"]),
+        "loss": float(F.cross_entropy(logits, labels).item()),
+    }
+    return out

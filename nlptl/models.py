@@ -1,0 +1,276 @@
+"""Models and tokenizers: what a `--from` is, building from scratch, adding LM and classifier heads.
+
+`inspect_model` is light (reads config.json only) so that a wrong `--from` fails before torch loads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from nlptl.errors import NlptlError, UsageError
+
+log = logging.getLogger("nlptl")
+
+# name: (layers, hidden, heads, positions)
+PRESETS = {
+    "tiny": (2, 64, 2, 256),
+    "mini": (4, 256, 4, 512),
+    "small": (6, 512, 8, 1024),
+    "base": (12, 768, 12, 1024),
+}
+DEFAULT_VOCAB = {"tiny": 4000, "mini": 8000, "small": 16000, "base": 32000}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "tokenizer.model", "sentencepiece.bpe.model")
+# Families whose position ids start after the padding index (max length = positions - 2).
+OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text", "xmod", "roberta-prelayernorm"}
+GPT_EOS = "<|endoftext|>"
+
+
+@dataclass
+class ModelRef:
+    spec: str  # as typed
+    path: str  # local dir or hub id
+    local: bool
+    config: dict | None  # config.json when local
+    run: dict | None  # nlptl-run.json when it is an nlptl run dir
+
+    @property
+    def is_classifier(self) -> bool:
+        c = self.config or {}
+        archs = c.get("architectures") or []
+        return any(a.endswith("ForSequenceClassification") for a in archs) or (
+            self.run is not None and self.run.get("stage") == "finetune")
+
+
+def inspect_model(spec: str, flag: str = "--from") -> ModelRef:
+    """Check a model reference without importing torch: a local checkpoint dir, or a hub id."""
+    p = Path(spec).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise UsageError(f"{flag} {spec}: is a file, not a model directory (expected a directory with config.json)")
+        cfg_path = p / "config.json"
+        if not cfg_path.is_file():
+            if any((p / f).is_file() for f in TOKENIZER_FILES):
+                raise UsageError(f"{flag} {spec}: holds a tokenizer but no model (no config.json); pass a model checkpoint directory")
+            if (p / "checkpoints").is_dir():
+                raise UsageError(f"{flag} {spec}: is an unfinished run (no final model); resume it or pass a finished run")
+            raise UsageError(f"{flag} {spec}: not a model directory (no config.json); pass a run directory, a checkpoint or a hub id")
+        try:
+            config = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UsageError(f"{flag} {spec}: config.json is not valid JSON") from None
+        if not isinstance(config, dict) or "model_type" not in config:
+            raise UsageError(f"{flag} {spec}: config.json has no model_type; not a Hugging Face model checkpoint")
+        if not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
+            raise UsageError(f"{flag} {spec}: holds a config but no weights (*.safetensors or *.bin)")
+        run = None
+        if (p / "nlptl-run.json").is_file():
+            try:
+                run = json.loads((p / "nlptl-run.json").read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                run = None
+        return ModelRef(spec, str(p), True, config, run)
+    # Not on disk: a hub id has the form name or org/name.
+    if spec.count("/") > 1 or spec.startswith((".", "~")) or "\\" in spec or not spec.strip():
+        raise UsageError(f"{flag} {spec}: no such directory")
+    return ModelRef(spec, spec, False, None, None)
+
+
+def hub_guard(ref: ModelRef, flag: str = "--from") -> None:
+    """For a hub id: fail fast offline, unless it is already in the local cache."""
+    if ref.local:
+        return
+    from nlptl import hub
+
+    hub.prepare(ref.path)
+
+
+def load_error(ref: ModelRef, e: Exception, flag: str = "--from") -> NlptlError:
+    from nlptl import hub
+
+    if not ref.local and not hub.reachable():
+        return NlptlError(
+            f"{flag} {ref.spec}: the Hugging Face Hub is unreachable (offline) and the model is not in the local cache; "
+            "pass a local checkpoint directory"
+        )
+    if not ref.local:
+        return NlptlError(f"{flag} {ref.spec}: not a local directory and not loadable from the hub ({str(e).splitlines()[0][:160]})")
+    return NlptlError(f"{flag} {ref.spec}: could not load the model: {str(e).splitlines()[0][:200]}")
+
+
+def max_positions(config) -> int | None:
+    for name in ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value - 2 if config.model_type in OFFSET_POSITIONS else value
+    return None
+
+
+def default_objective(config) -> str:
+    """MLM for encoders (the model type has a masked-LM class), CLM for decoders."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    if getattr(config, "is_decoder", False):
+        return "clm"
+    return "mlm" if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES else "clm"
+
+
+def load_tokenizer(ref: ModelRef, config):
+    """The checkpoint's tokenizer, with a usable model_max_length and a pad token."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(ref.path)
+    except Exception as e:  # noqa: BLE001 - turned into one line
+        if ref.local and not any((Path(ref.path) / f).is_file() for f in TOKENIZER_FILES):
+            raise NlptlError(f"--from {ref.spec}: holds a model but no tokenizer files; save the tokenizer next to it") from e
+        raise load_error(ref, e) from e
+    if not getattr(tokenizer, "is_fast", True):
+        raise NlptlError(f"--from {ref.spec}: nlptl needs a fast (Rust) tokenizer (tokenizer.json); convert it with transformers")
+    positions = max_positions(config)
+    if positions and (not tokenizer.model_max_length or tokenizer.model_max_length > positions):
+        # Many checkpoints store a huge placeholder (1e30) or nothing: the model's positions are the truth.
+        tokenizer.model_max_length = positions
+    if tokenizer.pad_token is None:
+        # GPT-style tokenizers have no pad token. Padding with EOS is safe: attention masks hide it,
+        # and the classifier reads the last real token.
+        if tokenizer.eos_token is None:
+            raise NlptlError(f"--from {ref.spec}: the tokenizer has neither a pad nor an EOS token")
+        tokenizer.pad_token = tokenizer.eos_token
+    if len(tokenizer) > config.vocab_size:
+        raise NlptlError(
+            f"--from {ref.spec}: the tokenizer has {len(tokenizer)} tokens but the model's embeddings hold {config.vocab_size}; "
+            "pass the tokenizer the model was trained with"
+        )
+    return tokenizer
+
+
+def load_config(ref: ModelRef):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(ref.path)
+    except Exception as e:  # noqa: BLE001
+        raise load_error(ref, e) from e
+
+
+def load_lm(ref: ModelRef, config, objective: str):
+    """An LM of the checkpoint's family with an `objective` head. Returns (model, note, kept) where
+    `kept` holds the checkpoint's tensors the LM class does not use (e.g. BERT's pooler), so they can be
+    written back and the classifier later starts from the whole encoder."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    cls = AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM
+    try:
+        model, info = cls.from_pretrained(ref.path, config=config, output_loading_info=True)
+    except ValueError as e:
+        raise NlptlError(
+            f"--from {ref.spec}: a {config.model_type} model has no {'masked' if objective == 'mlm' else 'causal'}-LM class; "
+            f"use --objective {'clm' if objective == 'mlm' else 'mlm'}"
+        ) from e
+    except Exception as e:  # noqa: BLE001
+        raise load_error(ref, e) from e
+    note = None
+    missing = [k for k in info.get("missing_keys", []) if not k.endswith("position_ids")]
+    if missing:
+        head = "masked-LM" if objective == "mlm" else "causal-LM"
+        note = f"the checkpoint has no {head} head: added a new one ({len(missing)} tensors, randomly initialised)"
+    kept = _unused_tensors(ref, model, set(info.get("unexpected_keys", [])))
+    return model, note, kept
+
+
+def _unused_tensors(ref: ModelRef, model, unexpected: set[str]) -> dict:
+    if not unexpected or not ref.local:
+        return {}
+    from safetensors import safe_open
+
+    prefix = model.base_model_prefix
+    kept = {}
+    for f in sorted(Path(ref.path).glob("*.safetensors")):
+        with safe_open(str(f), "pt") as fh:
+            keys = list(fh.keys())
+            has_prefix = any(k.startswith(prefix + ".") for k in keys)
+            for k in keys:
+                if k in unexpected:
+                    kept[k if has_prefix else f"{prefix}.{k}"] = fh.get_tensor(k)
+    return kept
+
+
+def load_classifier(ref: ModelRef, config, labels: list[str], tokenizer):
+    from transformers import AutoModelForSequenceClassification
+
+    id2label = dict(enumerate(labels))
+    config.num_labels = len(labels)
+    config.id2label = id2label
+    config.label2id = {v: k for k, v in id2label.items()}
+    # Decoders classify from the last non-pad token; the config must know the pad id.
+    config.pad_token_id = tokenizer.pad_token_id
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            ref.path, config=config, output_loading_info=True, ignore_mismatched_sizes=True)
+    except ValueError as e:
+        raise NlptlError(f"--from {ref.spec}: transformers has no sequence-classification class for {config.model_type}") from e
+    except Exception as e:  # noqa: BLE001
+        raise load_error(ref, e) from e
+    return model
+
+
+# --------------------------------------------------------------------------- from scratch
+
+
+def train_tokenizer(arch: str, texts, vocab_size: int, positions: int):
+    """Byte-level BPE (gpt) or WordPiece (bert) trained on `texts` (an iterator of lists of str)."""
+    from tokenizers import ByteLevelBPETokenizer, BertWordPieceTokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    if arch == "gpt":
+        tk = ByteLevelBPETokenizer(add_prefix_space=False)
+        tk.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=[GPT_EOS],
+                               show_progress=False)
+        return PreTrainedTokenizerFast(tokenizer_object=tk._tokenizer, bos_token=GPT_EOS, eos_token=GPT_EOS,
+                                       unk_token=GPT_EOS, model_max_length=positions)
+    tk = BertWordPieceTokenizer(lowercase=True)
+    tk.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, show_progress=False,
+                           special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    return PreTrainedTokenizerFast(tokenizer_object=tk._tokenizer, unk_token="[UNK]", sep_token="[SEP]",
+                                   pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]",
+                                   model_max_length=positions)
+
+
+def build_scratch(arch: str, size: str, tokenizer):
+    """A randomly initialised GPT-2 or BERT of a preset size, sized to the tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, BertConfig, GPT2Config
+
+    layers, hidden, heads, positions = PRESETS[size]
+    vocab = len(tokenizer)
+    if arch == "gpt":
+        config = GPT2Config(vocab_size=vocab, n_positions=positions, n_embd=hidden, n_layer=layers, n_head=heads,
+                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+        return AutoModelForCausalLM.from_config(config)
+    config = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                        intermediate_size=4 * hidden, max_position_embeddings=min(positions, 512),
+                        pad_token_id=tokenizer.pad_token_id)
+    return AutoModelForMaskedLM.from_config(config)
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def load_trained_classifier(ref: ModelRef):
+    """A fine-tuned classifier for inference: (model, tokenizer, label names, max_length)."""
+    from transformers import AutoModelForSequenceClassification
+
+    hub_guard(ref, "--model")
+    config = load_config(ref)
+    tokenizer = load_tokenizer(ref, config)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(ref.path, config=config)
+    except Exception as e:  # noqa: BLE001
+        raise load_error(ref, e, "--model") from e
+    names = [config.id2label[i] for i in range(config.num_labels)]
+    max_length = (ref.run or {}).get("max_length") or min(256, max_positions(config) or 256)
+    return model, tokenizer, names, max_length

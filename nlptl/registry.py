@@ -1,0 +1,164 @@
+"""What corpus and task names mean.
+
+Built-in names point at the Hugging Face Hub (the real code path users online rely on) or at the
+sample data shipped inside the package. Offline sites register local copies under the same names
+in `$NLPTL_HOME/registry.yaml`:
+
+    corpora:
+      reviews: /data/imdb/unsup.txt            # a file, directory or glob
+    tasks:
+      sentiment: {train: /data/sst2/train.csv, eval: /data/sst2/dev.csv}
+
+Light module: no heavy imports (used before any check that needs torch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nlptl.config import runs_root
+from nlptl.errors import UsageError, did_you_mean
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+@dataclass(frozen=True)
+class CorpusEntry:
+    name: str
+    description: str
+    hub: str | None = None  # dataset repo id
+    hub_config: str | None = None
+    hub_splits: tuple[str, ...] = ("train",)
+    text_column: str = "text"
+    path: str | None = None  # local file/dir/glob (sample data or registry.yaml)
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    name: str
+    description: str
+    labels: tuple[str, ...] | None  # None: any label set, taken from the training file
+    hub: str | None = None
+    hub_config: str | None = None
+    hub_train_split: str = "train"
+    hub_eval_split: str = "validation"
+    hub_text_column: str = "text"
+    hub_label_column: str = "label"
+    train: str | None = None
+    eval: str | None = None
+    test: str | None = None
+    # Integer labels in files map to these names by position (0 -> labels[0]).
+    aliases: dict[str, str] = field(default_factory=dict)
+
+
+BUILTIN_CORPORA = {
+    "reviews": CorpusEntry(
+        "reviews",
+        "unlabeled IMDb movie reviews, as ULMFiT adapted on (hub stanfordnlp/imdb, unsupervised + train, text only)",
+        hub="stanfordnlp/imdb", hub_splits=("unsupervised", "train"),
+    ),
+    "wikitext-103": CorpusEntry(
+        "wikitext-103", "WikiText-103, Wikipedia articles for general pretraining (hub Salesforce/wikitext, raw)",
+        hub="Salesforce/wikitext", hub_config="wikitext-103-raw-v1",
+    ),
+    "wikitext-2": CorpusEntry(
+        "wikitext-2", "WikiText-2, a small Wikipedia corpus for general pretraining (hub Salesforce/wikitext, raw)",
+        hub="Salesforce/wikitext", hub_config="wikitext-2-raw-v1",
+    ),
+    "sample-general": CorpusEntry(
+        "sample-general", "small generated general-English text shipped with nlptl (demo and tests)",
+        path=str(ASSETS / "general.txt"),
+    ),
+    "sample-reviews": CorpusEntry(
+        "sample-reviews", "small generated unlabeled reviews shipped with nlptl (demo and tests)",
+        path=str(ASSETS / "reviews.txt"),
+    ),
+}
+
+SENTIMENT_ALIASES = {"0": "negative", "1": "positive", "neg": "negative", "pos": "positive"}
+
+BUILTIN_TASKS = {
+    "sentiment": TaskEntry(
+        "sentiment", "binary sentiment, labels negative/positive (0/1 accepted); default data hub stanfordnlp/sst2",
+        labels=("negative", "positive"), hub="stanfordnlp/sst2", hub_text_column="sentence",
+        aliases=SENTIMENT_ALIASES,
+    ),
+    "classification": TaskEntry(
+        "classification", "any label set, from files (--train, --eval); labels are taken from the training file",
+        labels=None,
+    ),
+    "sample-sentiment": TaskEntry(
+        "sample-sentiment", "small generated sentiment sentences shipped with nlptl (demo and tests)",
+        labels=("negative", "positive"), aliases=SENTIMENT_ALIASES,
+        train=str(ASSETS / "sentiment_train.csv"), eval=str(ASSETS / "sentiment_eval.csv"),
+        test=str(ASSETS / "sentiment_test.csv"),
+    ),
+}
+
+
+def _user_registry() -> dict:
+    path = runs_root() / "registry.yaml"
+    if not path.is_file():
+        return {}
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError:
+        raise UsageError(f"{path}: malformed YAML; fix or remove the file") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected 'corpora:' and 'tasks:' mappings")
+    return data
+
+
+def _local(value: str, base: Path) -> str:
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else base / p)
+
+
+def corpora() -> dict[str, CorpusEntry]:
+    out = dict(BUILTIN_CORPORA)
+    user = _user_registry().get("corpora") or {}
+    for name, value in user.items():
+        base = BUILTIN_CORPORA.get(name)
+        desc = (base.description + "; " if base else "") + f"registered locally: {value}"
+        out[name] = CorpusEntry(name, desc, path=_local(str(value), runs_root()))
+    return out
+
+
+def tasks() -> dict[str, TaskEntry]:
+    out = dict(BUILTIN_TASKS)
+    user = _user_registry().get("tasks") or {}
+    for name, value in user.items():
+        if not isinstance(value, dict):
+            raise UsageError(f"registry.yaml: task '{name}' needs a mapping with train: (and eval:)")
+        base = BUILTIN_TASKS.get(name)
+        files = {k: _local(str(value[k]), runs_root()) for k in ("train", "eval", "test") if value.get(k)}
+        out[name] = TaskEntry(
+            name, (base.description + "; " if base else "") + f"registered locally: {files.get('train')}",
+            labels=tuple(value["labels"]) if value.get("labels") else (base.labels if base else None),
+            aliases=base.aliases if base else {}, **files,
+        )
+    return out
+
+
+def looks_like_path(spec: str) -> bool:
+    return any(c in spec for c in "/\\*?") or Path(spec).suffix.lower() in {
+        ".txt", ".csv", ".tsv", ".jsonl", ".json", ".parquet"} or Path(spec).exists()
+
+
+def corpus_entry(name: str) -> CorpusEntry:
+    table = corpora()
+    if name not in table:
+        raise UsageError(
+            f"unknown corpus '{name}'{did_you_mean(name, table)}; see `nlptl corpora`, or pass a file, directory or glob"
+        )
+    return table[name]
+
+
+def task_entry(name: str) -> TaskEntry:
+    table = tasks()
+    if name not in table:
+        raise UsageError(f"unknown task '{name}'{did_you_mean(name, table)}; see `nlptl tasks`")
+    return table[name]

@@ -1,0 +1,67 @@
+"""The only place that knows about devices: the Accelerator, precision and seeding."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger("nlptl")
+
+
+def cpu_has_bf16() -> bool:
+    """bf16 matmuls are only fast on CPUs with bf16 units (AVX512-BF16 or AMX); elsewhere ~70x slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def mixed_precision(precision: str) -> str:
+    import torch
+
+    if precision == "fp32":
+        return "no"
+    if precision in ("bf16", "fp16"):
+        return precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_bf16() else "no"
+
+
+def make_accelerator(precision: str = "auto", grad_accum: int = 1, log_with=None, project_dir: str | None = None):
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    # Keep torch from oversubscribing the cores when several processes share a CPU machine.
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    return Accelerator(
+        mixed_precision=mixed_precision(precision),
+        gradient_accumulation_steps=grad_accum,
+        dataloader_config=DataLoaderConfiguration(even_batches=True),
+        log_with=log_with,
+        project_dir=project_dir,
+    )
+
+
+def seed_everything(seed: int) -> None:
+    from accelerate.utils import set_seed
+
+    set_seed(seed)
+
+
+def quiet_libraries() -> None:
+    """Our logs only: the libraries' warnings and progress bars would flood stderr."""
+    import datasets
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.utils.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    logging.getLogger("accelerate").setLevel(logging.ERROR)

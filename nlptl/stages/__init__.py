@@ -1,0 +1,1 @@
+"""One module per command: `nlptl <stage>` is `nlptl.stages.<stage>.run(config)`."""

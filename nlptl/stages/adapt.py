@@ -1,0 +1,53 @@
+"""Stage 2: domain adaptation. Continue a language model on unlabeled in-domain text.
+
+    nlptl adapt --corpus reviews                          # from the latest pretrain run
+    nlptl adapt --from runs/pretrain-... --corpus reviews.txt --out runs/adapted
+    nlptl adapt --from DIR --corpus task:sentiment --train train.csv   # task-adaptive (TAPT)
+
+The objective follows the model (MLM for encoders, CLM for decoders). A checkpoint without an LM head
+(a bare BertModel such as all-MiniLM-L6-v2) gets one; its other weights (BERT's pooler) are kept.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nlptl.checkpoint import check_out, default_from, default_out, lineage_of
+from nlptl.config import AdaptConfig
+from nlptl.data.corpora import resolve_corpus
+from nlptl.errors import UsageError
+from nlptl.models import inspect_model
+from nlptl.stages.common import check_block_size, positions_of
+
+
+def run(cfg: AdaptConfig) -> dict:
+    # Everything that needs only the arguments, config.json and file headers, before torch loads.
+    ref = inspect_model(cfg.from_model or default_from("adapt"))
+    if ref.is_classifier:
+        raise UsageError(
+            f"--from {ref.spec} is a fine-tuned classifier; adapt continues a language model: pass a pretrain or adapt "
+            "run, or a base checkpoint"
+        )
+    if ref.config:
+        check_block_size(cfg.block_size, positions_of(ref.config))
+    corpus = resolve_corpus(cfg.corpus, cfg.text_column, cfg.train_file)
+    out = Path(cfg.out) if cfg.out else default_out("adapt")
+    check_out(out, cfg.overwrite, ref.path if ref.local else None)
+
+    from nlptl import models, runtime
+    from nlptl.stages.common import lm_stage
+
+    runtime.quiet_libraries()
+    accelerator = runtime.make_accelerator(cfg.precision, cfg.grad_accum)
+    runtime.seed_everything(cfg.seed)
+    models.hub_guard(ref)
+    config = models.load_config(ref)
+    objective = models.default_objective(config) if cfg.objective == "auto" else cfg.objective
+    tokenizer = models.load_tokenizer(ref, config)
+    model, note, kept = models.load_lm(ref, config, objective)
+    notes = [note] if note else []
+    if kept:
+        notes.append(f"keeping {len(kept)} tensors the LM class does not use ({', '.join(sorted(kept)[:2])}...) for finetune")
+    lineage = lineage_of("adapt", ref)
+    return lm_stage("adapt", cfg, accelerator=accelerator, model=model, tokenizer=tokenizer, objective=objective,
+                    corpus=corpus, lineage=lineage, out=out, kept=kept, notes=notes)

@@ -1,0 +1,121 @@
+"""What the language-modelling stages share: corpus -> packed blocks -> perplexity before -> train()
+-> perplexity after -> stage directory. `pretrain` (with a corpus) and `adapt` are this flow with a
+different model source.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from nlptl.config import LMConfig, to_dict
+from nlptl.errors import UsageError
+
+log = logging.getLogger("nlptl")
+
+
+def positions_of(config: dict) -> int | None:
+    """Max sequence length from a config.json dict (light: no transformers import)."""
+    from nlptl.models import OFFSET_POSITIONS
+
+    for name in ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len", "seq_length"):
+        value = config.get(name)
+        if isinstance(value, int) and value > 0:
+            return value - 2 if config.get("model_type") in OFFSET_POSITIONS else value
+    return None
+
+
+def check_block_size(block_size: int, positions: int | None) -> None:
+    if positions is not None and block_size > positions:
+        raise UsageError(f"--block-size {block_size} is larger than the model's {positions} positions; use --block-size {positions} or less")
+
+
+@dataclass
+class LMData:
+    train: object
+    held_out: object
+    n_blocks: int
+
+
+def lm_collators(tokenizer, objective: str, mlm_probability: float, seed: int):
+    """(train collator, factory of evaluation collators). Evaluation masks are fixed by a seed, so
+    perplexity before and after training is measured on the very same masked positions."""
+    import torch
+    from transformers import DataCollatorForLanguageModeling
+
+    if objective == "clm":
+        def clm(examples):
+            ids = torch.tensor([e["input_ids"] for e in examples], dtype=torch.long)
+            return {"input_ids": ids, "labels": ids.clone()}
+
+        return clm, lambda: clm
+    if tokenizer.mask_token is None:
+        raise UsageError("--objective mlm needs a tokenizer with a mask token; this model's has none (use --objective clm)")
+
+    def mlm(seed_):
+        collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=mlm_probability, seed=seed_)
+
+        def collate(examples):
+            ids = torch.tensor([e["input_ids"] for e in examples], dtype=torch.long)
+            return collator([{"input_ids": row} for row in ids])
+
+        return collate
+
+    return mlm(seed), lambda: mlm(seed + 1_000_003)
+
+
+def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, objective: str, corpus,
+             lineage: dict, out: Path, kept: dict | None = None, notes: list[str] | None = None) -> dict:
+    """Train `model` on `corpus` with `objective` and write the stage directory."""
+    from nlptl.checkpoint import StageWriter, make_record
+    from nlptl.data.corpora import load_corpus
+    from nlptl.data.lm import pack_blocks, split_blocks
+    from nlptl.evaluation import lm_loss
+    from nlptl.models import max_positions
+    from nlptl.train import train
+
+    check_block_size(cfg.block_size, max_positions(model.config))
+    for note in notes or []:
+        log.info(note)
+    with accelerator.main_process_first():
+        texts = load_corpus(corpus)
+        blocks = pack_blocks(texts, tokenizer, cfg.block_size, corpus_key=corpus.sha256 or corpus.spec)
+    if len(blocks) < 2:
+        raise UsageError(
+            f"--corpus {corpus.spec} gives {len(blocks)} block(s) of --block-size {cfg.block_size}; "
+            "pass more text or a smaller --block-size"
+        )
+    train_blocks, held_out = split_blocks(blocks, cfg.validation_percentage, cfg.max_eval_blocks)
+    log.info("%s: %d documents -> %d blocks of %d tokens (%d held out), objective %s",
+             corpus.spec, len(texts), len(blocks), cfg.block_size, len(held_out), objective)
+    train_collate, eval_collate = lm_collators(tokenizer, objective, cfg.mlm_probability, cfg.seed)
+
+    def score(m):
+        return lm_loss(accelerator, m, held_out, eval_collate(), cfg.batch_size)
+
+    before = score(model.to(accelerator.device))
+    model, result = train(accelerator, model, train_blocks, train_collate, cfg, description=stage)
+    after = score(model)
+    metrics = {
+        "perplexity": after["perplexity"],
+        "perplexity_before": before["perplexity"],
+        "loss": after["loss"],
+        "steps": result.steps,
+        "n_train": result.n_train,
+        "n_eval": len(held_out),
+        "train_tokens": result.train_tokens,
+        "train_seconds": round(result.train_seconds, 3),
+        "output_dir": str(out),
+    }
+    lineage.update(objective=objective, corpus=corpus.record(), block_size=cfg.block_size, steps=result.steps,
+                   tokens_seen=result.train_tokens)
+    config = to_dict(cfg)
+    if accelerator.is_main_process:
+        with StageWriter(out) as w:
+            w.save_model(model, tokenizer, kept)
+            record = make_record(stage, config, {k: v for k, v in metrics.items() if k != "output_dir"}, lineage)
+            record["history"] = result.history
+            w.commit(record)
+    accelerator.wait_for_everyone()
+    return {**metrics, "config": config, "lineage": lineage}

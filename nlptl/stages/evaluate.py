@@ -1,0 +1,103 @@
+"""Measure a model on data: accuracy and macro-F1 for a classifier (labelled file), perplexity for a
+language model (text corpus).
+
+    nlptl evaluate --data test.csv                      # the latest finetune run
+    nlptl evaluate --model runs/finetune-... --data test.csv
+    nlptl evaluate --model runs/adapt-... --data held_out_reviews.txt
+"""
+
+from __future__ import annotations
+
+from nlptl.checkpoint import default_from
+from nlptl.config import EvaluateConfig, LMConfig, to_dict
+from nlptl.data.corpora import resolve_corpus
+from nlptl.data.tasks import TaskSpec, labelled_source
+from nlptl.registry import task_entry
+from nlptl.errors import UsageError
+from nlptl.models import inspect_model
+from nlptl.stages.common import check_block_size, positions_of
+
+
+def run(cfg: EvaluateConfig) -> dict:
+    ref = inspect_model(cfg.model or default_from("evaluate"), "--model")
+    if ref.is_classifier:
+        src = labelled_source(cfg.data, "--data", cfg.text_column, cfg.label_column)
+        spec = TaskSpec(task_entry("classification"), src, None, cfg.text_column, cfg.label_column)
+        return _classifier(cfg, ref, spec)
+    block_size = cfg.block_size or ((ref.run or {}).get("config") or {}).get("block_size") or 128
+    if ref.config:
+        check_block_size(block_size, positions_of(ref.config))
+    corpus = resolve_corpus(cfg.data, cfg.text_column)
+    return _language_model(cfg, ref, corpus, block_size)
+
+
+def _classifier(cfg: EvaluateConfig, ref, spec) -> dict:
+    from nlptl import models, runtime
+    from nlptl.data.tasks import read_labelled
+    from nlptl.evaluation import classification_metrics, classify
+    from nlptl.stages.finetune import classification_collator, tokenize
+
+    runtime.quiet_libraries()
+    accelerator = runtime.make_accelerator()
+    model, tokenizer, names, max_length = models.load_trained_classifier(ref)
+    max_length = cfg.max_length or max_length
+    with accelerator.main_process_first():
+        raw = read_labelled(spec.train, spec)
+        ds = encode_by_name_or_id(raw, names, cfg.data)
+        tok = tokenize(ds, tokenizer, max_length, "--data")
+    logits, labels = classify(accelerator, model.to(accelerator.device), tok, classification_collator(tokenizer),
+                              cfg.batch_size)
+    metrics = classification_metrics(logits, labels)
+    return {**metrics, "n_eval": len(tok), "config": to_dict(cfg),
+            "lineage": (ref.run or {}).get("lineage", {"base_model": ref.spec})}
+
+
+def encode_by_name_or_id(raw, names: list[str], where: str):
+    """A file's labels as ids of the classifier: by label name (any case), else by integer id."""
+    lookup = {n.lower(): i for i, n in enumerate(names)}
+    ids, bad = [], []
+    for v in raw["label"]:
+        key = (v or "").strip().lower()
+        if key in lookup:
+            ids.append(lookup[key])
+        elif key.lstrip("-").isdigit() and 0 <= int(key) < len(names):
+            ids.append(int(key))
+        else:
+            ids.append(-1)
+            bad.append(v)
+    if bad:
+        shown = ", ".join(f"'{b}'" for b in list(dict.fromkeys(bad))[:5])
+        raise UsageError(f"--data {where}: labels the classifier does not know: {shown}; its labels are {', '.join(names)}")
+    ds = raw.remove_columns("label").add_column("label", ids)
+    return ds.filter(lambda b: [t is not None and t.strip() != "" for t in b["text"]], batched=True)
+
+
+def _language_model(cfg: EvaluateConfig, ref, corpus, block_size: int) -> dict:
+    from nlptl import models, runtime
+    from nlptl.data.corpora import load_corpus
+    from nlptl.data.lm import pack_blocks
+    from nlptl.evaluation import lm_loss
+    from nlptl.stages.common import lm_collators
+
+    runtime.quiet_libraries()
+    accelerator = runtime.make_accelerator()
+    models.hub_guard(ref, "--model")
+    config = models.load_config(ref)
+    objective = models.default_objective(config)
+    archs = config.architectures or []
+    if any(a.endswith(("CausalLM", "LMHeadModel")) for a in archs):
+        objective = "clm"
+    elif any(a.endswith("MaskedLM") for a in archs):
+        objective = "mlm"
+    tokenizer = models.load_tokenizer(ref, config)
+    model, _, _ = models.load_lm(ref, config, objective)
+    LMConfig(mlm_probability=cfg.mlm_probability, block_size=block_size)  # validates the values
+    with accelerator.main_process_first():
+        blocks = pack_blocks(load_corpus(corpus), tokenizer, block_size, corpus_key=corpus.sha256 or corpus.spec)
+    if len(blocks) == 0:
+        raise UsageError(f"--data {cfg.data}: shorter than one block of {block_size} tokens; pass --block-size smaller")
+    _, eval_collate = lm_collators(tokenizer, objective, cfg.mlm_probability, cfg.seed)
+    scores = lm_loss(accelerator, model.to(accelerator.device), blocks, eval_collate(), cfg.batch_size)
+    return {"perplexity": scores["perplexity"], "loss": scores["loss"], "n_eval": len(blocks),
+            "eval_tokens": scores["tokens"], "objective": objective, "config": to_dict(cfg),
+            "lineage": (ref.run or {}).get("lineage", {"base_model": ref.spec})}

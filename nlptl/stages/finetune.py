@@ -1,0 +1,137 @@
+"""Stage 3: task fine-tuning. A sequence-classification head on the (adapted) language model.
+
+    nlptl finetune --task sentiment                        # from the latest adapt run, hub SST-2
+    nlptl finetune --from runs/adapt-... --task sentiment --train train.csv --eval dev.csv
+    nlptl finetune --from DIR --task classification --train topics.jsonl --label-column topic
+
+Works for encoders (BERT-style) and decoders (GPT-style: no pad token, the head reads the last real
+token). Keeps the checkpoint with the best accuracy on --eval (or on a seeded slice of --train).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from nlptl.checkpoint import check_out, default_from, default_out, lineage_of
+from nlptl.config import FinetuneConfig, to_dict
+from nlptl.data.tasks import resolve_task
+from nlptl.errors import UsageError
+from nlptl.models import inspect_model
+from nlptl.stages.common import positions_of
+
+log = logging.getLogger("nlptl")
+DEFAULT_MAX_LENGTH = 256
+
+
+def run(cfg: FinetuneConfig) -> dict:
+    ref = inspect_model(cfg.from_model or default_from("finetune"))
+    positions = positions_of(ref.config) if ref.config else None
+    if cfg.max_length and positions and cfg.max_length > positions:
+        raise UsageError(f"--max-length {cfg.max_length} is larger than the model's {positions} positions; use {positions} or less")
+    spec = resolve_task(cfg.task, cfg.train_file, cfg.eval_file, cfg.text_column, cfg.label_column)
+    out = Path(cfg.out) if cfg.out else default_out("finetune")
+    check_out(out, cfg.overwrite, ref.path if ref.local else None)
+
+    from nlptl import models, runtime
+    from nlptl.checkpoint import StageWriter, make_record
+    from nlptl.data.tasks import encode, label_names, read_labelled
+    from nlptl.evaluation import classification_metrics, classify, load_metric
+    from nlptl.train import train
+
+    runtime.quiet_libraries()
+    accelerator = runtime.make_accelerator(cfg.precision, cfg.grad_accum)
+    runtime.seed_everything(cfg.seed)
+    models.hub_guard(ref)
+    config = models.load_config(ref)
+    tokenizer = models.load_tokenizer(ref, config)
+    max_length = cfg.max_length or min(DEFAULT_MAX_LENGTH, models.max_positions(config) or DEFAULT_MAX_LENGTH)
+
+    with accelerator.main_process_first():
+        train_raw = read_labelled(spec.train, spec)
+        names = label_names(spec, train_raw["label"])
+        train_ds = encode(train_raw, names, spec, "--train", spec.train.spec)
+        if len(set(train_ds["label"])) < 2:
+            raise UsageError(f"--train {spec.train.spec}: holds a single class ('{names[train_ds[0]['label']]}'); "
+                             "a classifier needs examples of at least two labels")
+        if spec.eval is not None:
+            eval_ds = encode(read_labelled(spec.eval, spec), names, spec, "--eval", spec.eval.spec)
+            eval_from = spec.eval.record()
+        else:
+            train_ds, eval_ds = held_out_slice(train_ds, names, cfg.eval_fraction, cfg.seed)
+            eval_from = {"slice_of_train": cfg.eval_fraction, "seed": cfg.seed}
+            log.info("no --eval: holding out %d of the training examples (seeded) for model selection", len(eval_ds))
+        train_tok = tokenize(train_ds, tokenizer, max_length, "--train")
+        eval_tok = tokenize(eval_ds, tokenizer, max_length, "--eval")
+    load_metric("accuracy"), load_metric("f1")  # fail before training, not after, if metrics cannot load
+
+    model = models.load_classifier(ref, config, names, tokenizer)
+    log.info("%s: %d labels (%s), %d train / %d eval examples, max length %d",
+             cfg.task, len(names), ", ".join(names[:6]), len(train_tok), len(eval_tok), max_length)
+    collate = classification_collator(tokenizer)
+
+    def evaluate_fn(m):
+        logits, labels = classify(accelerator, m, eval_tok, collate, cfg.batch_size * 2)
+        return classification_metrics(logits, labels)
+
+    model, result = train(accelerator, model, train_tok, collate, cfg, description="finetune",
+                          evaluate_fn=evaluate_fn, select=("accuracy", "max"), default_evals=4)
+    best = result.best or evaluate_fn(model)
+    metrics = {
+        "accuracy": best["accuracy"],
+        "f1_macro": best["f1_macro"],
+        "loss": best["loss"],
+        "n_eval": len(eval_tok),
+        "best_step": result.best_step,
+        "steps": result.steps,
+        "n_train": result.n_train,
+        "train_tokens": result.train_tokens,
+        "train_seconds": round(result.train_seconds, 3),
+        "output_dir": str(out),
+    }
+    lineage = lineage_of("finetune", ref, task=cfg.task, labels=names, train=spec.train.record(), eval=eval_from,
+                         max_length=max_length, steps=result.steps, tokens_seen=result.train_tokens)
+    config_dict = to_dict(cfg)
+    if accelerator.is_main_process:
+        with StageWriter(out) as w:
+            w.save_model(model, tokenizer)
+            record = make_record("finetune", config_dict, {k: v for k, v in metrics.items() if k != "output_dir"}, lineage)
+            record["max_length"] = max_length
+            record["history"] = result.history
+            w.commit(record)
+    accelerator.wait_for_everyone()
+    return {**metrics, "config": config_dict, "lineage": lineage}
+
+
+def held_out_slice(ds, names: list[str], fraction: float, seed: int):
+    """A seeded, stratified slice of the training data for model selection when no --eval is given."""
+    import datasets
+
+    ds = ds.cast_column("label", datasets.ClassLabel(names=names))
+    try:
+        parts = ds.train_test_split(test_size=fraction, seed=seed, stratify_by_column="label")
+    except ValueError:  # a class too small to stratify
+        parts = ds.train_test_split(test_size=fraction, seed=seed)
+    return parts["train"], parts["test"]
+
+
+def tokenize(ds, tokenizer, max_length: int, flag: str):
+    """Tokenize (no padding: batches are padded to their own longest text); say how many texts were cut."""
+
+    def enc(batch):
+        out = tokenizer(batch["text"], truncation=True, max_length=max_length)
+        out["n_tokens"] = [len(x) for x in tokenizer(batch["text"])["input_ids"]]
+        return out
+
+    tok = ds.map(enc, batched=True, remove_columns=["text"], desc="tokenizing")
+    over = sum(1 for n in tok["n_tokens"] if n > max_length)
+    if over:
+        log.warning("%s: truncated %d of %d texts longer than %d tokens (raise --max-length to keep more)",
+                    flag, over, len(tok), max_length)
+    return tok.remove_columns("n_tokens").rename_column("label", "labels")
+
+
+def classification_collator(tokenizer):
+    from transformers import DataCollatorWithPadding
+
+    return DataCollatorWithPadding(tokenizer)

@@ -1,0 +1,130 @@
+"""Stage 1: a general language model, trained from scratch or taken from an existing checkpoint.
+
+    nlptl pretrain --arch gpt --size tiny --corpus sample-general       # from scratch, seconds on a CPU
+    nlptl pretrain --arch bert --size small --corpus wikitext-103 --out runs/general-bert
+    nlptl pretrain --from bert-base-uncased --out runs/general          # take a checkpoint as the general stage
+    nlptl pretrain --from DIR --corpus more.txt                         # ... and continue training it
+
+From scratch: a tokenizer is trained on the corpus (byte-level BPE for gpt, WordPiece for bert) and a
+GPT-2 or BERT of the preset size is initialised at random.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from pathlib import Path
+
+from nlptl.checkpoint import check_out, default_out, lineage_of
+from nlptl.config import PretrainConfig, runs_root
+from nlptl.data.corpora import resolve_corpus
+from nlptl.errors import UsageError
+from nlptl.models import inspect_model
+from nlptl.stages.common import check_block_size, positions_of
+
+log = logging.getLogger("nlptl")
+
+MODEL_FILES = ("*.json", "*.safetensors", "*.bin", "*.txt", "*.model", "*.py")
+
+
+def run(cfg: PretrainConfig) -> dict:
+    ref = inspect_model(cfg.from_model) if cfg.from_model else None
+    if ref is not None and ref.is_classifier:
+        raise UsageError(f"--from {ref.spec} is a fine-tuned classifier, not a general language model")
+    if ref is not None and ref.config:
+        check_block_size(cfg.block_size, positions_of(ref.config))
+    if ref is None:
+        from nlptl.models import PRESETS
+
+        check_block_size(cfg.block_size, PRESETS[cfg.size][3] if cfg.arch == "gpt" else min(PRESETS[cfg.size][3], 512))
+    corpus = resolve_corpus(cfg.corpus, cfg.text_column, cfg.train_file) if cfg.corpus else None
+    out = Path(cfg.out) if cfg.out else default_out("pretrain")
+    check_out(out, cfg.overwrite, ref.path if ref and ref.local else None)
+    if ref is not None and corpus is None:
+        return take_checkpoint(cfg, ref, out)
+
+    from nlptl import models, runtime
+    from nlptl.stages.common import lm_stage
+
+    runtime.quiet_libraries()
+    accelerator = runtime.make_accelerator(cfg.precision, cfg.grad_accum)
+    runtime.seed_everything(cfg.seed)
+    notes, kept = [], None
+    if ref is not None:
+        models.hub_guard(ref)
+        config = models.load_config(ref)
+        objective = models.default_objective(config) if cfg.objective == "auto" else cfg.objective
+        tokenizer = models.load_tokenizer(ref, config)
+        model, note, kept = models.load_lm(ref, config, objective)
+        notes += [note] if note else []
+        lineage = lineage_of("pretrain", ref, source="checkpoint, continued")
+    else:
+        objective = "clm" if cfg.arch == "gpt" else "mlm"
+        if cfg.objective != "auto" and cfg.objective != objective:
+            raise UsageError(f"--arch {cfg.arch} trains with {objective}; drop --objective {cfg.objective}")
+        with accelerator.main_process_first():
+            tokenizer = scratch_tokenizer(cfg, corpus)
+        model = models.build_scratch(cfg.arch, cfg.size, tokenizer)
+        notes.append(f"new {cfg.arch} ({cfg.size}): {models.count_parameters(model) / 1e6:.2f}M parameters, "
+                     f"vocabulary {len(tokenizer)}")
+        lineage = lineage_of("pretrain", None, source="scratch", arch=cfg.arch, size=cfg.size,
+                             vocab_size=len(tokenizer))
+    return lm_stage("pretrain", cfg, accelerator=accelerator, model=model, tokenizer=tokenizer, objective=objective,
+                    corpus=corpus, lineage=lineage, out=out, kept=kept, notes=notes)
+
+
+def scratch_tokenizer(cfg: PretrainConfig, corpus):
+    """Train (or reuse, for the same corpus and settings) the tokenizer of a from-scratch model."""
+    from transformers import AutoTokenizer
+
+    from nlptl.data.corpora import load_corpus
+    from nlptl.models import DEFAULT_VOCAB, PRESETS, train_tokenizer
+
+    vocab = cfg.vocab_size or DEFAULT_VOCAB[cfg.size]
+    positions = PRESETS[cfg.size][3] if cfg.arch == "gpt" else min(PRESETS[cfg.size][3], 512)
+    key = hashlib.sha256(f"{corpus.sha256 or corpus.spec}|{cfg.arch}|{vocab}|{positions}|v1".encode()).hexdigest()[:16]
+    cache = runs_root() / ".cache" / "tokenizers" / key
+    if (cache / "tokenizer.json").is_file():
+        log.info("reusing the tokenizer trained on this corpus before (%s)", cache)
+        return AutoTokenizer.from_pretrained(cache)
+    texts = load_corpus(corpus)
+    batches = (texts[i : i + 1000]["text"] for i in range(0, len(texts), 1000))
+    log.info("training a %s tokenizer (vocabulary %d) on %s", "byte-level BPE" if cfg.arch == "gpt" else "WordPiece",
+             vocab, corpus.spec)
+    tokenizer = train_tokenizer(cfg.arch, batches, vocab, positions)
+    tmp = cache.with_name(cache.name + ".tmp")
+    tokenizer.save_pretrained(tmp)
+    if cache.exists():
+        shutil.rmtree(cache)
+    tmp.rename(cache)
+    return AutoTokenizer.from_pretrained(cache)
+
+
+def take_checkpoint(cfg: PretrainConfig, ref, out: Path) -> dict:
+    """Record an existing checkpoint as the general stage: its files are copied as they are."""
+    from nlptl.checkpoint import StageWriter, make_record
+    from nlptl.config import to_dict
+
+    src = Path(ref.path)
+    if not ref.local:
+        from nlptl import hub, models
+
+        models.hub_guard(ref)
+        try:
+            from huggingface_hub import snapshot_download
+
+            src = Path(snapshot_download(ref.path, allow_patterns=list(MODEL_FILES)))
+        except Exception as e:  # noqa: BLE001
+            raise models.load_error(ref, e) from e
+        del hub
+    config = to_dict(cfg)
+    lineage = lineage_of("pretrain", ref, source="checkpoint")
+    with StageWriter(out) as w:
+        for pattern in MODEL_FILES:
+            for f in src.glob(pattern):
+                if f.is_file() and f.name != "nlptl-run.json":
+                    shutil.copy2(f, w.path / f.name)
+        w.commit(make_record("pretrain", config, {}, lineage))
+    return {"steps": 0, "n_train": 0, "train_tokens": 0, "train_seconds": 0.0, "perplexity": None,
+            "perplexity_before": None, "loss": None, "output_dir": str(out), "config": config, "lineage": lineage}
