@@ -265,22 +265,34 @@ def _main(
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; known errors become one line on stderr and an exit code, never a traceback
     (set NLPTL_DEBUG=1 to see it)."""
-    import click
-
     from nlptl.errors import NlptlError
+
+    try:  # typer >= 0.2x raises the exceptions of its own vendored copy of click
+        from typer._click import exceptions as click_exc
+    except ImportError:  # older typer: plain click
+        from click import exceptions as click_exc
+    Exit, Abort = typer.Exit, typer.Abort
 
     debug = os.environ.get("NLPTL_DEBUG", "") not in ("", "0")
     try:
-        app(args=argv, prog_name="nlptl", standalone_mode=False)
-    except click.exceptions.Exit as e:
+        # Not standalone: typer returns the code of an Exit (--help, --version, Ctrl-C is 130) instead of raising it.
+        code = app(args=argv, prog_name="nlptl", standalone_mode=False)
+        if code == 130:
+            raise KeyboardInterrupt
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except Exit as e:
         sys.exit(e.exit_code)
-    except click.exceptions.UsageError as e:
+    except click_exc.NoArgsIsHelpError as e:  # `nlptl` alone: the help, as click does it
+        print(e.ctx.get_help(), file=sys.stderr)
+        sys.exit(2)
+    except click_exc.UsageError as e:
         from nlptl import console
 
         cmd = e.ctx.command_path if e.ctx else "nlptl"
-        console.error(f"{e.format_message()} (see '{cmd} --help')")
+        console.error(f"{' '.join(e.format_message().split())} (see '{cmd} --help')")
         sys.exit(2)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, Abort):
         from nlptl import console
 
         console.error("interrupted")

@@ -16,7 +16,7 @@ from typing import Any
 
 log = logging.getLogger("nlptl")
 
-_state = {"quiet": False, "json": False, "configured": False}
+_state: dict[str, Any] = {"quiet": False, "json": False, "configured": False, "header": None}
 
 
 def is_main_process() -> bool:
@@ -36,7 +36,7 @@ def _stderr_console():
 
 def configure(quiet: bool = False, json_mode: bool = False) -> None:
     """Route the nlptl logger to stderr. Other processes than the main one only report errors."""
-    _state.update(quiet=quiet, json=json_mode, configured=True)
+    _state.update(quiet=quiet, json=json_mode, configured=True, header=None)
     log.handlers.clear()
     log.propagate = False
     if fancy():
@@ -48,6 +48,7 @@ def configure(quiet: bool = False, json_mode: bool = False) -> None:
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("nlptl: %(message)s"))
+    handler.addFilter(_header_first)
     log.addHandler(handler)
     if not is_main_process():
         log.setLevel(logging.ERROR)
@@ -57,6 +58,7 @@ def configure(quiet: bool = False, json_mode: bool = False) -> None:
 
 def error(message: str) -> None:
     """The one line a failing command leaves on stderr."""
+    _state["header"] = None  # a command that fails its quick checks shows only this line
     if fancy():
         _stderr_console().print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
     else:
@@ -64,9 +66,24 @@ def error(message: str) -> None:
 
 
 def header(title: str, config: dict[str, Any]) -> None:
-    """The resolved config, before a stage starts."""
+    """The resolved config, before a stage starts. Held back until the stage's first log line, progress
+    bar or result, so that a command failing its quick checks leaves one line on stderr: the error."""
     if _state["quiet"] or not is_main_process():
         return
+    _state["header"] = (title, config)
+
+
+def _header_first(record: logging.LogRecord) -> bool:
+    """Log filter: the pending header goes out before the first log line."""
+    flush_header()
+    return True
+
+
+def flush_header() -> None:
+    if _state["header"] is None:
+        return
+    title, config = _state["header"]
+    _state["header"] = None
     if not fancy():
         log.info("%s: %s", title, ", ".join(f"{k}={v}" for k, v in config.items() if v not in (None, [], "")))
         return
@@ -80,6 +97,7 @@ def header(title: str, config: dict[str, Any]) -> None:
 
 
 def results(title: str, rows: dict[str, Any]) -> None:
+    flush_header()
     if not is_main_process():
         return
     if _state["json"]:
@@ -98,6 +116,7 @@ def results(title: str, rows: dict[str, Any]) -> None:
 
 
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    flush_header()
     if not is_main_process() or _state["quiet"]:
         return
     if not fancy():
@@ -137,6 +156,7 @@ class Progress:
         self.enabled = is_main_process() and not _state["quiet"]
         self.bar = None
         self.t0 = time.perf_counter()
+        flush_header()
         if self.enabled and fancy():
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
             from rich.progress import Progress as RichProgress

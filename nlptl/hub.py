@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from pathlib import Path
 from urllib.parse import urlparse
+
+from nlptl.errors import NlptlError
 
 _reachable: bool | None = None
 
@@ -58,3 +61,27 @@ def prepare(what: str) -> bool:
     if not online:
         go_offline()
     return online
+
+
+def cached(repo: str, kind: str = "model") -> bool:
+    """Whether `repo` (kind "model" or "dataset") has a copy in the local Hugging Face caches, found from
+    the cache layout alone (no heavy import): the hub cache, and for datasets also datasets' Arrow cache."""
+    import huggingface_hub.constants as c
+
+    folder = f"{kind}s--" + repo.replace("/", "--")
+    if (Path(c.HF_HUB_CACHE) / folder).is_dir():
+        return True
+    if kind == "dataset":
+        arrow = Path(os.environ.get("HF_DATASETS_CACHE") or Path(c.HF_HOME) / "datasets")
+        return (arrow / repo.replace("/", "___")).is_dir()
+    return False
+
+
+def require(repo: str, kind: str, what: str, hint: str) -> None:
+    """Fail at once, before any heavy import, when the hub is unreachable and `repo` is not cached
+    (instead of the libraries' ~25 s of retries and a traceback)."""
+    if not reachable() and not cached(repo, kind):
+        raise NlptlError(
+            f"{what}: the Hugging Face Hub is unreachable (offline) and '{repo}' is not in the local cache; {hint}"
+        )
+

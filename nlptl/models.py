@@ -76,6 +76,9 @@ def inspect_model(spec: str, flag: str = "--from") -> ModelRef:
     # Not on disk: a hub id has the form name or org/name.
     if spec.count("/") > 1 or spec.startswith((".", "~")) or "\\" in spec or not spec.strip():
         raise UsageError(f"{flag} {spec}: no such directory")
+    from nlptl import hub
+
+    hub.require(spec, "model", f"{flag} {spec}", "pass a local checkpoint directory")
     return ModelRef(spec, spec, False, None, None)
 
 

@@ -42,6 +42,8 @@ def resolve_corpus(spec: str, text_column: str = "text", train_file: str | None 
     entry = registry.corpus_entry(spec)
     if entry.path:
         return _files(entry.path, entry.name, text_column)
+    hub.require(entry.hub, "dataset", f"--corpus {spec}",
+                "pass a local file, directory or glob instead (or register one in $NLPTL_HOME/registry.yaml)")
     return CorpusSource(spec=spec, name=entry.name, hub=entry.hub, hub_config=entry.hub_config,
                         hub_splits=entry.hub_splits, text_column=entry.text_column)
 
@@ -61,6 +63,7 @@ def _task_corpus(spec: str, text_column: str, train_file: str | None) -> CorpusS
         src.spec, src.name = spec, spec
         return src
     if entry.hub:
+        hub.require(entry.hub, "dataset", f"--corpus {spec}", "pass the task's training file with --train FILE")
         return CorpusSource(spec=spec, name=spec, hub=entry.hub, hub_config=entry.hub_config,
                             hub_splits=(entry.hub_train_split,), text_column=entry.hub_text_column)
     raise UsageError(f"--corpus {spec}: the task has no default data; pass its training file with --train FILE")

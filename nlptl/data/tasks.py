@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from nlptl import registry
+from nlptl import hub, registry
 from nlptl.data.corpora import load_hub, read_files
 from nlptl.data.files import check_data_file
 from nlptl.errors import UsageError
@@ -60,6 +60,8 @@ def resolve_task(task: str, train_file: str | None, eval_file: str | None, text_
     if train_path:
         train = labelled_source(train_path, "--train", text_column, label_column)
     elif entry.hub and need_train:
+        hub.require(entry.hub, "dataset", f"--task {task}",
+                    "pass local files with --train FILE --eval FILE (or register them in $NLPTL_HOME/registry.yaml)")
         train = LabelledSource("--train", entry.hub, hub=entry.hub, hub_config=entry.hub_config,
                                hub_split=entry.hub_train_split)
     elif need_train:
