@@ -45,7 +45,7 @@ def _o(*names: str, cls: type = TrainConfig, key: str | None = None, panel: str 
 
 # Options shared by the training stages (defaults live in the config dataclasses, shown by --help there).
 Out = Annotated[str | None, _o("--out", "-o", panel=RUN)]
-Overwrite = Annotated[bool, _o("--overwrite", panel=RUN)]
+Overwrite = Annotated[bool | None, _o("--overwrite", panel=RUN)]
 MaxSteps = Annotated[int | None, _o("--max-steps")]
 Epochs = Annotated[float | None, _o("--epochs")]
 BatchSize = Annotated[int | None, _o("--batch-size")]
@@ -56,6 +56,10 @@ WeightDecay = Annotated[float | None, _o("--weight-decay")]
 Seed = Annotated[int | None, _o("--seed")]
 EvalEvery = Annotated[int | None, _o("--eval-every")]
 Precision = Annotated[str | None, _o("--precision")]
+Schedule = Annotated[str | None, _o("--schedule")]
+DiscLr = Annotated[float | None, _o("--discriminative-lr")]
+Unfreeze = Annotated[bool | None, _o("--gradual-unfreeze/--no-gradual-unfreeze", key="gradual_unfreeze")]
+UnfreezeEvery = Annotated[int | None, _o("--unfreeze-every")]
 ConfigFile = Annotated[str | None, typer.Option("--config", help="YAML file of config keys (flags override it).",
                                                 rich_help_panel=RUN)]
 Sets = Annotated[list[str] | None, typer.Option("--set", help="Override any config key: --set key=value (repeatable).",
@@ -75,8 +79,8 @@ NOT_CONFIG = ("config", "sets", "json_", "quiet")
 
 
 def _flags(local: dict[str, Any]) -> dict[str, Any]:
-    """Flags the user gave (None and False mean 'not given', so the config file can set them)."""
-    return {k: v for k, v in local.items() if k not in NOT_CONFIG and v is not None and v is not False}
+    """Flags the user gave (None means 'not given', so the config file can set them)."""
+    return {k: v for k, v in local.items() if k not in NOT_CONFIG and v is not None}
 
 
 def _stage(name: str, cls: type, local: dict[str, Any]) -> None:
@@ -112,7 +116,9 @@ def pretrain(
     mlm_probability: MlmProb = None,
     max_steps: MaxSteps = None, epochs: Epochs = None, batch_size: BatchSize = None, grad_accum: GradAccum = None,
     lr: Lr = None, warmup_ratio: WarmupRatio = None, weight_decay: WeightDecay = None, seed: Seed = None,
-    eval_every: EvalEvery = None, precision: Precision = None, overwrite: Overwrite = False,
+    eval_every: EvalEvery = None, precision: Precision = None, schedule: Schedule = None,
+    discriminative_lr: DiscLr = None, gradual_unfreeze: Unfreeze = None, unfreeze_every: UnfreezeEvery = None,
+    overwrite: Overwrite = None,
     config: ConfigFile = None, sets: Sets = None, json_: Json = False, quiet: Quiet = False,
 ) -> None:
     """Stage 1: train a general language model from scratch (--corpus), or take a checkpoint (--from)."""
@@ -132,7 +138,9 @@ def adapt(
     train_file: LMTrain = None,
     max_steps: MaxSteps = None, epochs: Epochs = None, batch_size: BatchSize = None, grad_accum: GradAccum = None,
     lr: Lr = None, warmup_ratio: WarmupRatio = None, weight_decay: WeightDecay = None, seed: Seed = None,
-    eval_every: EvalEvery = None, precision: Precision = None, overwrite: Overwrite = False,
+    eval_every: EvalEvery = None, precision: Precision = None, schedule: Schedule = None,
+    discriminative_lr: DiscLr = None, gradual_unfreeze: Unfreeze = None, unfreeze_every: UnfreezeEvery = None,
+    overwrite: Overwrite = None,
     config: ConfigFile = None, sets: Sets = None, json_: Json = False, quiet: Quiet = False,
 ) -> None:
     """Stage 2: adapt a language model to domain text (MLM for encoders, CLM for decoders)."""
@@ -148,10 +156,13 @@ def finetune(
     text_column: Annotated[str | None, _o("--text-column", cls=FinetuneConfig, panel=DATA)] = None,
     label_column: Annotated[str | None, _o("--label-column", cls=FinetuneConfig, panel=DATA)] = None,
     max_length: Annotated[int | None, _o("--max-length", cls=FinetuneConfig, panel=DATA)] = None,
+    pooling: Annotated[str | None, _o("--pooling", cls=FinetuneConfig)] = None,
     out: Out = None,
     max_steps: MaxSteps = None, epochs: Epochs = None, batch_size: BatchSize = None, grad_accum: GradAccum = None,
     lr: Lr = None, warmup_ratio: WarmupRatio = None, weight_decay: WeightDecay = None, seed: Seed = None,
-    eval_every: EvalEvery = None, precision: Precision = None, overwrite: Overwrite = False,
+    eval_every: EvalEvery = None, precision: Precision = None, schedule: Schedule = None,
+    discriminative_lr: DiscLr = None, gradual_unfreeze: Unfreeze = None, unfreeze_every: UnfreezeEvery = None,
+    overwrite: Overwrite = None,
     config: ConfigFile = None, sets: Sets = None, json_: Json = False, quiet: Quiet = False,
 ) -> None:
     """Stage 3: fine-tune a classifier on labelled data; keeps the best checkpoint on --eval."""

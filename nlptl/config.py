@@ -21,6 +21,8 @@ ARCHS = ("gpt", "bert")
 SIZES = ("tiny", "mini", "small", "base")
 OBJECTIVES = ("auto", "mlm", "clm")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SCHEDULES = ("linear", "stlr", "one-cycle", "cosine", "constant")
+POOLINGS = ("auto", "cls", "mean", "last", "concat")
 
 # Config keys that are not valid Python identifiers, or that users spell like the flag.
 ALIASES = {"from": "from_model", "train": "train_file", "eval": "eval_file"}
@@ -52,9 +54,24 @@ class TrainConfig:
     eval_every: int | None = opt(None, "Evaluate every N steps (default: a few times per run for finetune, at the end for LM stages).")
     log_every: int = opt(10, "Log the training loss every N steps.")
     precision: str = opt("auto", "auto (bf16 where the hardware has it, else fp32), fp32, bf16 or fp16.")
+    schedule: str = opt("linear", "Learning-rate schedule: linear (warmup + decay), stlr (slanted triangular), one-cycle, cosine, constant.")
+    cut_frac: float = opt(0.1, "stlr: fraction of the steps spent increasing the learning rate (ULMFiT: 0.1).")
+    stlr_ratio: float = opt(32.0, "stlr: how much smaller the lowest learning rate is than the peak (ULMFiT: 32).")
+    discriminative_lr: float = opt(1.0, "Each layer group's learning rate is the one above divided by this factor (ULMFiT: 2.6; 1 = off).")
+    gradual_unfreeze: bool = opt(False, "Train only the head first, then unfreeze one more layer group from the top each epoch.")
+    unfreeze_every: int | None = opt(None, "With --gradual-unfreeze: unfreeze a group every N steps (default: every epoch).")
 
     def __post_init__(self) -> None:
         positive(self, "epochs", "batch_size", "grad_accum", "lr", "log_every")
+        choice(self, "schedule", SCHEDULES)
+        if self.discriminative_lr < 1:
+            raise UsageError(f"--discriminative-lr must be >= 1 (got {self.discriminative_lr}); 1 turns it off")
+        if not 0 < self.cut_frac < 1:
+            raise UsageError(f"--cut-frac must be in (0, 1) (got {self.cut_frac})")
+        if self.stlr_ratio < 1:
+            raise UsageError(f"--stlr-ratio must be >= 1 (got {self.stlr_ratio})")
+        if self.unfreeze_every is not None and self.unfreeze_every <= 0:
+            raise UsageError(f"--unfreeze-every must be a positive integer (got {self.unfreeze_every})")
         if self.max_steps is not None and self.max_steps <= 0:
             raise UsageError(f"--max-steps must be a positive integer (got {self.max_steps})")
         if self.eval_every is not None and self.eval_every <= 0:
@@ -136,6 +153,7 @@ class FinetuneConfig(TrainConfig):
     label_column: str = opt("label", "Label column.")
     max_length: int | None = opt(None, "Truncate texts to this many tokens (default: min(256, model positions)).")
     eval_fraction: float = opt(0.1, "Without --eval: fraction of the training data held out for model selection.")
+    pooling: str = opt("auto", "Classifier pooling: cls, mean, last (token), concat ([last, max, mean], ULMFiT); auto = cls for encoders, last for decoders.")
     batch_size: int = opt(32, TrainConfig.__dataclass_fields__["batch_size"].metadata["help"])
     epochs: float = opt(3.0, TrainConfig.__dataclass_fields__["epochs"].metadata["help"])
     lr: float = opt(1e-4, TrainConfig.__dataclass_fields__["lr"].metadata["help"])
@@ -147,6 +165,7 @@ class FinetuneConfig(TrainConfig):
             raise UsageError(f"--max-length must be at least 2 (got {self.max_length})")
         if not 0 < self.eval_fraction < 1:
             raise UsageError(f"--eval-fraction must be in (0, 1) (got {self.eval_fraction})")
+        choice(self, "pooling", POOLINGS)
 
 
 @dataclass

@@ -202,23 +202,68 @@ def _unused_tensors(ref: ModelRef, model, unexpected: set[str]) -> dict:
     return kept
 
 
-def load_classifier(ref: ModelRef, config, labels: list[str], tokenizer):
-    from transformers import AutoModelForSequenceClassification
+def family(config) -> str:
+    """'encoder' (masked-LM family) or 'decoder' (causal LM)."""
+    return "encoder" if default_objective(config) == "mlm" else "decoder"
 
+
+def resolve_pooling(config, pooling: str) -> str:
+    """auto -> the family's default: the first token for encoders, the last real token for decoders."""
+    if pooling != "auto":
+        return pooling
+    return "cls" if family(config) == "encoder" else "last"
+
+
+def uses_stock_head(config, pooling: str) -> bool:
+    """Whether transformers' own sequence-classification class implements this pooling."""
+    return (family(config), pooling) in (("encoder", "cls"), ("decoder", "last"))
+
+
+def _stock_class(config):
+    """The family's stock classifier class, looked up by name (not through the Auto registry, which
+    a trust_remote_code load in the same process can redirect)."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+
+    name = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.get(config.model_type)
+    if name is None or not hasattr(transformers, name):
+        raise NlptlError(f"transformers has no sequence-classification class for {config.model_type}; try --pooling mean")
+    return getattr(transformers, name)
+
+
+def load_classifier(ref: ModelRef, config, labels: list[str], tokenizer, pooling: str = "auto"):
+    """A classifier with a new head on the checkpoint's body. Stock transformers classes where they
+    implement the pooling; otherwise nlptl's pooled head (nlptl/heads.py, shipped via auto_map)."""
     id2label = dict(enumerate(labels))
     config.num_labels = len(labels)
     config.id2label = id2label
     config.label2id = {v: k for k, v in id2label.items()}
     # Decoders classify from the last non-pad token; the config must know the pad id.
     config.pad_token_id = tokenizer.pad_token_id
+    pooling = resolve_pooling(config, pooling)
     try:
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            ref.path, config=config, output_loading_info=True, ignore_mismatched_sizes=True)
-    except ValueError as e:
-        raise NlptlError(f"--from {ref.spec}: transformers has no sequence-classification class for {config.model_type}") from e
+        if uses_stock_head(config, pooling):
+            for attr in ("nlptl_pooling", "auto_map"):
+                if hasattr(config, attr):
+                    delattr(config, attr)
+            return _stock_class(config).from_pretrained(ref.path, config=config, ignore_mismatched_sizes=True)
+        from nlptl.heads import NlptlForSequenceClassification
+
+        config.nlptl_pooling = pooling
+        config.auto_map = {"AutoModelForSequenceClassification": "modeling_nlptl.NlptlForSequenceClassification"}
+        return NlptlForSequenceClassification.from_pretrained(ref.path, config=config, ignore_mismatched_sizes=True)
+    except NlptlError:
+        raise
     except Exception as e:  # noqa: BLE001
         raise load_error(ref, e) from e
-    return model
+
+
+def save_head_code(model, directory) -> None:
+    """Ship nlptl's head code next to a classifier that uses it (for trust_remote_code loading)."""
+    import shutil
+
+    if getattr(model.config, "nlptl_pooling", None):
+        shutil.copy2(Path(__file__).with_name("heads.py"), Path(directory) / "modeling_nlptl.py")
 
 
 # --------------------------------------------------------------------------- from scratch
@@ -265,13 +310,18 @@ def count_parameters(model) -> int:
 
 def load_trained_classifier(ref: ModelRef):
     """A fine-tuned classifier for inference: (model, tokenizer, label names, max_length)."""
-    from transformers import AutoModelForSequenceClassification
-
     hub_guard(ref, "--model")
     config = load_config(ref)
     tokenizer = load_tokenizer(ref, config)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(ref.path, config=config)
+        if getattr(config, "nlptl_pooling", None):
+            from nlptl.heads import NlptlForSequenceClassification
+
+            model = NlptlForSequenceClassification.from_pretrained(ref.path, config=config)
+        else:
+            model = _stock_class(config).from_pretrained(ref.path, config=config)
+    except NlptlError:
+        raise
     except Exception as e:  # noqa: BLE001
         raise load_error(ref, e, "--model") from e
     names = [config.id2label[i] for i in range(config.num_labels)]

@@ -54,17 +54,20 @@ def train(
     import torch
     from torch.utils.data import DataLoader
 
-    from nlptl.optim import build_optimizer, build_schedule
+    from nlptl.optim import GradualUnfreezing, build_optimizer, build_schedule
 
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(train_dataset, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate_fn,
                         generator=generator, pin_memory=accelerator.device.type == "cuda")
-    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, fused=accelerator.device.type == "cuda")
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.discriminative_lr,
+                                fused=accelerator.device.type == "cuda")
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     steps = total_steps(cfg, len(loader))
+    steps_per_epoch = max(1, math.ceil(len(loader) / cfg.grad_accum))
     # The schedule is stepped by hand once per optimizer update, so its length is exact whatever the
     # number of processes (accelerate's prepared scheduler would step once per process).
-    scheduler = build_schedule(optimizer, steps, cfg.warmup_ratio)
+    scheduler = build_schedule(optimizer, steps, cfg.warmup_ratio, cfg.schedule, cfg.cut_frac, cfg.stlr_ratio)
+    unfreezing = GradualUnfreezing(optimizer, cfg.unfreeze_every or steps_per_epoch) if cfg.gradual_unfreeze else None
     eval_every = cfg.eval_every or (max(1, math.ceil(steps / default_evals)) if default_evals else None)
 
     progress = Progress(description, steps, cfg.log_every)
@@ -97,8 +100,11 @@ def train(
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
                 accelerator.backward(loss)
+                if accelerator.sync_gradients and unfreezing is not None:
+                    unfreezing.update(step)
+                    unfreezing.drop_frozen_grads()
                 if accelerator.sync_gradients and cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    accelerator.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], cfg.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             mask = batch.get("attention_mask")

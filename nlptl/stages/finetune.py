@@ -65,7 +65,7 @@ def run(cfg: FinetuneConfig) -> dict:
         eval_tok = tokenize(eval_ds, tokenizer, max_length, "--eval")
     load_metric("accuracy"), load_metric("f1")  # fail before training, not after, if metrics cannot load
 
-    model = models.load_classifier(ref, config, names, tokenizer)
+    model = models.load_classifier(ref, config, names, tokenizer, cfg.pooling)
     log.info("%s: %d labels (%s), %d train / %d eval examples, max length %d",
              cfg.task, len(names), ", ".join(names[:6]), len(train_tok), len(eval_tok), max_length)
     collate = classification_collator(tokenizer)
@@ -90,11 +90,12 @@ def run(cfg: FinetuneConfig) -> dict:
         "output_dir": str(out),
     }
     lineage = lineage_of("finetune", ref, task=cfg.task, labels=names, train=spec.train.record(), eval=eval_from,
-                         max_length=max_length, steps=result.steps, tokens_seen=result.train_tokens)
+                         max_length=max_length, pooling=models.resolve_pooling(config, cfg.pooling), steps=result.steps, tokens_seen=result.train_tokens)
     config_dict = to_dict(cfg)
     if accelerator.is_main_process:
         with StageWriter(out) as w:
             w.save_model(model, tokenizer)
+            models.save_head_code(model, w.path)
             record = make_record("finetune", config_dict, {k: v for k, v in metrics.items() if k != "output_dir"}, lineage)
             record["max_length"] = max_length
             record["history"] = result.history
