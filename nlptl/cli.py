@@ -73,6 +73,7 @@ Objective = Annotated[str | None, _o("--objective", cls=LMConfig)]
 BlockSize = Annotated[int | None, _o("--block-size", cls=LMConfig, panel=DATA)]
 ValPct = Annotated[float | None, _o("--validation-percentage", cls=LMConfig, panel=DATA)]
 MlmProb = Annotated[float | None, _o("--mlm-probability", cls=LMConfig)]
+WholeWord = Annotated[bool | None, _o("--whole-word-mask/--no-whole-word-mask", cls=LMConfig, key="whole_word_mask")]
 LMTrain = Annotated[str | None, _o("--train", cls=LMConfig, key="train_file", panel=DATA)]
 
 NOT_CONFIG = ("config", "sets", "json_", "quiet")
@@ -114,6 +115,7 @@ def pretrain(
     validation_percentage: ValPct = None,
     text_column: TextColumn = None,
     mlm_probability: MlmProb = None,
+    whole_word_mask: WholeWord = None,
     max_steps: MaxSteps = None, epochs: Epochs = None, batch_size: BatchSize = None, grad_accum: GradAccum = None,
     lr: Lr = None, warmup_ratio: WarmupRatio = None, weight_decay: WeightDecay = None, seed: Seed = None,
     eval_every: EvalEvery = None, precision: Precision = None, schedule: Schedule = None,
@@ -134,6 +136,7 @@ def adapt(
     block_size: BlockSize = None,
     validation_percentage: ValPct = None,
     mlm_probability: MlmProb = None,
+    whole_word_mask: WholeWord = None,
     text_column: TextColumn = None,
     train_file: LMTrain = None,
     max_steps: MaxSteps = None, epochs: Epochs = None, batch_size: BatchSize = None, grad_accum: GradAccum = None,

@@ -40,8 +40,16 @@ def make_accelerator(precision: str = "auto", grad_accum: int = 1, log_with=None
         import torch
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    mp = mixed_precision(precision)
+    from accelerate.state import AcceleratorState
+
+    # accelerate keeps one state per process and refuses a second Accelerator with another precision;
+    # stages run one after another in one Python process (library use, tests) would fail. Each stage
+    # builds its own Accelerator, so the previous stage's state can go.
+    if AcceleratorState._shared_state.get("_mixed_precision") not in (None, mp):
+        AcceleratorState._reset_state()
     return Accelerator(
-        mixed_precision=mixed_precision(precision),
+        mixed_precision=mp,
         gradient_accumulation_steps=grad_accum,
         dataloader_config=DataLoaderConfiguration(even_batches=True),
         log_with=log_with,

@@ -44,8 +44,10 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256((body + meta).encode()).hexdigest()[:16]
 
 
-def pack_blocks(texts, tokenizer, block_size: int, corpus_key: str, num_proc: int | None = None):
-    """`texts`: a Dataset with a `text` column. Returns a Dataset of `input_ids` blocks (int32)."""
+def pack_blocks(texts, tokenizer, block_size: int, corpus_key: str, num_proc: int | None = None,
+                word_starts: bool = False):
+    """`texts`: a Dataset with a `text` column. Returns a Dataset of `input_ids` blocks (int32), and with
+    `word_starts` a parallel 0/1 column marking the first token of each word (for whole-word masking)."""
     import datasets
 
     prefix, suffix = special_layout(tokenizer)
@@ -54,23 +56,40 @@ def pack_blocks(texts, tokenizer, block_size: int, corpus_key: str, num_proc: in
     if body < 8:
         raise UsageError(f"--block-size {block_size} is too small for this tokenizer; use at least {len(prefix) + len(suffix) + 8}")
     key = hashlib.sha256(
-        json.dumps([CACHE_VERSION, corpus_key, tokenizer_fingerprint(tokenizer), block_size]).encode()
+        json.dumps([CACHE_VERSION, corpus_key, tokenizer_fingerprint(tokenizer), block_size, word_starts]).encode()
     ).hexdigest()[:16]
+    extra = [sep] if sep is not None else []
 
     def tokenize(batch):
-        ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
-        return {"ids": [x + [sep] if sep is not None else x for x in ids]}
+        enc = tokenizer(batch["text"], add_special_tokens=False)
+        out = {"ids": [x + extra for x in enc["input_ids"]]}
+        if word_starts:
+            starts = []
+            for i in range(len(enc["input_ids"])):
+                words = enc.word_ids(i)
+                starts.append([int(j == 0 or w is None or w != words[j - 1]) for j, w in enumerate(words)] + [1] * len(extra))
+            out["starts"] = starts
+        return out
 
     def group(batch):
         stream = [t for doc in batch["ids"] for t in doc]
         n = len(stream) // body * body
-        return {"input_ids": [prefix + stream[i : i + body] + suffix for i in range(0, n, body)]}
+        out = {"input_ids": [prefix + stream[i : i + body] + suffix for i in range(0, n, body)]}
+        if word_starts:
+            flags = [t for doc in batch["starts"] for t in doc]
+            # A block opens with a new word even when it cuts one in two.
+            out["word_starts"] = [[1] * len(prefix) + [1] + flags[i + 1 : i + body] + [1] * len(suffix)
+                                  for i in range(0, n, body)]
+        return out
 
     tokenized = texts.map(tokenize, batched=True, remove_columns=texts.column_names, num_proc=num_proc,
                           new_fingerprint=f"{key}-tok", desc="tokenizing")
-    features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32"))})
-    blocks = tokenized.map(group, batched=True, batch_size=1000, remove_columns=["ids"], features=features,
-                           num_proc=num_proc, new_fingerprint=f"{key}-pack-{block_size}", desc="packing")
+    columns = {"input_ids": datasets.Sequence(datasets.Value("int32"))}
+    if word_starts:
+        columns["word_starts"] = datasets.Sequence(datasets.Value("int8"))
+    blocks = tokenized.map(group, batched=True, batch_size=1000, remove_columns=tokenized.column_names,
+                           features=datasets.Features(columns), num_proc=num_proc,
+                           new_fingerprint=f"{key}-pack-{block_size}", desc="packing")
     return blocks
 
 

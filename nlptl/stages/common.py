@@ -38,11 +38,12 @@ class LMData:
     n_blocks: int
 
 
-def lm_collators(tokenizer, objective: str, mlm_probability: float, seed: int):
+def lm_collators(tokenizer, objective: str, mlm_probability: float, seed: int, whole_word: bool = False):
     """(train collator, factory of evaluation collators). Evaluation masks are fixed by a seed, so
     perplexity before and after training is measured on the very same masked positions."""
     import torch
-    from transformers import DataCollatorForLanguageModeling
+
+    from nlptl.data.masking import MaskingCollator
 
     if objective == "clm":
         def clm(examples):
@@ -53,16 +54,8 @@ def lm_collators(tokenizer, objective: str, mlm_probability: float, seed: int):
     if tokenizer.mask_token is None:
         raise UsageError("--objective mlm needs a tokenizer with a mask token; this model's has none (use --objective clm)")
 
-    def mlm(seed_):
-        collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=mlm_probability, seed=seed_)
-
-        def collate(examples):
-            ids = torch.tensor([e["input_ids"] for e in examples], dtype=torch.long)
-            return collator([{"input_ids": row} for row in ids])
-
-        return collate
-
-    return mlm(seed), lambda: mlm(seed + 1_000_003)
+    return (MaskingCollator(tokenizer, mlm_probability, whole_word, seed),
+            lambda: MaskingCollator(tokenizer, mlm_probability, whole_word, seed + 1_000_003))
 
 
 def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, objective: str, corpus,
@@ -80,7 +73,8 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
         log.info(note)
     with accelerator.main_process_first():
         texts = load_corpus(corpus)
-        blocks = pack_blocks(texts, tokenizer, cfg.block_size, corpus_key=corpus.sha256 or corpus.spec)
+        # The key names the column too: one file can hold several text columns (the cache must tell them apart).
+        blocks = pack_blocks(texts, tokenizer, cfg.block_size, corpus_key=f"{corpus.sha256 or corpus.spec}|{corpus.text_column}")
     if len(blocks) < 2:
         raise UsageError(
             f"--corpus {corpus.spec} gives {len(blocks)} block(s) of --block-size {cfg.block_size}; "
@@ -89,7 +83,8 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
     train_blocks, held_out = split_blocks(blocks, cfg.validation_percentage, cfg.max_eval_blocks)
     log.info("%s: %d documents -> %d blocks of %d tokens (%d held out), objective %s",
              corpus.spec, len(texts), len(blocks), cfg.block_size, len(held_out), objective)
-    train_collate, eval_collate = lm_collators(tokenizer, objective, cfg.mlm_probability, cfg.seed)
+    train_collate, eval_collate = lm_collators(tokenizer, objective, cfg.mlm_probability, cfg.seed,
+                                               objective == "mlm" and cfg.whole_word_mask)
 
     def score(m):
         return lm_loss(accelerator, m, held_out, eval_collate(), cfg.batch_size)
@@ -108,7 +103,9 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
         "train_seconds": round(result.train_seconds, 3),
         "output_dir": str(out),
     }
-    lineage.update(objective=objective, corpus=corpus.record(), block_size=cfg.block_size, steps=result.steps,
+    lineage.update(objective=objective, corpus=corpus.record(), block_size=cfg.block_size,
+                   masking=(("whole-word" if cfg.whole_word_mask else "token") if objective == "mlm" else None),
+                   steps=result.steps,
                    tokens_seen=result.train_tokens)
     config = to_dict(cfg)
     if accelerator.is_main_process:

@@ -93,7 +93,7 @@ def _language_model(cfg: EvaluateConfig, ref, corpus, block_size: int) -> dict:
     model, _, _ = models.load_lm(ref, config, objective)
     LMConfig(mlm_probability=cfg.mlm_probability, block_size=block_size)  # validates the values
     with accelerator.main_process_first():
-        blocks = pack_blocks(load_corpus(corpus), tokenizer, block_size, corpus_key=corpus.sha256 or corpus.spec)
+        blocks = pack_blocks(load_corpus(corpus), tokenizer, block_size, corpus_key=f"{corpus.sha256 or corpus.spec}|{corpus.text_column}")
     if len(blocks) == 0:
         raise UsageError(f"--data {cfg.data}: shorter than one block of {block_size} tokens; pass --block-size smaller")
     _, eval_collate = lm_collators(tokenizer, objective, cfg.mlm_probability, cfg.seed)

@@ -1,0 +1,55 @@
+"""Masking for the MLM objective, token-level or whole-word, for any fast tokenizer.
+
+transformers' `DataCollatorForLanguageModeling` finds words from offset mappings, which packed blocks
+do not carry; here word boundaries come from the tokenizer's own `word_ids()` at tokenization time
+(stored per block as `word_starts`), so whole-word masking works for WordPiece, byte-level BPE and
+SentencePiece alike. BERT's recipe otherwise: 15% of words (or tokens) are chosen; of their tokens
+80% become [MASK], 10% a random token, 10% stay.
+"""
+
+from __future__ import annotations
+
+
+class MaskingCollator:
+    def __init__(self, tokenizer, mlm_probability: float = 0.15, whole_word: bool = False, seed: int = 0):
+        import torch
+
+        self.mask_id = tokenizer.mask_token_id
+        self.vocab_size = len(tokenizer)
+        self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+        self.p = mlm_probability
+        self.whole_word = whole_word
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, examples: list[dict]) -> dict:
+        import torch
+
+        ids = torch.tensor([e["input_ids"] for e in examples], dtype=torch.long)
+        starts = None
+        if self.whole_word:
+            starts = torch.tensor([e["word_starts"] for e in examples], dtype=torch.long)
+        input_ids, labels = self.mask(ids, starts)
+        return {"input_ids": input_ids, "labels": labels}
+
+    def mask(self, ids, word_starts=None):
+        import torch
+
+        g = self.generator
+        special = torch.isin(ids, self.special_ids)
+        if word_starts is None:
+            chosen = torch.rand(ids.shape, generator=g) < self.p
+        else:
+            # Every token of a chosen word is chosen: a word is the run from one start to the next.
+            word_index = word_starts.cumsum(1) - 1
+            n_words = int(word_index.max().item()) + 1
+            chosen_words = torch.rand((ids.shape[0], n_words), generator=g) < self.p
+            chosen = chosen_words.gather(1, word_index.clamp(min=0))
+        chosen &= ~special
+        labels = torch.where(chosen, ids, torch.full_like(ids, -100))
+        roll = torch.rand(ids.shape, generator=g)
+        to_mask = chosen & (roll < 0.8)
+        to_random = chosen & (roll >= 0.8) & (roll < 0.9)
+        out = ids.clone()
+        out[to_mask] = self.mask_id
+        out[to_random] = torch.randint(self.vocab_size, (int(to_random.sum()),), generator=g)
+        return out, labels
