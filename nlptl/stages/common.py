@@ -74,7 +74,8 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
     with accelerator.main_process_first():
         texts = load_corpus(corpus)
         # The key names the column too: one file can hold several text columns (the cache must tell them apart).
-        blocks = pack_blocks(texts, tokenizer, cfg.block_size, corpus_key=f"{corpus.sha256 or corpus.spec}|{corpus.text_column}")
+        blocks = pack_blocks(texts, tokenizer, cfg.block_size, corpus_key=f"{corpus.sha256 or corpus.spec}|{corpus.text_column}",
+                             word_starts=objective == "mlm" and cfg.whole_word_mask)
     if len(blocks) < 2:
         raise UsageError(
             f"--corpus {corpus.spec} gives {len(blocks)} block(s) of --block-size {cfg.block_size}; "
