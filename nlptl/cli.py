@@ -95,6 +95,8 @@ def _stage(name: str, cls: type, local: dict[str, Any]) -> None:
     result = module.run(cfg)
     if local["json_"]:
         console.emit_json(result)
+    elif "learning_curve" in result:
+        console.results(f"{name} results", {"plot": result["plot"], "output_dir": result["output_dir"]})
     else:
         console.results(f"{name} results", {k: v for k, v in result.items() if k not in ("config", "lineage")})
 
@@ -160,6 +162,9 @@ def finetune(
     label_column: Annotated[str | None, _o("--label-column", cls=FinetuneConfig, panel=DATA)] = None,
     max_length: Annotated[int | None, _o("--max-length", cls=FinetuneConfig, panel=DATA)] = None,
     pooling: Annotated[str | None, _o("--pooling", cls=FinetuneConfig)] = None,
+    n_labels: Annotated[str | None, _o("--n-labels", cls=FinetuneConfig, panel="Learning curve")] = None,
+    seeds: Annotated[int | None, _o("--seeds", cls=FinetuneConfig, panel="Learning curve")] = None,
+    compare: Annotated[list[str] | None, _o("--compare", cls=FinetuneConfig, panel="Learning curve")] = None,
     out: Out = None,
     max_steps: MaxSteps = None, epochs: Epochs = None, batch_size: BatchSize = None, grad_accum: GradAccum = None,
     lr: Lr = None, warmup_ratio: WarmupRatio = None, weight_decay: WeightDecay = None, seed: Seed = None,

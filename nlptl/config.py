@@ -154,6 +154,9 @@ class FinetuneConfig(TrainConfig):
     label_column: str = opt("label", "Label column.")
     max_length: int | None = opt(None, "Truncate texts to this many tokens (default: min(256, model positions)).")
     eval_fraction: float = opt(0.1, "Without --eval: fraction of the training data held out for model selection.")
+    n_labels: str | None = opt(None, "Learning curve: train on these numbers of labels, e.g. 100,500,1000,all (stratified subsets, fixed by seed).")
+    seeds: int = opt(1, "Learning curve: repeat each point with this many seeds (seed, seed+1, ...); reports mean and std.")
+    compare: list[str] = field(default_factory=list, metadata={"help": "Learning curve: more models to compare with --from (repeatable)."})
     pooling: str = opt("auto", "Classifier pooling: cls, mean, last (token), concat ([last, max, mean], ULMFiT); auto = cls for encoders, last for decoders.")
     batch_size: int = opt(32, TrainConfig.__dataclass_fields__["batch_size"].metadata["help"])
     epochs: float = opt(3.0, TrainConfig.__dataclass_fields__["epochs"].metadata["help"])
@@ -167,6 +170,29 @@ class FinetuneConfig(TrainConfig):
         if not 0 < self.eval_fraction < 1:
             raise UsageError(f"--eval-fraction must be in (0, 1) (got {self.eval_fraction})")
         choice(self, "pooling", POOLINGS)
+        positive(self, "seeds")
+        for n in self.label_counts() or []:
+            if n is not None and n < 2:
+                raise UsageError(f"--n-labels: each count must be at least 2 (got {n})")
+
+    def label_counts(self) -> list[int | None] | None:
+        """--n-labels as numbers (None = all), or None when not given."""
+        if not self.n_labels:
+            return None
+        counts: list[int | None] = []
+        for part in str(self.n_labels).split(","):
+            part = part.strip().lower()
+            if part == "all":
+                counts.append(None)
+            elif part.isdigit():
+                counts.append(int(part))
+            else:
+                raise UsageError(f"--n-labels expects numbers and 'all' separated by commas (got '{self.n_labels}')")
+        return counts
+
+    @property
+    def learning_curve(self) -> bool:
+        return bool(self.n_labels) or self.seeds > 1 or bool(self.compare)
 
 
 @dataclass

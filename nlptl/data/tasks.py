@@ -103,7 +103,16 @@ def label_names(spec: TaskSpec, train_labels: list[str]) -> list[str]:
     """The label set: fixed by the task, or the sorted distinct labels of the training data."""
     if spec.entry.labels:
         return list(spec.entry.labels)
-    values = sorted(set(train_labels))
+    # `encode` matches labels ignoring case and surrounding spaces, so 'Sports' and 'sports ' are one
+    # label here too (else the set holds a class no example maps to); the most frequent spelling names it.
+    counts: dict[str, int] = {}
+    for v in train_labels:
+        if v is not None and v.strip():  # empty labels: `encode` reports them
+            counts[v.strip()] = counts.get(v.strip(), 0) + 1
+    spelling: dict[str, str] = {}
+    for v in sorted(counts, key=lambda v: (-counts[v], v)):
+        spelling.setdefault(v.lower(), v)
+    values = sorted(spelling.values())
     if all(_is_int(v) for v in values):
         values = sorted(values, key=lambda v: int(v))
     return values

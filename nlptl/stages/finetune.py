@@ -11,6 +11,7 @@ token). Keeps the checkpoint with the best accuracy on --eval (or on a seeded sl
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from nlptl.checkpoint import check_out, default_from, default_out, lineage_of
@@ -25,28 +26,85 @@ DEFAULT_MAX_LENGTH = 256
 
 
 def run(cfg: FinetuneConfig) -> dict:
-    ref = inspect_model(cfg.from_model or default_from("finetune"))
-    positions = positions_of(ref.config) if ref.config else None
-    if cfg.max_length and positions and cfg.max_length > positions:
-        raise UsageError(f"--max-length {cfg.max_length} is larger than the model's {positions} positions; use {positions} or less")
+    refs = [inspect_model(m) for m in [cfg.from_model or default_from("finetune"), *cfg.compare]]
+    for ref in refs:
+        positions = positions_of(ref.config) if ref.config else None
+        if cfg.max_length and positions and cfg.max_length > positions:
+            raise UsageError(f"--max-length {cfg.max_length} is larger than the model's {positions} positions; use {positions} or less")
     spec = resolve_task(cfg.task, cfg.train_file, cfg.eval_file, cfg.text_column, cfg.label_column)
     out = Path(cfg.out) if cfg.out else default_out("finetune")
-    check_out(out, cfg.overwrite, ref.path if ref.local else None)
+    check_out(out, cfg.overwrite, refs[0].path if refs[0].local else None)
+    if cfg.learning_curve:
+        from nlptl.curve import learning_curve
 
-    from nlptl import models, runtime
+        return learning_curve(cfg, refs, spec, out)
+    ref = refs[0]
+
+    from nlptl import models
     from nlptl.checkpoint import StageWriter, make_record
-    from nlptl.data.tasks import encode, label_names, read_labelled
-    from nlptl.evaluation import classification_metrics, classify, load_metric
-    from nlptl.train import train
+
+    accelerator = start(cfg)
+    data = prepare(cfg, ref, spec, accelerator)
+    model, result, best = fit(cfg, ref, data, data.train, accelerator)
+    metrics = {
+        "accuracy": best["accuracy"],
+        "f1_macro": best["f1_macro"],
+        "loss": best["loss"],
+        "n_eval": len(data.eval),
+        "best_step": result.best_step,
+        "steps": result.steps,
+        "n_train": result.n_train,
+        "train_tokens": result.train_tokens,
+        "train_seconds": round(result.train_seconds, 3),
+        "output_dir": str(out),
+    }
+    lineage = lineage_of("finetune", ref, task=cfg.task, labels=data.names, train=spec.train.record(),
+                         eval=data.eval_from, max_length=data.max_length,
+                         pooling=models.resolve_pooling(data.config, cfg.pooling), steps=result.steps,
+                         tokens_seen=result.train_tokens)
+    config_dict = to_dict(cfg)
+    if accelerator.is_main_process:
+        with StageWriter(out) as w:
+            w.save_model(model, data.tokenizer)
+            models.save_head_code(model, w.path)
+            record = make_record("finetune", config_dict, {k: v for k, v in metrics.items() if k != "output_dir"}, lineage)
+            record["max_length"] = data.max_length
+            record["history"] = result.history
+            w.commit(record)
+    accelerator.wait_for_everyone()
+    return {**metrics, "config": config_dict, "lineage": lineage}
+
+
+@dataclass
+class TaskData:
+    config: object  # the model's transformers config
+    tokenizer: object
+    names: list[str]
+    train: object  # tokenized, with `labels`
+    eval: object
+    eval_from: dict
+    max_length: int
+
+
+def start(cfg: FinetuneConfig):
+    from nlptl import runtime
 
     runtime.quiet_libraries()
     accelerator = runtime.make_accelerator(cfg.precision, cfg.grad_accum)
     runtime.seed_everything(cfg.seed)
+    return accelerator
+
+
+def prepare(cfg: FinetuneConfig, ref, spec, accelerator) -> TaskData:
+    """Read, label-encode and tokenize the task data for `ref`'s tokenizer."""
+    from nlptl import models
+    from nlptl.data.tasks import encode, label_names, read_labelled
+    from nlptl.evaluation import load_metric
+
     models.hub_guard(ref)
     config = models.load_config(ref)
     tokenizer = models.load_tokenizer(ref, config)
     max_length = cfg.max_length or min(DEFAULT_MAX_LENGTH, models.max_positions(config) or DEFAULT_MAX_LENGTH)
-
     with accelerator.main_process_first():
         train_raw = read_labelled(spec.train, spec)
         names = label_names(spec, train_raw["label"])
@@ -64,44 +122,29 @@ def run(cfg: FinetuneConfig) -> dict:
         train_tok = tokenize(train_ds, tokenizer, max_length, "--train")
         eval_tok = tokenize(eval_ds, tokenizer, max_length, "--eval")
     load_metric("accuracy"), load_metric("f1")  # fail before training, not after, if metrics cannot load
-
-    model = models.load_classifier(ref, config, names, tokenizer, cfg.pooling)
     log.info("%s: %d labels (%s), %d train / %d eval examples, max length %d",
              cfg.task, len(names), ", ".join(names[:6]), len(train_tok), len(eval_tok), max_length)
-    collate = classification_collator(tokenizer)
+    return TaskData(config, tokenizer, names, train_tok, eval_tok, eval_from, max_length)
+
+
+def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator):
+    """A new classifier on `ref`, trained on `train_ds`; returns (best model, TrainResult, best metrics)."""
+    import copy
+
+    from nlptl import models
+    from nlptl.evaluation import classification_metrics, classify
+    from nlptl.train import train
+
+    model = models.load_classifier(ref, copy.deepcopy(data.config), data.names, data.tokenizer, cfg.pooling)
+    collate = classification_collator(data.tokenizer)
 
     def evaluate_fn(m):
-        logits, labels = classify(accelerator, m, eval_tok, collate, cfg.batch_size * 2)
+        logits, labels = classify(accelerator, m, data.eval, collate, cfg.batch_size * 2)
         return classification_metrics(logits, labels)
 
-    model, result = train(accelerator, model, train_tok, collate, cfg, description="finetune",
+    model, result = train(accelerator, model, train_ds, collate, cfg, description="finetune",
                           evaluate_fn=evaluate_fn, select=("accuracy", "max"), default_evals=4)
-    best = result.best or evaluate_fn(model)
-    metrics = {
-        "accuracy": best["accuracy"],
-        "f1_macro": best["f1_macro"],
-        "loss": best["loss"],
-        "n_eval": len(eval_tok),
-        "best_step": result.best_step,
-        "steps": result.steps,
-        "n_train": result.n_train,
-        "train_tokens": result.train_tokens,
-        "train_seconds": round(result.train_seconds, 3),
-        "output_dir": str(out),
-    }
-    lineage = lineage_of("finetune", ref, task=cfg.task, labels=names, train=spec.train.record(), eval=eval_from,
-                         max_length=max_length, pooling=models.resolve_pooling(config, cfg.pooling), steps=result.steps, tokens_seen=result.train_tokens)
-    config_dict = to_dict(cfg)
-    if accelerator.is_main_process:
-        with StageWriter(out) as w:
-            w.save_model(model, tokenizer)
-            models.save_head_code(model, w.path)
-            record = make_record("finetune", config_dict, {k: v for k, v in metrics.items() if k != "output_dir"}, lineage)
-            record["max_length"] = max_length
-            record["history"] = result.history
-            w.commit(record)
-    accelerator.wait_for_everyone()
-    return {**metrics, "config": config_dict, "lineage": lineage}
+    return model, result, result.best or evaluate_fn(model)
 
 
 def held_out_slice(ds, names: list[str], fraction: float, seed: int):

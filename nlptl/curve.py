@@ -1,0 +1,133 @@
+"""Learning curves: accuracy against the number of labels, over seeds, for one or more models.
+
+    nlptl finetune --from runs/adapt-... --compare runs/pretrain-... --task sentiment \
+        --train train.csv --eval dev.csv --n-labels 100,500,1000,all --seeds 3
+
+ULMFiT's famous figure (with vs without the adapt stage) is this comparison. Each point trains a new
+classifier on a stratified subset of the training labels, fixed by the seed (the same subsets for
+every model), and is scored on --eval. Writes learning_curve.{json,csv,png} into --out; the models
+themselves are not kept.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import statistics
+from pathlib import Path
+
+from nlptl.config import FinetuneConfig, to_dict
+from nlptl.errors import UsageError
+
+log = logging.getLogger("nlptl")
+
+
+def stratified_subset(ds, n: int | None, names: list[str], seed: int):
+    """`n` examples with the label proportions of `ds`, chosen by `seed` (all of them for None)."""
+    import datasets
+
+    if n is None or n >= len(ds):
+        if n is not None:
+            log.warning("--n-labels %d: only %d training examples; using all of them", n, len(ds))
+        return ds
+    if n < len(names):
+        raise UsageError(f"--n-labels {n} is smaller than the number of labels ({len(names)})")
+    ds = ds.cast_column("labels", datasets.ClassLabel(names=names))
+    try:
+        return ds.train_test_split(train_size=n, seed=seed, stratify_by_column="labels")["train"]
+    except ValueError:  # a class too rare to stratify
+        return ds.shuffle(seed=seed).select(range(n))
+
+
+def model_name(ref) -> str:
+    return Path(ref.path).name if ref.local else ref.spec
+
+
+def learning_curve(cfg: FinetuneConfig, refs: list, spec, out: Path) -> dict:
+    from nlptl import console
+    from nlptl.checkpoint import StageWriter, lineage_of, make_record
+    from nlptl.runtime import seed_everything
+    from nlptl.stages.finetune import fit, prepare, start
+
+    counts = cfg.label_counts() or [None]
+    accelerator = start(cfg)
+    names = [model_name(r) for r in refs]
+    if len(set(names)) < len(names):
+        names = [r.spec for r in refs]
+    runs: list[dict] = []
+    for ref, name in zip(refs, names, strict=True):
+        data = prepare(cfg, ref, spec, accelerator)
+        for n in counts:
+            for k in range(cfg.seeds):
+                seed = cfg.seed + k
+                subset = stratified_subset(data.train, n, data.names, seed)
+                run_cfg = dataclasses.replace(cfg, seed=seed)
+                seed_everything(seed)
+                log.info("learning curve: %s, %d labels, seed %d", name, len(subset), seed)
+                _, result, best = fit(run_cfg, ref, data, subset, accelerator)
+                runs.append({"model": name, "n_labels": "all" if n is None else n, "n_train": len(subset), "seed": seed,
+                             "accuracy": best["accuracy"], "f1_macro": best["f1_macro"], "loss": best["loss"],
+                             "steps": result.steps, "train_seconds": round(result.train_seconds, 3)})
+    summary = summarize(runs)
+    config = to_dict(cfg)
+    lineage = lineage_of("finetune", refs[0], mode="learning-curve", models=[r.spec for r in refs], task=cfg.task,
+                         train=spec.train.record(), n_labels=[r["n_labels"] for r in summary])
+    result = {"learning_curve": summary, "runs": runs, "n_eval": len(data.eval), "output_dir": str(out),
+              "plot": str(out / "learning_curve.png"), "config": config, "lineage": lineage}
+    if accelerator.is_main_process:
+        with StageWriter(out) as w:
+            (w.path / "learning_curve.json").write_text(json.dumps({"summary": summary, "runs": runs}, indent=2))
+            with open(w.path / "learning_curve.csv", "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(runs[0]))
+                writer.writeheader()
+                writer.writerows(runs)
+            plot(summary, w.path / "learning_curve.png", cfg.task)
+            w.commit(make_record("finetune", config, {"learning_curve": summary}, lineage))
+    console.table(f"learning curve on --eval ({len(data.eval)} examples), mean ± std over {cfg.seeds} seed(s)",
+                  ["model", "labels", "accuracy", "macro-F1"],
+                  [[r["model"], r["n_train"], f"{r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f}",
+                    f"{r['f1_macro_mean']:.4f} ± {r['f1_macro_std']:.4f}"] for r in summary])
+    return result
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["model"], r["n_labels"]), []).append(r)
+    out = []
+    for (model, n), rs in groups.items():
+        row = {"model": model, "n_labels": n, "n_train": rs[0]["n_train"], "seeds": len(rs)}
+        for key in ("accuracy", "f1_macro"):
+            values = [r[key] for r in rs]
+            row[f"{key}_mean"] = statistics.fmean(values)
+            row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        out.append(row)
+    return out
+
+
+def plot(summary: list[dict], path: Path, task: str) -> None:
+    """Accuracy against the number of labels (log scale), one line per model, std as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for model in dict.fromkeys(r["model"] for r in summary):
+        rows = sorted((r for r in summary if r["model"] == model), key=lambda r: r["n_train"])
+        ax.errorbar([r["n_train"] for r in rows], [r["accuracy_mean"] for r in rows],
+                    yerr=[r["accuracy_std"] for r in rows], marker="o", capsize=3, label=model)
+    ax.set_xscale("log")
+    ticks = sorted({r["n_train"] for r in summary})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("labelled training examples (log scale)")
+    ax.set_ylabel("accuracy on the evaluation set")
+    ax.set_title(f"Learning curve: {task}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(title="model", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
