@@ -91,7 +91,12 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
         return lm_loss(accelerator, m, held_out, eval_collate(), cfg.batch_size)
 
     before = score(model.to(accelerator.device))
-    model, result = train(accelerator, model, train_blocks, train_collate, cfg, description=stage)
+    from nlptl.models import masked_only
+
+    # MLM trains on the masked positions only (same loss, a fraction of the vocabulary projection).
+    sparse = masked_only(model) if objective == "mlm" else None
+    trained, result = train(accelerator, sparse or model, train_blocks, train_collate, cfg, description=stage)
+    model = trained.lm if sparse is not None else trained
     after = score(model)
     metrics = {
         "perplexity": after["perplexity"],
