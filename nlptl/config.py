@@ -207,7 +207,7 @@ class EvaluateConfig:
     max_length: int | None = opt(None, "Truncate texts to this many tokens (default: the length the classifier was trained with).")
     block_size: int | None = opt(None, "LM block size (default: the one the model was trained with).")
     mlm_probability: float = opt(0.15, "Masking rate for MLM perplexity.")
-    seed: int = opt(42, "Seed of the (fixed) MLM masks.")
+    seed: int | None = opt(None, "Seed of the MLM masks (default: the fixed masks every nlptl LM stage scores with).")
 
     def __post_init__(self) -> None:
         positive(self, "batch_size")

@@ -125,11 +125,13 @@ def load_tokenizer(ref: ModelRef, config):
     """The checkpoint's tokenizer, with a usable model_max_length and a pad token."""
     from transformers import AutoTokenizer
 
+    # Checked first: without tokenizer files transformers 5 builds an empty tokenizer from the model type
+    # (every text -> no tokens) instead of failing.
+    if ref.local and not any((Path(ref.path) / f).is_file() for f in TOKENIZER_FILES):
+        raise NlptlError(f"--from {ref.spec}: holds a model but no tokenizer files; save the tokenizer next to it")
     try:
         tokenizer = AutoTokenizer.from_pretrained(ref.path)
     except Exception as e:  # noqa: BLE001 - turned into one line
-        if ref.local and not any((Path(ref.path) / f).is_file() for f in TOKENIZER_FILES):
-            raise NlptlError(f"--from {ref.spec}: holds a model but no tokenizer files; save the tokenizer next to it") from e
         raise load_error(ref, e) from e
     if not getattr(tokenizer, "is_fast", True):
         raise NlptlError(f"--from {ref.spec}: nlptl needs a fast (Rust) tokenizer (tokenizer.json); convert it with transformers")
@@ -283,6 +285,11 @@ def train_tokenizer(arch: str, texts, vocab_size: int, positions: int):
     tk = BertWordPieceTokenizer(lowercase=True)
     tk.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, show_progress=False,
                            special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    # BertWordPieceTokenizer sets its [CLS] ... [SEP] template only when the vocabulary exists at
+    # construction, so a tokenizer trained from nothing has none: set it now.
+    from tokenizers.processors import BertProcessing
+
+    tk._tokenizer.post_processor = BertProcessing(("[SEP]", tk.token_to_id("[SEP]")), ("[CLS]", tk.token_to_id("[CLS]")))
     return PreTrainedTokenizerFast(tokenizer_object=tk._tokenizer, unk_token="[UNK]", sep_token="[SEP]",
                                    pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]",
                                    model_max_length=positions)

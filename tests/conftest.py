@@ -52,6 +52,11 @@ def pytest_unconfigure(config) -> None:
 @pytest.fixture(scope="session", autouse=True)
 def session_home(tmp_path_factory):
     """NLPTL_HOME for session fixtures (runs built once and shared)."""
+    import torch
+
+    # One thread: models this small gain nothing from more, and on a busy 2-core machine the spinning
+    # of a second thread makes the tests several times slower.
+    torch.set_num_threads(1)
     home = tmp_path_factory.mktemp("nlptl-home-session")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NLPTL_HOME", str(home))
@@ -65,6 +70,15 @@ def nlptl_home(tmp_path, monkeypatch):
     home.mkdir()
     monkeypatch.setenv("NLPTL_HOME", str(home))
     return home
+
+
+@pytest.fixture
+def no_bf16(monkeypatch):
+    """Make precision 'auto' mean fp32 on this CPU too (as on CPUs without bf16 units): for tests that
+    compare numbers from a stage with a fixed precision against `evaluate`, which always uses 'auto'."""
+    from nlptl import runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
 
 
 # --------------------------------------------------------------------------- texts
@@ -159,12 +173,13 @@ def tokenizer_texts() -> list[str]:
 
 
 def _wordpiece(texts: list[str], model_input_names=None):
-    from tokenizers import BertWordPieceTokenizer
+    from tokenizers import BertWordPieceTokenizer, processors
     from transformers import PreTrainedTokenizerFast
 
     tk = BertWordPieceTokenizer(lowercase=True)
     tk.train_from_iterator(texts, vocab_size=400, min_frequency=1, show_progress=False,
                            special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    tk._tokenizer.post_processor = processors.BertProcessing(("[SEP]", 3), ("[CLS]", 2))  # [CLS] ... [SEP]
     kwargs = {"model_input_names": model_input_names} if model_input_names else {}
     return PreTrainedTokenizerFast(tokenizer_object=tk._tokenizer, unk_token="[UNK]", sep_token="[SEP]",
                                    pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]",
@@ -260,7 +275,8 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
 
 # --------------------------------------------------------------------------- stage helpers
 
-# Small, fast settings shared by the in-process stage tests.
+# Small, fast settings shared by the in-process stage tests. fp32: bf16 autocast on a CPU that has it
+# (precision 'auto') is ~3x slower for models this small.
 FAST = {"batch_size": 4, "max_steps": 4, "log_every": 2, "precision": "fp32"}
 
 
@@ -317,3 +333,15 @@ def finetuned(adapted, task_files, runs) -> dict[str, tuple[Path, dict]]:
             return self[family]
 
     return Lazy()
+
+
+@pytest.fixture(scope="session")
+def trained_classifier(checkpoints, task_files, runs) -> tuple[Path, dict]:
+    """A GPT-2 classifier trained until it separates the easy task ('great' vs 'awful')."""
+    from nlptl.stages import finetune
+
+    out = runs / "finetune-trained"
+    result = finetune.run(finetune_cfg(from_model=str(checkpoints["gpt2"]), train_file=str(task_files["train"]),
+                                       eval_file=str(task_files["eval"]), out=str(out), max_steps=100,
+                                       batch_size=16, lr=2e-3, log_every=5))
+    return out, result

@@ -38,9 +38,14 @@ class LMData:
     n_blocks: int
 
 
-def lm_collators(tokenizer, objective: str, mlm_probability: float, seed: int, whole_word: bool = False):
-    """(train collator, factory of evaluation collators). Evaluation masks are fixed by a seed, so
-    perplexity before and after training is measured on the very same masked positions."""
+EVAL_MASK_SEED = 20180118  # fixed: every run and `nlptl evaluate` score the same masked positions
+
+
+def lm_collators(tokenizer, objective: str, mlm_probability: float, seed: int, whole_word: bool = False,
+                 eval_seed: int = EVAL_MASK_SEED):
+    """(train collator, factory of evaluation collators). Evaluation masks do not depend on the training
+    seed, so perplexity before and after training, and across runs, is measured on the very same
+    masked positions of the same held-out blocks."""
     import torch
 
     from nlptl.data.masking import MaskingCollator
@@ -55,7 +60,7 @@ def lm_collators(tokenizer, objective: str, mlm_probability: float, seed: int, w
         raise UsageError("--objective mlm needs a tokenizer with a mask token; this model's has none (use --objective clm)")
 
     return (MaskingCollator(tokenizer, mlm_probability, whole_word, seed),
-            lambda: MaskingCollator(tokenizer, mlm_probability, whole_word, seed + 1_000_003))
+            lambda: MaskingCollator(tokenizer, mlm_probability, whole_word, eval_seed))
 
 
 def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, objective: str, corpus,

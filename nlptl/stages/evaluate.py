@@ -77,7 +77,7 @@ def _language_model(cfg: EvaluateConfig, ref, corpus, block_size: int) -> dict:
     from nlptl.data.corpora import load_corpus
     from nlptl.data.lm import pack_blocks
     from nlptl.evaluation import lm_loss
-    from nlptl.stages.common import lm_collators
+    from nlptl.stages.common import EVAL_MASK_SEED, lm_collators
 
     runtime.quiet_libraries()
     accelerator = runtime.make_accelerator()
@@ -96,7 +96,8 @@ def _language_model(cfg: EvaluateConfig, ref, corpus, block_size: int) -> dict:
         blocks = pack_blocks(load_corpus(corpus), tokenizer, block_size, corpus_key=f"{corpus.sha256 or corpus.spec}|{corpus.text_column}")
     if len(blocks) == 0:
         raise UsageError(f"--data {cfg.data}: shorter than one block of {block_size} tokens; pass --block-size smaller")
-    _, eval_collate = lm_collators(tokenizer, objective, cfg.mlm_probability, cfg.seed)
+    _, eval_collate = lm_collators(tokenizer, objective, cfg.mlm_probability, 0,
+                                   eval_seed=cfg.seed if cfg.seed is not None else EVAL_MASK_SEED)
     scores = lm_loss(accelerator, model.to(accelerator.device), blocks, eval_collate(), cfg.batch_size)
     return {"perplexity": scores["perplexity"], "loss": scores["loss"], "n_eval": len(blocks),
             "eval_tokens": scores["tokens"], "objective": objective, "config": to_dict(cfg),

@@ -83,7 +83,7 @@ def scratch_tokenizer(cfg: PretrainConfig, corpus):
 
     vocab = cfg.vocab_size or DEFAULT_VOCAB[cfg.size]
     positions = PRESETS[cfg.size][3] if cfg.arch == "gpt" else min(PRESETS[cfg.size][3], 512)
-    key = hashlib.sha256(f"{corpus.sha256 or corpus.spec}|{cfg.arch}|{vocab}|{positions}|v1".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{corpus.sha256 or corpus.spec}|{cfg.arch}|{vocab}|{positions}|v2".encode()).hexdigest()[:16]
     cache = runs_root() / ".cache" / "tokenizers" / key
     if (cache / "tokenizer.json").is_file():
         log.info("reusing the tokenizer trained on this corpus before (%s)", cache)

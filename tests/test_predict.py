@@ -1,0 +1,79 @@
+"""`nlptl predict` (stages/predict.py): labels with scores for texts."""
+
+from __future__ import annotations
+
+import pytest
+
+from nlptl.config import PredictConfig
+from nlptl.errors import UsageError
+from nlptl.stages import predict
+
+TEXTS = ["Everyone agreed the bakery was great by any measure.", "awful",
+         "Last week the camera was awful, and the lens was awful too, and the strap was awful as well.",
+         "To be fair, the jacket was great.", "In the end the podcast was awful if you ask me."]
+
+
+def test_from_texts(trained_classifier):
+    out, _ = trained_classifier
+    results = predict.run(PredictConfig(model=str(out), texts=TEXTS))
+    assert [r["text"] for r in results] == TEXTS
+    for r in results:
+        assert set(r["scores"]) == {"negative", "positive"}
+        assert sum(r["scores"].values()) == pytest.approx(1.0, abs=1e-6)
+        assert r["score"] == max(r["scores"].values()) == r["scores"][r["label"]]
+    assert [results[i]["label"] for i in (0, 3, 4)] == ["positive", "positive", "negative"]
+
+
+def test_order_is_kept_while_batches_are_sorted_by_length(trained_classifier):
+    """Texts are batched by length; each result must still be the one of its own text."""
+    out, _ = trained_classifier
+    batched = predict.run(PredictConfig(model=str(out), texts=TEXTS, batch_size=2))
+    for text, result in zip(TEXTS, batched, strict=True):
+        alone = predict.run(PredictConfig(model=str(out), texts=[text]))[0]
+        assert result["text"] == text and result["label"] == alone["label"]
+        assert result["scores"] == pytest.approx(alone["scores"], abs=1e-5)
+
+
+def test_from_file_and_texts(trained_classifier, tmp_path):
+    out, _ = trained_classifier
+    path = tmp_path / "texts.txt"
+    path.write_bytes(("\r\n".join(TEXTS[1:]) + "\r\n\r\n   \n").encode())  # CRLF, blank lines at the end
+    results = predict.run(PredictConfig(model=str(out), texts=TEXTS[:1], input=str(path)))
+    assert [r["text"] for r in results] == TEXTS  # arguments first, then the file's lines in order
+    reference = predict.run(PredictConfig(model=str(out), texts=TEXTS))
+    assert [r["label"] for r in results] == [r["label"] for r in reference]
+
+
+def test_stdin(trained_classifier, monkeypatch):
+    import io
+    import sys
+
+    out, _ = trained_classifier
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("\n".join(TEXTS).encode())))
+    assert [r["text"] for r in predict.run(PredictConfig(model=str(out), input="-"))] == TEXTS
+
+
+def test_max_length_truncates(trained_classifier):
+    """A label word beyond --max-length tokens is not seen."""
+    out, _ = trained_classifier
+    filler = "the sofa and the phone and the soup and the film " * 6
+    long_text = filler + "were great, great, great."
+    short = predict.run(PredictConfig(model=str(out), texts=[long_text, filler], max_length=8))
+    assert short[0]["scores"] == pytest.approx(short[1]["scores"], abs=1e-6)
+
+
+def test_needs_texts_and_a_classifier(trained_classifier, adapted):
+    out, _ = trained_classifier
+    with pytest.raises(UsageError, match="no texts"):
+        predict.run(PredictConfig(model=str(out)))
+    with pytest.raises(UsageError, match="not a classifier"):
+        predict.run(PredictConfig(model=str(adapted["gpt2"][0]), texts=["x"]))
+
+
+def test_default_model_is_the_latest_finetune_run(trained_classifier, nlptl_home):
+    with pytest.raises(UsageError, match="no completed finetune run"):
+        predict.run(PredictConfig(texts=["x"]))
+    import shutil
+
+    shutil.copytree(trained_classifier[0], nlptl_home / "finetune-1")
+    assert predict.run(PredictConfig(texts=["x"]))[0]["label"] in {"negative", "positive"}
