@@ -217,7 +217,7 @@ def predict(
             console.emit_json(row)
     else:
         console.table("predictions", ["label", "score", "text"],
-                      [[r["label"], r["score"], r["text"][:80]] for r in rows])
+                      [[r["label"], r["score"], r["text"][:80]] for r in rows], stdout=True)
 
 
 @app.command()
@@ -231,7 +231,7 @@ def corpora(json_: Json = False) -> None:
         console.emit_json({k: v.description for k, v in table.items()})
     else:
         console.table("corpora (or pass a file, directory or glob)", ["name", "what it is"],
-                      [[k, v.description] for k, v in table.items()])
+                      [[k, v.description] for k, v in table.items()], stdout=True)
 
 
 @app.command()
@@ -245,7 +245,8 @@ def tasks(json_: Json = False) -> None:
         console.emit_json({k: {"description": v.description, "labels": v.labels} for k, v in table.items()})
     else:
         console.table("tasks", ["name", "labels", "what it is"],
-                      [[k, ", ".join(v.labels) if v.labels else "(from data)", v.description] for k, v in table.items()])
+                      [[k, ", ".join(v.labels) if v.labels else "(from data)", v.description] for k, v in table.items()],
+                      stdout=True)
 
 
 @app.command()

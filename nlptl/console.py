@@ -115,16 +115,25 @@ def results(title: str, rows: dict[str, Any]) -> None:
     _stderr_console().print(table)
 
 
-def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+def table(title: str, columns: list[str], rows: list[list[Any]], stdout: bool = False) -> None:
+    """A table on stderr; with `stdout` (a command's own result, e.g. `nlptl corpora`) on stdout, so it
+    pipes, and shown even with --quiet."""
     flush_header()
-    if not is_main_process() or _state["quiet"]:
+    if not is_main_process() or (_state["quiet"] and not stdout):
         return
-    if not fancy():
+    if not fancy() and not (stdout and sys.stdout.isatty()):
+        if stdout:
+            print("\t".join(columns), file=sys.stdout)
+            for r in rows:
+                print("\t".join(_fmt(v) for v in r), file=sys.stdout)
+            sys.stdout.flush()
+            return
         log.info(title)
         log.info(" | ".join(columns))
         for r in rows:
             log.info(" | ".join(_fmt(v) for v in r))
         return
+    from rich.console import Console
     from rich.table import Table
 
     t = Table(title=title, title_justify="left")
@@ -132,7 +141,7 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
         t.add_column(c)
     for r in rows:
         t.add_row(*[_fmt(v) for v in r])
-    _stderr_console().print(t)
+    (Console(highlight=False, no_color=bool(os.environ.get("NO_COLOR"))) if stdout else _stderr_console()).print(t)
 
 
 def emit_json(obj: Any) -> None:

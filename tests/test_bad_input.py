@@ -1,0 +1,436 @@
+"""Bad input: every mistake ends in one line on stderr that names the problem and the fix.
+
+For each must-fail case: the exit code (2 usage, 1 runtime), one stderr line starting with 'error:',
+no traceback, nothing on stdout and nothing written at --out. Mistakes visible on the command line,
+in file headers or in config.json are caught before torch is imported: those run in a fresh process
+that reports whether torch got imported. Mistakes that need the data read (labels) run in this
+process, where the heavy imports are paid once.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from cli_helpers import (
+    OFFLINE_ENDPOINT,
+    assert_nothing_written,
+    assert_one_line_error,
+    call_main,
+    cli_env,
+    labelled,
+    run_light,
+    tiny_classifier,
+    tiny_lm,
+    tokenizer_only,
+    write_csv,
+    write_lines,
+)
+
+FAST = ["--max-steps", "2", "--batch-size", "4", "--precision", "fp32"]
+
+
+@pytest.fixture(scope="module")
+def w(tmp_path_factory) -> SimpleNamespace:
+    """The world the cases refer to: tiny models, a finished run, good and bad data files."""
+    root = tmp_path_factory.mktemp("bad-input")
+    lm = tiny_lm(root / "lm")
+    run = root / "old-run"  # what a finished adapt run looks like to `--out` checks
+    run.mkdir()
+    for f in lm.iterdir():
+        (run / f.name).write_bytes(f.read_bytes())
+    (run / "nlptl-run.json").write_text(
+        json.dumps({"stage": "adapt", "created": "2026-01-01T00:00:00+00:00"})
+    )
+    notmodel = root / "notes"
+    write_lines(notmodel / "readme.md", ["not a model"])
+    d = root / "data"
+    d.mkdir()
+    (d / "empty.txt").write_bytes(b"")
+    (d / "blank.txt").write_bytes(b"\n   \n\t\n\n")
+    (d / "latin1.txt").write_bytes("fine\nalso fine\ncaf\xe9 cr\xe8me\n".encode("latin-1"))
+    return SimpleNamespace(
+        root=root,
+        lm=lm,
+        run=run,
+        notmodel=notmodel,
+        clf=tiny_classifier(lm, root / "classifier"),
+        tok=tokenizer_only(lm, root / "tokenizer-only"),
+        good_txt=write_lines(d / "good.txt", ["a short line of text"] * 50),
+        train=write_csv(d / "train.csv", labelled(40)),
+        eval=write_csv(d / "eval.csv", labelled(12, skip=40)),
+        missing=d / "missing.txt",
+        empty=d / "empty.txt",
+        blank=d / "blank.txt",
+        latin1=d / "latin1.txt",
+        no_text=write_csv(d / "no_text.csv", [("hello", "1")], header=("txt", "label")),
+        no_label=write_csv(d / "no_label.csv", [("hello", "1")], header=("text", "labl")),
+        bad_yaml=write_lines(d / "bad.yaml", ["lr: 0.1", "epochs: [1, 2"]),
+        typo_yaml=write_lines(d / "typo.yaml", ["lr: 0.001", "max_step: 3"]),
+    )
+
+
+def adapt(w, *args):
+    return ["adapt", "--from", w.lm, "--corpus", w.good_txt, *args]
+
+
+def finetune(w, *args):
+    return ["finetune", "--from", w.lm, "--task", "classification", "--train", w.train, *args]
+
+
+# id: (argv from the world, exit code, words the error line must hold)
+LIGHT = {
+    "missing-corpus-file": (
+        lambda w: ["adapt", "--from", w.lm, "--corpus", w.missing],
+        2,
+        ["missing.txt", "no such file"],
+    ),
+    "empty-corpus-file": (
+        lambda w: ["adapt", "--from", w.lm, "--corpus", w.empty],
+        2,
+        ["empty.txt", "empty"],
+    ),
+    "blank-lines-only": (
+        lambda w: ["adapt", "--from", w.lm, "--corpus", w.blank],
+        2,
+        ["blank.txt", "blank lines"],
+    ),
+    "not-utf8": (
+        lambda w: ["adapt", "--from", w.lm, "--corpus", w.latin1],
+        2,
+        ["latin1.txt", "line 3", "UTF-8", "re-encode"],
+    ),
+    "csv-without-text-column": (
+        lambda w: ["adapt", "--from", w.lm, "--corpus", w.no_text],
+        2,
+        ["no column 'text'", "did you mean 'txt'", "--text-column"],
+    ),
+    "csv-without-label-column": (
+        lambda w: ["finetune", "--from", w.lm, "--task", "classification", "--train", w.no_label],
+        2,
+        ["no column 'label'", "did you mean 'labl'", "--label-column"],
+    ),
+    "eval-csv-without-label-column": (lambda w: finetune(w, "--eval", w.no_label), 2, ["--eval", "'label'"]),
+    "unknown-corpus-name": (
+        lambda w: ["adapt", "--from", w.lm, "--corpus", "reviws"],
+        2,
+        ["unknown corpus 'reviws'", "did you mean 'reviews'", "nlptl corpora"],
+    ),
+    "unknown-task-name": (
+        lambda w: ["finetune", "--from", w.lm, "--task", "sentimnt"],
+        2,
+        ["unknown task 'sentimnt'", "did you mean 'sentiment'", "nlptl tasks"],
+    ),
+    "from-not-a-model": (
+        lambda w: ["adapt", "--from", w.notmodel, "--corpus", w.good_txt],
+        2,
+        ["--from", "config.json"],
+    ),
+    "from-missing-dir": (
+        lambda w: ["adapt", "--from", w.root / "no" / "such" / "dir", "--corpus", w.good_txt],
+        2,
+        ["--from", "no such directory"],
+    ),
+    "from-tokenizer-only": (
+        lambda w: ["adapt", "--from", w.tok, "--corpus", w.good_txt],
+        2,
+        ["tokenizer", "no model"],
+    ),
+    "adapt-from-classifier": (
+        lambda w: ["adapt", "--from", w.clf, "--corpus", w.good_txt],
+        2,
+        ["classifier", "pass a pretrain or adapt run"],
+    ),
+    "predict-with-a-language-model": (
+        lambda w: ["predict", "--model", w.lm, "some text"],
+        2,
+        ["not a classifier", "finetune"],
+    ),
+    "adapt-without-a-pretrain-run": (
+        lambda w: ["adapt", "--corpus", w.good_txt],
+        2,
+        ["no completed pretrain run", "--from"],
+    ),
+    "out-holds-another-run": (lambda w: adapt(w, "--out", w.run), 2, ["already holds", "--overwrite"]),
+    "out-is-from": (
+        lambda w: ["adapt", "--from", w.run, "--corpus", w.good_txt, "--out", w.run, "--overwrite"],
+        2,
+        ["--out", "--from"],
+    ),
+    "unknown-arch": (
+        lambda w: ["pretrain", "--arch", "gtp", "--corpus", w.good_txt],
+        2,
+        ["--arch 'gtp'", "did you mean 'gpt'", "gpt, bert"],
+    ),
+    "unknown-size": (
+        lambda w: ["pretrain", "--size", "huge", "--corpus", w.good_txt],
+        2,
+        ["--size 'huge'", "tiny, mini, small, base"],
+    ),
+    "unknown-objective": (
+        lambda w: adapt(w, "--objective", "mlmm"),
+        2,
+        ["--objective 'mlmm'", "did you mean 'mlm'"],
+    ),
+    "zero-max-steps": (lambda w: adapt(w, "--max-steps", "0"), 2, ["--max-steps", "positive"]),
+    "negative-max-steps": (lambda w: adapt(w, "--max-steps", "-5"), 2, ["--max-steps", "positive"]),
+    "zero-epochs": (lambda w: finetune(w, "--epochs", "0"), 2, ["--epochs", "positive"]),
+    "negative-epochs": (lambda w: adapt(w, "--epochs", "-1"), 2, ["--epochs", "positive"]),
+    "zero-batch-size": (lambda w: finetune(w, "--batch-size", "0"), 2, ["--batch-size", "positive"]),
+    "negative-batch-size": (lambda w: adapt(w, "--batch-size", "-8"), 2, ["--batch-size", "positive"]),
+    "zero-lr": (lambda w: adapt(w, "--lr", "0"), 2, ["--lr", "positive"]),
+    "negative-lr": (lambda w: finetune(w, "--lr", "-1e-4"), 2, ["--lr", "positive"]),
+    "block-size-over-positions": (
+        lambda w: adapt(w, "--block-size", "1024"),
+        2,
+        ["--block-size 1024", "256 positions", "--block-size 256 or less"],
+    ),
+    "max-length-over-positions": (
+        lambda w: finetune(w, "--max-length", "4096"),
+        2,
+        ["--max-length 4096", "256"],
+    ),
+    "malformed-yaml-config": (lambda w: adapt(w, "--config", w.bad_yaml), 2, ["bad.yaml", "malformed YAML"]),
+    "unknown-config-key": (
+        lambda w: adapt(w, "--config", w.typo_yaml),
+        2,
+        ["unknown config key 'max_step'", "did you mean 'max_steps'"],
+    ),
+    "unknown-set-key": (
+        lambda w: adapt(w, "--set", "warmup=0.1"),
+        2,
+        ["'warmup'", "did you mean 'warmup_ratio'"],
+    ),
+    "bad-set-value": (lambda w: adapt(w, "--set", "batch_size=many"), 2, ["--batch-size", "many"]),
+    "unknown-option": (lambda w: adapt(w, "--max-step", "3"), 2, ["no such option: --max-step", "--help"]),
+    "option-wrong-type": (lambda w: adapt(w, "--max-steps", "three"), 2, ["--max-steps", "--help"]),
+    "missing-data-for-evaluate": (lambda w: ["evaluate", "--model", w.clf], 2, ["--data"]),
+}
+
+
+@pytest.mark.parametrize("case", list(LIGHT))
+def test_fails_before_torch(w, tmp_path, case):
+    build, code, needles = LIGHT[case]
+    out = tmp_path / "out"
+    argv = build(w)
+    if argv[0] in ("pretrain", "adapt", "finetune") and "--out" not in argv:
+        argv += ["--out", out]
+    res = run_light(argv, tmp_path)
+    assert_one_line_error(res, code, *needles)
+    assert not res.torch, f"{case}: torch was imported before the check failed"
+    assert_nothing_written(out)
+    assert res.seconds < 15, f"{case}: took {res.seconds:.1f} s"
+
+
+def test_refused_out_is_left_as_it_was(w, tmp_path):
+    before = {f.name: f.stat().st_mtime_ns for f in w.run.iterdir()}
+    res = run_light(adapt(w, "--out", w.run), tmp_path)
+    assert_one_line_error(res, 2, "--overwrite")
+    assert {f.name: f.stat().st_mtime_ns for f in w.run.iterdir()} == before
+
+
+# --------------------------------------------------------------------------- the hub, offline
+
+
+def offline_env(home: Path) -> dict[str, str]:
+    """No reachable hub and an empty Hugging Face cache, whatever this machine has."""
+    env = cli_env(
+        home,
+        HF_ENDPOINT=OFFLINE_ENDPOINT,
+        HF_HOME=str(home / "hf"),
+        HF_HUB_CACHE=str(home / "hf" / "hub"),
+        HF_DATASETS_CACHE=str(home / "hf" / "datasets"),
+    )
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        env.pop(var, None)
+    return env
+
+
+HUB = {
+    "corpus-name-not-registered": (
+        lambda w: ["adapt", "--from", w.lm, "--corpus", "reviews"],
+        ["--corpus reviews", "offline", "local file"],
+    ),
+    "task-name-not-registered": (
+        lambda w: ["finetune", "--from", w.lm, "--task", "sentiment"],
+        ["--task sentiment", "offline", "--train FILE"],
+    ),
+    "hub-model-id": (
+        lambda w: ["adapt", "--from", "some-org/some-model", "--corpus", w.good_txt],
+        ["--from some-org/some-model", "offline", "local checkpoint"],
+    ),
+    "hub-model-id-pretrain": (
+        lambda w: ["pretrain", "--from", "some-org/some-model"],
+        ["--from some-org/some-model", "local checkpoint"],
+    ),
+    "hub-model-id-predict": (
+        lambda w: ["predict", "--model", "some-org/some-model", "text"],
+        ["--model some-org/some-model", "local checkpoint"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(HUB))
+def test_hub_names_offline_fail_fast(w, tmp_path, case):
+    build, needles = HUB[case]
+    out = tmp_path / "out"
+    argv = build(w)
+    if argv[0] != "predict":
+        argv += ["--out", out]
+    res = run_light(argv, tmp_path, env=offline_env(tmp_path))
+    assert_one_line_error(res, 1, *needles)
+    assert res.seconds < 10, f"{case}: took {res.seconds:.1f} s to fail"
+    assert not res.torch
+    assert_nothing_written(out)
+
+
+def test_registered_names_need_no_hub(w, tmp_path):
+    """With registry.yaml, the hub names resolve to local files: the quick checks pass offline."""
+    from cli_helpers import write_registry
+
+    write_registry(tmp_path, {"reviews": w.missing}, {})
+    res = run_light(
+        ["adapt", "--from", w.lm, "--corpus", "reviews", "--out", tmp_path / "out"],
+        tmp_path,
+        env=offline_env(tmp_path),
+    )
+    # The registered path is checked like any --corpus file (here: it does not exist).
+    assert_one_line_error(res, 2, "missing.txt", "no such file")
+
+
+# --------------------------------------------------------------------------- checks that read the data
+
+
+def in_process(argv: list, home: Path, capsys) -> tuple[int, str, str]:
+    code = call_main(argv, home)
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def run_fails(argv: list, tmp_path: Path, capsys, *needles: str) -> None:
+    from cli_helpers import Result
+
+    out = tmp_path / "out"
+    code, stdout, stderr = in_process(argv + ["--out", out], tmp_path, capsys)
+    assert_one_line_error(Result(code, stdout, stderr, 0.0), 2, *needles)
+    assert_nothing_written(out)
+
+
+def test_eval_label_unseen_in_train(w, tmp_path, capsys):
+    ev = write_csv(tmp_path / "eval.csv", labelled(10, skip=40) + [("A neutral sentence.", "neutral")])
+    run_fails(
+        finetune(w, "--eval", ev, *FAST), tmp_path, capsys, "--eval", "'neutral'", "not seen in the training"
+    )
+
+
+def test_empty_label_values(w, tmp_path, capsys):
+    train = write_csv(tmp_path / "train.csv", labelled(20) + [("No label here.", ""), ("Nor here.", " ")])
+    run_fails(
+        ["finetune", "--from", w.lm, "--task", "classification", "--train", train, *FAST],
+        tmp_path,
+        capsys,
+        "2 row(s)",
+        "empty 'label'",
+        "fill them in or drop",
+    )
+
+
+def test_single_class(w, tmp_path, capsys):
+    train = write_csv(tmp_path / "train.csv", [(t, "1") for t, _ in labelled(20)])
+    run_fails(
+        ["finetune", "--from", w.lm, "--task", "classification", "--train", train, *FAST],
+        tmp_path,
+        capsys,
+        "single class",
+        "at least two labels",
+    )
+
+
+def test_labels_outside_the_task(w, tmp_path, capsys):
+    train = write_csv(tmp_path / "train.csv", [(t, "good" if y == "1" else "bad") for t, y in labelled(20)])
+    run_fails(
+        ["finetune", "--from", w.lm, "--task", "sentiment", "--train", train, *FAST],
+        tmp_path,
+        capsys,
+        "'good'",
+        "--task classification",
+    )
+
+
+def test_overwrite_replaces_a_run(w, tmp_path, capsys):
+    out = shutil.copytree(w.run, tmp_path / "run")
+    code, _, err = in_process(adapt(w, "--out", out, "--block-size", "32", *FAST), tmp_path, capsys)
+    assert code == 2 and "--overwrite" in err
+    code, _, err = in_process(
+        adapt(w, "--out", out, "--overwrite", "--block-size", "32", "--json", *FAST), tmp_path, capsys
+    )
+    assert code == 0, err
+    record = json.loads((out / "nlptl-run.json").read_text())
+    assert record["stage"] == "adapt" and record["lineage"]["steps"] == 2
+    assert not (tmp_path / ".run.partial").exists()
+
+
+def test_string_labels_for_classification(w, tmp_path, capsys):
+    rows = [(t, "praise" if y == "1" else "complaint") for t, y in labelled(40)]
+    train = write_csv(tmp_path / "train.csv", rows[:30])
+    ev = write_csv(tmp_path / "eval.csv", rows[30:])
+    out = tmp_path / "out"
+    code, stdout, err = in_process(
+        [
+            "finetune",
+            "--from",
+            w.lm,
+            "--task",
+            "classification",
+            "--train",
+            train,
+            "--eval",
+            ev,
+            "--out",
+            out,
+            "--json",
+            *FAST,
+        ],
+        tmp_path,
+        capsys,
+    )
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert result["lineage"]["labels"] == ["complaint", "praise"]
+    assert "complaint, praise" in err  # the label set (and so the ids) is reported
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"] == {"0": "complaint", "1": "praise"}
+
+
+def test_texts_longer_than_max_length_are_truncated(w, tmp_path, capsys):
+    rows = labelled(24)
+    long_rows = [(t + " " + " ".join(["and it went on"] * 40), y) for t, y in rows[:5]] + rows[5:]
+    train = write_csv(tmp_path / "train.csv", long_rows)
+    ev = write_csv(tmp_path / "eval.csv", labelled(8, skip=40))
+    code, _, err = in_process(
+        [
+            "finetune",
+            "--from",
+            w.lm,
+            "--task",
+            "classification",
+            "--train",
+            train,
+            "--eval",
+            ev,
+            "--max-length",
+            "100",
+            "--out",
+            tmp_path / "out",
+            *FAST,
+        ],
+        tmp_path,
+        capsys,
+    )
+    assert code == 0, err
+    warning = [line for line in err.splitlines() if "truncated" in line and "--train" in line]
+    assert warning, err
+    assert "truncated 5 of 24 texts longer than 100 tokens" in warning[0] and "--max-length" in warning[0]
