@@ -47,10 +47,16 @@ def _is_causal(model) -> bool:
 
 
 def classify(accelerator, model, dataset, collate_fn, batch_size: int):
-    """(logits, labels or None) for every example of `dataset`, in dataset order."""
+    """(logits, labels or None) for every example of `dataset`. Examples are scored sorted by length
+    (batches pad to their longest text, so sorting cuts padding); rows come back in that order,
+    logits and labels aligned."""
     import torch
     from torch.utils.data import DataLoader
 
+    if "input_ids" in dataset.column_names:
+        lengths = [len(ids) for ids in dataset["input_ids"]]
+        order = sorted(range(len(dataset)), key=lengths.__getitem__)
+        dataset = dataset.select(order)
     loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn))
     model.eval()
     all_logits, all_labels = [], []

@@ -45,11 +45,13 @@ def train(
     evaluate_fn: Callable[[object], dict] | None = None,
     select: tuple[str, str] | None = None,
     default_evals: int = 0,
+    lengths: list[int] | None = None,
 ) -> tuple[object, TrainResult]:
     """Train `model` on `train_dataset`; returns the unwrapped model (the best one when `select`
     names a metric and mode, e.g. ("accuracy", "max")) and what happened.
 
     `default_evals`: how many evenly spaced evaluations to run when `--eval-every` is not given.
+    `lengths`: example lengths; batches then group similar lengths (less padding), in a random order.
     """
     import torch
     from torch.utils.data import DataLoader
@@ -57,8 +59,15 @@ def train(
     from nlptl.optim import GradualUnfreezing, build_optimizer, build_schedule
 
     generator = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(train_dataset, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate_fn,
-                        generator=generator, pin_memory=accelerator.device.type == "cuda")
+    sampler = None
+    if lengths is not None:
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        # Random mega-batches of 50 batches, each sorted by length: padding shrinks, order stays random.
+        sampler = LengthGroupedSampler(cfg.batch_size, lengths=lengths, generator=generator)
+    loader = DataLoader(train_dataset, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                        collate_fn=collate_fn, generator=generator if sampler is None else None,
+                        pin_memory=accelerator.device.type == "cuda")
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.discriminative_lr,
                                 fused=accelerator.device.type == "cuda")
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)

@@ -143,7 +143,8 @@ def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator):
         return classification_metrics(logits, labels)
 
     model, result = train(accelerator, model, train_ds, collate, cfg, description="finetune",
-                          evaluate_fn=evaluate_fn, select=("accuracy", "max"), default_evals=4)
+                          evaluate_fn=evaluate_fn, select=("accuracy", "max"), default_evals=4,
+                          lengths=[len(ids) for ids in train_ds["input_ids"]])
     return model, result, result.best or evaluate_fn(model)
 
 
