@@ -74,12 +74,25 @@ def default_out(stage: str) -> Path:
     return out
 
 
-def check_out(out: Path, overwrite: bool, from_path: str | None = None) -> None:
+def check_out(out: Path, overwrite: bool, from_path: str | None = None, resume: bool = False,
+              resume_from: str | None = None) -> None:
     """Refuse an --out we must not write to, before anything heavy runs."""
     if from_path is not None and Path(from_path).exists() and out.resolve() == Path(from_path).resolve():
         raise UsageError(f"--out {out} is the --from directory; write the new run to another --out")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; pass a directory path")
+    unfinished = checkpoints_dir(out).is_dir() and read_record(out) is None
+    if resume:
+        if read_record(out) is not None:
+            raise UsageError(f"--resume: {out} holds a completed run; nothing to resume")
+        if resume_from is None:
+            find_resume_checkpoint(out, None)  # "nothing to resume" is an error, not a fresh start
+        return
+    if unfinished and not overwrite:
+        raise UsageError(f"--out {out} holds an unfinished run (checkpoints/); pass --resume to continue it, "
+                         "or --overwrite to start over")
+    if unfinished and overwrite:
+        shutil.rmtree(checkpoints_dir(out))
     if out.is_dir() and any(out.iterdir()):
         rec = read_record(out)
         if rec is None and not overwrite:
@@ -144,6 +157,14 @@ class StageWriter:
         return self.out
 
 
+def resume_hint(out: Path) -> str:
+    """The command that continues this run: the same command line plus --resume."""
+    args = [a for a in sys.argv[1:] if a not in ("--resume", "--overwrite")]
+    if not any(a in ("--out", "-o") or a.startswith("--out=") for a in args):
+        args += ["--out", str(out)]
+    return "Resume with: nlptl " + " ".join(args + ["--resume"])
+
+
 def make_record(stage: str, config: dict, metrics: dict, lineage: dict) -> dict:
     return {
         "nlptl_version": __version__,
@@ -166,3 +187,82 @@ def lineage_of(stage: str, base=None, **fields: Any) -> dict:
     out.update({k: v for k, v in fields.items() if v is not None})
     out["time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return out
+
+
+# --------------------------------------------------------------------------- training checkpoints (resume)
+
+CKPT_MANIFEST = "manifest.json"
+
+
+def checkpoints_dir(out: Path) -> Path:
+    return Path(out) / "checkpoints"
+
+
+def save_training_state(root: Path, step: int, files: dict[str, object], state: dict, keep_last: int) -> Path:
+    """Write `OUT/checkpoints/step-NNNNNN/` atomically: everything goes into a temporary directory,
+    each file's sha256 into a manifest, and one rename makes it visible. A kill at any moment leaves
+    the previous complete checkpoint or the new one, never a half one that looks complete.
+
+    `files`: name -> callable(path) that writes the file."""
+    import hashlib
+
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:06d}"
+    tmp = root / f".step-{step:06d}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    for name, write in files.items():
+        write(tmp / name)
+    (tmp / "trainer_state.json").write_text(json.dumps(state, default=str), encoding="utf-8")
+    manifest = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(tmp.iterdir())}
+    (tmp / CKPT_MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """None when the checkpoint is complete and intact, else what is wrong."""
+    import hashlib
+
+    manifest_path = path / CKPT_MANIFEST
+    if not manifest_path.is_file():
+        return "no manifest (incomplete)"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return "unreadable manifest"
+    for name, digest in manifest.items():
+        f = path / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if hashlib.sha256(f.read_bytes()).hexdigest() != digest:
+            return f"{name} is corrupted (checksum mismatch)"
+    return None
+
+
+def find_resume_checkpoint(out: Path, resume_from: str | None) -> Path:
+    """The checkpoint to resume: --resume-from PATH, else the latest intact one under --out."""
+    if resume_from:
+        path = Path(resume_from)
+        if not path.is_dir():
+            raise UsageError(f"--resume-from {resume_from}: no such checkpoint directory")
+        problem = verify_checkpoint(path)
+        if problem:
+            raise UsageError(f"--resume-from {resume_from}: {problem}; pass another checkpoint")
+        return path
+    root = checkpoints_dir(out)
+    candidates = sorted((p for p in root.glob("step-*") if p.is_dir()), reverse=True) if root.is_dir() else []
+    if not candidates:
+        raise UsageError(f"--resume: nothing to resume in {out} (no checkpoint under {root}); drop --resume to start a new run")
+    problems = []
+    for path in candidates:
+        problem = verify_checkpoint(path)
+        if problem is None:
+            return path
+        problems.append(f"{path.name}: {problem}")
+    raise UsageError(f"--resume: no intact checkpoint in {root} ({'; '.join(problems)}); start over with --overwrite")

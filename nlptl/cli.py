@@ -60,6 +60,10 @@ Schedule = Annotated[str | None, _o("--schedule")]
 DiscLr = Annotated[float | None, _o("--discriminative-lr")]
 Unfreeze = Annotated[bool | None, _o("--gradual-unfreeze/--no-gradual-unfreeze", key="gradual_unfreeze")]
 UnfreezeEvery = Annotated[int | None, _o("--unfreeze-every")]
+SaveEvery = Annotated[int | None, _o("--save-every", panel=RUN)]
+KeepLast = Annotated[int | None, _o("--keep-last", panel=RUN)]
+Resume = Annotated[bool | None, _o("--resume", panel=RUN)]
+ResumeFrom = Annotated[str | None, _o("--resume-from", panel=RUN)]
 ConfigFile = Annotated[str | None, typer.Option("--config", help="YAML file of config keys (flags override it).",
                                                 rich_help_panel=RUN)]
 Sets = Annotated[list[str] | None, typer.Option("--set", help="Override any config key: --set key=value (repeatable).",
@@ -122,6 +126,7 @@ def pretrain(
     lr: Lr = None, warmup_ratio: WarmupRatio = None, weight_decay: WeightDecay = None, seed: Seed = None,
     eval_every: EvalEvery = None, precision: Precision = None, schedule: Schedule = None,
     discriminative_lr: DiscLr = None, gradual_unfreeze: Unfreeze = None, unfreeze_every: UnfreezeEvery = None,
+    save_every: SaveEvery = None, keep_last: KeepLast = None, resume: Resume = None, resume_from: ResumeFrom = None,
     overwrite: Overwrite = None,
     config: ConfigFile = None, sets: Sets = None, json_: Json = False, quiet: Quiet = False,
 ) -> None:
@@ -145,6 +150,7 @@ def adapt(
     lr: Lr = None, warmup_ratio: WarmupRatio = None, weight_decay: WeightDecay = None, seed: Seed = None,
     eval_every: EvalEvery = None, precision: Precision = None, schedule: Schedule = None,
     discriminative_lr: DiscLr = None, gradual_unfreeze: Unfreeze = None, unfreeze_every: UnfreezeEvery = None,
+    save_every: SaveEvery = None, keep_last: KeepLast = None, resume: Resume = None, resume_from: ResumeFrom = None,
     overwrite: Overwrite = None,
     config: ConfigFile = None, sets: Sets = None, json_: Json = False, quiet: Quiet = False,
 ) -> None:
@@ -170,6 +176,7 @@ def finetune(
     lr: Lr = None, warmup_ratio: WarmupRatio = None, weight_decay: WeightDecay = None, seed: Seed = None,
     eval_every: EvalEvery = None, precision: Precision = None, schedule: Schedule = None,
     discriminative_lr: DiscLr = None, gradual_unfreeze: Unfreeze = None, unfreeze_every: UnfreezeEvery = None,
+    save_every: SaveEvery = None, keep_last: KeepLast = None, resume: Resume = None, resume_from: ResumeFrom = None,
     overwrite: Overwrite = None,
     config: ConfigFile = None, sets: Sets = None, json_: Json = False, quiet: Quiet = False,
 ) -> None:

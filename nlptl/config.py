@@ -60,6 +60,10 @@ class TrainConfig:
     discriminative_lr: float = opt(1.0, "Each layer group's learning rate is the one above divided by this factor (ULMFiT: 2.6; 1 = off).")
     gradual_unfreeze: bool = opt(False, "Train only the head first, then unfreeze one more layer group from the top each epoch.")
     unfreeze_every: int | None = opt(None, "With --gradual-unfreeze: unfreeze a group every N steps (default: every epoch).")
+    save_every: int | None = opt(500, "Write a resumable checkpoint every N steps into OUT/checkpoints (0 = never).")
+    keep_last: int = opt(2, "Keep the last K checkpoints.")
+    resume: bool = opt(False, "Continue from the latest complete checkpoint in --out.")
+    resume_from: str | None = opt(None, "Continue from this checkpoint directory (OUT/checkpoints/step-NNNNNN).")
 
     def __post_init__(self) -> None:
         positive(self, "epochs", "batch_size", "grad_accum", "lr", "log_every")
@@ -70,6 +74,11 @@ class TrainConfig:
             raise UsageError(f"--cut-frac must be in (0, 1) (got {self.cut_frac})")
         if self.stlr_ratio < 1:
             raise UsageError(f"--stlr-ratio must be >= 1 (got {self.stlr_ratio})")
+        if self.save_every is not None and self.save_every < 0:
+            raise UsageError(f"--save-every must be >= 0 (got {self.save_every})")
+        positive(self, "keep_last")
+        if (self.resume or self.resume_from) and not self.out:
+            raise UsageError("--resume needs --out DIR: the run directory to continue")
         if self.unfreeze_every is not None and self.unfreeze_every <= 0:
             raise UsageError(f"--unfreeze-every must be a positive integer (got {self.unfreeze_every})")
         if self.max_steps is not None and self.max_steps <= 0:

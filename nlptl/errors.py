@@ -21,6 +21,14 @@ class UsageError(NlptlError):
     exit_code = 2
 
 
+class Interrupted(NlptlError):
+    """Ctrl-C (exit 130) or SIGTERM (exit 143): a checkpoint was saved; the message says how to resume."""
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def did_you_mean(word: str, choices) -> str:
     """' (did you mean 'x'?)' for the closest choice, or '' when none is close."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)

@@ -8,13 +8,16 @@ processes (`torchrun` / `accelerate launch`).
 from __future__ import annotations
 
 import math
+import random
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from nlptl.config import TrainConfig
 from nlptl.console import Progress
-from nlptl.errors import NlptlError
+from nlptl.errors import Interrupted, NlptlError
 
 
 @dataclass
@@ -46,12 +49,18 @@ def train(
     select: tuple[str, str] | None = None,
     default_evals: int = 0,
     lengths: list[int] | None = None,
+    checkpoints=None,
+    resume_from=None,
+    resume_hint: str = "",
 ) -> tuple[object, TrainResult]:
     """Train `model` on `train_dataset`; returns the unwrapped model (the best one when `select`
     names a metric and mode, e.g. ("accuracy", "max")) and what happened.
 
     `default_evals`: how many evenly spaced evaluations to run when `--eval-every` is not given.
     `lengths`: example lengths; batches then group similar lengths (less padding), in a random order.
+    `checkpoints`: directory for periodic checkpoints (`--save-every`) and the one Ctrl-C/SIGTERM
+    writes; `resume_from`: a checkpoint to continue from exactly (model, optimizer, schedule, RNG
+    states, data position: no batch is replayed).
     """
     import torch
     from torch.utils.data import DataLoader
@@ -66,7 +75,9 @@ def train(
         # Random mega-batches of 50 batches, each sorted by length: padding shrinks, order stays random.
         sampler = LengthGroupedSampler(cfg.batch_size, lengths=lengths, generator=generator)
     loader = DataLoader(train_dataset, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-                        collate_fn=collate_fn, generator=generator if sampler is None else None,
+                        # The loader draws its worker seed from `generator` too, never from the global RNG,
+                        # so a resumed run's dropout sees the same random stream as an uninterrupted one.
+                        collate_fn=collate_fn, generator=generator,
                         pin_memory=accelerator.device.type == "cuda")
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.discriminative_lr,
                                 fused=accelerator.device.type == "cuda")
@@ -85,6 +96,23 @@ def train(
     tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)
     running, running_n = torch.zeros((), device=accelerator.device), 0
     step, eval_seconds = 0, 0.0
+    epoch, batches_done, epoch_sampler_state = 0, 0, generator.get_state()
+    restored = None
+    if resume_from is not None:
+        restored = _load_state(resume_from, accelerator, model, optimizer, scheduler)
+        st = restored["state"]
+        step, epoch, batches_done = st["step"], st["epoch"], st["batches_done"]
+        epoch_sampler_state = restored["rng"]["epoch_sampler"]
+        tokens += st["tokens"]
+        running += st["running"]
+        running_n = st["running_n"]
+        result.history = st["history"]
+        result.final_loss = st.get("final_loss")
+        best_value, result.best, result.best_step = st["best_value"], st["best"], st["best_step"]
+        best_state = restored.get("best_state")
+        eval_seconds = -st.get("train_seconds", 0.0)  # so that train_seconds adds up across the two runs
+        accelerator.step = st["micro_step"]
+        progress.note(f"resuming from {resume_from} (step {step} of {steps})")
 
     def run_eval() -> None:
         nonlocal best_value, best_state, eval_seconds
@@ -102,50 +130,99 @@ def train(
                 result.best, result.best_step = dict(metrics), step
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in accelerator.unwrap_model(model).state_dict().items()}
 
+    def train_step(batch) -> bool:
+        """One micro-batch; True when it completed an optimizer step."""
+        nonlocal step, running, running_n
+        with accelerator.accumulate(model):
+            loss = model(**batch).loss
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and unfreezing is not None:
+                unfreezing.update(step)
+                unfreezing.drop_frozen_grads()
+            if accelerator.sync_gradients and cfg.max_grad_norm:
+                accelerator.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], cfg.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        mask = batch.get("attention_mask")
+        tokens.add_(mask.sum() if mask is not None else batch["input_ids"].numel())
+        running += loss.detach()
+        running_n += 1
+        if not accelerator.sync_gradients:
+            return False
+        scheduler.step()
+        step += 1
+        if step % cfg.log_every == 0 or step == steps:
+            mean_loss = (running / running_n).item()  # a device sync point: only every log_every steps
+            running = torch.zeros((), device=accelerator.device)
+            running_n = 0
+            if not math.isfinite(mean_loss):
+                progress.close()
+                raise NlptlError(
+                    f"the training loss became {mean_loss} at step {step} (learning rate {scheduler.get_last_lr()[0]:.3g}); "
+                    "lower --lr, raise --warmup-ratio or check the data"
+                    + ("; the last good checkpoint is kept in " + str(checkpoints) if checkpoints is not None
+                       and any(checkpoints.glob("step-*")) else "")
+                )
+            result.final_loss = mean_loss
+            elapsed = time.perf_counter() - start - eval_seconds
+            result.history.append({"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
+                                   "tokens_per_s": tokens.item() * accelerator.num_processes / max(elapsed, 1e-9)})
+            progress.update(step, {"loss": mean_loss, "lr": scheduler.get_last_lr()[0],
+                                   "tok/s": result.history[-1]["tokens_per_s"]})
+        else:
+            progress.update(step, {})
+        if evaluate_fn is not None and eval_every and (step % eval_every == 0 or step == steps):
+            run_eval()
+        return True
+
+    def save(message: str | None = None) -> None:
+        state = {"step": step, "epoch": epoch, "batches_done": batches_done, "micro_step": accelerator.step,
+                 "tokens": int(tokens.item()), "running": float(running.item()), "running_n": running_n,
+                 "history": result.history, "final_loss": result.final_loss, "best_value": best_value,
+                 "best": result.best, "best_step": result.best_step, "total_steps": steps,
+                 "train_seconds": time.perf_counter() - start - eval_seconds,
+                 "unfreezing": unfreezing.state_dict() if unfreezing else None}
+        rng = {"epoch_sampler": epoch_sampler_state, **_rng_states(collate_fn)}
+        if accelerator.is_main_process:
+            path = _save_state(checkpoints, step, accelerator.unwrap_model(model), optimizer, scheduler, rng, state,
+                               best_state, cfg.keep_last)
+            progress.note(message.format(path=path) if message else f"checkpoint: {path}")
+        accelerator.wait_for_everyone()
+
+    stop = _StopFlag()
     model.train()
     start = time.perf_counter()
-    while step < steps:
-        for batch in loader:
-            with accelerator.accumulate(model):
-                loss = model(**batch).loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and unfreezing is not None:
-                    unfreezing.update(step)
-                    unfreezing.drop_frozen_grads()
-                if accelerator.sync_gradients and cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            mask = batch.get("attention_mask")
-            tokens += mask.sum() if mask is not None else batch["input_ids"].numel()
-            running += loss.detach()
-            running_n += 1
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            step += 1
-            if step % cfg.log_every == 0 or step == steps:
-                mean_loss = (running / running_n).item()  # a device sync point: only every log_every steps
-                running.zero_()
-                running_n = 0
-                if not math.isfinite(mean_loss):
-                    progress.close()
-                    raise NlptlError(
-                        f"the training loss became {mean_loss} at step {step} (learning rate {scheduler.get_last_lr()[0]:.3g}); "
-                        "lower --lr, raise --warmup-ratio or check the data"
-                    )
-                result.final_loss = mean_loss
-                elapsed = time.perf_counter() - start - eval_seconds
-                result.history.append({"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
-                                       "tokens_per_s": tokens.item() * accelerator.num_processes / max(elapsed, 1e-9)})
-                progress.update(step, {"loss": mean_loss, "lr": scheduler.get_last_lr()[0],
-                                       "tok/s": result.history[-1]["tokens_per_s"]})
+    if restored is not None:
+        _set_rng_states(restored["rng"], collate_fn)
+    try:
+        stop.install()
+        while step < steps:
+            if restored is not None and batches_done:
+                # The interrupted run's epoch order, minus the batches it had done: the sampler skips
+                # them; nothing is loaded or run for them.
+                generator.set_state(epoch_sampler_state)
+                epoch_batches = accelerator.skip_first_batches(loader, batches_done)
             else:
-                progress.update(step, {})
-            if evaluate_fn is not None and eval_every and (step % eval_every == 0 or step == steps):
-                run_eval()
-            if step >= steps:
-                break
+                epoch_sampler_state = generator.get_state()
+                epoch_batches, batches_done = loader, 0
+            restored = None
+            for batch in epoch_batches:
+                batches_done += 1
+                if not train_step(batch):
+                    continue
+                if stop.signal is not None and step < steps:
+                    save("interrupted: saved {path}")
+                    raise Interrupted(f"interrupted at step {step}; checkpoint saved. {resume_hint}".strip(),
+                                      130 if stop.signal == signal.SIGINT else 143)
+                if checkpoints is not None and cfg.save_every and step % cfg.save_every == 0 and step < steps:
+                    save()
+                if step >= steps:
+                    break
+            else:
+                epoch += 1
+                batches_done = 0
+    finally:
+        stop.uninstall()
     result.train_seconds = time.perf_counter() - start - eval_seconds
     progress.close()
     if evaluate_fn is not None and select is not None and best_state is None:
@@ -157,3 +234,87 @@ def train(
     if best_state is not None and result.best_step != step:
         unwrapped.load_state_dict(best_state)
     return unwrapped, result
+
+
+class _StopFlag:
+    """Ctrl-C and SIGTERM only set a flag; the loop saves a checkpoint at the next step boundary."""
+
+    def __init__(self):
+        self.signal = None
+        self.previous: dict = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def uninstall(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous.clear()
+
+
+def _rng_states(collate_fn) -> dict:
+    import numpy as np
+    import torch
+
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    gen = getattr(collate_fn, "generator", None)
+    if gen is not None:
+        states["collator"] = gen.get_state()
+    return states
+
+
+def _set_rng_states(states: dict, collate_fn) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    if "collator" in states and getattr(collate_fn, "generator", None) is not None:
+        collate_fn.generator.set_state(states["collator"])
+
+
+def _save_state(root, step, model, optimizer, scheduler, rng, state, best_state, keep_last):
+    import torch
+    from safetensors.torch import save_file, save_model
+
+    from nlptl.checkpoint import save_training_state
+
+    files = {
+        "model.safetensors": lambda p: save_model(model, str(p)),
+        "optimizer.pt": lambda p: torch.save(optimizer.state_dict(), p),
+        "scheduler.pt": lambda p: torch.save(scheduler.state_dict(), p),
+        "rng.pt": lambda p: torch.save(rng, p),
+    }
+    if best_state is not None:
+        files["best.safetensors"] = lambda p: save_file({k: v.contiguous() for k, v in best_state.items()}, str(p))
+    return save_training_state(root, step, files, state, keep_last)
+
+
+def _load_state(path, accelerator, model, optimizer, scheduler) -> dict:
+    import json
+
+    import torch
+    from safetensors.torch import load_file, load_model
+
+    load_model(accelerator.unwrap_model(model), str(path / "model.safetensors"))
+    # Our own files, verified against the manifest's checksums before we get here.
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    out = {"state": json.loads((path / "trainer_state.json").read_text()),
+           "rng": torch.load(path / "rng.pt", weights_only=False)}
+    if (path / "best.safetensors").is_file():
+        out["best_state"] = load_file(str(path / "best.safetensors"))
+    return out

@@ -32,7 +32,8 @@ def run(cfg: AdaptConfig) -> dict:
         check_block_size(cfg.block_size, positions_of(ref.config))
     corpus = resolve_corpus(cfg.corpus, cfg.text_column, cfg.train_file)
     out = Path(cfg.out) if cfg.out else default_out("adapt")
-    check_out(out, cfg.overwrite, ref.path if ref.local else None)
+    check_out(out, cfg.overwrite, ref.path if ref.local else None, resume=cfg.resume or bool(cfg.resume_from),
+              resume_from=cfg.resume_from)
 
     from nlptl import models, runtime
     from nlptl.stages.common import lm_stage

@@ -100,7 +100,11 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
 
     # MLM trains on the masked positions only (same loss, a fraction of the vocabulary projection).
     sparse = masked_only(model) if objective == "mlm" else None
-    trained, result = train(accelerator, sparse or model, train_blocks, train_collate, cfg, description=stage)
+    from nlptl.checkpoint import checkpoints_dir, find_resume_checkpoint, resume_hint
+
+    resume_from = find_resume_checkpoint(out, cfg.resume_from) if (cfg.resume or cfg.resume_from) else None
+    trained, result = train(accelerator, sparse or model, train_blocks, train_collate, cfg, description=stage,
+                            checkpoints=checkpoints_dir(out), resume_from=resume_from, resume_hint=resume_hint(out))
     model = trained.lm if sparse is not None else trained
     after = score(model)
     metrics = {

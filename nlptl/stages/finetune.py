@@ -33,7 +33,8 @@ def run(cfg: FinetuneConfig) -> dict:
             raise UsageError(f"--max-length {cfg.max_length} is larger than the model's {positions} positions; use {positions} or less")
     spec = resolve_task(cfg.task, cfg.train_file, cfg.eval_file, cfg.text_column, cfg.label_column)
     out = Path(cfg.out) if cfg.out else default_out("finetune")
-    check_out(out, cfg.overwrite, refs[0].path if refs[0].local else None)
+    check_out(out, cfg.overwrite, refs[0].path if refs[0].local else None, resume=cfg.resume or bool(cfg.resume_from),
+              resume_from=cfg.resume_from)
     if cfg.learning_curve:
         from nlptl.curve import learning_curve
 
@@ -45,7 +46,7 @@ def run(cfg: FinetuneConfig) -> dict:
 
     accelerator = start(cfg)
     data = prepare(cfg, ref, spec, accelerator)
-    model, result, best = fit(cfg, ref, data, data.train, accelerator)
+    model, result, best = fit(cfg, ref, data, data.train, accelerator, out)
     metrics = {
         "accuracy": best["accuracy"],
         "f1_macro": best["f1_macro"],
@@ -127,7 +128,7 @@ def prepare(cfg: FinetuneConfig, ref, spec, accelerator) -> TaskData:
     return TaskData(config, tokenizer, names, train_tok, eval_tok, eval_from, max_length)
 
 
-def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator):
+def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator, out: Path | None = None):
     """A new classifier on `ref`, trained on `train_ds`; returns (best model, TrainResult, best metrics)."""
     import copy
 
@@ -144,8 +145,18 @@ def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator):
 
     model, result = train(accelerator, model, train_ds, collate, cfg, description="finetune",
                           evaluate_fn=evaluate_fn, select=("accuracy", "max"), default_evals=4,
-                          lengths=[len(ids) for ids in train_ds["input_ids"]])
+                          lengths=[len(ids) for ids in train_ds["input_ids"]], **resume_args(cfg, out))
     return model, result, result.best or evaluate_fn(model)
+
+
+def resume_args(cfg, out: Path | None) -> dict:
+    """Checkpointing arguments of train() for a stage writing to `out` (none without one)."""
+    if out is None:
+        return {}
+    from nlptl.checkpoint import checkpoints_dir, find_resume_checkpoint, resume_hint
+
+    resume_from = find_resume_checkpoint(out, cfg.resume_from) if (cfg.resume or cfg.resume_from) else None
+    return {"checkpoints": checkpoints_dir(out), "resume_from": resume_from, "resume_hint": resume_hint(out)}
 
 
 def held_out_slice(ds, names: list[str], fraction: float, seed: int):

@@ -40,7 +40,8 @@ def run(cfg: PretrainConfig) -> dict:
         check_block_size(cfg.block_size, PRESETS[cfg.size][3] if cfg.arch == "gpt" else min(PRESETS[cfg.size][3], 512))
     corpus = resolve_corpus(cfg.corpus, cfg.text_column, cfg.train_file) if cfg.corpus else None
     out = Path(cfg.out) if cfg.out else default_out("pretrain")
-    check_out(out, cfg.overwrite, ref.path if ref and ref.local else None)
+    check_out(out, cfg.overwrite, ref.path if ref and ref.local else None, resume=cfg.resume or bool(cfg.resume_from),
+              resume_from=cfg.resume_from)
     if ref is not None and corpus is None:
         return take_checkpoint(cfg, ref, out)
 

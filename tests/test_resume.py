@@ -1,0 +1,121 @@
+"""Exact resume: a run killed with SIGKILL (or stopped with Ctrl-C) and resumed ends with the same
+weights and metrics as an uninterrupted run, bitwise, for adapt and finetune, with gradient accumulation."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "NLPTL_HOME": "", "PYTHONHASHSEED": "0"}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    from nlptl.config import PretrainConfig
+    from nlptl.stages import pretrain
+
+    root = tmp_path_factory.mktemp("resume")
+    pretrain.run(PretrainConfig(arch="gpt", size="tiny", corpus="sample-reviews", out=str(root / "base"), max_steps=2,
+                                block_size=32, vocab_size=400, precision="fp32"))
+    return root
+
+
+def command(stage: str, base: Path, out: Path, *extra: str) -> list[str]:
+    common = ["--out", str(out), "--save-every", "20", "--grad-accum", "2", "--batch-size", "4", "--precision", "fp32",
+              "--json", "--quiet", "--seed", "3"]
+    if stage == "adapt":
+        args = ["adapt", "--from", str(base / "base"), "--corpus", "sample-reviews", "--block-size", "32",
+                "--max-steps", "300", "--lr", "1e-3"]
+    else:
+        args = ["finetune", "--from", str(base / "base"), "--task", "sample-sentiment", "--max-length", "24",
+                "--max-steps", "240", "--eval-every", "60", "--lr", "1e-3"]
+    return [sys.executable, "-m", "nlptl", *args, *common, *extra]
+
+
+def run(cmd: list[str]) -> dict:
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+def start_and_stop(cmd: list[str], out: Path, sig: int) -> subprocess.CompletedProcess:
+    """Start a run, wait for its first checkpoint, then send `sig` at a random moment after it."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    first = out / "checkpoints" / "step-000020" / "manifest.json"
+    deadline = time.time() + 300
+    while not first.exists():
+        assert proc.poll() is None, "the run ended before its first checkpoint: " + proc.stderr.read()[-2000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    time.sleep(random.Random(os.getpid()).uniform(0.0, 1.5))
+    if proc.poll() is not None:
+        pytest.fail("the run finished before it could be interrupted; raise --max-steps")
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def same_weights(a: Path, b: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+@pytest.mark.parametrize("stage", ["adapt", "finetune"])
+def test_kill_9_then_resume_equals_uninterrupted(stage, base):
+    whole = run(command(stage, base, base / f"{stage}-whole"))
+    out = base / f"{stage}-killed"
+    killed = start_and_stop(command(stage, base, out), out, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
+    assert not (out / "nlptl-run.json").exists()  # no half-written run that looks complete
+    resumed = run(command(stage, base, out, "--resume"))
+    same_weights(base / f"{stage}-whole", out)
+    keys = ["perplexity", "perplexity_before", "loss", "steps", "train_tokens"] if stage == "adapt" else \
+        ["accuracy", "f1_macro", "loss", "steps", "best_step", "train_tokens"]
+    assert {k: resumed[k] for k in keys} == {k: whole[k] for k in keys}
+    assert not (out / "checkpoints").exists()  # a finished run keeps its final model, not its checkpoints
+
+
+def test_ctrl_c_saves_and_says_how_to_resume(base):
+    out = base / "finetune-interrupted"
+    stopped = start_and_stop(command("finetune", base, out), out, signal.SIGINT)
+    assert stopped.returncode == 130, stopped.stderr[-2000:]
+    message = stopped.stderr.strip().splitlines()[-1]
+    assert message.startswith("error: interrupted at step") and "--resume" in message
+    assert stopped.stdout == ""
+    steps = sorted(p.name for p in (out / "checkpoints").glob("step-*"))
+    assert 1 <= len(steps) <= 2  # --keep-last 2
+    if not (base / "finetune-whole").exists():
+        run(command("finetune", base, base / "finetune-whole"))
+    run(command("finetune", base, out, "--resume"))
+    same_weights(base / "finetune-whole", out)
+
+
+def test_corrupted_checkpoint_is_skipped_for_the_previous_one(base, tmp_path):
+    import shutil
+
+    from nlptl.checkpoint import find_resume_checkpoint, save_training_state, verify_checkpoint
+    from nlptl.errors import UsageError
+
+    root = tmp_path / "run" / "checkpoints"
+    for step in (10, 20):
+        save_training_state(root, step, {"w.bin": lambda p, s=step: p.write_bytes(bytes([s]) * 64)}, {"step": step}, 2)
+    assert find_resume_checkpoint(tmp_path / "run", None).name == "step-000020"
+    (root / "step-000020" / "w.bin").write_bytes(b"torn")
+    assert "corrupted" in verify_checkpoint(root / "step-000020")
+    assert find_resume_checkpoint(tmp_path / "run", None).name == "step-000010"
+    shutil.rmtree(root / "step-000010")
+    with pytest.raises(UsageError, match="no intact checkpoint"):
+        find_resume_checkpoint(tmp_path / "run", None)
