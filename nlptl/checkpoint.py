@@ -85,8 +85,7 @@ def check_out(out: Path, overwrite: bool, from_path: str | None = None, resume: 
     if resume:
         if read_record(out) is not None:
             raise UsageError(f"--resume: {out} holds a completed run; nothing to resume")
-        if resume_from is None:
-            find_resume_checkpoint(out, None)  # "nothing to resume" is an error, not a fresh start
+        find_resume_checkpoint(out, resume_from)  # "nothing to resume" is an error, not a fresh start
         return
     if unfinished and not overwrite:
         raise UsageError(f"--out {out} holds an unfinished run (checkpoints/); pass --resume to continue it, "

@@ -189,6 +189,8 @@ def train(
             progress.note(message.format(path=path) if message else f"checkpoint: {path}")
         accelerator.wait_for_everyone()
 
+    if checkpoints is not None:
+        check_disk_space(checkpoints, accelerator.unwrap_model(model), cfg.keep_last if cfg.save_every else 1)
     stop = _StopFlag()
     model.train()
     start = time.perf_counter()
@@ -234,6 +236,25 @@ def train(
     if best_state is not None and result.best_step != step:
         unwrapped.load_state_dict(best_state)
     return unwrapped, result
+
+
+def check_disk_space(checkpoints, model, keep: int) -> None:
+    """Fail before training, not at the first save, when the disk cannot hold the checkpoints:
+    each holds the weights and AdamW's two moments (3 x fp32 parameters), plus the final model."""
+    import shutil
+    from pathlib import Path
+
+    n_bytes = sum(p.numel() for p in model.parameters()) * 4
+    need = n_bytes * (3 * (keep + 1) + 1)  # +1 checkpoint being written while `keep` exist, + the final model
+    where = Path(checkpoints)
+    while not where.exists():
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if free < need:
+        raise NlptlError(
+            f"not enough free disk at {where}: {free / 1e9:.2f} GB free, about {need / 1e9:.2f} GB needed for "
+            f"checkpoints and the final model; free some space, pass another --out, or lower --keep-last"
+        )
 
 
 class _StopFlag:

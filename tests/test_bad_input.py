@@ -47,6 +47,10 @@ def w(tmp_path_factory) -> SimpleNamespace:
     )
     notmodel = root / "notes"
     write_lines(notmodel / "readme.md", ["not a model"])
+    broken = root / "broken-run" / "checkpoints" / "step-000010"  # an unfinished run whose checkpoint is torn
+    broken.mkdir(parents=True)
+    (broken / "model.safetensors").write_bytes(b"torn")
+    (broken / "manifest.json").write_text(json.dumps({"model.safetensors": "0" * 64}))
     d = root / "data"
     d.mkdir()
     (d / "empty.txt").write_bytes(b"")
@@ -55,6 +59,7 @@ def w(tmp_path_factory) -> SimpleNamespace:
     return SimpleNamespace(
         root=root,
         lm=lm,
+        broken=root / "broken-run",
         run=run,
         notmodel=notmodel,
         clf=tiny_classifier(lm, root / "classifier"),
@@ -208,6 +213,14 @@ LIGHT = {
     "unknown-option": (lambda w: adapt(w, "--max-step", "3"), 2, ["no such option: --max-step", "--help"]),
     "option-wrong-type": (lambda w: adapt(w, "--max-steps", "three"), 2, ["--max-steps", "--help"]),
     "missing-data-for-evaluate": (lambda w: ["evaluate", "--model", w.clf], 2, ["--data"]),
+    "resume-with-nothing-to-resume": (lambda w: adapt(w, "--resume"), 2, ["nothing to resume", "drop --resume"]),
+    "resume-from-missing-checkpoint": (
+        lambda w: adapt(w, "--resume-from", w.root / "nope"), 2, ["--resume-from", "no such checkpoint"]),
+    "resume-corrupted-checkpoint": (
+        lambda w: adapt(w, "--out", w.broken, "--resume"), 2, ["no intact checkpoint", "corrupted", "--overwrite"]),
+    "out-holds-an-unfinished-run": (
+        lambda w: adapt(w, "--out", w.broken), 2, ["unfinished run", "--resume", "--overwrite"]),
+    "negative-save-every": (lambda w: adapt(w, "--save-every", "-1"), 2, ["--save-every", ">= 0"]),
 }
 
 

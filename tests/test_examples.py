@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -25,6 +27,7 @@ def test_quickstart_script_runs_the_chain(tmp_path):
     assert stages == ["adapt", "finetune", "pretrain"]
 
 
+@pytest.mark.slow  # the quick-start script above runs the same chain through the CLI in the default suite
 def test_demo_runs_offline_and_beats_chance(tmp_path, monkeypatch):
     from nlptl.stages import demo
 

@@ -119,3 +119,16 @@ def test_corrupted_checkpoint_is_skipped_for_the_previous_one(base, tmp_path):
     shutil.rmtree(root / "step-000010")
     with pytest.raises(UsageError, match="no intact checkpoint"):
         find_resume_checkpoint(tmp_path / "run", None)
+
+
+def test_same_command_twice_gives_the_same_metrics(base):
+    from nlptl.config import FinetuneConfig
+    from nlptl.stages import finetune
+
+    def once(out):
+        r = finetune.run(FinetuneConfig(from_model=str(base / "base"), task="sample-sentiment", out=str(base / out),
+                                        max_steps=6, eval_every=3, max_length=24, batch_size=8, precision="fp32"))
+        return {k: r[k] for k in ("accuracy", "f1_macro", "loss", "best_step", "train_tokens")}
+
+    assert once("twice-1") == once("twice-2")
+    same_weights(base / "twice-1", base / "twice-2")
