@@ -51,7 +51,14 @@ def make_accelerator(precision: str = "auto", grad_accum: int = 1, log_with=None
     # builds its own Accelerator, so the previous stage's state can go.
     if AcceleratorState._shared_state.get("_mixed_precision") not in (None, mp):
         AcceleratorState._reset_state()
+    import torch
+
+    has_accelerator = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available()) or (
+        torch.backends.mps.is_available())
     return Accelerator(
+        # On a CPU-only machine accelerate must be told so: under torchrun it then joins the gloo
+        # process group (MULTI_CPU) instead of running every process as a separate single one.
+        cpu=not has_accelerator,
         mixed_precision=mp,
         gradient_accumulation_steps=grad_accum,
         dataloader_config=DataLoaderConfiguration(even_batches=True),

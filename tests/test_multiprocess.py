@@ -26,7 +26,7 @@ def base(tmp_path_factory):
 
 def run(args: list[str], processes: int) -> dict:
     launcher = [sys.executable, "-m", "nlptl"] if processes == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", "0",
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
         "-m", "nlptl"]
     proc = subprocess.run(launcher + args + ["--json", "--quiet", "--precision", "fp32"], capture_output=True,
                           text=True, env=ENV, timeout=600)

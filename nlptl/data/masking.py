@@ -11,7 +11,10 @@ from __future__ import annotations
 
 
 class MaskingCollator:
-    def __init__(self, tokenizer, mlm_probability: float = 0.15, whole_word: bool = False, seed: int = 0):
+    def __init__(self, tokenizer, mlm_probability: float = 0.15, whole_word: bool = False, seed: int = 0,
+                 per_example: bool = False):
+        """`per_example`: each block's masks come from a generator seeded by the seed and the block's own
+        tokens, so evaluation masks are the same whatever the batching or the number of processes."""
         import torch
 
         self.mask_id = tokenizer.mask_token_id
@@ -19,6 +22,8 @@ class MaskingCollator:
         self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
         self.p = mlm_probability
         self.whole_word = whole_word
+        self.seed = seed
+        self.per_example = per_example
         self.generator = torch.Generator().manual_seed(seed)
 
     def __call__(self, examples: list[dict]) -> dict:
@@ -28,13 +33,23 @@ class MaskingCollator:
         starts = None
         if self.whole_word:
             starts = torch.tensor([e["word_starts"] for e in examples], dtype=torch.long)
-        input_ids, labels = self.mask(ids, starts)
+        if not self.per_example:
+            input_ids, labels = self.mask(ids, starts, self.generator)
+        else:
+            import zlib
+
+            rows = []
+            for i in range(len(ids)):
+                key = zlib.crc32(ids[i].numpy().tobytes()) ^ (self.seed & 0xFFFFFFFF)
+                g = torch.Generator().manual_seed(key)
+                rows.append(self.mask(ids[i : i + 1], None if starts is None else starts[i : i + 1], g))
+            input_ids = torch.cat([r[0] for r in rows])
+            labels = torch.cat([r[1] for r in rows])
         return {"input_ids": input_ids, "labels": labels}
 
-    def mask(self, ids, word_starts=None):
+    def mask(self, ids, word_starts, g):
         import torch
 
-        g = self.generator
         special = torch.isin(ids, self.special_ids)
         if word_starts is None:
             chosen = torch.rand(ids.shape, generator=g) < self.p

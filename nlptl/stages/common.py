@@ -60,7 +60,7 @@ def lm_collators(tokenizer, objective: str, mlm_probability: float, seed: int, w
         raise UsageError("--objective mlm needs a tokenizer with a mask token; this model's has none (use --objective clm)")
 
     return (MaskingCollator(tokenizer, mlm_probability, whole_word, seed),
-            lambda: MaskingCollator(tokenizer, mlm_probability, whole_word, eval_seed))
+            lambda: MaskingCollator(tokenizer, mlm_probability, whole_word, eval_seed, per_example=True))
 
 
 def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, objective: str, corpus,
