@@ -273,7 +273,7 @@ def save_head_code(model, directory) -> None:
 
 def train_tokenizer(arch: str, texts, vocab_size: int, positions: int):
     """Byte-level BPE (gpt) or WordPiece (bert) trained on `texts` (an iterator of lists of str)."""
-    from tokenizers import ByteLevelBPETokenizer, BertWordPieceTokenizer
+    from tokenizers import BertWordPieceTokenizer, ByteLevelBPETokenizer
     from transformers import PreTrainedTokenizerFast
 
     if arch == "gpt":

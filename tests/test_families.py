@@ -36,6 +36,8 @@ def test_adapt(family, adapted):
     assert 1 < result["perplexity"] < float("inf") and 1 < result["perplexity_before"] < float("inf")
     assert result["output_dir"] == str(out)
     assert result["lineage"]["objective"] == ("mlm" if family in ENCODERS else "clm")
+    # Only the bare BertModel lacked an LM head; its "before" perplexity is then no baseline, and says so.
+    assert result["lm_head_added"] == (family == "bert")
 
     cls = AutoModelForMaskedLM if family in ENCODERS else AutoModelForCausalLM
     model, info = cls.from_pretrained(out, output_loading_info=True)

@@ -47,7 +47,7 @@ def test_csv_and_jsonl_keep_every_row_exactly(tmp_path_factory, rows):
                                                      blacklist_characters="\x00\x85"), min_size=0, max_size=30),
                       min_size=1, max_size=15))
 def test_text_corpus_keeps_every_nonblank_line(tmp_path_factory, lines):
-    from nlptl.data.corpora import resolve_corpus, load_corpus
+    from nlptl.data.corpora import load_corpus, resolve_corpus
     from nlptl.errors import UsageError
 
     d = tmp_path_factory.mktemp("prop_txt")

@@ -51,4 +51,5 @@ def run(cfg: AdaptConfig) -> dict:
         notes.append(f"keeping {len(kept)} tensors the LM class does not use ({', '.join(sorted(kept)[:2])}...) for finetune")
     lineage = lineage_of("adapt", ref)
     return lm_stage("adapt", cfg, accelerator=accelerator, model=model, tokenizer=tokenizer, objective=objective,
-                    corpus=corpus, lineage=lineage, out=out, kept=kept, notes=notes)
+                    corpus=corpus, lineage=lineage, out=out, kept=kept, notes=notes,
+                    head_added=note is not None)

@@ -64,7 +64,8 @@ def lm_collators(tokenizer, objective: str, mlm_probability: float, seed: int, w
 
 
 def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, objective: str, corpus,
-             lineage: dict, out: Path, kept: dict | None = None, notes: list[str] | None = None) -> dict:
+             lineage: dict, out: Path, kept: dict | None = None, notes: list[str] | None = None,
+             head_added: bool = False) -> dict:
     """Train `model` on `corpus` with `objective` and write the stage directory."""
     from nlptl.checkpoint import StageWriter, make_record
     from nlptl.data.corpora import load_corpus
@@ -109,7 +110,8 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
     after = score(model)
     metrics = {
         "perplexity": after["perplexity"],
-        "perplexity_before": before["perplexity"],
+        "perplexity_before": before["perplexity"],  # with a newly added LM head this is no baseline
+        "lm_head_added": head_added,
         "loss": after["loss"],
         "steps": result.steps,
         "n_train": result.n_train,

@@ -12,9 +12,9 @@ from nlptl.checkpoint import default_from
 from nlptl.config import EvaluateConfig, LMConfig, to_dict
 from nlptl.data.corpora import resolve_corpus
 from nlptl.data.tasks import TaskSpec, labelled_source
-from nlptl.registry import task_entry
 from nlptl.errors import UsageError
 from nlptl.models import inspect_model
+from nlptl.registry import task_entry
 from nlptl.stages.common import check_block_size, positions_of
 
 

@@ -51,7 +51,7 @@ def run(cfg: PretrainConfig) -> dict:
     runtime.quiet_libraries()
     accelerator = runtime.make_accelerator(cfg.precision, cfg.grad_accum)
     runtime.seed_everything(cfg.seed)
-    notes, kept = [], None
+    notes, kept, note = [], None, None
     if ref is not None:
         models.hub_guard(ref)
         config = models.load_config(ref)
@@ -72,7 +72,8 @@ def run(cfg: PretrainConfig) -> dict:
         lineage = lineage_of("pretrain", None, source="scratch", arch=cfg.arch, size=cfg.size,
                              vocab_size=len(tokenizer))
     return lm_stage("pretrain", cfg, accelerator=accelerator, model=model, tokenizer=tokenizer, objective=objective,
-                    corpus=corpus, lineage=lineage, out=out, kept=kept, notes=notes)
+                    corpus=corpus, lineage=lineage, out=out, kept=kept, notes=notes,
+                    head_added=note is not None)
 
 
 def scratch_tokenizer(cfg: PretrainConfig, corpus):
