@@ -132,3 +132,14 @@ def test_same_command_twice_gives_the_same_metrics(base):
 
     assert once("twice-1") == once("twice-2")
     same_weights(base / "twice-1", base / "twice-2")
+
+
+def test_sigterm_saves_and_exits_143(base):
+    out = base / "adapt-terminated"
+    stopped = start_and_stop(command("adapt", base, out), out, signal.SIGTERM)
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    assert "--resume" in stopped.stderr.strip().splitlines()[-1]
+    from nlptl.checkpoint import find_resume_checkpoint
+
+    latest = find_resume_checkpoint(out, None)  # intact, and newer than the first periodic checkpoint
+    assert latest.name >= "step-000020"
