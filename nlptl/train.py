@@ -52,6 +52,7 @@ def train(
     checkpoints=None,
     resume_from=None,
     resume_hint: str = "",
+    batch_transform: Callable[[dict], dict] | None = None,
 ) -> tuple[object, TrainResult]:
     """Train `model` on `train_dataset`; returns the unwrapped model (the best one when `select`
     names a metric and mode, e.g. ("accuracy", "max")) and what happened.
@@ -60,7 +61,8 @@ def train(
     `lengths`: example lengths; batches then group similar lengths (less padding), in a random order.
     `checkpoints`: directory for periodic checkpoints (`--save-every`) and the one Ctrl-C/SIGTERM
     writes; `resume_from`: a checkpoint to continue from exactly (model, optimizer, schedule, RNG
-    states, data position: no batch is replayed).
+    states, data position: no batch is replayed). `batch_transform`: applied to each batch in the loop
+    (MLM masking), so that its random state at a step boundary is exact.
     """
     import torch
     from torch.utils.data import DataLoader
@@ -133,6 +135,8 @@ def train(
     def train_step(batch) -> bool:
         """One micro-batch; True when it completed an optimizer step."""
         nonlocal step, running, running_n
+        if batch_transform is not None:
+            batch = batch_transform(batch)
         with accelerator.accumulate(model):
             loss = model(**batch).loss
             accelerator.backward(loss)
@@ -182,7 +186,12 @@ def train(
                  "best": result.best, "best_step": result.best_step, "total_steps": steps,
                  "train_seconds": time.perf_counter() - start - eval_seconds,
                  "unfreezing": unfreezing.state_dict() if unfreezing else None}
-        rng = {"epoch_sampler": epoch_sampler_state, **_rng_states(collate_fn)}
+        from accelerate.utils import gather_object
+
+        # Every process has its own random streams (dropout, masking): keep each one's, by rank.
+        rng = {"epoch_sampler": epoch_sampler_state,
+               "per_process": gather_object([_rng_states(random_source)]) if accelerator.num_processes > 1
+               else [_rng_states(random_source)]}
         if accelerator.is_main_process:
             path = _save_state(checkpoints, step, accelerator.unwrap_model(model), optimizer, scheduler, rng, state,
                                best_state, cfg.keep_last)
@@ -191,11 +200,17 @@ def train(
 
     if checkpoints is not None:
         check_disk_space(checkpoints, accelerator.unwrap_model(model), cfg.keep_last if cfg.save_every else 1)
+    # Whatever draws random numbers per batch (a masking transform, else the collator) is checkpointed.
+    random_source = getattr(batch_transform, "__self__", batch_transform) or collate_fn
     stop = _StopFlag()
     model.train()
     start = time.perf_counter()
     if restored is not None:
-        _set_rng_states(restored["rng"], collate_fn)
+        per_process = restored["rng"]["per_process"]
+        if len(per_process) != accelerator.num_processes:
+            raise NlptlError(f"{resume_from} was written by {len(per_process)} process(es); resume it with "
+                             f"{len(per_process)} (this run has {accelerator.num_processes})")
+        _set_rng_states(per_process[accelerator.process_index], random_source)
     try:
         stop.install()
         while step < steps:

@@ -47,6 +47,23 @@ class MaskingCollator:
             labels = torch.cat([r[1] for r in rows])
         return {"input_ids": input_ids, "labels": labels}
 
+    @staticmethod
+    def stack(examples: list[dict]) -> dict:
+        """Collate blocks without masking (training masks are drawn in the loop by `transform`)."""
+        import torch
+
+        out = {"input_ids": torch.tensor([e["input_ids"] for e in examples], dtype=torch.long)}
+        if "word_starts" in examples[0]:
+            out["word_starts"] = torch.tensor([e["word_starts"] for e in examples], dtype=torch.long)
+        return out
+
+    def transform(self, batch: dict) -> dict:
+        """Mask a stacked batch. Used by the training loop rather than the DataLoader, because loaders
+        collate ahead of time: the generator's state at a step boundary must cover exactly the batches
+        trained on, or a resumed run would draw other masks."""
+        input_ids, labels = self.mask(batch["input_ids"], batch.get("word_starts"), self.generator)
+        return {"input_ids": input_ids, "labels": labels}
+
     def mask(self, ids, word_starts, g):
         import torch
 

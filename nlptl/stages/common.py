@@ -104,8 +104,13 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
     from nlptl.checkpoint import checkpoints_dir, find_resume_checkpoint, resume_hint
 
     resume_from = find_resume_checkpoint(out, cfg.resume_from) if (cfg.resume or cfg.resume_from) else None
+    transform = None
+    if objective == "mlm":
+        transform = train_collate.transform
+        train_collate = train_collate.stack
     trained, result = train(accelerator, sparse or model, train_blocks, train_collate, cfg, description=stage,
-                            checkpoints=checkpoints_dir(out), resume_from=resume_from, resume_hint=resume_hint(out))
+                            checkpoints=checkpoints_dir(out), resume_from=resume_from, resume_hint=resume_hint(out),
+                            batch_transform=transform)
     model = trained.lm if sparse is not None else trained
     after = score(model)
     metrics = {
