@@ -106,8 +106,15 @@ def check_out(out: Path, overwrite: bool, from_path: str | None = None, resume: 
     parent = out.parent if not out.exists() else out
     while not parent.exists():
         parent = parent.parent
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"--out {out}: {parent} is not writable; choose another --out")
+    # Try a write: permission bits alone say nothing for root or on read-only mounts.
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".nlptl-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError:
+        raise UsageError(f"--out {out}: {parent} is not writable; choose another --out") from None
 
 
 def _staging(out: Path) -> Path:

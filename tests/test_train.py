@@ -178,3 +178,22 @@ def test_classification_metrics_from_logits():
     expected_loss = torch.nn.functional.cross_entropy(logits, labels).item()
     assert m["loss"] == pytest.approx(expected_loss)
     assert math.isfinite(m["loss"])
+
+
+def test_too_little_disk_fails_before_training(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    import pytest
+    import torch
+
+    from nlptl.errors import NlptlError
+    from nlptl.train import check_disk_space
+
+    model = torch.nn.Linear(1000, 1000)  # 1M parameters: ~4 MB per copy, 3 copies per checkpoint
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 20 * 10**6, 20 * 10**6))
+    with pytest.raises(NlptlError, match="not enough free disk"):
+        check_disk_space(tmp_path / "out" / "checkpoints", model, keep=2)  # needs ~40 MB
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 0, 10**9))
+    check_disk_space(tmp_path / "out" / "checkpoints", model, keep=2)
