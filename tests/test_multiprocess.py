@@ -85,3 +85,16 @@ def test_resume_with_two_processes_equals_uninterrupted(base):
         {k: whole[k] for k in ("perplexity", "steps", "train_tokens")}
     a, b = load_file(str(base / "r-whole" / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_accelerate_launch_runs_two_processes(base):
+    """`accelerate launch -m nlptl` works too (on a CPU machine, --multi_gpu starts the gloo processes)."""
+    out = base / "accelerate-launch"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "-m", "nlptl",
+           "adapt", "--from", str(base / "base"), "--corpus", "sample-reviews", "--block-size", "32", "--max-steps", "3",
+           "--batch-size", "4", "--out", str(out), "--json", "--quiet", "--precision", "fp32"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1
+    assert json.loads(lines[0])["train_tokens"] == 3 * 2 * 4 * 32  # two processes, 4 blocks each per step
