@@ -146,7 +146,7 @@ def load_tokenizer(ref: ModelRef, config):
             raise NlptlError(f"--from {ref.spec}: the tokenizer has neither a pad nor an EOS token")
         tokenizer.pad_token = tokenizer.eos_token
     if len(tokenizer) > config.vocab_size:
-        raise NlptlError(
+        raise UsageError(
             f"--from {ref.spec}: the tokenizer has {len(tokenizer)} tokens but the model's embeddings hold {config.vocab_size}; "
             "pass the tokenizer the model was trained with"
         )

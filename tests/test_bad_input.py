@@ -55,6 +55,7 @@ def w(tmp_path_factory) -> SimpleNamespace:
     d.mkdir()
     (d / "empty.txt").write_bytes(b"")
     (d / "blank.txt").write_bytes(b"\n   \n\t\n\n")
+    (d / "binary.txt").write_bytes(b"text first\n\x00\x01\x02 binary\n")
     (d / "latin1.txt").write_bytes("fine\nalso fine\ncaf\xe9 cr\xe8me\n".encode("latin-1"))
     return SimpleNamespace(
         root=root,
@@ -71,6 +72,7 @@ def w(tmp_path_factory) -> SimpleNamespace:
         empty=d / "empty.txt",
         blank=d / "blank.txt",
         latin1=d / "latin1.txt",
+        binary=d / "binary.txt",
         no_text=write_csv(d / "no_text.csv", [("hello", "1")], header=("txt", "label")),
         no_label=write_csv(d / "no_label.csv", [("hello", "1")], header=("text", "labl")),
         bad_yaml=write_lines(d / "bad.yaml", ["lr: 0.1", "epochs: [1, 2"]),
@@ -220,6 +222,7 @@ LIGHT = {
         lambda w: adapt(w, "--out", w.broken, "--resume"), 2, ["no intact checkpoint", "corrupted", "--overwrite"]),
     "out-holds-an-unfinished-run": (
         lambda w: adapt(w, "--out", w.broken), 2, ["unfinished run", "--resume", "--overwrite"]),
+    "binary-corpus": (lambda w: ["adapt", "--from", w.lm, "--corpus", w.binary], 2, ["binary data", "line 2", "UTF-8"]),
     "negative-save-every": (lambda w: adapt(w, "--save-every", "-1"), 2, ["--save-every", ">= 0"]),
 }
 
@@ -360,6 +363,16 @@ def test_single_class(w, tmp_path, capsys):
         "single class",
         "at least two labels",
     )
+
+
+def test_tokenizer_larger_than_the_embeddings(w, tmp_path, capsys):
+    small = tmp_path / "small-vocab"
+    shutil.copytree(w.lm, small)
+    config = json.loads((small / "config.json").read_text())
+    config["vocab_size"] = 10  # fewer rows than the tokenizer has tokens
+    (small / "config.json").write_text(json.dumps(config))
+    run_fails(["adapt", "--from", small, "--corpus", w.good_txt, *FAST], tmp_path, capsys,
+              "tokenizer has", "embeddings hold 10", "tokenizer the model was trained with")
 
 
 def test_labels_outside_the_task(w, tmp_path, capsys):
