@@ -1,4 +1,4 @@
-"""The whole chain on the sample data shipped with nlptl, offline, on a CPU, in about two minutes.
+"""The whole chain on the sample data shipped with nlptl, offline, on a CPU, in about 30 seconds.
 
     nlptl demo                 # runs into $NLPTL_HOME/demo (default ./runs/demo)
 
@@ -42,11 +42,11 @@ def run(out: str | None = None) -> dict:
         return result
 
     pre = timed("pretrain", pretrain.run, PretrainConfig(
-        arch="gpt", size="tiny", corpus="sample-general", out=dirs["pretrain"], overwrite=True, epochs=4, lr=2e-3))
+        arch="gpt", size="tiny", corpus="sample-general", out=dirs["pretrain"], overwrite=True, epochs=2, lr=2e-3))
     ada = timed("adapt", adapt.run, AdaptConfig(
-        from_model=dirs["pretrain"], corpus="sample-reviews", out=dirs["adapt"], overwrite=True, epochs=2, lr=1e-3))
+        from_model=dirs["pretrain"], corpus="sample-reviews", out=dirs["adapt"], overwrite=True, epochs=1, lr=1e-3))
     fin = timed("finetune", finetune.run, FinetuneConfig(
-        from_model=dirs["adapt"], task="sample-sentiment", out=dirs["finetune"], overwrite=True, epochs=4, lr=1e-3))
+        from_model=dirs["adapt"], task="sample-sentiment", out=dirs["finetune"], overwrite=True, epochs=2, lr=1e-3))
     ev = timed("evaluate", evaluate.run, EvaluateConfig(model=dirs["finetune"], data=str(ASSETS / "sentiment_test.csv")))
     preds = timed("predict", predict.run, PredictConfig(model=dirs["finetune"], texts=EXAMPLES))
 
