@@ -528,7 +528,7 @@ def summarize(results: list[dict]) -> dict:
     out = {}
     for (row, n), cells in table.items():
         if row == "plain":
-            lr = best_lr(n, results)
+            lr = best_lr(500 if n == "all" else n, results)  # the "all" rows reuse the 500-label choice
             cells = [c for c in cells if c["lr"] == lr]
         out[(row, n)] = cells
     return out
