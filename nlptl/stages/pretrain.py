@@ -110,7 +110,7 @@ def take_checkpoint(cfg: PretrainConfig, ref, out: Path) -> dict:
 
     src = Path(ref.path)
     if not ref.local:
-        from nlptl import hub, models
+        from nlptl import models
 
         models.hub_guard(ref)
         try:
@@ -119,7 +119,6 @@ def take_checkpoint(cfg: PretrainConfig, ref, out: Path) -> dict:
             src = Path(snapshot_download(ref.path, allow_patterns=list(MODEL_FILES)))
         except Exception as e:  # noqa: BLE001
             raise models.load_error(ref, e) from e
-        del hub
     config = to_dict(cfg)
     lineage = lineage_of("pretrain", ref, source="checkpoint")
     with StageWriter(out) as w:
