@@ -83,7 +83,17 @@ TOGGLES = {
     "+concat-pool": {"pooling": "concat"},
 }
 FULL = {"discriminative_lr": 2.6, "schedule": "stlr", "gradual_unfreeze": True, "pooling": "concat"}
-MAIN_ROWS = ("plain", "+dapt", "+dapt+tapt", "full")
+# The transformer-sized recipe, chosen after the first grid: the ULMFiT factor 2.6 compounds over one
+# group per block (lr/800 at MiniLM's embeddings), so a per-block factor of 1.2 (layer-wise decay
+# ~0.83, the usual range for BERT-style models); STLR; mean pooling (what MiniLM was trained with);
+# no gradual unfreezing (it starved the lower blocks at 60-120 steps). Its peak lr is tuned like plain's,
+# because discriminative rates lower every group but the head.
+RECIPE = {"discriminative_lr": 1.2, "schedule": "stlr", "gradual_unfreeze": False, "pooling": "mean"}
+GPT_RECIPE = {**RECIPE, "pooling": "concat"}
+GPT_LR_GRID = (1e-4, 3e-4, 1e-3)
+GPT_STEPS = {"pretrain": 300, "dapt": 200}
+MAIN_ROWS = ("plain", "+dapt", "+dapt+tapt", "recipe", "full")
+TUNED = {"plain": LR_GRID, "recipe": (5e-5, 1e-4, 2e-4), "gpt-plain": GPT_LR_GRID, "gpt-recipe": GPT_LR_GRID}
 
 
 def now() -> str:
@@ -255,19 +265,19 @@ def run_cell(cell: dict, splits: dict[str, Path], work: Path) -> dict:
 # --------------------------------------------------------------------------- the grid
 
 
-def best_lr(n, results: list[dict]) -> float | None:
+def best_lr(n, results: list[dict], row: str = "plain", grid: tuple = LR_GRID) -> float | None:
     """The plain row's lr at label count n: best validation accuracy of seed 0 over LR_GRID (the
     selection is made once all of seed 0's grid is measured; None until then). Seed 0 only, so that
     the choice is fixed before the other rows run; the other seeds of the grid are measured later,
     at low priority, for the report."""
     val = {}
     for r in results:
-        if (r.get("kind") == "finetune" and r.get("ok") and r["row"] == "plain" and r["n_labels"] == n
-                and r["model"] == "minilm" and r["seed"] == SEEDS[0]):
+        if (r.get("kind") == "finetune" and r.get("ok") and r["row"] == row and r["n_labels"] == n
+                and r["seed"] == SEEDS[0]):
             val[r["lr"]] = r["val_accuracy"]
-    if any(lr not in val for lr in LR_GRID):
+    if any(lr not in val for lr in grid):
         return None
-    return max(LR_GRID, key=lambda lr: (val[lr], -lr))  # ties: the smaller lr
+    return max(grid, key=lambda lr: (val[lr], -lr))  # ties: the smaller lr
 
 
 def cell_id(row: str, n, seed: int, lr: float) -> str:
@@ -275,10 +285,11 @@ def cell_id(row: str, n, seed: int, lr: float) -> str:
 
 
 def plan(skip_gpt: bool) -> list[dict]:
-    """Every item in priority order. lr ("best", n) is resolved when the plain grid of n is measured;
-    model keys name an adapt item that must be done first."""
+    """Every item in priority order. lr ("best", n[, row, grid]) is resolved when that row's seed-0 lr
+    grid at n is measured; model keys name an adapt item that must be done first."""
     P = []
     s0, rest = SEEDS[0], SEEDS[1:]
+    R = ("best", 100, "recipe", TUNED["recipe"]), ("best", 500, "recipe", TUNED["recipe"])
 
     def ft(row, n, s, lr, key, tech):
         P.append({"kind": "finetune", "row": row, "n": n, "seed": s, "lr": lr, "model_key": key, "tech": tech})
@@ -300,20 +311,39 @@ def plan(skip_gpt: bool) -> list[dict]:
         for row, t in TOGGLES.items():
             for s in SEEDS:
                 ft(row, n, s, ("best", n), "minilm", {**PLAIN, **t})
-    for row, key, tech in (("plain", "minilm", PLAIN), ("+dapt", "dapt", PLAIN), ("+dapt+tapt", "tapt", PLAIN),
-                           ("full", "tapt", FULL)):
+    # the transformer-sized recipe: its own lr grid on seed 0, then the other seeds at the chosen lr
+    for n, spec in zip((100, 500), R, strict=True):
+        for lr in spec[3]:
+            ft("recipe", n, s0, lr, "tapt", RECIPE)
+    for n, spec in zip((100, 500), R, strict=True):
+        for s in rest:
+            ft("recipe", n, s, spec, "tapt", RECIPE)
+    if not skip_gpt:  # a GPT pretrained by nlptl itself: plain vs +dapt vs recipe
+        P.append({"kind": "adapt", "name": "gpt", "needs": None})
+        P.append({"kind": "adapt", "name": "gpt-dapt", "needs": "gpt"})
+        gplain, grec = {**PLAIN, "pooling": "last"}, GPT_RECIPE
+        for n in (100, 500):
+            for lr in GPT_LR_GRID:
+                ft("gpt-plain", n, s0, lr, "gpt", gplain)
+                ft("gpt-recipe", n, s0, lr, "gpt-dapt", grec)
+        for n in (100, 500):
+            for s in rest:
+                ft("gpt-plain", n, s, ("best", n, "gpt-plain", GPT_LR_GRID), "gpt", gplain)
+                ft("gpt-recipe", n, s, ("best", n, "gpt-recipe", GPT_LR_GRID), "gpt-dapt", grec)
+            for s in SEEDS:
+                ft("gpt-+dapt", n, s, ("best", n, "gpt-plain", GPT_LR_GRID), "gpt-dapt", gplain)
+    for row, key, tech, lr in (("+dapt+tapt", "tapt", PLAIN, ("best", 500)),
+                               ("recipe", "tapt", RECIPE, R[1]),
+                               ("+dapt", "dapt", PLAIN, ("best", 500)), ("full", "tapt", FULL, ("best", 500))):
         for s in SEEDS:
-            ft(row, "all", s, ("best", 500), key, tech)
+            ft(row, "all", s, lr, key, tech)
+    for n, spec in zip((100, 500), R, strict=True):  # the recipe's techniques without the adapt stages
+        for s in SEEDS:
+            ft("+recipe-techniques", n, s, spec, "minilm", RECIPE)
     for n in (100, 500):  # the rest of the lr grid, for the report only (selection used seed 0)
         for lr in LR_GRID:
             for s in rest:
                 ft("plain", n, s, lr, "minilm", PLAIN)
-    if not skip_gpt:
-        P.append({"kind": "adapt", "name": "gpt", "needs": None})
-        for n in (100, 500):
-            for row, tech in (("gpt-plain", {**PLAIN, "pooling": "last"}), ("gpt-full", {**FULL, "pooling": "concat"})):
-                for s in SEEDS:
-                    ft(row, n, s, 1e-4, "gpt", tech)
     return P
 
 
@@ -323,19 +353,19 @@ def resolve(item: dict, results: list[dict]) -> tuple[str | None, dict | None]:
         return f"adapt/{item['name']}", item
     cell = dict(item)
     if isinstance(cell["lr"], tuple):
-        lr = best_lr(cell["lr"][1], results)
+        lr = best_lr(cell["lr"][1], results, *cell["lr"][2:])
         if lr is None:
             return None, None
         cell["lr"] = lr
     cell["id"] = cell_id(cell["row"], cell["n"], cell["seed"], cell["lr"])
     cell["model_name"] = {"minilm": "minilm", "dapt": "minilm-dapt", "tapt": "minilm-dapt-tapt",
-                          "gpt": "gpt-mini-wt2"}[cell["model_key"]]
+                          "gpt": "gpt-mini-wt2", "gpt-dapt": "gpt-mini-wt2-dapt"}[cell["model_key"]]
     return cell["id"], cell
 
 
 def model_dirs(work: Path) -> dict[str, str]:
     out = {"minilm": minilm_path()}
-    for name in ("dapt", "tapt", "gpt"):
+    for name in ("dapt", "tapt", "gpt", "gpt-dapt"):
         d = work / "lm" / name
         if (d / "nlptl-run.json").is_file():
             out[name] = str(d)
@@ -444,7 +474,11 @@ def worker(args) -> int:
             if cid is None:  # lr not chosen yet
                 blocked = True
                 continue
-            if cid in done or cid in failed:
+            if cid in failed:
+                continue
+            # an adapted model is rebuilt when its directory is gone (a fresh clone keeps the results,
+            # not bench/out/)
+            if cid in done and not (cell["kind"] == "adapt" and cell["name"] not in models):
                 continue
             need = cell["needs"] if cell["kind"] == "adapt" else cell["model_key"]
             if need is not None and need not in models:
@@ -468,6 +502,9 @@ def worker(args) -> int:
             if chosen["kind"] == "adapt":
                 if chosen["name"] == "gpt":
                     gpt_model(work, data_root)
+                elif chosen["name"] == "gpt-dapt":
+                    run_adapt(cid, models["gpt"], str(data_root / "unlabeled-reviews" / "*.txt"), work / "lm" / "gpt-dapt",
+                              GPT_STEPS["dapt"], None, "domain-adaptive CLM of the nlptl GPT on the unlabeled reviews")
                 else:
                     sp = adapt_specs[chosen["name"]]
                     run_adapt(cid, models[chosen["needs"]], sp["corpus"], work / "lm" / chosen["name"], sp["steps"],
@@ -495,7 +532,7 @@ def gpt_model(work: Path, data_root: Path) -> None:
     out = work / "lm" / "gpt"
     t0 = time.time()
     res = pretrain.run(PretrainConfig(arch="gpt", size="mini", corpus=str(data_root / "wikitext-2" / "valid.txt"),
-                                      out=str(out), overwrite=True, max_steps=300, max_eval_blocks=100, seed=0,
+                                      out=str(out), overwrite=True, max_steps=GPT_STEPS["pretrain"], max_eval_blocks=100, seed=0,
                                       precision="fp32"))
     append_result({"id": "adapt/gpt", "kind": "pretrain", "ok": True, "output_dir": str(out),
                    "note": "GPT --size mini pretrained from scratch on WikiText-2 valid, 300 steps",
@@ -516,7 +553,8 @@ def fmt(xs: list[float]) -> str:
     return f"{100 * m:.1f} ± {100 * sd:.1f}"
 
 
-ROW_ORDER = ("plain", "+dapt", "+dapt+tapt", "full", *TOGGLES, "gpt-plain", "gpt-full")
+ROW_ORDER = ("plain", "+dapt", "+dapt+tapt", "recipe", "full", *TOGGLES, "+recipe-techniques", "gpt-plain",
+             "gpt-+dapt", "gpt-recipe")
 
 
 def summarize(results: list[dict]) -> dict:
@@ -527,8 +565,9 @@ def summarize(results: list[dict]) -> dict:
         table.setdefault((r["row"], r["n_labels"]), []).append(r)
     out = {}
     for (row, n), cells in table.items():
-        if row == "plain":
-            lr = best_lr(500 if n == "all" else n, results)  # the "all" rows reuse the 500-label choice
+        if row in TUNED:
+            # the "all" rows reuse the 500-label choice
+            lr = best_lr(500 if n == "all" else n, results, row, TUNED[row])
             cells = [c for c in cells if c["lr"] == lr]
         out[(row, n)] = cells
     return out

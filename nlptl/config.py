@@ -57,7 +57,7 @@ class TrainConfig:
     schedule: str = opt("linear", "Learning-rate schedule: linear (warmup + decay), stlr (slanted triangular), one-cycle, cosine, constant.")
     cut_frac: float = opt(0.1, "stlr: fraction of the steps spent increasing the learning rate (ULMFiT: 0.1).")
     stlr_ratio: float = opt(32.0, "stlr: how much smaller the lowest learning rate is than the peak (ULMFiT: 32).")
-    discriminative_lr: float = opt(1.0, "Each layer group's learning rate is the one above divided by this factor (ULMFiT: 2.6; 1 = off).")
+    discriminative_lr: float = opt(1.0, "Each layer group's learning rate is the one above divided by this factor; one group per transformer block, so it compounds: 1.1-1.2 suits transformers, ULMFiT's 2.6 starves the lower blocks (docs/results.md); 1 = off.")
     gradual_unfreeze: bool = opt(False, "Train only the head first, then unfreeze one more layer group from the top each epoch.")
     unfreeze_every: int | None = opt(None, "With --gradual-unfreeze: unfreeze a group every N steps (default: every epoch).")
     save_every: int | None = opt(500, "Write a resumable checkpoint every N steps into OUT/checkpoints (0 = never).")
