@@ -165,6 +165,8 @@ class StageWriter:
 
 def resume_hint(out: Path) -> str:
     """The command that continues this run: the same command line plus --resume."""
+    if sys.argv[1:2] == ["run"]:  # a recipe resumes its interrupted stage when run again
+        return "Resume with: nlptl " + " ".join(sys.argv[1:])
     args = [a for a in sys.argv[1:] if a not in ("--resume", "--overwrite")]
     if not any(a in ("--out", "-o") or a.startswith("--out=") for a in args):
         args += ["--out", str(out)]

@@ -23,6 +23,7 @@ from nlptl.config import (  # noqa: E402
     LMConfig,
     PredictConfig,
     PretrainConfig,
+    RunConfig,
     TrainConfig,
     help_of,
 )
@@ -225,6 +226,39 @@ def predict(
     else:
         console.table("predictions", ["label", "score", "text"],
                       [[r["label"], r["score"], r["text"][:80]] for r in rows], stdout=True)
+
+
+@app.command()
+def run(
+    recipe: Annotated[str, typer.Argument(help=help_of(RunConfig, "recipe"), show_default=False,
+                                                   metavar="RECIPE.yaml")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help=help_of(RunConfig, "dry_run"))] = False,
+    sets: Annotated[list[str] | None, typer.Option("--set", help=help_of(RunConfig, "sets"),
+                                                                  metavar="[NAME.]KEY=VALUE")] = None,
+    json_: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Run a recipe: pretrain -> adapt (any number) -> finetune -> evaluate from one YAML file; reuses
+    finished stages, resumes interrupted ones, reruns changed ones and everything after them."""
+    from nlptl import console
+    from nlptl.stages import run as stage
+
+    console.configure(quiet=quiet, json_mode=json_)
+    result = stage.run(RunConfig(recipe=recipe, sets=sets or [], dry_run=dry_run))
+    if json_:
+        console.emit_json(result)
+        return
+    columns = ["stage", "kind", "action", "from", "out", "why"] if dry_run else ["stage", "kind", "action", "result"]
+    rows = []
+    for s in result["stages"]:
+        if dry_run:
+            rows.append([s["name"], s["stage"], s["action"], s["from"] or "", s["out"] or "", s["why"]])
+        else:
+            r = s["result"]
+            shown = {k: r[k] for k in ("accuracy", "f1_macro", "perplexity", "output_dir") if r.get(k) is not None}
+            rows.append([s["name"], s["stage"], s["action"], ", ".join(f"{k} {console._fmt(v)}" for k, v in shown.items())])
+    console.table(f"{'plan' if dry_run else 'results'} of {recipe} (root {result['out']})", columns, rows,
+                  stdout=dry_run)
 
 
 @app.command()

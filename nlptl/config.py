@@ -209,7 +209,7 @@ class EvaluateConfig:
     """`nlptl evaluate`: accuracy/F1 of a classifier, or perplexity of a language model."""
 
     model: str | None = opt(None, "Run dir or checkpoint to evaluate (default: latest finetune run).")
-    data: str | None = opt(None, "Labelled file (classifier) or text corpus (language model).")
+    data: str | None = opt(None, "Labelled file (classifier) or text corpus (language model); task:NAME for a task's test file.")
     text_column: str = opt("text", "Text column.")
     label_column: str = opt("label", "Label column (classifiers).")
     batch_size: int = opt(32, "Examples per batch.")
@@ -236,6 +236,17 @@ class PredictConfig:
 
     def __post_init__(self) -> None:
         positive(self, "batch_size")
+
+
+@dataclass
+class RunConfig:
+    """`nlptl run`: the stages of a recipe file, each run, resumed or reused."""
+
+    recipe: str = opt("", "Recipe YAML: out: (root directory), defaults: (shared keys), stages: (a list of stages).")
+    sets: list[str] = field(default_factory=list, metadata={
+        "help": "Override a key: --set NAME.key=value for one stage, --set key=value for every stage that has it, "
+                "--set out=DIR for the root (repeatable)."})
+    dry_run: bool = opt(False, "Show the plan (each stage: run, reuse or resume; from; out; why) and stop.")
 
 
 STAGE_CONFIGS: dict[str, type] = {
@@ -349,11 +360,16 @@ def parse_sets(sets: list[str] | None) -> dict[str, Any]:
 
 
 def resolve(cls: type, *, config_file: str | None = None, flags: dict[str, Any] | None = None,
-            sets: list[str] | None = None) -> Any:
-    """Build a stage config: defaults < config file < flags (those given) < --set."""
+            sets: list[str] | None = None, layers: list[tuple[dict[str, Any], str]] | None = None) -> Any:
+    """Build a stage config: defaults < config file < `layers` < flags (those given) < --set.
+
+    `layers`: (mapping, where) pairs applied in order, checked like a config file (`nlptl run` passes
+    a recipe's defaults and the stage's own keys; `where` names them in errors)."""
     values: dict[str, Any] = {}
     if config_file:
         values.update(_check_keys(cls, load_yaml(config_file), f"--config {config_file}"))
+    for data, where in layers or []:
+        values.update(_check_keys(cls, data, where))
     values.update({k: v for k, v in (flags or {}).items() if v is not None})
     values.update(_check_keys(cls, parse_sets(sets), "--set"))
     return cls(**values)

@@ -179,3 +179,49 @@ def test_every_field_has_help_and_round_trips(tmp_path):
     cfg = FinetuneConfig(from_model="m", train_file="t.csv", lr=3e-5, max_steps=7, overwrite=True)
     path = write(tmp_path, yaml.safe_dump(to_dict(cfg)))
     assert resolve(FinetuneConfig, config_file=path) == cfg
+
+
+@pytest.mark.parametrize("command", ["pretrain", "adapt", "finetune", "evaluate"])
+def test_every_stage_command_honours_the_whole_precedence_chain(command, tmp_path, monkeypatch):
+    """Through the real command line: defaults < preset (pretrain's --size sets the vocabulary) < --config
+    FILE < flags < --set. Each layer sets the key the layer before it set, so each must win."""
+    import importlib
+
+    from cli_helpers import call_main
+
+    from nlptl.models import DEFAULT_VOCAB
+
+    seen = {}
+    module = importlib.import_module(f"nlptl.stages.{command}")
+
+    def capture(cfg):
+        seen["cfg"] = cfg
+        return {}
+
+    monkeypatch.setattr(module, "run", capture)
+    required = {"pretrain": ["--corpus", "c.txt"], "adapt": ["--corpus", "c.txt"], "finetune": [],
+                "evaluate": ["--data", "d.csv"]}[command]
+    # batch_size: file; seed: file < flag; max_length/block_size/lr: file < flag < --set.
+    key = "max_length" if command in ("finetune", "evaluate") else "block_size"
+    flag = "--" + key.replace("_", "-")
+    path = write(tmp_path, f"batch_size: 8\nseed: 5\n{key}: 40\n" + ("compare: [m2]\n" if command == "finetune" else ""))
+    args = [command, *required, "--config", path, "--seed", "6", flag, "48", "--set", f"{key}=56"]
+    assert call_main(args, tmp_path) == 0
+    cfg = seen["cfg"]
+    default = STAGE_CONFIGS[command].__dataclass_fields__["batch_size"].default
+    assert cfg.batch_size == 8 != default  # file over default
+    assert cfg.seed == 6  # flag over file
+    assert getattr(cfg, key) == 56  # --set over flag over file
+    if command == "finetune":
+        assert cfg.compare == ["m2"]  # a list flag not given does not blank the file's list
+
+    if command == "pretrain":
+        def vocab(*extra: str) -> int:
+            seen.clear()
+            assert call_main(["pretrain", "--corpus", "c.txt", "--size", "mini", *extra], tmp_path) == 0
+            return seen["cfg"].vocab_size or DEFAULT_VOCAB[seen["cfg"].size]
+
+        assert vocab() == DEFAULT_VOCAB["mini"]  # the preset over the default (tiny's)
+        assert vocab("--config", write(tmp_path, "vocab_size: 500\n")) == 500  # file over preset
+        assert vocab("--config", write(tmp_path, "vocab_size: 500\n"), "--vocab-size", "600") == 600  # flag over file
+        assert vocab("--vocab-size", "600", "--set", "vocab_size=700") == 700  # --set over flag

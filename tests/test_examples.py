@@ -39,3 +39,62 @@ def test_demo_runs_offline_and_beats_chance(tmp_path, monkeypatch):
     assert {p["label"] for p in result["predictions"]} <= {"negative", "positive"}
     for stage in ("pretrain", "adapt", "finetune"):
         assert (tmp_path / "demo" / stage / "nlptl-run.json").is_file()
+
+
+# Tiny settings for the recipes: every stage a couple of steps on short blocks (the defaults are real runs).
+TINY_RECIPE = ["--set", "max_steps=2", "--set", "batch_size=4", "--set", "block_size=32", "--set", "precision=fp32",
+               "--set", "general.vocab_size=300", "--set", "classifier.max_length=32"]
+
+
+def nlptl(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "NLPTL_HOME": str(cwd / "home"), "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "nlptl", *args], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.mark.parametrize("recipe,stages", [
+    ("02-ulmfit-gpt.yaml", ["general", "domain", "classifier", "test"]),
+    ("03-dapt-tapt-bert.yaml", ["general", "dapt", "tapt", "classifier", "test"]),
+])
+def test_recipe_examples_run_and_then_reuse(tmp_path, recipe, stages):
+    path = str(ROOT / "examples" / recipe)
+    args = ["run", path, "--set", f"out={tmp_path / 'runs'}", *TINY_RECIPE, "--json", "--quiet"]
+    proc = nlptl(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert [s["name"] for s in result["stages"]] == stages
+    assert all(s["action"] == "run" for s in result["stages"])
+    test = result["stages"][-1]["result"]
+    assert test["n_eval"] == 300 and 0 <= test["accuracy"] <= 1  # the sample task's test file
+    again = nlptl(["run", path, "--set", f"out={tmp_path / 'runs'}", *TINY_RECIPE, "--dry-run", "--json"], tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert [s["action"] for s in json.loads(again.stdout)["stages"]] == ["reuse"] * (len(stages) - 1) + ["run"]
+
+
+def run_script(name: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "NLPTL_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **env}
+    return subprocess.run(["bash", str(ROOT / "examples" / name), str(tmp_path / "work")], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_custom_csv_script(tmp_path):
+    proc = run_script("04-custom-csv.sh", tmp_path, STEPS="2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    evaluation, predictions = lines[0], lines[1:]
+    assert evaluation["n_eval"] == 300
+    assert len(predictions) == 2 and {p["label"] for p in predictions} <= {"thumbs-down", "thumbs-up"}
+    record = json.loads((tmp_path / "work" / "classifier" / "nlptl-run.json").read_text())
+    assert record["config"]["text_column"] == "review" and record["lineage"]["labels"] == ["thumbs-down", "thumbs-up"]
+
+
+def test_scale_out_script_with_two_processes(tmp_path):
+    proc = run_script("05-scale-out.sh", tmp_path, STEPS="2", NPROC="2", BATCH="4")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1  # the finetune result, printed by the main process only
+    result = json.loads(lines[0])
+    assert result["steps"] == 2 and result["n_eval"] == 300
+    record = json.loads((tmp_path / "work" / "domain" / "nlptl-run.json").read_text())
+    assert record["metrics"]["train_tokens"] == 2 * 2 * 4 * 32  # steps x processes x batch x block

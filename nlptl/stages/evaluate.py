@@ -4,9 +4,12 @@ language model (text corpus).
     nlptl evaluate --data test.csv                      # the latest finetune run
     nlptl evaluate --model runs/finetune-... --data test.csv
     nlptl evaluate --model runs/adapt-... --data held_out_reviews.txt
+    nlptl evaluate --model runs/finetune-... --data task:sample-sentiment   # the task's test file
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from nlptl.checkpoint import default_from
 from nlptl.config import EvaluateConfig, LMConfig, to_dict
@@ -19,6 +22,8 @@ from nlptl.stages.common import check_block_size, positions_of
 
 
 def run(cfg: EvaluateConfig) -> dict:
+    if cfg.data.startswith("task:"):
+        cfg = dataclasses.replace(cfg, data=task_test_file(cfg.data))
     ref = inspect_model(cfg.model or default_from("evaluate"), "--model")
     if ref.is_classifier:
         src = labelled_source(cfg.data, "--data", cfg.text_column, cfg.label_column)
@@ -29,6 +34,15 @@ def run(cfg: EvaluateConfig) -> dict:
         check_block_size(block_size, positions_of(ref.config))
     corpus = resolve_corpus(cfg.data, cfg.text_column)
     return _language_model(cfg, ref, corpus, block_size)
+
+
+def task_test_file(spec: str) -> str:
+    """`--data task:NAME`: the test file the task names (the sample tasks ship one; registry.yaml can add `test:`)."""
+    entry = task_entry(spec.split(":", 1)[1])
+    if not entry.test:
+        raise UsageError(f"--data {spec}: the task names no test file; pass --data FILE (or add test: to its entry "
+                         "in $NLPTL_HOME/registry.yaml)")
+    return entry.test
 
 
 def _classifier(cfg: EvaluateConfig, ref, spec) -> dict:
