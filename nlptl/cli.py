@@ -231,6 +231,25 @@ def predict(
 
 
 @app.command()
+def report(
+    run_dir: Annotated[str, typer.Argument(help="A run directory (any stage).", show_default=False)],
+    json_: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Lineage, metrics of every stage in the chain, and plots (PNG, into RUN_DIR/report/) of a run."""
+    from nlptl import config as cfgmod
+    from nlptl import console
+    from nlptl.stages import report as stage
+
+    console.configure(quiet=quiet, json_mode=json_)
+    result = stage.run(cfgmod.resolve(cfgmod.ReportConfig, flags={"run_dir": run_dir}))
+    if json_:
+        console.emit_json(result)
+    else:
+        console.report(result)
+
+
+@app.command()
 def corpora(json_: Json = False) -> None:
     """List the corpus names --corpus accepts."""
     from nlptl import console, registry

@@ -250,6 +250,17 @@ class PredictConfig:
         positive(self, "batch_size")
 
 
+@dataclass
+class ReportConfig:
+    """`nlptl report`: lineage, metrics of every stage in the chain, and plots of a run."""
+
+    run_dir: str | None = opt(None, "The run directory to report on.")
+
+    def __post_init__(self) -> None:
+        if not self.run_dir:
+            raise UsageError("report needs RUN_DIR: a run directory (e.g. runs/finetune-...)")
+
+
 STAGE_CONFIGS: dict[str, type] = {
     "pretrain": PretrainConfig,
     "adapt": AdaptConfig,
