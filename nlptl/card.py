@@ -67,7 +67,8 @@ def reproduce_command(stage: str, config: dict, out: Path, lineage: dict) -> str
         values["from_model"] = lineage["base_model"]  # the run it defaulted to (the latest one)
     values["out"] = str(out)
     args = ["nlptl", stage]
-    for key, value in values.items():
+    first = ("from_model", "corpus", "task", "arch", "size", "train_file", "eval_file", "out")
+    for key, value in sorted(values.items(), key=lambda kv: first.index(kv[0]) if kv[0] in first else len(first)):
         if key in NOT_REPRODUCED or key not in defaults or value == defaults[key]:
             continue
         opt = options.get(key)

@@ -208,3 +208,20 @@ def test_report_shows_the_chain_and_writes_readable_plots(finetuned, adapted, tm
 def test_report_of_a_directory_that_is_no_run(tmp_path, capsys):
     assert call_main(["report", tmp_path], tmp_path) == 2
     assert "not a completed nlptl run" in capsys.readouterr().err
+
+
+def test_report_of_a_learning_curve_run_plots_the_curve(tmp_path, capsys):
+    run = tmp_path / "curve"
+    run.mkdir()
+    summary = [{"model": m, "n_labels": n, "n_train": n, "seeds": 2, "accuracy_mean": a, "accuracy_std": 0.02,
+                "f1_macro_mean": a, "f1_macro_std": 0.02}
+               for m, pts in (("adapted", ((20, 0.7), (80, 0.85))), ("general", ((20, 0.6), (80, 0.8))))
+               for n, a in pts]
+    (run / "learning_curve.json").write_text(json.dumps({"summary": summary, "runs": []}))
+    lineage = {"stage": "finetune", "base_model": "some/hub-model", "mode": "learning-curve", "task": "sentiment"}
+    (run / "nlptl-run.json").write_text(json.dumps({"stage": "finetune", "config": {}, "lineage": lineage,
+                                                    "metrics": {"learning_curve": summary}}))
+    assert call_main(["report", run, "--json"], tmp_path) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [Path(p).name for p in report["plots"]] == ["learning_curve.png"]
+    assert report["stages"][0]["base_model"] == "some/hub-model" and report["general_model"] == "some/hub-model"
