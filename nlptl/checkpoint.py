@@ -24,6 +24,8 @@ from nlptl.config import runs_root
 from nlptl.errors import UsageError
 
 RUN_FILE = "nlptl-run.json"
+# Written into --out while training runs (tracking.py), carried into the finished directory.
+LIVE = ("logs", "metrics.csv")
 PREVIOUS = {"adapt": ("pretrain",), "finetune": ("adapt", "pretrain"), "evaluate": ("finetune",),
             "predict": ("finetune",)}
 
@@ -92,7 +94,7 @@ def check_out(out: Path, overwrite: bool, from_path: str | None = None, resume: 
                          "or --overwrite to start over")
     if unfinished and overwrite:
         shutil.rmtree(checkpoints_dir(out))
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(out.iterdir()) and not _only_live_files(out):
         rec = read_record(out)
         if rec is None and not overwrite:
             raise UsageError(f"--out {out} is a non-empty directory; choose another --out (or --overwrite)")
@@ -115,6 +117,18 @@ def check_out(out: Path, overwrite: bool, from_path: str | None = None, resume: 
         os.unlink(probe)
     except OSError:
         raise UsageError(f"--out {out}: {parent} is not writable; choose another --out") from None
+
+
+def _only_live_files(out: Path) -> bool:
+    """What a run that failed before its first checkpoint leaves: its metrics.csv (and tracker logs).
+    The next run may replace them; a directory of anything else is not ours to write into."""
+    from nlptl.tracking import COLUMNS, METRICS_FILE
+
+    names = {p.name for p in out.iterdir()}
+    if METRICS_FILE not in names or not names <= set(LIVE):
+        return False
+    with open(out / METRICS_FILE, encoding="utf-8", errors="replace") as f:
+        return f.readline().strip() == ",".join(COLUMNS)
 
 
 def _staging(out: Path) -> Path:
@@ -154,8 +168,16 @@ class StageWriter:
     def commit(self, record: dict[str, Any]) -> Path:
         import yaml
 
+        from nlptl import card
+
         (self.staging / "config.yaml").write_text(yaml.safe_dump(record["config"], sort_keys=False), encoding="utf-8")
+        card.write(self.staging, record, self.out)
         (self.staging / RUN_FILE).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
+        # The tracker logs and metrics of this run, written into --out as it trained (not those of a
+        # finished run that this one replaces).
+        for name in LIVE if read_record(self.out) is None else ():
+            if (self.out / name).exists() and not (self.staging / name).exists():
+                os.replace(self.out / name, self.staging / name)
         if self.out.exists():
             shutil.rmtree(self.out)
         self.out.parent.mkdir(parents=True, exist_ok=True)

@@ -65,6 +65,9 @@ SaveEvery = Annotated[int | None, _o("--save-every", panel=RUN)]
 KeepLast = Annotated[int | None, _o("--keep-last", panel=RUN)]
 Resume = Annotated[bool | None, _o("--resume", panel=RUN)]
 ResumeFrom = Annotated[str | None, _o("--resume-from", panel=RUN)]
+ReportTo = Annotated[str | None, _o("--report-to", panel=RUN)]
+PushToHub = Annotated[str | None, _o("--push-to-hub", panel=RUN)]
+HubPrivate = Annotated[bool | None, _o("--hub-private", panel=RUN)]
 ConfigFile = Annotated[str | None, typer.Option("--config", help="YAML file of config keys (flags override it).",
                                                 rich_help_panel=RUN)]
 Sets = Annotated[list[str] | None, typer.Option("--set", help="Override any config key: --set key=value (repeatable).",
@@ -128,7 +131,7 @@ def pretrain(
     eval_every: EvalEvery = None, precision: Precision = None, schedule: Schedule = None,
     discriminative_lr: DiscLr = None, gradual_unfreeze: Unfreeze = None, unfreeze_every: UnfreezeEvery = None,
     save_every: SaveEvery = None, keep_last: KeepLast = None, resume: Resume = None, resume_from: ResumeFrom = None,
-    overwrite: Overwrite = None,
+    overwrite: Overwrite = None, report_to: ReportTo = None, push_to_hub: PushToHub = None, hub_private: HubPrivate = None,
     config: ConfigFile = None, sets: Sets = None, json_: Json = False, quiet: Quiet = False,
 ) -> None:
     """Stage 1: train a general language model from scratch (--corpus), or take a checkpoint (--from)."""
@@ -152,7 +155,7 @@ def adapt(
     eval_every: EvalEvery = None, precision: Precision = None, schedule: Schedule = None,
     discriminative_lr: DiscLr = None, gradual_unfreeze: Unfreeze = None, unfreeze_every: UnfreezeEvery = None,
     save_every: SaveEvery = None, keep_last: KeepLast = None, resume: Resume = None, resume_from: ResumeFrom = None,
-    overwrite: Overwrite = None,
+    overwrite: Overwrite = None, report_to: ReportTo = None, push_to_hub: PushToHub = None, hub_private: HubPrivate = None,
     config: ConfigFile = None, sets: Sets = None, json_: Json = False, quiet: Quiet = False,
 ) -> None:
     """Stage 2: adapt a language model to domain text (MLM for encoders, CLM for decoders)."""
@@ -178,7 +181,7 @@ def finetune(
     eval_every: EvalEvery = None, precision: Precision = None, schedule: Schedule = None,
     discriminative_lr: DiscLr = None, gradual_unfreeze: Unfreeze = None, unfreeze_every: UnfreezeEvery = None,
     save_every: SaveEvery = None, keep_last: KeepLast = None, resume: Resume = None, resume_from: ResumeFrom = None,
-    overwrite: Overwrite = None,
+    overwrite: Overwrite = None, report_to: ReportTo = None, push_to_hub: PushToHub = None, hub_private: HubPrivate = None,
     config: ConfigFile = None, sets: Sets = None, json_: Json = False, quiet: Quiet = False,
 ) -> None:
     """Stage 3: fine-tune a classifier on labelled data; keeps the best checkpoint on --eval."""
@@ -259,6 +262,25 @@ def run(
             rows.append([s["name"], s["stage"], s["action"], ", ".join(f"{k} {console._fmt(v)}" for k, v in shown.items())])
     console.table(f"{'plan' if dry_run else 'results'} of {recipe} (root {result['out']})", columns, rows,
                   stdout=dry_run)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[str, typer.Argument(help="A run directory (any stage).", show_default=False)],
+    json_: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Lineage, metrics of every stage in the chain, and plots (PNG, into RUN_DIR/report/) of a run."""
+    from nlptl import config as cfgmod
+    from nlptl import console
+    from nlptl.stages import report as stage
+
+    console.configure(quiet=quiet, json_mode=json_)
+    result = stage.run(cfgmod.resolve(cfgmod.ReportConfig, flags={"run_dir": run_dir}))
+    if json_:
+        console.emit_json(result)
+    else:
+        console.report(result)
 
 
 @app.command()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ OBJECTIVES = ("auto", "mlm", "clm")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("linear", "stlr", "one-cycle", "cosine", "constant")
 POOLINGS = ("auto", "cls", "mean", "last", "concat")
+TRACKERS = ("tensorboard", "mlflow", "wandb")
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 # Config keys that are not valid Python identifiers, or that users spell like the flag.
 ALIASES = {"from": "from_model", "train": "train_file", "eval": "eval_file"}
@@ -64,9 +67,15 @@ class TrainConfig:
     keep_last: int = opt(2, "Keep the last K checkpoints.")
     resume: bool = opt(False, "Continue from the latest complete checkpoint in --out.")
     resume_from: str | None = opt(None, "Continue from this checkpoint directory (OUT/checkpoints/step-NNNNNN).")
+    report_to: str = opt("none", "Also log the metrics to these trackers (comma-separated): tensorboard, mlflow, wandb, all or none; they write under OUT/logs.")
+    push_to_hub: str | None = opt(None, "Upload the finished run directory (model, tokenizer, model card) to this Hugging Face Hub repo (user/name).")
+    hub_private: bool = opt(False, "With --push-to-hub: create the repo private.")
 
     def __post_init__(self) -> None:
         positive(self, "epochs", "batch_size", "grad_accum", "lr", "log_every")
+        self.report_to = ",".join(report_targets(self.report_to))
+        if self.push_to_hub is not None and not REPO_ID.fullmatch(self.push_to_hub):
+            raise UsageError(f"--push-to-hub expects a repo id 'user-or-org/name' (got '{self.push_to_hub}')")
         choice(self, "schedule", SCHEDULES)
         if self.discriminative_lr < 1:
             raise UsageError(f"--discriminative-lr must be >= 1 (got {self.discriminative_lr}); 1 turns it off")
@@ -180,6 +189,9 @@ class FinetuneConfig(TrainConfig):
             raise UsageError(f"--eval-fraction must be in (0, 1) (got {self.eval_fraction})")
         choice(self, "pooling", POOLINGS)
         positive(self, "seeds")
+        if self.learning_curve and self.push_to_hub:
+            raise UsageError("--push-to-hub uploads a model; a learning curve (--n-labels, --seeds, --compare) keeps "
+                             "none: drop one of them")
         for n in self.label_counts() or []:
             if n is not None and n < 2:
                 raise UsageError(f"--n-labels: each count must be at least 2 (got {n})")
@@ -249,6 +261,17 @@ class RunConfig:
     dry_run: bool = opt(False, "Show the plan (each stage: run, reuse or resume; from; out; why) and stop.")
 
 
+@dataclass
+class ReportConfig:
+    """`nlptl report`: lineage, metrics of every stage in the chain, and plots of a run."""
+
+    run_dir: str | None = opt(None, "The run directory to report on.")
+
+    def __post_init__(self) -> None:
+        if not self.run_dir:
+            raise UsageError("report needs RUN_DIR: a run directory (e.g. runs/finetune-...)")
+
+
 STAGE_CONFIGS: dict[str, type] = {
     "pretrain": PretrainConfig,
     "adapt": AdaptConfig,
@@ -271,6 +294,19 @@ def choice(cfg: Any, name: str, choices: tuple[str, ...]) -> None:
         raise UsageError(
             f"unknown {flag_name(name)} '{value}'{did_you_mean(str(value), choices)}; choose one of {', '.join(choices)}"
         )
+
+
+def report_targets(value: str | None) -> list[str]:
+    """--report-to as tracker names: 'all' is every known tracker, 'none' (or nothing) none. Whether
+    they are installed is checked when a stage starts (nlptl/tracking.py)."""
+    parts = [p.strip().lower() for p in str(value or "none").split(",") if p.strip()]
+    for p in parts:
+        if p not in (*TRACKERS, "all", "none"):
+            raise UsageError(f"unknown --report-to '{p}'{did_you_mean(p, (*TRACKERS, 'all', 'none'))}; "
+                             f"choose from {', '.join(TRACKERS)}, all, none (comma-separated)")
+    if "all" in parts:
+        return ["all"]
+    return [p for p in dict.fromkeys(parts) if p != "none"] or ["none"]
 
 
 def help_of(cls: type, name: str) -> str:

@@ -144,6 +144,25 @@ def table(title: str, columns: list[str], rows: list[list[Any]], stdout: bool = 
     (Console(highlight=False, no_color=bool(os.environ.get("NO_COLOR"))) if stdout else _stderr_console()).print(t)
 
 
+def report(result: dict[str, Any]) -> None:
+    """`nlptl report`: the chain of stages, their data and metrics, and where the plots went (stdout)."""
+    stages = result["stages"]
+    print(f"{result['run_dir']}: a chain of {len(stages)} stage(s), starting from {result['general_model']}",
+          file=sys.stdout)
+    rows = []
+    for s in stages:
+        data = "; ".join(f"{d['role']} {d['name']} (sha256 {d['sha256'][:12] if d['sha256'] else 'n/a'})"
+                         for d in s["data"]) or "-"
+        rows.append([s["index"], s["stage"], s["dir"] or "(moved or deleted)", s["base_model"] or "-",
+                     s["objective"] or "-", data])
+    table("lineage", ["#", "stage", "run directory", "base model", "objective", "data (sha256)"], rows, stdout=True)
+    keys = [k for k in ("perplexity_before", "perplexity", "accuracy", "f1_macro", "loss", "best_step", "steps",
+                        "train_tokens", "train_seconds") if any(k in s["metrics"] for s in stages)]
+    table("metrics", ["#", "stage", *keys],
+          [[s["index"], s["stage"], *[s["metrics"].get(k, "") for k in keys]] for s in stages], stdout=True)
+    table("plots", ["file"], [[p] for p in result["plots"]] or [["(no training history to plot)"]], stdout=True)
+
+
 def emit_json(obj: Any) -> None:
     """One JSON document on one line of stdout (main process only)."""
     if is_main_process():
@@ -152,6 +171,8 @@ def emit_json(obj: Any) -> None:
 
 
 def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)

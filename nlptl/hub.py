@@ -85,3 +85,39 @@ def require(repo: str, kind: str, what: str, hint: str) -> None:
             f"{what}: the Hugging Face Hub is unreachable (offline) and '{repo}' is not in the local cache; {hint}"
         )
 
+
+
+def check_push(repo_id: str) -> None:
+    """Before a stage trains with --push-to-hub: fail in seconds, not after the training, when the
+    upload at the end cannot happen (no network, no token)."""
+    if not reachable():
+        raise NlptlError(f"--push-to-hub {repo_id}: the Hugging Face Hub is unreachable (offline); run without "
+                         f"--push-to-hub and upload the run directory later with: hf upload {repo_id} OUT")
+    from huggingface_hub import get_token
+
+    if not get_token():
+        from nlptl.errors import UsageError
+
+        raise UsageError(f"--push-to-hub {repo_id} needs a Hugging Face token with write access: set HF_TOKEN or "
+                         "run `hf auth login`")
+
+
+# Never uploaded: resumable checkpoints (a finished run has none) and `nlptl report`'s plots.
+PUSH_IGNORE = ["checkpoints/**", "report/**", ".*"]
+
+
+def push(out: Path, repo_id: str, private: bool, stage: str) -> str:
+    """Upload a finished stage directory (weights, tokenizer, model card README.md, nlptl-run.json,
+    metrics and tracker logs) to the model repo `repo_id`, created when missing. Returns its URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    try:
+        url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(out), ignore_patterns=PUSH_IGNORE,
+                          commit_message=f"nlptl {stage}: {Path(out).name}")
+    except Exception as e:  # noqa: BLE001 - hub errors (auth, permissions, network) become one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise NlptlError(f"--push-to-hub {repo_id}: the upload failed ({first}); the run is complete in {out}: "
+                         f"fix the cause and upload it with: hf upload {repo_id} {out}") from e
+    return str(getattr(url, "url", url))

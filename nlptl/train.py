@@ -53,6 +53,7 @@ def train(
     resume_from=None,
     resume_hint: str = "",
     batch_transform: Callable[[dict], dict] | None = None,
+    runlog=None,
 ) -> tuple[object, TrainResult]:
     """Train `model` on `train_dataset`; returns the unwrapped model (the best one when `select`
     names a metric and mode, e.g. ("accuracy", "max")) and what happened.
@@ -62,7 +63,8 @@ def train(
     `checkpoints`: directory for periodic checkpoints (`--save-every`) and the one Ctrl-C/SIGTERM
     writes; `resume_from`: a checkpoint to continue from exactly (model, optimizer, schedule, RNG
     states, data position: no batch is replayed). `batch_transform`: applied to each batch in the loop
-    (MLM masking), so that its random state at a step boundary is exact.
+    (MLM masking), so that its random state at a step boundary is exact. `runlog`: a tracking.RunLog
+    that gets every row of the history (metrics.csv, --report-to trackers).
     """
     import torch
     from torch.utils.data import DataLoader
@@ -114,6 +116,8 @@ def train(
         best_state = restored.get("best_state")
         eval_seconds = -st.get("train_seconds", 0.0)  # so that train_seconds adds up across the two runs
         accelerator.step = st["micro_step"]
+        if runlog is not None:
+            runlog.restore(result.history)
         progress.note(f"resuming from {resume_from} (step {step} of {steps})")
 
     def run_eval() -> None:
@@ -123,6 +127,8 @@ def train(
         model.train()
         eval_seconds += time.perf_counter() - t
         result.history.append({"step": step, **{f"eval_{k}": v for k, v in metrics.items()}})
+        if runlog is not None:
+            runlog.log(result.history[-1])
         progress.note(f"{description} step {step}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
         if select is not None:
             value = metrics[select[0]]
@@ -171,6 +177,8 @@ def train(
             elapsed = time.perf_counter() - start - eval_seconds
             result.history.append({"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
                                    "tokens_per_s": tokens.item() * accelerator.num_processes / max(elapsed, 1e-9)})
+            if runlog is not None:
+                runlog.log(result.history[-1])
             progress.update(step, {"loss": mean_loss, "lr": scheduler.get_last_lr()[0],
                                    "tok/s": result.history[-1]["tokens_per_s"]})
         else:

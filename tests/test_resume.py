@@ -63,6 +63,13 @@ def start_and_stop(cmd: list[str], out: Path, sig: int) -> subprocess.CompletedP
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
+def metric_rows(run: Path) -> list[dict]:
+    import csv
+
+    with open(run / "metrics.csv", newline="", encoding="utf-8") as f:
+        return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in csv.DictReader(f)]
+
+
 def same_weights(a: Path, b: Path) -> None:
     import torch
     from safetensors.torch import load_file
@@ -85,6 +92,8 @@ def test_kill_9_then_resume_equals_uninterrupted(stage, base):
     keys = ["perplexity", "perplexity_before", "loss", "steps", "train_tokens"] if stage == "adapt" else \
         ["accuracy", "f1_macro", "loss", "steps", "best_step", "train_tokens"]
     assert {k: resumed[k] for k in keys} == {k: whole[k] for k in keys}
+    # metrics.csv: the same rows as the uninterrupted run, none repeated (throughput aside: timing).
+    assert metric_rows(out) == metric_rows(base / f"{stage}-whole")
     assert not (out / "checkpoints").exists()  # a finished run keeps its final model, not its checkpoints
 
 

@@ -17,7 +17,7 @@ from nlptl.config import AdaptConfig
 from nlptl.data.corpora import resolve_corpus
 from nlptl.errors import UsageError
 from nlptl.models import inspect_model
-from nlptl.stages.common import check_block_size, positions_of
+from nlptl.stages.common import check_block_size, positions_of, preflight
 
 
 def run(cfg: AdaptConfig) -> dict:
@@ -34,12 +34,13 @@ def run(cfg: AdaptConfig) -> dict:
     out = Path(cfg.out) if cfg.out else default_out("adapt")
     check_out(out, cfg.overwrite, ref.path if ref.local else None, resume=cfg.resume or bool(cfg.resume_from),
               resume_from=cfg.resume_from)
+    preflight(cfg, out)
 
-    from nlptl import models, runtime
+    from nlptl import models, runtime, tracking
     from nlptl.stages.common import lm_stage
 
     runtime.quiet_libraries()
-    accelerator = runtime.make_accelerator(cfg.precision, cfg.grad_accum)
+    accelerator = runtime.make_accelerator(cfg.precision, cfg.grad_accum, **tracking.accelerator_args(cfg.report_to, out))
     runtime.seed_everything(cfg.seed)
     models.hub_guard(ref)
     config = models.load_config(ref)

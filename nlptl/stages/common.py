@@ -31,6 +31,26 @@ def check_block_size(block_size: int, positions: int | None) -> None:
         raise UsageError(f"--block-size {block_size} is larger than the model's {positions} positions; use --block-size {positions} or less")
 
 
+def preflight(cfg, out: Path) -> None:
+    """What a training stage checks before loading anything heavy, for --report-to and --push-to-hub."""
+    from nlptl import hub, tracking
+
+    tracking.trackers(cfg.report_to)
+    if cfg.push_to_hub:
+        hub.check_push(cfg.push_to_hub)
+
+
+def publish(cfg, out: Path, stage: str, accelerator=None) -> dict:
+    """--push-to-hub: upload the finished stage directory (main process); the result gains `hub_url`."""
+    if not cfg.push_to_hub or (accelerator is not None and not accelerator.is_main_process):
+        return {}
+    from nlptl import hub
+
+    url = hub.push(out, cfg.push_to_hub, cfg.hub_private, stage)
+    log.info("uploaded %s to %s", out, url)
+    return {"hub_url": url}
+
+
 @dataclass
 class LMData:
     train: object
@@ -96,23 +116,27 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
     def score(m):
         return lm_loss(accelerator, m, held_out, eval_collate(), cfg.batch_size)
 
-    before = score(model.to(accelerator.device))
-    from nlptl.models import masked_only
-
-    # MLM trains on the masked positions only (same loss, a fraction of the vocabulary projection).
-    sparse = masked_only(model) if objective == "mlm" else None
     from nlptl.checkpoint import checkpoints_dir, find_resume_checkpoint, resume_hint
+    from nlptl.models import masked_only
+    from nlptl.tracking import RunLog
 
     resume_from = find_resume_checkpoint(out, cfg.resume_from) if (cfg.resume or cfg.resume_from) else None
-    transform = None
-    if objective == "mlm":
-        transform = train_collate.transform
-        train_collate = train_collate.stack
-    trained, result = train(accelerator, sparse or model, train_blocks, train_collate, cfg, description=stage,
-                            checkpoints=checkpoints_dir(out), resume_from=resume_from, resume_hint=resume_hint(out),
-                            batch_transform=transform)
-    model = trained.lm if sparse is not None else trained
-    after = score(model)
+    config = to_dict(cfg)
+    with RunLog(accelerator, out, stage, config, resume=resume_from is not None) as runlog:
+        before = score(model.to(accelerator.device))
+        runlog.log({"step": 0, "eval_loss": before["loss"], "eval_perplexity": before["perplexity"]})
+        # MLM trains on the masked positions only (same loss, a fraction of the vocabulary projection).
+        sparse = masked_only(model) if objective == "mlm" else None
+        transform = None
+        if objective == "mlm":
+            transform = train_collate.transform
+            train_collate = train_collate.stack
+        trained, result = train(accelerator, sparse or model, train_blocks, train_collate, cfg, description=stage,
+                                checkpoints=checkpoints_dir(out), resume_from=resume_from,
+                                resume_hint=resume_hint(out), batch_transform=transform, runlog=runlog)
+        model = trained.lm if sparse is not None else trained
+        after = score(model)
+        runlog.log({"step": result.steps, "eval_loss": after["loss"], "eval_perplexity": after["perplexity"]})
     metrics = {
         "perplexity": after["perplexity"],
         "perplexity_before": before["perplexity"],  # with a newly added LM head this is no baseline
@@ -129,12 +153,12 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
                    masking=(("whole-word" if cfg.whole_word_mask else "token") if objective == "mlm" else None),
                    steps=result.steps,
                    tokens_seen=result.train_tokens)
-    config = to_dict(cfg)
     if accelerator.is_main_process:
         with StageWriter(out) as w:
             w.save_model(model, tokenizer, kept)
+            runlog.write(w.path)
             record = make_record(stage, config, {k: v for k, v in metrics.items() if k != "output_dir"}, lineage)
             record["history"] = result.history
             w.commit(record)
     accelerator.wait_for_everyone()
-    return {**metrics, "config": config, "lineage": lineage}
+    return {**metrics, **publish(cfg, out, stage, accelerator), "config": config, "lineage": lineage}

@@ -19,7 +19,7 @@ from nlptl.config import FinetuneConfig, to_dict
 from nlptl.data.tasks import resolve_task
 from nlptl.errors import UsageError
 from nlptl.models import inspect_model
-from nlptl.stages.common import positions_of
+from nlptl.stages.common import positions_of, preflight, publish
 
 log = logging.getLogger("nlptl")
 DEFAULT_MAX_LENGTH = 256
@@ -35,6 +35,7 @@ def run(cfg: FinetuneConfig) -> dict:
     out = Path(cfg.out) if cfg.out else default_out("finetune")
     check_out(out, cfg.overwrite, refs[0].path if refs[0].local else None, resume=cfg.resume or bool(cfg.resume_from),
               resume_from=cfg.resume_from)
+    preflight(cfg, out)
     if cfg.learning_curve:
         from nlptl.curve import learning_curve
 
@@ -43,10 +44,12 @@ def run(cfg: FinetuneConfig) -> dict:
 
     from nlptl import models
     from nlptl.checkpoint import StageWriter, make_record
+    from nlptl.tracking import RunLog
 
-    accelerator = start(cfg)
+    accelerator = start(cfg, out)
     data = prepare(cfg, ref, spec, accelerator)
-    model, result, best = fit(cfg, ref, data, data.train, accelerator, out)
+    with RunLog(accelerator, out, "finetune", to_dict(cfg), resume=cfg.resume or bool(cfg.resume_from)) as runlog:
+        model, result, best = fit(cfg, ref, data, data.train, accelerator, out, runlog)
     metrics = {
         "accuracy": best["accuracy"],
         "f1_macro": best["f1_macro"],
@@ -68,12 +71,13 @@ def run(cfg: FinetuneConfig) -> dict:
         with StageWriter(out) as w:
             w.save_model(model, data.tokenizer)
             models.save_head_code(model, w.path)
+            runlog.write(w.path)
             record = make_record("finetune", config_dict, {k: v for k, v in metrics.items() if k != "output_dir"}, lineage)
             record["max_length"] = data.max_length
             record["history"] = result.history
             w.commit(record)
     accelerator.wait_for_everyone()
-    return {**metrics, "config": config_dict, "lineage": lineage}
+    return {**metrics, **publish(cfg, out, "finetune", accelerator), "config": config_dict, "lineage": lineage}
 
 
 @dataclass
@@ -87,11 +91,13 @@ class TaskData:
     max_length: int
 
 
-def start(cfg: FinetuneConfig):
-    from nlptl import runtime
+def start(cfg: FinetuneConfig, out: Path | None = None):
+    """The accelerator; with `out`, its --report-to trackers write under OUT/logs."""
+    from nlptl import runtime, tracking
 
     runtime.quiet_libraries()
-    accelerator = runtime.make_accelerator(cfg.precision, cfg.grad_accum)
+    accelerator = runtime.make_accelerator(cfg.precision, cfg.grad_accum,
+                                           **tracking.accelerator_args(cfg.report_to, out))
     runtime.seed_everything(cfg.seed)
     return accelerator
 
@@ -128,7 +134,7 @@ def prepare(cfg: FinetuneConfig, ref, spec, accelerator) -> TaskData:
     return TaskData(config, tokenizer, names, train_tok, eval_tok, eval_from, max_length)
 
 
-def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator, out: Path | None = None):
+def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator, out: Path | None = None, runlog=None):
     """A new classifier on `ref`, trained on `train_ds`; returns (best model, TrainResult, best metrics)."""
     import copy
 
@@ -145,7 +151,7 @@ def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator, out: Pa
 
     model, result = train(accelerator, model, train_ds, collate, cfg, description="finetune",
                           evaluate_fn=evaluate_fn, select=("accuracy", "max"), default_evals=4,
-                          lengths=[len(ids) for ids in train_ds["input_ids"]], **resume_args(cfg, out))
+                          lengths=[len(ids) for ids in train_ds["input_ids"]], runlog=runlog, **resume_args(cfg, out))
     return model, result, result.best or evaluate_fn(model)
 
 

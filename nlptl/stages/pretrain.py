@@ -21,7 +21,7 @@ from nlptl.config import PretrainConfig, runs_root
 from nlptl.data.corpora import resolve_corpus
 from nlptl.errors import UsageError
 from nlptl.models import inspect_model
-from nlptl.stages.common import check_block_size, positions_of
+from nlptl.stages.common import check_block_size, positions_of, preflight
 
 log = logging.getLogger("nlptl")
 
@@ -42,14 +42,15 @@ def run(cfg: PretrainConfig) -> dict:
     out = Path(cfg.out) if cfg.out else default_out("pretrain")
     check_out(out, cfg.overwrite, ref.path if ref and ref.local else None, resume=cfg.resume or bool(cfg.resume_from),
               resume_from=cfg.resume_from)
+    preflight(cfg, out)
     if ref is not None and corpus is None:
         return take_checkpoint(cfg, ref, out)
 
-    from nlptl import models, runtime
+    from nlptl import models, runtime, tracking
     from nlptl.stages.common import lm_stage
 
     runtime.quiet_libraries()
-    accelerator = runtime.make_accelerator(cfg.precision, cfg.grad_accum)
+    accelerator = runtime.make_accelerator(cfg.precision, cfg.grad_accum, **tracking.accelerator_args(cfg.report_to, out))
     runtime.seed_everything(cfg.seed)
     notes, kept, note = [], None, None
     if ref is not None:
@@ -127,5 +128,8 @@ def take_checkpoint(cfg: PretrainConfig, ref, out: Path) -> dict:
                 if f.is_file() and f.name != "nlptl-run.json":
                     shutil.copy2(f, w.path / f.name)
         w.commit(make_record("pretrain", config, {}, lineage))
+    from nlptl.stages.common import publish
+
     return {"steps": 0, "n_train": 0, "train_tokens": 0, "train_seconds": 0.0, "perplexity": None,
-            "perplexity_before": None, "loss": None, "output_dir": str(out), "config": config, "lineage": lineage}
+            "perplexity_before": None, "loss": None, "output_dir": str(out), **publish(cfg, out, "pretrain"),
+            "config": config, "lineage": lineage}

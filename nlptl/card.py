@@ -1,0 +1,197 @@
+"""The model card of a stage directory: README.md in the Hugging Face format (YAML metadata + text),
+built from the run's record with huggingface_hub's ModelCard, so that the hub (and `nlptl report`)
+can read what the model is, what data it saw (with hashes), how it was trained and how to rebuild it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+from pathlib import Path
+
+CARD_FILE = "README.md"
+PIPELINE = {"clm": "text-generation", "mlm": "fill-mask"}
+# Keys that change nothing in the model: not part of the command that rebuilds it.
+NOT_REPRODUCED = ("overwrite", "resume", "resume_from", "report_to", "push_to_hub", "hub_private")
+
+
+def is_hub_id(value: str | None) -> bool:
+    return bool(value) and not Path(value).is_absolute() and not Path(value).exists() and value.count("/") <= 1
+
+
+def data_sources(lineage: dict) -> list[dict]:
+    """Every dataset of the chain, oldest first: role, name or path, sha256 (of the content), hub id."""
+    out: list[dict] = []
+    node: dict | None = lineage
+    chain = []
+    while node:
+        chain.append(node)
+        node = node.get("parent")
+    for node in reversed(chain):
+        for role in ("corpus", "train", "eval"):
+            src = node.get(role)
+            if not isinstance(src, dict) or "spec" not in src:
+                continue
+            name = {"corpus": "corpus", "train": "training data", "eval": "evaluation data"}[role]
+            out.append({"stage": node.get("stage"), "role": name, "name": src.get("name") or src["spec"],
+                        "files": src.get("files") or [], "sha256": src.get("sha256"), "hub": src.get("hub")})
+    return out
+
+
+def general_model(lineage: dict) -> str:
+    """Where the chain started: the checkpoint the first stage took, or 'trained from scratch'."""
+    node = lineage
+    while node.get("parent"):
+        node = node["parent"]
+    if node.get("source") == "scratch":
+        return f"trained from scratch ({node.get('arch')}, {node.get('size')}) by nlptl pretrain"
+    return node.get("base_model", "?")
+
+
+def reproduce_command(stage: str, config: dict, out: Path, lineage: dict) -> str:
+    """`nlptl STAGE ...` with every setting that differs from the default, as flags (or --set key=value
+    for the keys without one): run it and the same model comes out (the data files must be the same,
+    which their sha256 in the card lets one check)."""
+    import typer
+
+    from nlptl.cli import app
+    from nlptl.config import STAGE_CONFIGS
+
+    cls = STAGE_CONFIGS[stage]
+    defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+                for f in dataclasses.fields(cls)}
+    options = {p.name: p for p in typer.main.get_command(app).commands[stage].params if p.param_type_name == "option"}
+    values = dict(config)
+    if not values.get("from_model") and lineage.get("base_model") and stage != "pretrain":
+        values["from_model"] = lineage["base_model"]  # the run it defaulted to (the latest one)
+    values["out"] = str(out)
+    args = ["nlptl", stage]
+    first = ("from_model", "corpus", "task", "arch", "size", "train_file", "eval_file", "out")
+    for key, value in sorted(values.items(), key=lambda kv: first.index(kv[0]) if kv[0] in first else len(first)):
+        if key in NOT_REPRODUCED or key not in defaults or value == defaults[key]:
+            continue
+        opt = options.get(key)
+        if opt is None:
+            args += ["--set", f"{key}={'null' if value is None else value}"]
+        elif getattr(opt, "is_flag", False):
+            if value:
+                args.append(opt.opts[0])
+            elif opt.secondary_opts:
+                args.append(opt.secondary_opts[0])
+        elif isinstance(value, list):
+            for v in value:
+                args += [opt.opts[0], str(v)]
+        elif value is not None:
+            args += [opt.opts[0], str(value)]
+    return shlex.join(args)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def build(record: dict, directory: Path, out: Path):
+    """The huggingface_hub ModelCard of a stage record; `directory` holds the files (the staging
+    directory while a stage is written), `out` is where they end up."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    stage, config, metrics, lineage = record["stage"], record["config"], record.get("metrics") or {}, record["lineage"]
+    objective = lineage.get("objective") or ("classification" if stage == "finetune" else None)
+    base = lineage.get("base_model")
+    sources = data_sources(lineage)
+    hub_data = sorted({s["hub"] for s in sources if s.get("hub")})
+    eval_results, metric_names = [], []
+    if stage == "finetune" and metrics.get("accuracy") is not None:
+        ev = lineage.get("eval") or {}
+        dataset = ev.get("name") or ev.get("spec") or f"held-out slice of {(lineage.get('train') or {}).get('spec', '--train')}"
+        for key, name in (("accuracy", "accuracy"), ("f1_macro", "f1")):
+            eval_results.append(EvalResult(task_type="text-classification", dataset_type=ev.get("hub") or "local",
+                                           dataset_name=str(dataset), dataset_split="validation",
+                                           metric_type=name, metric_value=metrics[key],
+                                           metric_config="macro" if key == "f1_macro" else None))
+        metric_names = ["accuracy", "f1"]
+    elif metrics.get("perplexity") is not None:
+        corpus = lineage.get("corpus") or {}
+        eval_results.append(EvalResult(task_type=PIPELINE.get(objective, "text-generation"),
+                                       dataset_type=corpus.get("hub") or "local",
+                                       dataset_name=f"held-out blocks of {corpus.get('name') or corpus.get('spec')}",
+                                       metric_type="perplexity", metric_value=metrics["perplexity"]))
+        metric_names = ["perplexity"]
+    command = reproduce_command(stage, config, out, lineage)
+    data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="text-classification" if stage == "finetune" else PIPELINE.get(objective),
+        tags=["nlptl", "ulmfit", "transfer-learning", stage] + ([objective] if objective in PIPELINE else []),
+        # The hub only accepts hub ids here; a local base model is named in the text and under `nlptl`.
+        base_model=base if is_hub_id(base) else None,
+        datasets=hub_data or None,
+        metrics=metric_names or None,
+        model_name=out.name if eval_results else None,
+        eval_results=eval_results or None,
+        nlptl={"version": record.get("nlptl_version"), "stage": stage, "objective": objective,
+               "base_model": base, "general_model": general_model(lineage),
+               "data": [{k: s[k] for k in ("stage", "role", "name", "sha256")} for s in sources],
+               "reproduce": command},
+    )
+    body = _body(record, directory, out, objective, base, sources, command)
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+
+
+def _body(record: dict, directory: Path, out: Path, objective, base, sources: list[dict], command: str) -> str:
+    stage, config, metrics, lineage = record["stage"], record["config"], record.get("metrics") or {}, record["lineage"]
+    what = {"pretrain": "a general language model", "adapt": "a language model adapted to domain text",
+            "finetune": "a sequence classifier"}[stage]
+    lines = [f"# {out.name}", "",
+             f"{what[0].upper() + what[1:]}, made by `nlptl {stage}` (ULMFiT-style transfer "
+             f"learning: pretrain -> adapt -> finetune)" + (f", objective **{objective}**." if objective else "."), "",
+             "## Model", "",
+             f"- base model: `{base or 'none (new model)'}`",
+             f"- general model the chain started from: {general_model(lineage)}"]
+    if stage == "finetune":
+        lines += [f"- labels: {', '.join(lineage.get('labels') or [])}",
+                  f"- pooling: {lineage.get('pooling')}; texts truncated to {lineage.get('max_length')} tokens"]
+    lines += [f"- steps: {lineage.get('steps', metrics.get('steps'))}, tokens seen: {lineage.get('tokens_seen', '?')}", "",
+              "## Data", "", "| stage | role | name or path | sha256 |", "|---|---|---|---|"]
+    lines += [f"| {s['stage']} | {s['role']} | `{s['name']}` | `{s['sha256'] or 'n/a (hub dataset)'}` |" for s in sources]
+    if not sources:
+        lines.append("| | | (no training data: an existing checkpoint taken as it is) | |")
+    lines += ["", "## Hyperparameters", "", "| key | value |", "|---|---|"]
+    lines += [f"| {k} | `{_fmt(v)}` |" for k, v in config.items() if v not in (None, [], "") and k not in NOT_REPRODUCED]
+    lines += ["", "## Results", ""]
+    if metrics.get("learning_curve"):
+        lines += ["Learning curve (mean over seeds, on the evaluation data): see `learning_curve.csv`.", ""]
+    shown = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    if shown:
+        lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in shown.items()]
+        if stage == "finetune":
+            lines += ["", "accuracy and macro-F1 on the evaluation data that selected the checkpoint (not a test set)."]
+        else:
+            lines += ["", "perplexity on held-out blocks of the training corpus (before training: perplexity_before)."]
+    else:
+        lines.append("No training in this stage.")
+    lines += ["", "## Intended use and limits", ""]
+    if stage == "finetune":
+        lines += [f"Classifies texts into {', '.join(lineage.get('labels') or [])} for the task `{lineage.get('task')}`. "
+                  "Its accuracy holds for text like its training data (domain, language, length); measure it on "
+                  "your own held-out data before relying on it, and do not use it for decisions about people "
+                  "without human review. It inherits the biases of its training text and labels.",
+                  "", "```python", "from transformers import pipeline",
+                  f'pipeline("text-classification", model="{out.name}"'
+                  + (", trust_remote_code=True" if (Path(directory) / "modeling_nlptl.py").exists() else "") + ")", "```"]
+    else:
+        lines += ["A starting point for the next nlptl stage (`nlptl adapt --from` / `nlptl finetune --from`) or "
+                  "for further training with transformers. It is not instruction-tuned and not meant to generate "
+                  "text for end users; its perplexity says how well it models held-out text of its own corpus, "
+                  "not other domains. It inherits the biases of its training text."]
+    lines += ["", "## Reproduce", "", "```bash", command, "```", ""]
+    if record.get("command"):
+        lines += ["The command as it was typed:", "", "```bash", record["command"], "```", ""]
+    lines += ["## Lineage", "", "```json", json.dumps(lineage, indent=2, default=str), "```", ""]
+    return "\n".join(lines)
+
+
+def write(directory: Path, record: dict, out: Path) -> None:
+    build(record, directory, out).save(Path(directory) / CARD_FILE)

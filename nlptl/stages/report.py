@@ -1,0 +1,193 @@
+"""What a run is and how it got there: lineage, the metrics of every stage of its chain, and plots.
+
+    nlptl report runs/sentiment                  # tables on stdout, PNGs into runs/sentiment/report/
+    nlptl report runs/sentiment --json           # the same as one JSON object
+
+The chain is followed through each stage's base model while it is an nlptl run directory (a finetune
+run -> its adapt run -> its pretrain run); a parent that was moved or deleted is still named from
+the lineage its child recorded, without metrics or curves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from nlptl.card import data_sources, general_model
+from nlptl.checkpoint import read_record
+from nlptl.config import ReportConfig
+from nlptl.errors import UsageError
+from nlptl.tracking import METRICS_FILE
+
+log = logging.getLogger("nlptl")
+REPORT_DIR = "report"
+
+
+def chain_of(run_dir: Path) -> list[dict]:
+    """The runs of the chain, oldest first: {stage, dir, record or None, lineage}."""
+    record = read_record(run_dir)
+    if record is None:
+        raise UsageError(f"{run_dir} is not a completed nlptl run (no nlptl-run.json); pass a run directory")
+    chain, seen = [], set()
+    node_dir: Path | None = run_dir.resolve()
+    lineage: dict | None = record.get("lineage") or {}
+    while lineage:
+        rec = read_record(node_dir) if node_dir is not None else None
+        chain.append({"stage": lineage.get("stage", "?"), "dir": str(node_dir) if rec else None,
+                      "record": rec, "lineage": lineage})
+        if node_dir is not None:
+            seen.add(node_dir)
+        base = lineage.get("base_model")
+        parent_dir = Path(base) if base and Path(base).is_dir() else None
+        node_dir = parent_dir.resolve() if parent_dir is not None and parent_dir.resolve() not in seen else None
+        if lineage.get("parent"):
+            lineage = lineage["parent"]
+        elif node_dir is not None and read_record(node_dir) is not None:
+            lineage = read_record(node_dir).get("lineage")
+        else:
+            break
+    chain.reverse()
+    return chain
+
+
+def run(cfg: ReportConfig) -> dict:
+    run_dir = Path(cfg.run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"{cfg.run_dir}: no such run directory")
+    chain = chain_of(run_dir)
+    out = run_dir / REPORT_DIR
+    out.mkdir(exist_ok=True)
+    plots = _plots(chain, run_dir, out)
+    lineage = read_record(run_dir)["lineage"]
+    stages = []
+    for i, node in enumerate(chain):
+        lin = node["lineage"]
+        rec = node["record"] or {}
+        stages.append({
+            "index": i + 1, "stage": node["stage"], "dir": node["dir"], "created": rec.get("created"),
+            "base_model": lin.get("base_model") or (f"scratch ({lin.get('arch')}, {lin.get('size')})"
+                                                     if lin.get("source") == "scratch" else None),
+            "objective": lin.get("objective") or (f"classification ({lin.get('task')})" if node["stage"] == "finetune" else None),
+            "data": [s for s in data_sources({k: v for k, v in lin.items() if k != "parent"})],
+            "metrics": {k: v for k, v in (rec.get("metrics") or {}).items()},
+            "command": rec.get("command"),
+        })
+    return {"run_dir": str(run_dir), "general_model": general_model(lineage), "stages": stages,
+            "plots": [str(p) for p in plots], "report_dir": str(out),
+            "lineage": {k: v for k, v in lineage.items()}}
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _plots(chain: list[dict], run_dir: Path, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for i, node in enumerate(chain):
+        history = _rows(node)
+        if any("loss" in r for r in history):
+            path = out / f"{i + 1}-{node['stage']}-training.png"
+            _training_plot(plt, node, history, path)
+            paths.append(path)
+    lm = [(i, n) for i, n in enumerate(chain) if (n["record"] or {}).get("metrics", {}).get("perplexity_before") is not None]
+    if lm:
+        path = out / "perplexity.png"
+        _perplexity_plot(plt, lm, path)
+        paths.append(path)
+    curve = run_dir / "learning_curve.json"
+    if curve.is_file():
+        from nlptl.curve import plot
+
+        path = out / "learning_curve.png"
+        plot(json.loads(curve.read_text(encoding="utf-8"))["summary"], path,
+             (read_record(run_dir).get("lineage") or {}).get("task", ""))
+        paths.append(path)
+    return paths
+
+
+def _rows(node: dict) -> list[dict]:
+    """The run's metrics.csv (it also holds the LM stages' held-out loss before and after training),
+    else the history in its record (runs made before metrics.csv existed)."""
+    import csv
+
+    path = Path(node["dir"]) / METRICS_FILE if node["dir"] else None
+    if path is not None and path.is_file():
+        with open(path, newline="", encoding="utf-8") as f:
+            return [{k: float(v) if k != "step" else int(v) for k, v in r.items() if v not in ("", None)}
+                    for r in csv.DictReader(f)]
+    return (node["record"] or {}).get("history") or []
+
+
+def _training_plot(plt, node: dict, history: list[dict], path: Path) -> None:
+    """Training loss (with evaluation loss), learning rate and, for a classifier, accuracy, against steps."""
+    train = [r for r in history if "loss" in r]
+    evals = [r for r in history if "eval_loss" in r]
+    classify = any("eval_accuracy" in r for r in evals)
+    n = 3 if classify else 2
+    fig, axes = plt.subplots(n, 1, figsize=(7, 2.4 * n + 0.6), dpi=110, sharex=True)
+    ax = axes[0]
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], marker=".", label="training loss (mean since last log)")
+    if evals:
+        ax.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o--", label="held-out loss" if node["stage"] != "finetune" else "evaluation loss")
+    ax.set_ylabel("cross-entropy loss (nats)")
+    ax.legend(fontsize=8)
+    ax.grid(True, alpha=0.3)
+    ax = axes[1]
+    ax.plot([r["step"] for r in train], [r["lr"] for r in train], color="tab:green", marker=".",
+            label="learning rate (first parameter group)")
+    ax.set_ylabel("learning rate")
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    ax.legend(fontsize=8)
+    ax.grid(True, alpha=0.3)
+    if classify:
+        ax = axes[2]
+        ax.plot([r["step"] for r in evals], [r["eval_accuracy"] for r in evals], "o-", label="accuracy")
+        ax.plot([r["step"] for r in evals], [r["eval_f1_macro"] for r in evals], "s-", label="macro-F1")
+        best = (node["record"] or {}).get("metrics", {}).get("best_step")
+        if best is not None:
+            ax.axvline(best, color="grey", ls=":", label=f"kept checkpoint (step {best})")
+        ax.set_ylabel("score on eval data (0-1)")
+        ax.set_ylim(0, 1.02)
+        ax.legend(fontsize=8)
+        ax.grid(True, alpha=0.3)
+    axes[-1].set_xlabel("optimizer step")
+    name = Path(node["dir"]).name if node["dir"] else "?"
+    fig.suptitle(f"{node['stage']} ({name}): training curves")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _perplexity_plot(plt, lm: list[tuple[int, dict]], path: Path) -> None:
+    """Held-out perplexity before and after each language-modelling stage (log scale)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    width = 0.38
+    for j, (key, label, color) in enumerate((("perplexity_before", "before training", "tab:grey"),
+                                             ("perplexity", "after training", "tab:blue"))):
+        xs = [k + (j - 0.5) * width for k in range(len(lm))]
+        ys = [n["record"]["metrics"][key] for _, n in lm]
+        bars = ax.bar(xs, ys, width, label=label, color=color)
+        ax.bar_label(bars, labels=[f"{y:.1f}" for y in ys], fontsize=8, padding=2)
+    ax.set_xticks(range(len(lm)), [f"{i + 1}. {n['stage']}\n({Path(n['dir']).name})" for i, n in lm], fontsize=8)
+    values = [n["record"]["metrics"][k] for _, n in lm for k in ("perplexity_before", "perplexity")]
+    if max(values) / max(min(values), 1e-9) > 20:  # a model from scratch next to an adapted one: orders apart
+        from matplotlib.ticker import ScalarFormatter
+
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.set_ylabel("held-out perplexity (log scale; lower is better)")
+    else:
+        ax.set_ylabel("held-out perplexity (lower is better)")
+    ax.set_xlabel("stage (run directory)")
+    ax.set_title("Perplexity before and after each language-model stage")
+    ax.legend(fontsize=8)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.margins(y=0.15)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
