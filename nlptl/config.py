@@ -64,9 +64,21 @@ class TrainConfig:
     keep_last: int = opt(2, "Keep the last K checkpoints.")
     resume: bool = opt(False, "Continue from the latest complete checkpoint in --out.")
     resume_from: str | None = opt(None, "Continue from this checkpoint directory (OUT/checkpoints/step-NNNNNN).")
+    lora: bool = opt(False, "Train LoRA adapters (peft) instead of all weights; the classifier head stays fully trainable. Needs `pip install nlptl[lora]`.")
+    lora_r: int = opt(8, "LoRA rank.")
+    lora_alpha: float = opt(16.0, "LoRA scaling numerator (the update is scaled by alpha / r).")
+    lora_dropout: float = opt(0.05, "Dropout on the LoRA branch.")
+    lora_targets: str | None = opt(None, "Comma-separated module names LoRA adapts (default by architecture: query,value for BERT/RoBERTa, q_lin,v_lin for DistilBERT, c_attn for GPT-2, q_proj,v_proj for Llama-style).")
+    merge: bool = opt(False, "With --lora: also write the merged model (loads without peft; usable as the next stage's --from).")
 
     def __post_init__(self) -> None:
         positive(self, "epochs", "batch_size", "grad_accum", "lr", "log_every")
+        if self.lora:
+            positive(self, "lora_r", "lora_alpha")
+            if not 0 <= self.lora_dropout < 1:
+                raise UsageError(f"--lora-dropout must be in [0, 1) (got {self.lora_dropout})")
+        elif self.merge or self.lora_targets:
+            raise UsageError(f"{'--merge' if self.merge else '--lora-targets'} needs --lora")
         choice(self, "schedule", SCHEDULES)
         if self.discriminative_lr < 1:
             raise UsageError(f"--discriminative-lr must be >= 1 (got {self.discriminative_lr}); 1 turns it off")

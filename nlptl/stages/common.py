@@ -97,7 +97,15 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
         return lm_loss(accelerator, m, held_out, eval_collate(), cfg.batch_size)
 
     before = score(model.to(accelerator.device))
-    from nlptl.models import masked_only
+    from nlptl.models import apply_lora, masked_only
+
+    peft_model = None
+    if cfg.lora:
+        # The adapters are injected into `model` in place: everything below trains `model` as usual.
+        peft_model = apply_lora(model, cfg)
+        if head_added:
+            log.warning("the %s head is new and LoRA leaves it at its random initialisation; "
+                        "a full adapt (without --lora) trains it", "masked-LM" if objective == "mlm" else "causal-LM")
 
     # MLM trains on the masked positions only (same loss, a fraction of the vocabulary projection).
     sparse = masked_only(model) if objective == "mlm" else None
@@ -132,8 +140,16 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
     config = to_dict(cfg)
     if accelerator.is_main_process:
         with StageWriter(out) as w:
-            w.save_model(model, tokenizer, kept)
+            lora = None
+            if peft_model is not None:
+                from nlptl.models import save_lora
+
+                lora = save_lora(w, peft_model, tokenizer, cfg.merge, kept)
+            else:
+                w.save_model(model, tokenizer, kept)
             record = make_record(stage, config, {k: v for k, v in metrics.items() if k != "output_dir"}, lineage)
+            if lora:
+                record["lora"] = lora
             record["history"] = result.history
             w.commit(record)
     accelerator.wait_for_everyone()
