@@ -87,6 +87,14 @@ class _Popen(subprocess.Popen):
 subprocess.Popen = _Popen  # only inside this script
 
 
+def _cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
 def summary(values: list[float]) -> str:
     return f"{min(values):.1f} / {statistics.median(values):.1f} / {max(values):.1f}"
 
@@ -97,11 +105,14 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--stages", default="finetune,adapt")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per run (OMP_NUM_THREADS); on a busy 2-core machine 2 threads spin-wait, ~6x slower")
     p.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
     p.add_argument("--results", default=None, help="JSON file for the raw runs (default bench/results/lora-DATE.json)")
     args = p.parse_args()
     env = {**os.environ, "NLPTL_HOME": str(ROOT / "bench" / "out" / "lora" / "home"), "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_CACHE": str(ROOT / "bench" / "out" / "lora" / "datasets"), "TOKENIZERS_PARALLELISM": "false"}
+           "HF_DATASETS_CACHE": str(ROOT / "bench" / "out" / "lora" / "datasets"), "TOKENIZERS_PARALLELISM": "false",
+           "OMP_NUM_THREADS": str(args.threads)}
     runs = []
     for stage in args.stages.split(","):
         print(f"{stage}: warm-up (untimed)", file=sys.stderr)
@@ -115,6 +126,7 @@ def main() -> None:
     results = Path(args.results or ROOT / "bench" / "results" / f"lora-{stamp:%Y-%m-%d}.json")
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps({"date": stamp.isoformat(timespec="seconds"), "argv": sys.argv[1:],
+                                   "cpu": _cpu_model(), "cores": os.cpu_count(),
                                    "python": platform.python_version(), "runs": runs}, indent=1))
     unit = {"finetune": "examples/s", "adapt": "blocks/s"}
     print(f"| stage | mode | peak RSS MB | {'/'.join(unit.values())} | tokens/s |  (min / median / max of {args.reps})")
