@@ -68,6 +68,13 @@ ResumeFrom = Annotated[str | None, _o("--resume-from", panel=RUN)]
 ReportTo = Annotated[str | None, _o("--report-to", panel=RUN)]
 PushToHub = Annotated[str | None, _o("--push-to-hub", panel=RUN)]
 HubPrivate = Annotated[bool | None, _o("--hub-private", panel=RUN)]
+LORA = "LoRA (parameter-efficient)"
+Lora = Annotated[bool | None, _o("--lora", panel=LORA)]
+LoraR = Annotated[int | None, _o("--lora-r", panel=LORA)]
+LoraAlpha = Annotated[float | None, _o("--lora-alpha", panel=LORA)]
+LoraDropout = Annotated[float | None, _o("--lora-dropout", panel=LORA)]
+LoraTargets = Annotated[str | None, _o("--lora-targets", panel=LORA)]
+Merge = Annotated[bool | None, _o("--merge", panel=LORA)]
 ConfigFile = Annotated[str | None, typer.Option("--config", help="YAML file of config keys (flags override it).",
                                                 rich_help_panel=RUN)]
 Sets = Annotated[list[str] | None, typer.Option("--set", help="Override any config key: --set key=value (repeatable).",
@@ -155,6 +162,8 @@ def adapt(
     eval_every: EvalEvery = None, precision: Precision = None, schedule: Schedule = None,
     discriminative_lr: DiscLr = None, gradual_unfreeze: Unfreeze = None, unfreeze_every: UnfreezeEvery = None,
     save_every: SaveEvery = None, keep_last: KeepLast = None, resume: Resume = None, resume_from: ResumeFrom = None,
+    lora: Lora = None, lora_r: LoraR = None, lora_alpha: LoraAlpha = None, lora_dropout: LoraDropout = None,
+    lora_targets: LoraTargets = None, merge: Merge = None,
     overwrite: Overwrite = None, report_to: ReportTo = None, push_to_hub: PushToHub = None, hub_private: HubPrivate = None,
     config: ConfigFile = None, sets: Sets = None, json_: Json = False, quiet: Quiet = False,
 ) -> None:
@@ -181,6 +190,8 @@ def finetune(
     eval_every: EvalEvery = None, precision: Precision = None, schedule: Schedule = None,
     discriminative_lr: DiscLr = None, gradual_unfreeze: Unfreeze = None, unfreeze_every: UnfreezeEvery = None,
     save_every: SaveEvery = None, keep_last: KeepLast = None, resume: Resume = None, resume_from: ResumeFrom = None,
+    lora: Lora = None, lora_r: LoraR = None, lora_alpha: LoraAlpha = None, lora_dropout: LoraDropout = None,
+    lora_targets: LoraTargets = None, merge: Merge = None,
     overwrite: Overwrite = None, report_to: ReportTo = None, push_to_hub: PushToHub = None, hub_private: HubPrivate = None,
     config: ConfigFile = None, sets: Sets = None, json_: Json = False, quiet: Quiet = False,
 ) -> None:

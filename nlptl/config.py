@@ -70,12 +70,24 @@ class TrainConfig:
     report_to: str = opt("none", "Also log the metrics to these trackers (comma-separated): tensorboard, mlflow, wandb, all or none; they write under OUT/logs.")
     push_to_hub: str | None = opt(None, "Upload the finished run directory (model, tokenizer, model card) to this Hugging Face Hub repo (user/name).")
     hub_private: bool = opt(False, "With --push-to-hub: create the repo private.")
+    lora: bool = opt(False, "Train LoRA adapters (peft) instead of all weights; the classifier head stays fully trainable. Needs `pip install nlptl[lora]`.")
+    lora_r: int = opt(8, "LoRA rank.")
+    lora_alpha: float = opt(16.0, "LoRA scaling numerator (the update is scaled by alpha / r).")
+    lora_dropout: float = opt(0.05, "Dropout on the LoRA branch.")
+    lora_targets: str | None = opt(None, "Comma-separated module names LoRA adapts (default by architecture: query,value for BERT/RoBERTa, q_lin,v_lin for DistilBERT, c_attn for GPT-2, q_proj,v_proj for Llama-style).")
+    merge: bool = opt(False, "With --lora: also write the merged model (loads without peft; usable as the next stage's --from).")
 
     def __post_init__(self) -> None:
         positive(self, "epochs", "batch_size", "grad_accum", "lr", "log_every")
         self.report_to = ",".join(report_targets(self.report_to))
         if self.push_to_hub is not None and not REPO_ID.fullmatch(self.push_to_hub):
             raise UsageError(f"--push-to-hub expects a repo id 'user-or-org/name' (got '{self.push_to_hub}')")
+        if self.lora:
+            positive(self, "lora_r", "lora_alpha")
+            if not 0 <= self.lora_dropout < 1:
+                raise UsageError(f"--lora-dropout must be in [0, 1) (got {self.lora_dropout})")
+        elif self.merge or self.lora_targets:
+            raise UsageError(f"{'--merge' if self.merge else '--lora-targets'} needs --lora")
         choice(self, "schedule", SCHEDULES)
         if self.discriminative_lr < 1:
             raise UsageError(f"--discriminative-lr must be >= 1 (got {self.discriminative_lr}); 1 turns it off")

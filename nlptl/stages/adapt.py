@@ -3,6 +3,7 @@
     nlptl adapt --corpus reviews                          # from the latest pretrain run
     nlptl adapt --from runs/pretrain-... --corpus reviews.txt --out runs/adapted
     nlptl adapt --from DIR --corpus task:sentiment --train train.csv   # task-adaptive (TAPT)
+    nlptl adapt --from DIR --corpus reviews --lora --merge              # LoRA adapters, merged at the end
 
 The objective follows the model (MLM for encoders, CLM for decoders). A checkpoint without an LM head
 (a bare BertModel such as all-MiniLM-L6-v2) gets one; its other weights (BERT's pooler) are kept.
@@ -16,12 +17,14 @@ from nlptl.checkpoint import check_out, default_from, default_out, lineage_of
 from nlptl.config import AdaptConfig
 from nlptl.data.corpora import resolve_corpus
 from nlptl.errors import UsageError
-from nlptl.models import inspect_model
+from nlptl.models import inspect_model, require_peft
 from nlptl.stages.common import check_block_size, positions_of, preflight
 
 
 def run(cfg: AdaptConfig) -> dict:
     # Everything that needs only the arguments, config.json and file headers, before torch loads.
+    if cfg.lora:
+        require_peft()
     ref = inspect_model(cfg.from_model or default_from("adapt"))
     if ref.is_classifier:
         raise UsageError(

@@ -117,8 +117,17 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
         return lm_loss(accelerator, m, held_out, eval_collate(), cfg.batch_size)
 
     from nlptl.checkpoint import checkpoints_dir, find_resume_checkpoint, resume_hint
-    from nlptl.models import masked_only
+    from nlptl.models import apply_lora, masked_only
     from nlptl.tracking import RunLog
+
+    peft_model = None
+    if cfg.lora:
+        # The adapters are injected into `model` in place (LoRA's B starts at zero, so the "before"
+        # score is the base model's): everything below trains `model` as usual.
+        peft_model = apply_lora(model, cfg)
+        if head_added:
+            log.warning("the %s head is new and LoRA leaves it at its random initialisation; "
+                        "a full adapt (without --lora) trains it", "masked-LM" if objective == "mlm" else "causal-LM")
 
     resume_from = find_resume_checkpoint(out, cfg.resume_from) if (cfg.resume or cfg.resume_from) else None
     config = to_dict(cfg)
@@ -155,9 +164,17 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
                    tokens_seen=result.train_tokens)
     if accelerator.is_main_process:
         with StageWriter(out) as w:
-            w.save_model(model, tokenizer, kept)
+            lora = None
+            if peft_model is not None:
+                from nlptl.models import save_lora
+
+                lora = save_lora(w, peft_model, tokenizer, cfg.merge, kept)
+            else:
+                w.save_model(model, tokenizer, kept)
             runlog.write(w.path)
             record = make_record(stage, config, {k: v for k, v in metrics.items() if k != "output_dir"}, lineage)
+            if lora:
+                record["lora"] = lora
             record["history"] = result.history
             w.commit(record)
     accelerator.wait_for_everyone()

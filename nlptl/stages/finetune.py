@@ -3,6 +3,7 @@
     nlptl finetune --task sentiment                        # from the latest adapt run, hub SST-2
     nlptl finetune --from runs/adapt-... --task sentiment --train train.csv --eval dev.csv
     nlptl finetune --from DIR --task classification --train topics.jsonl --label-column topic
+    nlptl finetune --from DIR --task sentiment --lora --merge         # LoRA adapters + full head, merged
 
 Works for encoders (BERT-style) and decoders (GPT-style: no pad token, the head reads the last real
 token). Keeps the checkpoint with the best accuracy on --eval (or on a seeded slice of --train).
@@ -18,7 +19,7 @@ from nlptl.checkpoint import check_out, default_from, default_out, lineage_of
 from nlptl.config import FinetuneConfig, to_dict
 from nlptl.data.tasks import resolve_task
 from nlptl.errors import UsageError
-from nlptl.models import inspect_model
+from nlptl.models import inspect_model, require_peft
 from nlptl.stages.common import positions_of, preflight, publish
 
 log = logging.getLogger("nlptl")
@@ -26,6 +27,8 @@ DEFAULT_MAX_LENGTH = 256
 
 
 def run(cfg: FinetuneConfig) -> dict:
+    if cfg.lora:
+        require_peft()
     refs = [inspect_model(m) for m in [cfg.from_model or default_from("finetune"), *cfg.compare]]
     for ref in refs:
         positions = positions_of(ref.config) if ref.config else None
@@ -69,10 +72,16 @@ def run(cfg: FinetuneConfig) -> dict:
     config_dict = to_dict(cfg)
     if accelerator.is_main_process:
         with StageWriter(out) as w:
-            w.save_model(model, data.tokenizer)
-            models.save_head_code(model, w.path)
+            if cfg.lora:
+                lora = models.save_lora(w, model, data.tokenizer, cfg.merge)
+            else:
+                lora = None
+                w.save_model(model, data.tokenizer)
+                models.save_head_code(model, w.path)
             runlog.write(w.path)
             record = make_record("finetune", config_dict, {k: v for k, v in metrics.items() if k != "output_dir"}, lineage)
+            if lora:
+                record["lora"] = lora
             record["max_length"] = data.max_length
             record["history"] = result.history
             w.commit(record)
@@ -135,7 +144,8 @@ def prepare(cfg: FinetuneConfig, ref, spec, accelerator) -> TaskData:
 
 
 def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator, out: Path | None = None, runlog=None):
-    """A new classifier on `ref`, trained on `train_ds`; returns (best model, TrainResult, best metrics)."""
+    """A new classifier on `ref`, trained on `train_ds`; returns (best model, TrainResult, best metrics).
+    With --lora the model is the PeftModel around the trained classifier."""
     import copy
 
     from nlptl import models
@@ -143,6 +153,7 @@ def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator, out: Pa
     from nlptl.train import train
 
     model = models.load_classifier(ref, copy.deepcopy(data.config), data.names, data.tokenizer, cfg.pooling)
+    peft_model = models.apply_lora(model, cfg) if cfg.lora else None
     collate = classification_collator(data.tokenizer)
 
     def evaluate_fn(m):
@@ -152,7 +163,10 @@ def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator, out: Pa
     model, result = train(accelerator, model, train_ds, collate, cfg, description="finetune",
                           evaluate_fn=evaluate_fn, select=("accuracy", "max"), default_evals=4,
                           lengths=[len(ids) for ids in train_ds["input_ids"]], runlog=runlog, **resume_args(cfg, out))
-    return model, result, result.best or evaluate_fn(model)
+    best = result.best or evaluate_fn(model)
+    # With LoRA, train() trained the model inside the PeftModel (the adapters live in it, in place);
+    # the PeftModel is what saves the adapter and merges.
+    return (peft_model if peft_model is not None else model), result, best
 
 
 def resume_args(cfg, out: Path | None) -> dict:

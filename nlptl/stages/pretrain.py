@@ -20,7 +20,7 @@ from nlptl.checkpoint import check_out, default_out, lineage_of
 from nlptl.config import PretrainConfig, runs_root
 from nlptl.data.corpora import resolve_corpus
 from nlptl.errors import UsageError
-from nlptl.models import inspect_model
+from nlptl.models import inspect_model, require_peft
 from nlptl.stages.common import check_block_size, positions_of, preflight
 
 log = logging.getLogger("nlptl")
@@ -29,6 +29,10 @@ MODEL_FILES = ("*.json", "*.safetensors", "*.bin", "*.txt", "*.model", "*.py")
 
 
 def run(cfg: PretrainConfig) -> dict:
+    if cfg.lora and not (cfg.from_model and cfg.corpus):
+        raise UsageError("--lora continues an existing model: pass --from MODEL and --corpus CORPUS (or train without --lora)")
+    if cfg.lora:
+        require_peft()
     ref = inspect_model(cfg.from_model) if cfg.from_model else None
     if ref is not None and ref.is_classifier:
         raise UsageError(f"--from {ref.spec} is a fine-tuned classifier, not a general language model")
