@@ -56,6 +56,7 @@ WeightDecay = Annotated[float | None, _o("--weight-decay")]
 Seed = Annotated[int | None, _o("--seed")]
 EvalEvery = Annotated[int | None, _o("--eval-every")]
 Precision = Annotated[str | None, _o("--precision")]
+Compile = Annotated[bool | None, _o("--compile/--no-compile", key="compile")]
 Schedule = Annotated[str | None, _o("--schedule")]
 DiscLr = Annotated[float | None, _o("--discriminative-lr")]
 Unfreeze = Annotated[bool | None, _o("--gradual-unfreeze/--no-gradual-unfreeze", key="gradual_unfreeze")]
@@ -124,7 +125,7 @@ def pretrain(
     whole_word_mask: WholeWord = None,
     max_steps: MaxSteps = None, epochs: Epochs = None, batch_size: BatchSize = None, grad_accum: GradAccum = None,
     lr: Lr = None, warmup_ratio: WarmupRatio = None, weight_decay: WeightDecay = None, seed: Seed = None,
-    eval_every: EvalEvery = None, precision: Precision = None, schedule: Schedule = None,
+    eval_every: EvalEvery = None, precision: Precision = None, compile: Compile = None, schedule: Schedule = None,
     discriminative_lr: DiscLr = None, gradual_unfreeze: Unfreeze = None, unfreeze_every: UnfreezeEvery = None,
     save_every: SaveEvery = None, keep_last: KeepLast = None, resume: Resume = None, resume_from: ResumeFrom = None,
     overwrite: Overwrite = None,
@@ -148,7 +149,7 @@ def adapt(
     train_file: LMTrain = None,
     max_steps: MaxSteps = None, epochs: Epochs = None, batch_size: BatchSize = None, grad_accum: GradAccum = None,
     lr: Lr = None, warmup_ratio: WarmupRatio = None, weight_decay: WeightDecay = None, seed: Seed = None,
-    eval_every: EvalEvery = None, precision: Precision = None, schedule: Schedule = None,
+    eval_every: EvalEvery = None, precision: Precision = None, compile: Compile = None, schedule: Schedule = None,
     discriminative_lr: DiscLr = None, gradual_unfreeze: Unfreeze = None, unfreeze_every: UnfreezeEvery = None,
     save_every: SaveEvery = None, keep_last: KeepLast = None, resume: Resume = None, resume_from: ResumeFrom = None,
     overwrite: Overwrite = None,
@@ -174,7 +175,7 @@ def finetune(
     out: Out = None,
     max_steps: MaxSteps = None, epochs: Epochs = None, batch_size: BatchSize = None, grad_accum: GradAccum = None,
     lr: Lr = None, warmup_ratio: WarmupRatio = None, weight_decay: WeightDecay = None, seed: Seed = None,
-    eval_every: EvalEvery = None, precision: Precision = None, schedule: Schedule = None,
+    eval_every: EvalEvery = None, precision: Precision = None, compile: Compile = None, schedule: Schedule = None,
     discriminative_lr: DiscLr = None, gradual_unfreeze: Unfreeze = None, unfreeze_every: UnfreezeEvery = None,
     save_every: SaveEvery = None, keep_last: KeepLast = None, resume: Resume = None, resume_from: ResumeFrom = None,
     overwrite: Overwrite = None,
