@@ -44,7 +44,7 @@ def write_corpus(path: Path, mb: int, seed: int = 0) -> int:
     target, written = mb * 1_000_000, 0
     with open(path, "w", encoding="utf-8") as f:
         while written < target:
-            lines = [" ".join(rng.choices(pool, k=rng.randint(3, 10))) + "\n" for _ in range(10000)]
+            lines = [" ".join(rng.choices(pool, k=rng.randint(3, 10))) + "\n" for _ in range(1000)]
             chunk = "".join(lines)
             f.write(chunk)
             written += len(chunk.encode())
@@ -78,11 +78,11 @@ def main(argv: list[str] | None = None) -> int:
             o = r["out"]
             row = {"mb": mb, "bytes": size, "run": attempt, "peak_rss_mib": round(r["peak_rss_mib"]),
                    "wall_s": round(r["wall_s"], 1), "preprocess_s": o["preprocess_seconds"],
-                   "train_s": o["train_seconds"], "blocks": o["n_train"] + o["n_eval"], "load": os.getloadavg()[0],
+                   "train_s": o["train_seconds"], "train_blocks": o["n_train"], "load": os.getloadavg()[0],
                    "cmd": r["cmd"]}
             rows.append(row)
             print(f"{mb:5d} MB {attempt:6s}: peak RSS {row['peak_rss_mib']:5d} MiB  preprocess {row['preprocess_s']:7.1f} s  "
-                  f"wall {row['wall_s']:7.1f} s  ({row['blocks']} blocks, load {row['load']:.1f})", flush=True)
+                  f"wall {row['wall_s']:7.1f} s  ({size / 1e6:.1f} MB, {row['train_blocks']} training blocks, load {row['load']:.1f})", flush=True)
         if not a.keep:
             corpus.unlink()
             shutil.rmtree(work / f"state-{mb}", ignore_errors=True)
@@ -92,9 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.results) / f"memory-{started[:10]}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
-    print("\n| corpus | run | peak RSS MiB | preprocess s | wall s | blocks |\n|---|---|---|---|---|---|")
+    print("\n| corpus | run | peak RSS MiB | preprocess s | wall s | training blocks |\n|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['mb']} MB | {r['run']} | {r['peak_rss_mib']} | {r['preprocess_s']:.1f} | {r['wall_s']:.1f} | {r['blocks']} |")
+        print(f"| {r['bytes'] / 1e6:.1f} MB | {r['run']} | {r['peak_rss_mib']} | {r['preprocess_s']:.1f} | {r['wall_s']:.1f} | {r['train_blocks']} |")
     print(f"\nwritten: {out}")
     return 0
 
