@@ -57,6 +57,7 @@ WeightDecay = Annotated[float | None, _o("--weight-decay")]
 Seed = Annotated[int | None, _o("--seed")]
 EvalEvery = Annotated[int | None, _o("--eval-every")]
 Precision = Annotated[str | None, _o("--precision")]
+Compile = Annotated[bool | None, _o("--compile/--no-compile", key="compile")]
 Schedule = Annotated[str | None, _o("--schedule")]
 DiscLr = Annotated[float | None, _o("--discriminative-lr")]
 Unfreeze = Annotated[bool | None, _o("--gradual-unfreeze/--no-gradual-unfreeze", key="gradual_unfreeze")]
@@ -135,7 +136,7 @@ def pretrain(
     whole_word_mask: WholeWord = None,
     max_steps: MaxSteps = None, epochs: Epochs = None, batch_size: BatchSize = None, grad_accum: GradAccum = None,
     lr: Lr = None, warmup_ratio: WarmupRatio = None, weight_decay: WeightDecay = None, seed: Seed = None,
-    eval_every: EvalEvery = None, precision: Precision = None, schedule: Schedule = None,
+    eval_every: EvalEvery = None, precision: Precision = None, compile: Compile = None, schedule: Schedule = None,
     discriminative_lr: DiscLr = None, gradual_unfreeze: Unfreeze = None, unfreeze_every: UnfreezeEvery = None,
     save_every: SaveEvery = None, keep_last: KeepLast = None, resume: Resume = None, resume_from: ResumeFrom = None,
     overwrite: Overwrite = None, report_to: ReportTo = None, push_to_hub: PushToHub = None, hub_private: HubPrivate = None,
@@ -159,7 +160,7 @@ def adapt(
     train_file: LMTrain = None,
     max_steps: MaxSteps = None, epochs: Epochs = None, batch_size: BatchSize = None, grad_accum: GradAccum = None,
     lr: Lr = None, warmup_ratio: WarmupRatio = None, weight_decay: WeightDecay = None, seed: Seed = None,
-    eval_every: EvalEvery = None, precision: Precision = None, schedule: Schedule = None,
+    eval_every: EvalEvery = None, precision: Precision = None, compile: Compile = None, schedule: Schedule = None,
     discriminative_lr: DiscLr = None, gradual_unfreeze: Unfreeze = None, unfreeze_every: UnfreezeEvery = None,
     save_every: SaveEvery = None, keep_last: KeepLast = None, resume: Resume = None, resume_from: ResumeFrom = None,
     lora: Lora = None, lora_r: LoraR = None, lora_alpha: LoraAlpha = None, lora_dropout: LoraDropout = None,
@@ -187,7 +188,7 @@ def finetune(
     out: Out = None,
     max_steps: MaxSteps = None, epochs: Epochs = None, batch_size: BatchSize = None, grad_accum: GradAccum = None,
     lr: Lr = None, warmup_ratio: WarmupRatio = None, weight_decay: WeightDecay = None, seed: Seed = None,
-    eval_every: EvalEvery = None, precision: Precision = None, schedule: Schedule = None,
+    eval_every: EvalEvery = None, precision: Precision = None, compile: Compile = None, schedule: Schedule = None,
     discriminative_lr: DiscLr = None, gradual_unfreeze: Unfreeze = None, unfreeze_every: UnfreezeEvery = None,
     save_every: SaveEvery = None, keep_last: KeepLast = None, resume: Resume = None, resume_from: ResumeFrom = None,
     lora: Lora = None, lora_r: LoraR = None, lora_alpha: LoraAlpha = None, lora_dropout: LoraDropout = None,

@@ -57,6 +57,8 @@ class TrainConfig:
     eval_every: int | None = opt(None, "Evaluate every N steps (default: a few times per run for finetune, at the end for LM stages).")
     log_every: int = opt(10, "Log the training loss every N steps.")
     precision: str = opt("auto", "auto (bf16 where the hardware has it, else fp32), fp32, bf16 or fp16.")
+    compile: bool = opt(False, "torch.compile the model for training (off by default: on a 2-core CPU the compile time "
+                               "outweighs the gain of short runs; see docs/performance.md).")
     schedule: str = opt("linear", "Learning-rate schedule: linear (warmup + decay), stlr (slanted triangular), one-cycle, cosine, constant.")
     cut_frac: float = opt(0.1, "stlr: fraction of the steps spent increasing the learning rate (ULMFiT: 0.1).")
     stlr_ratio: float = opt(32.0, "stlr: how much smaller the lowest learning rate is than the peak (ULMFiT: 32).")

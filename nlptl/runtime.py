@@ -83,3 +83,14 @@ def quiet_libraries() -> None:
     datasets.utils.logging.set_verbosity_error()
     datasets.disable_progress_bars()
     logging.getLogger("accelerate").setLevel(logging.ERROR)
+
+
+def compile_model(model) -> None:
+    """`torch.compile` the model's forward in place (`nn.Module.compile`): parameter names, the
+    state dict and saving are unchanged, so checkpoints and resume work as in eager mode. Batch shapes
+    that vary (finetune's length-grouped batches, the number of masked positions in MLM) are marked
+    dynamic after the first recompilation instead of compiling once per shape."""
+    import torch
+
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    model.compile()

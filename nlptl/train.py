@@ -83,8 +83,11 @@ def train(
                         # so a resumed run's dropout sees the same random stream as an uninterrupted one.
                         collate_fn=collate_fn, generator=generator,
                         pin_memory=accelerator.device.type == "cuda")
-    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.discriminative_lr,
-                                fused=accelerator.device.type == "cuda")
+    optimizer = build_optimizer(model.to(accelerator.device), cfg.lr, cfg.weight_decay, cfg.discriminative_lr)
+    if cfg.compile:
+        from nlptl.runtime import compile_model
+
+        compile_model(model)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     steps = total_steps(cfg, len(loader))
     steps_per_epoch = max(1, math.ceil(len(loader) / cfg.grad_accum))

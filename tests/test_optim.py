@@ -144,3 +144,28 @@ def test_frozen_groups_do_not_move_in_the_loop(tmp_path):
     assert any(".layer.2." in n for n in moved)  # unfrozen at step 2
     assert not any(".layer.0." in n or ".layer.1." in n or "embeddings" in n for n in moved)
     assert math.isfinite(result.final_loss)
+
+
+def test_optimizer_is_fused_on_cpu_and_updates_like_the_loop():
+    """The fused AdamW (default on CPU and CUDA) gives the per-tensor loop's update, also for parameters
+    whose gradients gradual unfreezing dropped (they must stay untouched)."""
+    import copy
+
+    model = tiny_classifier("bert")
+    other, before = copy.deepcopy(model), copy.deepcopy(model)
+    fused, loop = build_optimizer(model, 1e-3, 0.01, 2.6), build_optimizer(other, 1e-3, 0.01, 2.6, fused=False)
+    assert fused.defaults["fused"] and not loop.defaults["fused"]
+    torch.manual_seed(0)
+    for _ in range(3):
+        for a, b in zip(model.parameters(), other.parameters(), strict=True):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        for opt in (fused, loop):  # the embeddings group frozen, as gradual unfreezing does
+            for p in opt.param_groups[-1]["params"]:
+                p.grad = None
+            opt.step()
+    frozen = {id(p) for p in fused.param_groups[-1]["params"]}
+    for (name, a), b, c in zip(model.named_parameters(), other.parameters(), before.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name
+        if id(a) in frozen:
+            assert torch.equal(a, c), name

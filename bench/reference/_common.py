@@ -1,0 +1,46 @@
+"""What the three reference scripts share: the pinned arguments and the one JSON line they print.
+
+Only the knobs the speed comparison pins are arguments; everything else is the Trainer's default
+(fused AdamW, linear schedule, no weight decay, grad-norm clipping at 1.0, no workers, seed 42).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def parse(description: str, lr: float = 5e-5) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--model", required=True, help="checkpoint directory or hub id")
+    p.add_argument("--train-file", required=True)
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--max-steps", type=int, required=True)
+    p.add_argument("--batch-size", type=int, default=8, help="per_device_train_batch_size (Trainer default 8)")
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--block-size", type=int, default=128, help="LM block size / max_seq_length")
+    return p.parse_args()
+
+
+def training_args(a: argparse.Namespace):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=a.output_dir, per_device_train_batch_size=a.batch_size, learning_rate=a.lr,
+        max_steps=a.max_steps, seed=a.seed, save_strategy="no", report_to="none", disable_tqdm=True,
+        logging_steps=max(1, a.max_steps),
+    )
+
+
+def finish(trainer, tokenizer, a: argparse.Namespace, **extra) -> None:
+    """Train, save, print one JSON line on stdout (logs go to stderr)."""
+    result = trainer.train()
+    trainer.save_model(a.output_dir)
+    tokenizer.save_pretrained(a.output_dir)
+    m = result.metrics
+    out = {"train_runtime": m["train_runtime"], "steps": result.global_step, "train_loss": m.get("train_loss"),
+           "batch_size": a.batch_size, "optim": str(trainer.args.optim),
+           "attn_implementation": trainer.model.config._attn_implementation, **extra}
+    sys.stdout.write(json.dumps(out) + "\n")
