@@ -606,19 +606,21 @@ def report(args) -> int:
                       f"test {fmt([c['test_accuracy'] for c in cells])} ({len(cells)} seeds)"
                       + ("  <- chosen" if best_lr(n, results) == lr else ""))
     # paired differences vs plain (same subset and seed)
-    print("\nmean paired difference in test accuracy vs plain (same subset/seed), points:")
+    print("\nmean paired difference in test accuracy vs plain (same subset/seed; GPT rows vs gpt-plain), points:")
     for n in (100, 500, "all"):
-        base = {c["seed"]: c["test_accuracy"] for c in summ.get(("plain", n), [])}
+        bases = {b: {c["seed"]: c["test_accuracy"] for c in summ.get((b, n), [])} for b in ("plain", "gpt-plain")}
         for row in ROW_ORDER:
-            if row == "plain" or (row, n) not in summ:
+            if row in bases or (row, n) not in summ:
                 continue
+            base = bases["gpt-plain" if row.startswith("gpt-") else "plain"]
             d = [c["test_accuracy"] - base[c["seed"]] for c in summ[(row, n)] if c["seed"] in base]
             if d:
                 sd = statistics.stdev(d) if len(d) > 1 else 0.0
                 print(f"  n={n} {row}: {100 * statistics.mean(d):+.1f} (sd {100 * sd:.1f}, {len(d)} seeds, per seed "
                       + ", ".join(f"{100 * x:+.1f}" for x in d) + ")")
-    for r in results:
-        if r.get("kind") in ("adapt", "pretrain"):
+    latest = {r["id"]: r for r in results if r.get("kind") in ("adapt", "pretrain")}  # a rebuilt model replaces the old
+    for r in latest.values():
+        if True:
             m = r.get("metrics") or {}
             print(f"\n{r['id']}: perplexity {m.get('perplexity_before')} -> {m.get('perplexity')}, "
                   f"{m.get('steps')} steps, wall {r.get('wall_seconds')}s")
