@@ -74,6 +74,8 @@ EVAL_EVERY = {100: 30, 500: 60, "all": 120}  # validation at mid-run and at the 
 MAX_LENGTH = 64  # UCI sentences are short; dynamic padding; the few longer ones are cut
 LM_BATCH, LM_BLOCK = 8, 128
 DAPT_STEPS, TAPT_STEPS = 100, 60
+# A longer task-adaptive run straight from MiniLM (no domain stage): ~10 epochs of the train pool's texts.
+TAPT_LONG_STEPS = 300
 PLAIN = {"discriminative_lr": 1.0, "schedule": "linear", "gradual_unfreeze": False, "pooling": "cls"}
 TOGGLES = {
     "+disc-lr": {"discriminative_lr": 2.6},
@@ -332,6 +334,13 @@ def plan(skip_gpt: bool) -> list[dict]:
                 ft("gpt-recipe", n, s, ("best", n, "gpt-recipe", GPT_LR_GRID), "gpt-dapt", grec)
             for s in SEEDS:
                 ft("gpt-+dapt", n, s, ("best", n, "gpt-plain", GPT_LR_GRID), "gpt-dapt", gplain)
+    # longer TAPT straight from MiniLM, with plain finetuning and with the recipe's techniques
+    P.append({"kind": "adapt", "name": "tapt-long", "needs": "minilm"})
+    for n, spec in zip((100, 500), R, strict=True):
+        for s in SEEDS:
+            ft("+tapt-long", n, s, ("best", n), "tapt-long", PLAIN)
+        for s in SEEDS:
+            ft("tapt-long+recipe", n, s, spec, "tapt-long", RECIPE)
     for row, key, tech, lr in (("+dapt+tapt", "tapt", PLAIN, ("best", 500)),
                                ("recipe", "tapt", RECIPE, R[1]),
                                ("+dapt", "dapt", PLAIN, ("best", 500)), ("full", "tapt", FULL, ("best", 500))):
@@ -359,13 +368,14 @@ def resolve(item: dict, results: list[dict]) -> tuple[str | None, dict | None]:
         cell["lr"] = lr
     cell["id"] = cell_id(cell["row"], cell["n"], cell["seed"], cell["lr"])
     cell["model_name"] = {"minilm": "minilm", "dapt": "minilm-dapt", "tapt": "minilm-dapt-tapt",
-                          "gpt": "gpt-mini-wt2", "gpt-dapt": "gpt-mini-wt2-dapt"}[cell["model_key"]]
+                          "gpt": "gpt-mini-wt2", "gpt-dapt": "gpt-mini-wt2-dapt",
+                          "tapt-long": "minilm-tapt300"}[cell["model_key"]]
     return cell["id"], cell
 
 
 def model_dirs(work: Path) -> dict[str, str]:
     out = {"minilm": minilm_path()}
-    for name in ("dapt", "tapt", "gpt", "gpt-dapt"):
+    for name in ("dapt", "tapt", "gpt", "gpt-dapt", "tapt-long"):
         d = work / "lm" / name
         if (d / "nlptl-run.json").is_file():
             out[name] = str(d)
@@ -458,6 +468,8 @@ def worker(args) -> int:
                      note="domain-adaptive MLM on IMDb unsup 4k + Opinosis review sentences, from MiniLM"),
         "tapt": dict(corpus="task:sentiment", steps=TAPT_STEPS, train_file=str(splits["pool"]),
                      note="task-adaptive MLM on the train pool's texts (labels unused), from the dapt model"),
+        "tapt-long": dict(corpus="task:sentiment", steps=TAPT_LONG_STEPS, train_file=str(splits["pool"]),
+                          note="task-adaptive MLM on the train pool's texts (labels unused), from MiniLM, ~10 epochs"),
     }
     n_run = 0
     while True:
@@ -553,7 +565,8 @@ def fmt(xs: list[float]) -> str:
     return f"{100 * m:.1f} ± {100 * sd:.1f}"
 
 
-ROW_ORDER = ("plain", "+dapt", "+dapt+tapt", "recipe", "full", *TOGGLES, "+recipe-techniques", "gpt-plain",
+ROW_ORDER = ("plain", "+dapt", "+dapt+tapt", "recipe", "full", *TOGGLES, "+recipe-techniques", "+tapt-long",
+             "tapt-long+recipe", "gpt-plain",
              "gpt-+dapt", "gpt-recipe")
 
 
