@@ -652,10 +652,10 @@ def plot(summ: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     xs_all = {100: 100, 500: 500}
     all_n = None
-    styles = {"plain": ("o", "-"), "+dapt": ("s", "--"), "+dapt+tapt": ("^", "-."), "full": ("D", ":"),
-              "gpt-plain": ("v", "-")}
-    for k, row in enumerate(("plain", "+dapt", "+dapt+tapt", "full", "gpt-plain")):
-        shift = 1 + 0.025 * (k - 1.5)  # a small horizontal offset so overlapping lines stay visible
+    styles = {"plain": ("o", "-"), "+dapt": ("s", "--"), "+dapt+tapt": ("^", "-."), "recipe": ("P", "-"),
+              "tapt-long+recipe": ("X", "--"), "full": ("D", ":"), "gpt-plain": ("v", "-"), "gpt-recipe": ("<", "--")}
+    for k, row in enumerate(styles):
+        shift = 1 + 0.02 * (k - 3.5)  # a small horizontal offset so overlapping lines stay visible
         pts = []
         for n in (100, 500, "all"):
             cells = summ.get((row, n), [])
@@ -676,7 +676,7 @@ def plot(summ: dict, path: Path) -> None:
     ax.set_xticklabels([str(t) if t != all_n else f"{t} (all)" for t in ticks])
     ax.set_xlabel("labelled training examples")
     ax.set_ylabel("test accuracy (%)  mean ± sd over seeds")
-    ax.set_title("all-MiniLM-L6-v2 on pooled UCI sentiment (test 500)")
+    ax.set_title("pooled UCI sentiment, test 500: MiniLM rows and an nlptl GPT (gpt-*)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
