@@ -85,8 +85,6 @@ def require(repo: str, kind: str, what: str, hint: str) -> None:
             f"{what}: the Hugging Face Hub is unreachable (offline) and '{repo}' is not in the local cache; {hint}"
         )
 
-
-
 def check_push(repo_id: str) -> None:
     """Before a stage trains with --push-to-hub: fail in seconds, not after the training, when the
     upload at the end cannot happen (no network, no token)."""

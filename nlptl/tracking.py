@@ -115,10 +115,7 @@ class RunLog:
                 (logs / "mlflow-run-id").write_text(active.info.run_id)
 
     def _rewrite(self) -> None:
-        with open(self.out / METRICS_FILE, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(self.rows)
+        self.write(self.out)
 
     def restore(self, history: list[dict]) -> None:
         """A resumed run: the interrupted run's history replaces whatever the CSV holds past the checkpoint
