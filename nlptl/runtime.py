@@ -33,6 +33,20 @@ def mixed_precision(precision: str) -> str:
     return "no"
 
 
+def inference_device():
+    """Where prediction runs: the first GPU (CUDA, XPU or Apple's MPS) when there is one, else the CPU.
+    The same device accelerate would pick for a single process, without importing accelerate."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if hasattr(torch, "xpu") and torch.xpu.is_available():
+        return torch.device("xpu")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
 def make_accelerator(precision: str = "auto", grad_accum: int = 1, log_with=None, project_dir: str | None = None):
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration

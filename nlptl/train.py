@@ -67,6 +67,7 @@ def train(
     that gets every row of the history (metrics.csv, --report-to trackers).
     """
     import torch
+    from accelerate.utils import send_to_device
     from torch.utils.data import DataLoader
 
     from nlptl.optim import GradualUnfreezing, build_optimizer, build_schedule
@@ -88,7 +89,10 @@ def train(
         from nlptl.runtime import compile_model
 
         compile_model(model)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    # The loader's batches stay on the CPU: the batch transform (MLM masking, with its CPU generator)
+    # runs on them there, then the loop copies them to the device. Masks are thus the same on every
+    # device, and no CPU tensor (special ids, a generator) meets a GPU batch.
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader, device_placement=[True, True, False])
     steps = total_steps(cfg, len(loader))
     steps_per_epoch = max(1, math.ceil(len(loader) / cfg.grad_accum))
     # The schedule is stepped by hand once per optimizer update, so its length is exact whatever the
@@ -146,6 +150,7 @@ def train(
         nonlocal step, running, running_n
         if batch_transform is not None:
             batch = batch_transform(batch)
+        batch = send_to_device(batch, accelerator.device, non_blocking=True)
         with accelerator.accumulate(model):
             loss = model(**batch).loss
             accelerator.backward(loss)

@@ -65,23 +65,31 @@ class MaskingCollator:
         return {"input_ids": input_ids, "labels": labels}
 
     def mask(self, ids, word_starts, g):
+        """Mask `ids` (on any device) with the CPU generator `g`. The random draws are made on the CPU
+        and moved to the ids' device, so a seed gives the same masks on a CPU and on a GPU, and no CPU
+        tensor is combined with a device one."""
         import torch
 
-        special = torch.isin(ids, self.special_ids)
+        device = ids.device
+
+        def draw(shape):
+            return torch.rand(shape, generator=g).to(device, non_blocking=True)
+
+        special = torch.isin(ids, self.special_ids.to(device))
         if word_starts is None:
-            chosen = torch.rand(ids.shape, generator=g) < self.p
+            chosen = draw(ids.shape) < self.p
         else:
             # Every token of a chosen word is chosen: a word is the run from one start to the next.
-            word_index = word_starts.cumsum(1) - 1
+            word_index = word_starts.to(device).cumsum(1) - 1
             n_words = int(word_index.max().item()) + 1
-            chosen_words = torch.rand((ids.shape[0], n_words), generator=g) < self.p
+            chosen_words = draw((ids.shape[0], n_words)) < self.p
             chosen = chosen_words.gather(1, word_index.clamp(min=0))
         chosen &= ~special
         labels = torch.where(chosen, ids, torch.full_like(ids, -100))
-        roll = torch.rand(ids.shape, generator=g)
+        roll = draw(ids.shape)
         to_mask = chosen & (roll < 0.8)
         to_random = chosen & (roll >= 0.8) & (roll < 0.9)
         out = ids.clone()
         out[to_mask] = self.mask_id
-        out[to_random] = torch.randint(self.vocab_size, (int(to_random.sum()),), generator=g)
+        out[to_random] = torch.randint(self.vocab_size, (int(to_random.sum()),), generator=g).to(device)
         return out, labels

@@ -29,15 +29,16 @@ def run(cfg: PredictConfig) -> list[dict]:
     runtime.quiet_libraries()
     model, tokenizer, names, max_length = models.load_trained_classifier(ref)
     max_length = cfg.max_length or max_length
-    model.eval()
+    device = runtime.inference_device()
+    model.to(device).eval()
     # Sorting by length keeps padding (and time) low; results come back in input order.
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     probs: list = [None] * len(texts)
-    with torch.no_grad():
+    with torch.inference_mode():
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
             enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length, padding=True,
-                            return_tensors="pt")
+                            return_tensors="pt").to(device)
             p = model(**enc).logits.float().softmax(-1)
             for i, row in zip(idx, p.tolist(), strict=True):
                 probs[i] = row
