@@ -34,9 +34,9 @@ def nlptl_side(model_dir: str, objective: str, data: list, steps: int, batch: in
     from transformers import AutoTokenizer
 
     from nlptl.config import TrainConfig
+    from nlptl.data.collate import lm_collators
     from nlptl.models import masked_only
     from nlptl.runtime import make_accelerator
-    from nlptl.stages.common import lm_collators
     from nlptl.train import train
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -19,6 +19,6 @@ nlptl adapt --corpus sample-reviews --lr 1e-3
 nlptl finetune --task sample-sentiment --epochs 2 --lr 1e-3
 
 # Measure it on held-out data, and use it. --json puts one JSON object on stdout for scripts.
-test_csv=$(python -c "from nlptl.registry import ASSETS; print(ASSETS / 'sentiment_test.csv')")
+test_csv=$(python -c "from nlptl.data.registry import ASSETS; print(ASSETS / 'sentiment_test.csv')")
 nlptl evaluate --data "$test_csv" --json
 nlptl predict "A wonderful, warm little film." "The battery died after a day." --json

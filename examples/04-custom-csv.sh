@@ -21,7 +21,7 @@ if [ -z "${TRAIN:-}" ]; then
   python - "$WORK" <<'PY'
 import csv, sys
 from pathlib import Path
-from nlptl.registry import ASSETS
+from nlptl.data.registry import ASSETS
 names = {"0": "thumbs-down", "1": "thumbs-up"}
 for src, dst in (("sentiment_train.csv", "train.csv"), ("sentiment_test.csv", "test.csv")):
     with open(ASSETS / src, newline="", encoding="utf-8") as f, open(Path(sys.argv[1]) / dst, "w", newline="", encoding="utf-8") as g:

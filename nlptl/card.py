@@ -53,15 +53,11 @@ def reproduce_command(stage: str, config: dict, out: Path, lineage: dict) -> str
     """`nlptl STAGE ...` with every setting that differs from the default, as flags (or --set key=value
     for the keys without one): run it and the same model comes out (the data files must be the same,
     which their sha256 in the card lets one check)."""
-    import typer
+    from nlptl.config import STAGE_CONFIGS, flags
 
-    from nlptl.cli import app
-    from nlptl.config import STAGE_CONFIGS
-
-    cls = STAGE_CONFIGS[stage]
     defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
-                for f in dataclasses.fields(cls)}
-    options = {p.name: p for p in typer.main.get_command(app).commands[stage].params if p.param_type_name == "option"}
+                for f in dataclasses.fields(STAGE_CONFIGS[stage])}
+    options = flags(stage)
     values = dict(config)
     if not values.get("from_model") and lineage.get("base_model") and stage != "pretrain":
         values["from_model"] = lineage["base_model"]  # the run it defaulted to (the latest one)
@@ -69,22 +65,20 @@ def reproduce_command(stage: str, config: dict, out: Path, lineage: dict) -> str
     args = ["nlptl", stage]
     first = ("from_model", "corpus", "task", "arch", "size", "train_file", "eval_file", "out")
     for key, value in sorted(values.items(), key=lambda kv: first.index(kv[0]) if kv[0] in first else len(first)):
-        if key in NOT_REPRODUCED or key not in defaults or value == defaults[key]:
-            continue
-        opt = options.get(key)
-        if opt is None:
-            args += ["--set", f"{key}={'null' if value is None else value}"]
-        elif getattr(opt, "is_flag", False):
-            if value:
-                args.append(opt.opts[0])
-            elif opt.secondary_opts:
-                args.append(opt.secondary_opts[0])
-        elif isinstance(value, list):
-            for v in value:
-                args += [opt.opts[0], str(v)]
-        elif value is not None:
-            args += [opt.opts[0], str(value)]
+        if key not in NOT_REPRODUCED and key in defaults and value != defaults[key]:
+            args += _as_flags(options.get(key), key, value)
     return shlex.join(args)
+
+
+def _as_flags(flag, key: str, value) -> list[str]:
+    """One setting on the command line: its flag (repeated for a list), or --set key=value without one."""
+    if flag is None:
+        return ["--set", f"{key}={'null' if value is None else value}"]
+    if flag.kind == "bool":
+        return [flag.names[0]] if value else [flag.negative] if flag.negative else []
+    if isinstance(value, list):
+        return [a for v in value for a in (flag.names[0], str(v))]
+    return [] if value is None else [flag.names[0], str(value)]
 
 
 def _fmt(v) -> str:

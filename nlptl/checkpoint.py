@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -185,22 +184,26 @@ class StageWriter:
         return self.out
 
 
-def resume_hint(out: Path) -> str:
-    """The command that continues this run: the same command line plus --resume."""
-    if sys.argv[1:2] == ["run"]:  # a recipe resumes its interrupted stage when run again
-        return "Resume with: nlptl " + " ".join(sys.argv[1:])
-    args = [a for a in sys.argv[1:] if a not in ("--resume", "--overwrite")]
+def resume_hint(out: Path, command: list[str] | None) -> str:
+    """How to continue this run. `command`: the arguments `nlptl` was given (the same command line plus
+    --resume continues it), or None for a stage called from Python."""
+    if command is None:
+        return f"Resume with the same config and resume=True (out={str(out)!r})."
+    if command[:1] == ["run"]:  # a recipe resumes its interrupted stage when run again
+        return "Resume with: nlptl " + " ".join(command)
+    args = [a for a in command if a not in ("--resume", "--overwrite")]
     if not any(a in ("--out", "-o") or a.startswith("--out=") for a in args):
         args += ["--out", str(out)]
     return "Resume with: nlptl " + " ".join(args + ["--resume"])
 
 
-def make_record(stage: str, config: dict, metrics: dict, lineage: dict) -> dict:
+def make_record(stage: str, config: dict, metrics: dict, lineage: dict, command: list[str] | None = None) -> dict:
+    """The content of nlptl-run.json. `command`: the arguments `nlptl` was given, when it was."""
     return {
         "nlptl_version": __version__,
         "stage": stage,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["nlptl"] + sys.argv[1:]) if Path(sys.argv[0]).name in ("nlptl", "__main__.py") else None,
+        "command": " ".join(["nlptl", *command]) if command is not None else None,
         "config": config,
         "metrics": metrics,
         "lineage": lineage,
@@ -296,3 +299,68 @@ def find_resume_checkpoint(out: Path, resume_from: str | None) -> Path:
             return path
         problems.append(f"{path.name}: {problem}")
     raise UsageError(f"--resume: no intact checkpoint in {root} ({'; '.join(problems)}); start over with --overwrite")
+
+
+def save_training(root: Path, step: int, model, optimizer, scheduler, rng: dict, state: dict, best_state: dict | None,
+                  keep_last: int) -> Path:
+    """The training loop's checkpoint: weights, optimizer, schedule, random states, the loop's state
+    (train.TrainState) and, with model selection, the best weights so far."""
+    import torch
+    from safetensors.torch import save_file, save_model
+
+    files = {
+        "model.safetensors": lambda p: save_model(model, str(p)),
+        "optimizer.pt": lambda p: torch.save(optimizer.state_dict(), p),
+        "scheduler.pt": lambda p: torch.save(scheduler.state_dict(), p),
+        "rng.pt": lambda p: torch.save(rng, p),
+    }
+    if best_state is not None:
+        files["best.safetensors"] = lambda p: save_file({k: v.contiguous() for k, v in best_state.items()}, str(p))
+    return save_training_state(root, step, files, state, keep_last)
+
+
+def load_training(path: Path, model, optimizer, scheduler) -> tuple[dict, dict, dict | None]:
+    """Load a `save_training` checkpoint into `model` (unwrapped), `optimizer` and `scheduler`; returns
+    (the loop's state, the random states, the best weights or None)."""
+    import torch
+    from safetensors.torch import load_file, load_model
+
+    load_model(model, str(path / "model.safetensors"))
+    # Our own files, verified against the manifest's checksums before we get here.
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    state = json.loads((path / "trainer_state.json").read_text())
+    best = load_file(str(path / "best.safetensors")) if (path / "best.safetensors").is_file() else None
+    return state, torch.load(path / "rng.pt", weights_only=False), best
+
+
+def rng_states(random_source) -> dict:
+    """This process's random streams: Python, NumPy, torch (and CUDA), and the generator of
+    `random_source` (the masking collator) when it has one."""
+    import random
+
+    import numpy as np
+    import torch
+
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    gen = getattr(random_source, "generator", None)
+    if gen is not None:
+        states["collator"] = gen.get_state()
+    return states
+
+
+def set_rng_states(states: dict, random_source) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    if "collator" in states and getattr(random_source, "generator", None) is not None:
+        random_source.generator.set_state(states["collator"])

@@ -1,12 +1,15 @@
 """The `nlptl` command line: one thin function per command, registered in one visible block.
 
 Each command only parses, resolves the stage config (defaults < --config < flags < --set), shows it,
-and calls `nlptl.stages.<stage>.run(config)`. Heavy libraries are imported inside the stages, so
-`nlptl --help` stays instant. Exit codes: 0 ok, 1 runtime failure, 2 usage error, 130 interrupted.
+and calls `nlptl.stages.<stage>.run(config)`. The stage commands' options are made from the config
+dataclasses (nlptl/config.py: a field's name, type, default, help and flag are declared there once).
+Heavy libraries are imported inside the stages, so `nlptl --help` stays instant. Exit codes: 0 ok,
+1 runtime failure, 2 usage error, 130 interrupted.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from typing import Annotated, Any
@@ -16,17 +19,7 @@ os.environ.setdefault("TYPER_USE_RICH", "0")
 import typer  # noqa: E402
 
 from nlptl import __version__  # noqa: E402
-from nlptl.config import (  # noqa: E402
-    AdaptConfig,
-    EvaluateConfig,
-    FinetuneConfig,
-    LMConfig,
-    PredictConfig,
-    PretrainConfig,
-    RunConfig,
-    TrainConfig,
-    help_of,
-)
+from nlptl.config import OUTPUT, STAGE_CONFIGS, RunConfig, flags, help_of  # noqa: E402
 
 app = typer.Typer(
     name="nlptl",
@@ -36,62 +29,38 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-TRAIN, DATA, RUN = "Training", "Data", "Output"
+KINDS = {"bool": bool, "int": int, "float": float, "str": str, "list": list[str]}
 
 
-def _o(*names: str, cls: type = TrainConfig, key: str | None = None, panel: str = TRAIN, **kw: Any):
-    key = key or names[0].lstrip("-").replace("-", "_")
-    return typer.Option(*names, help=help_of(cls, key), rich_help_panel=panel, show_default=False, **kw)
+def _param(name: str, option: Any, annotation: Any) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
 
 
-# Options shared by the training stages (defaults live in the config dataclasses, shown by --help there).
-Out = Annotated[str | None, _o("--out", "-o", panel=RUN)]
-Overwrite = Annotated[bool | None, _o("--overwrite", panel=RUN)]
-MaxSteps = Annotated[int | None, _o("--max-steps")]
-Epochs = Annotated[float | None, _o("--epochs")]
-BatchSize = Annotated[int | None, _o("--batch-size")]
-GradAccum = Annotated[int | None, _o("--grad-accum")]
-Lr = Annotated[float | None, _o("--lr")]
-WarmupRatio = Annotated[float | None, _o("--warmup-ratio")]
-WeightDecay = Annotated[float | None, _o("--weight-decay")]
-Seed = Annotated[int | None, _o("--seed")]
-EvalEvery = Annotated[int | None, _o("--eval-every")]
-Precision = Annotated[str | None, _o("--precision")]
-Compile = Annotated[bool | None, _o("--compile/--no-compile", key="compile")]
-Schedule = Annotated[str | None, _o("--schedule")]
-DiscLr = Annotated[float | None, _o("--discriminative-lr")]
-Unfreeze = Annotated[bool | None, _o("--gradual-unfreeze/--no-gradual-unfreeze", key="gradual_unfreeze")]
-UnfreezeEvery = Annotated[int | None, _o("--unfreeze-every")]
-SaveEvery = Annotated[int | None, _o("--save-every", panel=RUN)]
-KeepLast = Annotated[int | None, _o("--keep-last", panel=RUN)]
-Resume = Annotated[bool | None, _o("--resume", panel=RUN)]
-ResumeFrom = Annotated[str | None, _o("--resume-from", panel=RUN)]
-ReportTo = Annotated[str | None, _o("--report-to", panel=RUN)]
-PushToHub = Annotated[str | None, _o("--push-to-hub", panel=RUN)]
-HubPrivate = Annotated[bool | None, _o("--hub-private", panel=RUN)]
-LORA = "LoRA (parameter-efficient)"
-Lora = Annotated[bool | None, _o("--lora", panel=LORA)]
-LoraR = Annotated[int | None, _o("--lora-r", panel=LORA)]
-LoraAlpha = Annotated[float | None, _o("--lora-alpha", panel=LORA)]
-LoraDropout = Annotated[float | None, _o("--lora-dropout", panel=LORA)]
-LoraTargets = Annotated[str | None, _o("--lora-targets", panel=LORA)]
-Merge = Annotated[bool | None, _o("--merge", panel=LORA)]
-ConfigFile = Annotated[str | None, typer.Option("--config", help="YAML file of config keys (flags override it).",
-                                                rich_help_panel=RUN)]
-Sets = Annotated[list[str] | None, typer.Option("--set", help="Override any config key: --set key=value (repeatable).",
-                                                 rich_help_panel=RUN)]
-Json = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout (logs stay on stderr).",
-                                    rich_help_panel=RUN)]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.", rich_help_panel=RUN)]
-Corpus = Annotated[str | None, _o("--corpus", cls=LMConfig, panel=DATA)]
-TextColumn = Annotated[str | None, _o("--text-column", cls=LMConfig, panel=DATA)]
-Objective = Annotated[str | None, _o("--objective", cls=LMConfig)]
-BlockSize = Annotated[int | None, _o("--block-size", cls=LMConfig, panel=DATA)]
-ValPct = Annotated[float | None, _o("--validation-percentage", cls=LMConfig, panel=DATA)]
-MlmProb = Annotated[float | None, _o("--mlm-probability", cls=LMConfig)]
-WholeWord = Annotated[bool | None, _o("--whole-word-mask/--no-whole-word-mask", cls=LMConfig, key="whole_word_mask")]
-LMTrain = Annotated[str | None, _o("--train", cls=LMConfig, key="train_file", panel=DATA)]
+def _options(stage: str) -> list[inspect.Parameter]:
+    """The options of `nlptl STAGE`, one per flagged config field. Each defaults to None ('not given'),
+    so that the config file (or the field's default) sets it."""
+    params = []
+    for f in flags(stage).values():
+        decls = (f"{f.names[0]}/{f.negative}", *f.names[1:]) if f.negative else f.names
+        option = typer.Option(None, *decls, help=f.help, rich_help_panel=f.panel, show_default=False)
+        params.append(_param(f.key, option, KINDS[f.kind] | None))
+    return params
 
+
+JSON_HELP = "Print the result as one JSON object on stdout (logs stay on stderr)."
+QUIET = _param("quiet", typer.Option(False, "--quiet", "-q", help="Only warnings and errors on stderr.",
+                                     rich_help_panel=OUTPUT), bool)
+# The options every stage command ends with: where the config comes from, and how results are shown.
+COMMON = [
+    _param("config", typer.Option(None, "--config", help="YAML file of config keys (flags override it).",
+                                  rich_help_panel=OUTPUT), str | None),
+    _param("sets", typer.Option(None, "--set", help="Override any config key: --set key=value (repeatable).",
+                                rich_help_panel=OUTPUT), list[str] | None),
+    _param("json_", typer.Option(False, "--json", help=JSON_HELP, rich_help_panel=OUTPUT), bool),
+    QUIET,
+]
+Json = Annotated[bool, typer.Option("--json", help=JSON_HELP, rich_help_panel=OUTPUT)]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.", rich_help_panel=OUTPUT)]
 NOT_CONFIG = ("config", "sets", "json_", "quiet")
 
 
@@ -100,12 +69,12 @@ def _flags(local: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in local.items() if k not in NOT_CONFIG and v is not None}
 
 
-def _stage(name: str, cls: type, local: dict[str, Any]) -> None:
+def _stage(name: str, local: dict[str, Any]) -> None:
     from nlptl import config as cfgmod
     from nlptl import console
 
     console.configure(quiet=local["quiet"], json_mode=local["json_"])
-    cfg = cfgmod.resolve(cls, config_file=local["config"], flags=_flags(local), sets=local["sets"])
+    cfg = cfgmod.resolve(STAGE_CONFIGS[name], config_file=local["config"], flags=_flags(local), sets=local["sets"])
     console.header(name, cfgmod.to_dict(cfg))
     module = __import__(f"nlptl.stages.{name}", fromlist=["run"])
     result = module.run(cfg)
@@ -117,130 +86,49 @@ def _stage(name: str, cls: type, local: dict[str, Any]) -> None:
         console.results(f"{name} results", {k: v for k, v in result.items() if k not in ("config", "lineage")})
 
 
-# --------------------------------------------------------------------------- commands
+def stage_command(name: str, doc: str, params: list[inspect.Parameter], body=None) -> None:
+    """Register `nlptl NAME` with `params` as its options; it runs `body(given)`, by default the stage."""
+
+    def command(**given: Any) -> None:
+        (body or (lambda given: _stage(name, given)))(given)
+
+    command.__name__, command.__doc__ = name, doc
+    command.__signature__ = inspect.Signature(params)
+    app.command(name=name)(command)
 
 
-@app.command(no_args_is_help=False)
-def pretrain(
-    arch: Annotated[str | None, _o("--arch", cls=PretrainConfig)] = None,
-    size: Annotated[str | None, _o("--size", cls=PretrainConfig)] = None,
-    corpus: Corpus = None,
-    from_model: Annotated[str | None, _o("--from", cls=PretrainConfig, key="from_model")] = None,
-    out: Out = None,
-    vocab_size: Annotated[int | None, _o("--vocab-size", cls=PretrainConfig)] = None,
-    objective: Objective = None,
-    block_size: BlockSize = None,
-    validation_percentage: ValPct = None,
-    text_column: TextColumn = None,
-    mlm_probability: MlmProb = None,
-    whole_word_mask: WholeWord = None,
-    max_steps: MaxSteps = None, epochs: Epochs = None, batch_size: BatchSize = None, grad_accum: GradAccum = None,
-    lr: Lr = None, warmup_ratio: WarmupRatio = None, weight_decay: WeightDecay = None, seed: Seed = None,
-    eval_every: EvalEvery = None, precision: Precision = None, compile: Compile = None, schedule: Schedule = None,
-    discriminative_lr: DiscLr = None, gradual_unfreeze: Unfreeze = None, unfreeze_every: UnfreezeEvery = None,
-    save_every: SaveEvery = None, keep_last: KeepLast = None, resume: Resume = None, resume_from: ResumeFrom = None,
-    overwrite: Overwrite = None, report_to: ReportTo = None, push_to_hub: PushToHub = None, hub_private: HubPrivate = None,
-    config: ConfigFile = None, sets: Sets = None, json_: Json = False, quiet: Quiet = False,
-) -> None:
-    """Stage 1: train a general language model from scratch (--corpus), or take a checkpoint (--from)."""
-    _stage("pretrain", PretrainConfig, locals())
-
-
-@app.command()
-def adapt(
-    corpus: Corpus = None,
-    from_model: Annotated[str | None, _o("--from", cls=AdaptConfig, key="from_model")] = None,
-    out: Out = None,
-    objective: Objective = None,
-    block_size: BlockSize = None,
-    validation_percentage: ValPct = None,
-    mlm_probability: MlmProb = None,
-    whole_word_mask: WholeWord = None,
-    text_column: TextColumn = None,
-    train_file: LMTrain = None,
-    max_steps: MaxSteps = None, epochs: Epochs = None, batch_size: BatchSize = None, grad_accum: GradAccum = None,
-    lr: Lr = None, warmup_ratio: WarmupRatio = None, weight_decay: WeightDecay = None, seed: Seed = None,
-    eval_every: EvalEvery = None, precision: Precision = None, compile: Compile = None, schedule: Schedule = None,
-    discriminative_lr: DiscLr = None, gradual_unfreeze: Unfreeze = None, unfreeze_every: UnfreezeEvery = None,
-    save_every: SaveEvery = None, keep_last: KeepLast = None, resume: Resume = None, resume_from: ResumeFrom = None,
-    lora: Lora = None, lora_r: LoraR = None, lora_alpha: LoraAlpha = None, lora_dropout: LoraDropout = None,
-    lora_targets: LoraTargets = None, merge: Merge = None,
-    overwrite: Overwrite = None, report_to: ReportTo = None, push_to_hub: PushToHub = None, hub_private: HubPrivate = None,
-    config: ConfigFile = None, sets: Sets = None, json_: Json = False, quiet: Quiet = False,
-) -> None:
-    """Stage 2: adapt a language model to domain text (MLM for encoders, CLM for decoders)."""
-    _stage("adapt", AdaptConfig, locals())
-
-
-@app.command()
-def finetune(
-    task: Annotated[str | None, _o("--task", cls=FinetuneConfig, panel=DATA)] = None,
-    from_model: Annotated[str | None, _o("--from", cls=FinetuneConfig, key="from_model")] = None,
-    train_file: Annotated[str | None, _o("--train", cls=FinetuneConfig, key="train_file", panel=DATA)] = None,
-    eval_file: Annotated[str | None, _o("--eval", cls=FinetuneConfig, key="eval_file", panel=DATA)] = None,
-    text_column: Annotated[str | None, _o("--text-column", cls=FinetuneConfig, panel=DATA)] = None,
-    label_column: Annotated[str | None, _o("--label-column", cls=FinetuneConfig, panel=DATA)] = None,
-    max_length: Annotated[int | None, _o("--max-length", cls=FinetuneConfig, panel=DATA)] = None,
-    pooling: Annotated[str | None, _o("--pooling", cls=FinetuneConfig)] = None,
-    n_labels: Annotated[str | None, _o("--n-labels", cls=FinetuneConfig, panel="Learning curve")] = None,
-    seeds: Annotated[int | None, _o("--seeds", cls=FinetuneConfig, panel="Learning curve")] = None,
-    compare: Annotated[list[str] | None, _o("--compare", cls=FinetuneConfig, panel="Learning curve")] = None,
-    out: Out = None,
-    max_steps: MaxSteps = None, epochs: Epochs = None, batch_size: BatchSize = None, grad_accum: GradAccum = None,
-    lr: Lr = None, warmup_ratio: WarmupRatio = None, weight_decay: WeightDecay = None, seed: Seed = None,
-    eval_every: EvalEvery = None, precision: Precision = None, compile: Compile = None, schedule: Schedule = None,
-    discriminative_lr: DiscLr = None, gradual_unfreeze: Unfreeze = None, unfreeze_every: UnfreezeEvery = None,
-    save_every: SaveEvery = None, keep_last: KeepLast = None, resume: Resume = None, resume_from: ResumeFrom = None,
-    lora: Lora = None, lora_r: LoraR = None, lora_alpha: LoraAlpha = None, lora_dropout: LoraDropout = None,
-    lora_targets: LoraTargets = None, merge: Merge = None,
-    overwrite: Overwrite = None, report_to: ReportTo = None, push_to_hub: PushToHub = None, hub_private: HubPrivate = None,
-    config: ConfigFile = None, sets: Sets = None, json_: Json = False, quiet: Quiet = False,
-) -> None:
-    """Stage 3: fine-tune a classifier on labelled data; keeps the best checkpoint on --eval."""
-    _stage("finetune", FinetuneConfig, locals())
-
-
-@app.command()
-def evaluate(
-    data: Annotated[str | None, _o("--data", cls=EvaluateConfig, panel=DATA)] = None,
-    model: Annotated[str | None, _o("--model", cls=EvaluateConfig)] = None,
-    text_column: Annotated[str | None, _o("--text-column", cls=EvaluateConfig, panel=DATA)] = None,
-    label_column: Annotated[str | None, _o("--label-column", cls=EvaluateConfig, panel=DATA)] = None,
-    batch_size: Annotated[int | None, _o("--batch-size", cls=EvaluateConfig)] = None,
-    max_length: Annotated[int | None, _o("--max-length", cls=EvaluateConfig)] = None,
-    block_size: Annotated[int | None, _o("--block-size", cls=EvaluateConfig)] = None,
-    seed: Annotated[int | None, _o("--seed", cls=EvaluateConfig)] = None,
-    config: ConfigFile = None, sets: Sets = None, json_: Json = False, quiet: Quiet = False,
-) -> None:
-    """Accuracy and macro-F1 of a classifier on a labelled file, or perplexity of a language model."""
-    _stage("evaluate", EvaluateConfig, locals())
-
-
-@app.command()
-def predict(
-    texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify.", show_default=False)] = None,
-    model: Annotated[str | None, _o("--model", cls=PredictConfig)] = None,
-    input: Annotated[str | None, _o("--input", "-i", cls=PredictConfig)] = None,
-    batch_size: Annotated[int | None, _o("--batch-size", cls=PredictConfig)] = None,
-    max_length: Annotated[int | None, _o("--max-length", cls=PredictConfig)] = None,
-    json_: Annotated[bool, typer.Option("--json", help="JSON Lines on stdout: one object per text.")] = False,
-    quiet: Quiet = False,
-) -> None:
-    """Labels with scores for texts (arguments, --input FILE, or --input - for stdin)."""
+def _predict(given: dict[str, Any]) -> None:
     from nlptl import config as cfgmod
     from nlptl import console
     from nlptl.stages import predict as stage
 
-    console.configure(quiet=quiet, json_mode=json_)
-    flags = _flags({"texts": texts or None, "model": model, "input": input, "batch_size": batch_size,
-                    "max_length": max_length})
-    rows = stage.run(cfgmod.resolve(PredictConfig, flags=flags))
-    if json_:
+    console.configure(quiet=given["quiet"], json_mode=given["json_"])
+    flags = _flags({**given, "texts": given["texts"] or None})
+    rows = stage.run(cfgmod.resolve(STAGE_CONFIGS["predict"], flags=flags))
+    if given["json_"]:
         for row in rows:
             console.emit_json(row)
     else:
         console.table("predictions", ["label", "score", "text"],
                       [[r["label"], r["score"], r["text"][:80]] for r in rows], stdout=True)
+
+
+# --------------------------------------------------------------------------- commands
+
+stage_command("pretrain", "Stage 1: train a general language model from scratch (--corpus), or take a checkpoint "
+              "(--from).", _options("pretrain") + COMMON)
+stage_command("adapt", "Stage 2: adapt a language model to domain text (MLM for encoders, CLM for decoders).",
+              _options("adapt") + COMMON)
+stage_command("finetune", "Stage 3: fine-tune a classifier on labelled data; keeps the best checkpoint on --eval.",
+              _options("finetune") + COMMON)
+stage_command("evaluate", "Accuracy and macro-F1 of a classifier on a labelled file, or perplexity of a language "
+              "model.", _options("evaluate") + COMMON)
+stage_command("predict", "Labels with scores for texts (arguments, --input FILE, or --input - for stdin).", [
+    _param("texts", typer.Argument(None, help="Texts to classify.", show_default=False), list[str] | None),
+    *_options("predict"),
+    _param("json_", typer.Option(False, "--json", help="JSON Lines on stdout: one object per text."), bool),
+    QUIET,
+], _predict)
 
 
 @app.command()
@@ -298,7 +186,8 @@ def report(
 @app.command()
 def corpora(json_: Json = False) -> None:
     """List the corpus names --corpus accepts."""
-    from nlptl import console, registry
+    from nlptl import console
+    from nlptl.data import registry
 
     console.configure(json_mode=json_)
     table = registry.corpora()
@@ -312,7 +201,8 @@ def corpora(json_: Json = False) -> None:
 @app.command()
 def tasks(json_: Json = False) -> None:
     """List the task names --task accepts."""
-    from nlptl import console, registry
+    from nlptl import console
+    from nlptl.data import registry
 
     console.configure(json_mode=json_)
     table = registry.tasks()
@@ -360,49 +250,50 @@ def _main(
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; known errors become one line on stderr and an exit code, never a traceback
     (set NLPTL_DEBUG=1 to see it)."""
+    from nlptl import console
+
+    # What the user typed: run records and resume hints quote it (a stage called from Python has none).
+    console.set_command_line(sys.argv[1:] if argv is None else argv)
+    try:
+        # Not standalone: typer returns the code of an Exit (--help, --version, Ctrl-C is 130) instead of raising it.
+        code = app(args=argv, prog_name="nlptl", standalone_mode=False)
+        if code == 130:
+            raise KeyboardInterrupt
+    except (Exception, KeyboardInterrupt) as e:
+        code = _failure(e)
+    finally:
+        console.set_command_line(None)
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
+def _failure(e: BaseException) -> int:
+    """The exit code of a command that raised `e`, after its one line on stderr."""
+    from nlptl import console
     from nlptl.errors import NlptlError
 
     try:  # typer >= 0.2x raises the exceptions of its own vendored copy of click
         from typer._click import exceptions as click_exc
     except ImportError:  # older typer: plain click
         from click import exceptions as click_exc
-    Exit, Abort = typer.Exit, typer.Abort
 
-    debug = os.environ.get("NLPTL_DEBUG", "") not in ("", "0")
-    try:
-        # Not standalone: typer returns the code of an Exit (--help, --version, Ctrl-C is 130) instead of raising it.
-        code = app(args=argv, prog_name="nlptl", standalone_mode=False)
-        if code == 130:
-            raise KeyboardInterrupt
-        if isinstance(code, int) and code:
-            sys.exit(code)
-    except Exit as e:
-        sys.exit(e.exit_code)
-    except click_exc.NoArgsIsHelpError as e:  # `nlptl` alone: the help, as click does it
+    if isinstance(e, typer.Exit):
+        return e.exit_code
+    if isinstance(e, click_exc.NoArgsIsHelpError):  # `nlptl` alone: the help, as click does it
         print(e.ctx.get_help(), file=sys.stderr)
-        sys.exit(2)
-    except click_exc.UsageError as e:
-        from nlptl import console
-
+        return 2
+    if isinstance(e, click_exc.UsageError):
         cmd = e.ctx.command_path if e.ctx else "nlptl"
         console.error(f"{' '.join(e.format_message().split())} (see '{cmd} --help')")
-        sys.exit(2)
-    except (KeyboardInterrupt, Abort):
-        from nlptl import console
-
+        return 2
+    if isinstance(e, KeyboardInterrupt | typer.Abort):
         console.error("interrupted")
-        sys.exit(130)
-    except NlptlError as e:
-        if debug:
-            raise
-        from nlptl import console
-
+        return 130
+    if os.environ.get("NLPTL_DEBUG", "") not in ("", "0"):
+        raise e
+    if isinstance(e, NlptlError):
         console.error(str(e))
-        sys.exit(e.exit_code)
-    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, not a traceback
-        if debug:
-            raise
-        from nlptl import console
-
-        console.error(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (set NLPTL_DEBUG=1 for the traceback)")
-        sys.exit(1)
+        return e.exit_code
+    # The last line of defence: one line, not a traceback.
+    console.error(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (set NLPTL_DEBUG=1 for the traceback)")
+    return 1

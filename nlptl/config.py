@@ -31,8 +31,28 @@ REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 ALIASES = {"from": "from_model", "train": "train_file", "eval": "eval_file"}
 
 
-def opt(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+# Panels of a command's --help (rich help only); a field's panel is "Training" unless it says otherwise.
+TRAINING, DATA, OUTPUT, LORA, CURVE = "Training", "Data", "Output", "LoRA (parameter-efficient)", "Learning curve"
+
+
+def opt(default: Any, help: str, *, panel: str = TRAINING, short: str | None = None, negatable: bool = False,
+        choices: tuple[str, ...] | None = None) -> Any:
+    """A config field, declared once: its default, its help, the values it accepts (`choices`, checked
+    after resolution) and how its flag looks (`short`: a one-letter alias; `negatable`: a boolean that
+    also has --no-NAME). The command line (cli.py) and the model card (card.py) are built from these."""
+    return field(default=default, metadata={"help": help, "panel": panel, "short": short, "negatable": negatable,
+                                            "choices": choices})
+
+
+def many(help: str, *, panel: str = TRAINING) -> Any:
+    """A list field (a repeatable flag), empty by default."""
+    return field(default_factory=list, metadata={"help": help, "panel": panel, "short": None, "negatable": False,
+                                                 "choices": None})
+
+
+def again(cls: type, name: str, default: Any) -> Any:
+    """`cls`'s field `name` with another default (its help and flag stay)."""
+    return field(default=default, metadata=cls.__dataclass_fields__[name].metadata)
 
 
 def flag_name(key: str) -> str:
@@ -43,8 +63,8 @@ def flag_name(key: str) -> str:
 class TrainConfig:
     """Options every training stage shares; the loop in train.py reads only these."""
 
-    out: str | None = opt(None, "Output run directory (default: a new directory under $NLPTL_HOME, default ./runs).")
-    overwrite: bool = opt(False, "Replace an --out directory that already holds a run.")
+    out: str | None = opt(None, "Output run directory (default: a new directory under $NLPTL_HOME, default ./runs).", panel=OUTPUT, short="-o")
+    overwrite: bool = opt(False, "Replace an --out directory that already holds a run.", panel=OUTPUT)
     max_steps: int | None = opt(None, "Stop after this many optimizer steps (overrides --epochs).")
     epochs: float = opt(1.0, "Passes over the training data.")
     batch_size: int = opt(16, "Examples (or blocks) per step per process; global batch = batch x processes x grad-accum.")
@@ -56,28 +76,28 @@ class TrainConfig:
     seed: int = opt(42, "Random seed (data order, initialisation, masking).")
     eval_every: int | None = opt(None, "Evaluate every N steps (default: a few times per run for finetune, at the end for LM stages).")
     log_every: int = opt(10, "Log the training loss every N steps.")
-    precision: str = opt("auto", "auto (bf16 where the hardware has it, else fp32), fp32, bf16 or fp16.")
-    compile: bool = opt(False, "torch.compile the model for training (off by default: on a 2-core CPU the compile time "
-                               "outweighs the gain of short runs; see docs/performance.md).")
-    schedule: str = opt("linear", "Learning-rate schedule: linear (warmup + decay), stlr (slanted triangular), one-cycle, cosine, constant.")
+    precision: str = opt("auto", "auto (bf16 where the hardware has it, else fp32), fp32, bf16 or fp16.", choices=PRECISIONS)
+    compile: bool = opt(False, "torch.compile the model for training (off by default: on a CPU the compile time "
+                               "can outweigh the gain of a short run; see docs/performance.md).", negatable=True)
+    schedule: str = opt("linear", "Learning-rate schedule: linear (warmup + decay), stlr (slanted triangular), one-cycle, cosine, constant.", choices=SCHEDULES)
     cut_frac: float = opt(0.1, "stlr: fraction of the steps spent increasing the learning rate (ULMFiT: 0.1).")
     stlr_ratio: float = opt(32.0, "stlr: how much smaller the lowest learning rate is than the peak (ULMFiT: 32).")
     discriminative_lr: float = opt(1.0, "Each layer group's learning rate is the one above divided by this factor; one group per transformer block, so it compounds: 1.1-1.2 suits transformers, ULMFiT's 2.6 starves the lower blocks (docs/results.md); 1 = off.")
-    gradual_unfreeze: bool = opt(False, "Train only the head first, then unfreeze one more layer group from the top each epoch.")
+    gradual_unfreeze: bool = opt(False, "Train only the head first, then unfreeze one more layer group from the top each epoch.", negatable=True)
     unfreeze_every: int | None = opt(None, "With --gradual-unfreeze: unfreeze a group every N steps (default: every epoch).")
-    save_every: int | None = opt(500, "Write a resumable checkpoint every N steps into OUT/checkpoints (0 = never).")
-    keep_last: int = opt(2, "Keep the last K checkpoints.")
-    resume: bool = opt(False, "Continue from the latest complete checkpoint in --out.")
-    resume_from: str | None = opt(None, "Continue from this checkpoint directory (OUT/checkpoints/step-NNNNNN).")
-    report_to: str = opt("none", "Also log the metrics to these trackers (comma-separated): tensorboard, mlflow, wandb, all or none; they write under OUT/logs.")
-    push_to_hub: str | None = opt(None, "Upload the finished run directory (model, tokenizer, model card) to this Hugging Face Hub repo (user/name).")
-    hub_private: bool = opt(False, "With --push-to-hub: create the repo private.")
-    lora: bool = opt(False, "Train LoRA adapters (peft) instead of all weights; the classifier head stays fully trainable. Needs `pip install nlptl[lora]`.")
-    lora_r: int = opt(8, "LoRA rank.")
-    lora_alpha: float = opt(16.0, "LoRA scaling numerator (the update is scaled by alpha / r).")
-    lora_dropout: float = opt(0.05, "Dropout on the LoRA branch.")
-    lora_targets: str | None = opt(None, "Comma-separated module names LoRA adapts (default by architecture: query,value for BERT/RoBERTa, q_lin,v_lin for DistilBERT, c_attn for GPT-2, q_proj,v_proj for Llama-style).")
-    merge: bool = opt(False, "With --lora: also write the merged model (loads without peft; usable as the next stage's --from).")
+    save_every: int | None = opt(500, "Write a resumable checkpoint every N steps into OUT/checkpoints (0 = never).", panel=OUTPUT)
+    keep_last: int = opt(2, "Keep the last K checkpoints.", panel=OUTPUT)
+    resume: bool = opt(False, "Continue from the latest complete checkpoint in --out.", panel=OUTPUT)
+    resume_from: str | None = opt(None, "Continue from this checkpoint directory (OUT/checkpoints/step-NNNNNN).", panel=OUTPUT)
+    report_to: str = opt("none", "Also log the metrics to these trackers (comma-separated): tensorboard, mlflow, wandb, all or none; they write under OUT/logs.", panel=OUTPUT)
+    push_to_hub: str | None = opt(None, "Upload the finished run directory (model, tokenizer, model card) to this Hugging Face Hub repo (user/name).", panel=OUTPUT)
+    hub_private: bool = opt(False, "With --push-to-hub: create the repo private.", panel=OUTPUT)
+    lora: bool = opt(False, "Train LoRA adapters (peft) instead of all weights; the classifier head stays fully trainable. Needs `pip install nlptl[lora]`.", panel=LORA)
+    lora_r: int = opt(8, "LoRA rank.", panel=LORA)
+    lora_alpha: float = opt(16.0, "LoRA scaling numerator (the update is scaled by alpha / r).", panel=LORA)
+    lora_dropout: float = opt(0.05, "Dropout on the LoRA branch.", panel=LORA)
+    lora_targets: str | None = opt(None, "Comma-separated module names LoRA adapts (default by architecture: query,value for BERT/RoBERTa, q_lin,v_lin for DistilBERT, c_attn for GPT-2, q_proj,v_proj for Llama-style).", panel=LORA)
+    merge: bool = opt(False, "With --lora: also write the merged model (loads without peft; usable as the next stage's --from).", panel=LORA)
 
     def __post_init__(self) -> None:
         positive(self, "epochs", "batch_size", "grad_accum", "lr", "log_every")
@@ -86,75 +106,68 @@ class TrainConfig:
             raise UsageError(f"--push-to-hub expects a repo id 'user-or-org/name' (got '{self.push_to_hub}')")
         if self.lora:
             positive(self, "lora_r", "lora_alpha")
-            if not 0 <= self.lora_dropout < 1:
-                raise UsageError(f"--lora-dropout must be in [0, 1) (got {self.lora_dropout})")
+            bounded(self, "lora_dropout", lambda v: 0 <= v < 1, "in [0, 1)")
         elif self.merge or self.lora_targets:
             raise UsageError(f"{'--merge' if self.merge else '--lora-targets'} needs --lora")
-        choice(self, "schedule", SCHEDULES)
-        if self.discriminative_lr < 1:
-            raise UsageError(f"--discriminative-lr must be >= 1 (got {self.discriminative_lr}); 1 turns it off")
-        if not 0 < self.cut_frac < 1:
-            raise UsageError(f"--cut-frac must be in (0, 1) (got {self.cut_frac})")
-        if self.stlr_ratio < 1:
-            raise UsageError(f"--stlr-ratio must be >= 1 (got {self.stlr_ratio})")
-        if self.save_every is not None and self.save_every < 0:
-            raise UsageError(f"--save-every must be >= 0 (got {self.save_every})")
+        choice(self, "schedule")
+        bounded(self, "discriminative_lr", lambda v: v >= 1, ">= 1", "; 1 turns it off")
+        bounded(self, "cut_frac", lambda v: 0 < v < 1, "in (0, 1)")
+        bounded(self, "stlr_ratio", lambda v: v >= 1, ">= 1")
+        bounded(self, "save_every", lambda v: v >= 0, ">= 0")
         positive(self, "keep_last")
-        if (self.resume or self.resume_from) and not self.out:
+        if self.resuming and not self.out:
             raise UsageError("--resume needs --out DIR: the run directory to continue")
-        if self.unfreeze_every is not None and self.unfreeze_every <= 0:
-            raise UsageError(f"--unfreeze-every must be a positive integer (got {self.unfreeze_every})")
-        if self.max_steps is not None and self.max_steps <= 0:
-            raise UsageError(f"--max-steps must be a positive integer (got {self.max_steps})")
-        if self.eval_every is not None and self.eval_every <= 0:
-            raise UsageError(f"--eval-every must be a positive integer (got {self.eval_every})")
-        if not 0 <= self.warmup_ratio < 1:
-            raise UsageError(f"--warmup-ratio must be in [0, 1) (got {self.warmup_ratio})")
+        for name in ("unfreeze_every", "max_steps", "eval_every"):
+            bounded(self, name, lambda v: v > 0, "a positive integer")
+        bounded(self, "warmup_ratio", lambda v: 0 <= v < 1, "in [0, 1)")
         if self.weight_decay < 0 or self.max_grad_norm < 0:
             raise UsageError("--weight-decay and --max-grad-norm must be >= 0")
-        choice(self, "precision", PRECISIONS)
+        choice(self, "precision")
+
+    @property
+    def resuming(self) -> bool:
+        """--resume or --resume-from: this run continues a checkpoint."""
+        return self.resume or bool(self.resume_from)
 
 
 @dataclass
 class LMConfig(TrainConfig):
     """Options of the language-modelling stages (pretrain with a corpus, adapt)."""
 
-    corpus: str | None = opt(None, "Corpus name (see `nlptl corpora`) or a .txt/.csv/.jsonl/.parquet file, directory or glob.")
-    text_column: str = opt("text", "Text column of .csv/.jsonl/.parquet corpora.")
-    objective: str = opt("auto", "auto (MLM for encoders, CLM for decoders), mlm or clm.")
-    block_size: int = opt(128, "Tokens per packed training block.")
-    validation_percentage: float = opt(5.0, "Percentage of the packed blocks held out (fixed, seeded) for perplexity.")
-    max_eval_blocks: int = opt(2000, "At most this many held-out blocks are scored.")
+    corpus: str | None = opt(None, "Corpus name (see `nlptl corpora`) or a .txt/.csv/.jsonl/.parquet file, directory or glob.", panel=DATA)
+    text_column: str = opt("text", "Text column of .csv/.jsonl/.parquet corpora.", panel=DATA)
+    objective: str = opt("auto", "auto (MLM for encoders, CLM for decoders), mlm or clm.", choices=OBJECTIVES)
+    block_size: int = opt(128, "Tokens per packed training block.", panel=DATA)
+    validation_percentage: float = opt(5.0, "Percentage of the packed blocks held out (fixed, seeded) for perplexity.", panel=DATA)
+    max_eval_blocks: int = opt(2000, "At most this many held-out blocks are scored.", panel=DATA)
     mlm_probability: float = opt(0.15, "Fraction of tokens (or words) masked for the MLM objective.")
-    whole_word_mask: bool = opt(False, "MLM: mask whole words (all their tokens), for any fast tokenizer.")
-    train_file: str | None = opt(None, "With --corpus task:NAME: the task's training file whose texts are the corpus.")
-    lr: float = opt(1e-4, TrainConfig.__dataclass_fields__["lr"].metadata["help"])
-    warmup_ratio: float = opt(0.05, TrainConfig.__dataclass_fields__["warmup_ratio"].metadata["help"])
+    whole_word_mask: bool = opt(False, "MLM: mask whole words (all their tokens), for any fast tokenizer.", negatable=True)
+    train_file: str | None = opt(None, "With --corpus task:NAME: the task's training file whose texts are the corpus.", panel=DATA)
+    lr: float = again(TrainConfig, "lr", 1e-4)
+    warmup_ratio: float = again(TrainConfig, "warmup_ratio", 0.05)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         positive(self, "block_size", "max_eval_blocks")
-        choice(self, "objective", OBJECTIVES)
-        if not 0 < self.validation_percentage < 50:
-            raise UsageError(f"--validation-percentage must be in (0, 50) (got {self.validation_percentage})")
-        if not 0 < self.mlm_probability < 1:
-            raise UsageError(f"--mlm-probability must be in (0, 1) (got {self.mlm_probability})")
+        choice(self, "objective")
+        bounded(self, "validation_percentage", lambda v: 0 < v < 50, "in (0, 50)")
+        bounded(self, "mlm_probability", lambda v: 0 < v < 1, "in (0, 1)")
 
 
 @dataclass
 class PretrainConfig(LMConfig):
     """`nlptl pretrain`: a general language model, trained from scratch or taken from a checkpoint."""
 
-    arch: str = opt("gpt", "Model family for training from scratch: gpt (causal LM) or bert (masked LM).")
-    size: str = opt("tiny", "Model size preset: tiny (2x64), mini (4x256), small (6x512), base (12x768).")
+    arch: str = opt("gpt", "Model family for training from scratch: gpt (causal LM) or bert (masked LM).", choices=ARCHS)
+    size: str = opt("tiny", "Model size preset: tiny (2x64), mini (4x256), small (6x512), base (12x768).", choices=SIZES)
     vocab_size: int | None = opt(None, "Tokenizer vocabulary size (default by size: 4k tiny, 8k mini, 16k small, 32k base).")
     from_model: str | None = opt(None, "Take this existing general checkpoint (hub id or local dir) instead of training from scratch.")
-    lr: float = opt(5e-4, TrainConfig.__dataclass_fields__["lr"].metadata["help"])
+    lr: float = again(TrainConfig, "lr", 5e-4)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        choice(self, "arch", ARCHS)
-        choice(self, "size", SIZES)
+        choice(self, "arch")
+        choice(self, "size")
         if self.vocab_size is not None and self.vocab_size < 64:
             raise UsageError(f"--vocab-size must be at least 64 (got {self.vocab_size})")
         if self.from_model is None and self.corpus is None:
@@ -166,7 +179,7 @@ class AdaptConfig(LMConfig):
     """`nlptl adapt`: continue a language model on domain (or task) text."""
 
     from_model: str | None = opt(None, "Language model to adapt: run dir, local checkpoint or hub id (default: latest pretrain run).")
-    corpus: str | None = opt(None, "Domain corpus: a name (see `nlptl corpora`), task:NAME, or a file/dir/glob.")
+    corpus: str | None = opt(None, "Domain corpus: a name (see `nlptl corpora`), task:NAME, or a file/dir/glob.", panel=DATA)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -179,29 +192,28 @@ class FinetuneConfig(TrainConfig):
     """`nlptl finetune`: a sequence classifier on top of the (adapted) language model."""
 
     from_model: str | None = opt(None, "Model to fine-tune: run dir, local checkpoint or hub id (default: latest adapt, else pretrain run).")
-    task: str = opt("sentiment", "Task name (see `nlptl tasks`): sentiment, or classification with --train.")
-    train_file: str | None = opt(None, "Labelled training file (.csv/.jsonl/.parquet/.tsv).")
-    eval_file: str | None = opt(None, "Labelled evaluation file for model selection (default: a seeded slice of --train).")
-    text_column: str = opt("text", "Text column.")
-    label_column: str = opt("label", "Label column.")
-    max_length: int | None = opt(None, "Truncate texts to this many tokens (default: min(256, model positions)).")
-    eval_fraction: float = opt(0.1, "Without --eval: fraction of the training data held out for model selection.")
-    n_labels: str | None = opt(None, "Learning curve: train on these numbers of labels, e.g. 100,500,1000,all (stratified subsets, fixed by seed).")
-    seeds: int = opt(1, "Learning curve: repeat each point with this many seeds (seed, seed+1, ...); reports mean and std.")
-    compare: list[str] = field(default_factory=list, metadata={"help": "Learning curve: more models to compare with --from (repeatable)."})
-    pooling: str = opt("auto", "Classifier pooling: cls, mean, last (token), concat ([last, max, mean], ULMFiT); auto = cls for encoders, last for decoders.")
-    batch_size: int = opt(32, TrainConfig.__dataclass_fields__["batch_size"].metadata["help"])
-    epochs: float = opt(3.0, TrainConfig.__dataclass_fields__["epochs"].metadata["help"])
-    lr: float = opt(1e-4, TrainConfig.__dataclass_fields__["lr"].metadata["help"])
-    warmup_ratio: float = opt(0.1, TrainConfig.__dataclass_fields__["warmup_ratio"].metadata["help"])
+    task: str = opt("sentiment", "Task name (see `nlptl tasks`): sentiment, or classification with --train.", panel=DATA)
+    train_file: str | None = opt(None, "Labelled training file (.csv/.jsonl/.parquet/.tsv).", panel=DATA)
+    eval_file: str | None = opt(None, "Labelled evaluation file for model selection (default: a seeded slice of --train).", panel=DATA)
+    text_column: str = opt("text", "Text column.", panel=DATA)
+    label_column: str = opt("label", "Label column.", panel=DATA)
+    max_length: int | None = opt(None, "Truncate texts to this many tokens (default: min(256, model positions)).", panel=DATA)
+    eval_fraction: float = opt(0.1, "Without --eval: fraction of the training data held out for model selection.", panel=DATA)
+    n_labels: str | None = opt(None, "Learning curve: train on these numbers of labels, e.g. 100,500,1000,all (stratified subsets, fixed by seed).", panel=CURVE)
+    seeds: int = opt(1, "Learning curve: repeat each point with this many seeds (seed, seed+1, ...); reports mean and std.", panel=CURVE)
+    compare: list[str] = many("Learning curve: more models to compare with --from (repeatable).", panel=CURVE)
+    pooling: str = opt("auto", "Classifier pooling: cls, mean, last (token), concat ([last, max, mean], ULMFiT); auto = cls for encoders, last for decoders.", choices=POOLINGS)
+    batch_size: int = again(TrainConfig, "batch_size", 32)
+    epochs: float = again(TrainConfig, "epochs", 3.0)
+    lr: float = again(TrainConfig, "lr", 1e-4)
+    warmup_ratio: float = again(TrainConfig, "warmup_ratio", 0.1)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.max_length is not None and self.max_length < 2:
             raise UsageError(f"--max-length must be at least 2 (got {self.max_length})")
-        if not 0 < self.eval_fraction < 1:
-            raise UsageError(f"--eval-fraction must be in (0, 1) (got {self.eval_fraction})")
-        choice(self, "pooling", POOLINGS)
+        bounded(self, "eval_fraction", lambda v: 0 < v < 1, "in (0, 1)")
+        choice(self, "pooling")
         positive(self, "seeds")
         if self.learning_curve and self.push_to_hub:
             raise UsageError("--push-to-hub uploads a model; a learning curve (--n-labels, --seeds, --compare) keeps "
@@ -235,9 +247,9 @@ class EvaluateConfig:
     """`nlptl evaluate`: accuracy/F1 of a classifier, or perplexity of a language model."""
 
     model: str | None = opt(None, "Run dir or checkpoint to evaluate (default: latest finetune run).")
-    data: str | None = opt(None, "Labelled file (classifier) or text corpus (language model); task:NAME for a task's test file.")
-    text_column: str = opt("text", "Text column.")
-    label_column: str = opt("label", "Label column (classifiers).")
+    data: str | None = opt(None, "Labelled file (classifier) or text corpus (language model); task:NAME for a task's test file.", panel=DATA)
+    text_column: str = opt("text", "Text column.", panel=DATA)
+    label_column: str = opt("label", "Label column (classifiers).", panel=DATA)
     batch_size: int = opt(32, "Examples per batch.")
     max_length: int | None = opt(None, "Truncate texts to this many tokens (default: the length the classifier was trained with).")
     block_size: int | None = opt(None, "LM block size (default: the one the model was trained with).")
@@ -255,8 +267,8 @@ class PredictConfig:
     """`nlptl predict`: labels with scores for texts."""
 
     model: str | None = opt(None, "Classifier run dir or checkpoint (default: latest finetune run).")
-    texts: list[str] = field(default_factory=list, metadata={"help": "Texts to classify."})
-    input: str | None = opt(None, "File of texts, one per line, or - for standard input.")
+    texts: list[str] = many("Texts to classify.")
+    input: str | None = opt(None, "File of texts, one per line, or - for standard input.", short="-i")
     batch_size: int = opt(32, "Texts per batch.")
     max_length: int | None = opt(None, "Truncate texts to this many tokens (default: the length the classifier was trained with).")
 
@@ -269,9 +281,8 @@ class RunConfig:
     """`nlptl run`: the stages of a recipe file, each run, resumed or reused."""
 
     recipe: str = opt("", "Recipe YAML: out: (root directory), defaults: (shared keys), stages: (a list of stages).")
-    sets: list[str] = field(default_factory=list, metadata={
-        "help": "Override a key: --set NAME.key=value for one stage, --set key=value for every stage that has it, "
-                "--set out=DIR for the root (repeatable)."})
+    sets: list[str] = many("Override a key: --set NAME.key=value for one stage, --set key=value for every stage "
+                           "that has it, --set out=DIR for the root (repeatable).")
     dry_run: bool = opt(False, "Show the plan (each stage: run, reuse or resume; from; out; why) and stop.")
 
 
@@ -294,6 +305,49 @@ STAGE_CONFIGS: dict[str, type] = {
     "predict": PredictConfig,
 }
 
+# The flags of each command, in --help order: these fields are on the command line, the others are set
+# with --config FILE or --set key=value. Name, type, default and help come from the fields themselves.
+TRAINING_FLAGS = ("max_steps", "epochs", "batch_size", "grad_accum", "lr", "warmup_ratio", "weight_decay", "seed",
+                  "eval_every", "precision", "compile", "schedule", "discriminative_lr", "gradual_unfreeze",
+                  "unfreeze_every", "save_every", "keep_last", "resume", "resume_from")
+LORA_FLAGS = ("lora", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "merge")
+OUTPUT_FLAGS = ("overwrite", "report_to", "push_to_hub", "hub_private")
+COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
+    "pretrain": ("arch", "size", "corpus", "from_model", "out", "vocab_size", "objective", "block_size",
+                 "validation_percentage", "text_column", "mlm_probability", "whole_word_mask",
+                 *TRAINING_FLAGS, *OUTPUT_FLAGS),
+    "adapt": ("corpus", "from_model", "out", "objective", "block_size", "validation_percentage", "mlm_probability",
+              "whole_word_mask", "text_column", "train_file", *TRAINING_FLAGS, *LORA_FLAGS, *OUTPUT_FLAGS),
+    "finetune": ("task", "from_model", "train_file", "eval_file", "text_column", "label_column", "max_length",
+                 "pooling", "n_labels", "seeds", "compare", "out", *TRAINING_FLAGS, *LORA_FLAGS, *OUTPUT_FLAGS),
+    "evaluate": ("data", "model", "text_column", "label_column", "batch_size", "max_length", "block_size", "seed"),
+    "predict": ("model", "input", "batch_size", "max_length"),
+}
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How a config field looks on the command line."""
+
+    key: str  # the field
+    names: tuple[str, ...]  # ("--out", "-o"): the first is the one messages and the model card use
+    negative: str | None  # "--no-compile" for a negatable boolean
+    kind: str  # the field's type: bool, int, float, str or list
+    help: str
+    panel: str
+
+
+def flags(stage: str) -> dict[str, Flag]:
+    """The flags of `nlptl STAGE`, by field name, in --help order."""
+    fields = STAGE_CONFIGS[stage].__dataclass_fields__
+    out = {}
+    for key in COMMAND_FLAGS[stage]:
+        meta, name = fields[key].metadata, flag_name(key)
+        kind = str(fields[key].type).split(" ")[0].split("[")[0]
+        out[key] = Flag(key, (name, meta["short"]) if meta["short"] else (name,),
+                        "--no-" + name[2:] if meta["negatable"] else None, kind, meta["help"], meta["panel"])
+    return out
+
 
 def positive(cfg: Any, *names: str) -> None:
     for name in names:
@@ -302,7 +356,16 @@ def positive(cfg: Any, *names: str) -> None:
             raise UsageError(f"{flag_name(name)} must be positive (got {value})")
 
 
-def choice(cfg: Any, name: str, choices: tuple[str, ...]) -> None:
+def bounded(cfg: Any, name: str, ok: Any, must: str, hint: str = "") -> None:
+    """A range check that names the flag: `ok(value)` must hold unless the value is None."""
+    value = getattr(cfg, name)
+    if value is not None and not ok(value):
+        raise UsageError(f"{flag_name(name)} must be {must} (got {value}){hint}")
+
+
+def choice(cfg: Any, name: str) -> None:
+    """The field's value must be one of the choices its declaration lists."""
+    choices = cfg.__dataclass_fields__[name].metadata["choices"]
     value = getattr(cfg, name)
     if value not in choices:
         raise UsageError(

@@ -16,7 +16,6 @@ from collections.abc import Callable
 
 log = logging.getLogger("nlptl")
 
-SCHEDULES = ("linear", "stlr", "one-cycle", "cosine", "constant")
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "ln_", "norm.weight", "layernorm.weight")
 EMBEDDING_HINTS = ("embed", "wte", "wpe", "word_embeddings", "position_embeddings", "shared")
 
@@ -80,9 +79,9 @@ def param_groups(model, lr: float, weight_decay: float, discriminative_lr: float
 
 def build_optimizer(model, lr: float, weight_decay: float, discriminative_lr: float = 1.0, fused: bool | None = None):
     """AdamW over `param_groups`. `fused` (default: where every parameter is on a CPU or CUDA device)
-    runs one kernel over all tensors: on the 2-core CPU it measured ~0.05 s per update of a 28M-parameter
-    GPT against ~0.35 s for the per-tensor loop, about 12% of a training step (the Trainer's default
-    optimizer, adamw_torch_fused, does the same)."""
+    runs one kernel over all tensors: on a 2-core CPU it measured ~0.05 s per update of a 28M-parameter
+    GPT against ~0.35 s for the per-tensor loop, about 12% of a training step (docs/performance.md; the
+    Trainer's default optimizer, adamw_torch_fused, does the same)."""
     import torch
 
     if fused is None:
@@ -163,10 +162,3 @@ class GradualUnfreezing:
             if g.get("layer_group", 0) < self.trainable_from:
                 for p in g["params"]:
                     p.grad = None
-
-    def n_trainable(self) -> int:
-        return sum(p.numel() for g in self.optimizer.param_groups if g.get("layer_group", 0) >= self.trainable_from
-                   for p in g["params"])
-
-    def state_dict(self) -> dict:
-        return {"trainable_from": self.trainable_from, "every": self.every}

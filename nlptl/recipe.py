@@ -124,10 +124,45 @@ def _shared(data: dict, where: str, kinds: list[str]) -> None:
 
 def load(path: str, sets: list[str] | None = None) -> Plan:
     """Read and resolve a recipe; every stage's config is checked here, before anything runs."""
+    where = f"recipe {path}"
+    stages, defaults, out = _read(path, where)
+    names, kinds = _names(stages, where)
+    top, every, per = _split_sets(sets, names, where)
+    _check_managed(defaults, f"{where}, defaults:")
+    _check_managed(every, "--set")
+    _shared(defaults, f"defaults: of {where}", kinds)
+    _shared(every, "--set", kinds)
+    root = Path(str(top.get("out") or out or runs_root() / Path(path).stem))
+    steps: list[Step] = []
+    model_out: str | None = None  # the directory the next stage starts from
+    for s, name, kind in zip(stages, names, kinds, strict=True):
+        own = {k: v for k, v in s.items() if k not in ("name", "stage")}
+        label = f"stage '{name}' ({kind})"
+        _check_managed(own, label)
+        _check_managed(per[name], f"--set {name}.*")
+        shared = _fields(kind) - {"seed"} if kind == "evaluate" else _fields(kind)  # evaluate's seed picks MLM masks
+        layers = [
+            (_chained(kind, root / name, model_out), label),
+            ({k: v for k, v in defaults.items() if _key(k) in shared}, f"defaults: of {where}"),
+            (own, f"{label} of {path}"),
+            ({k: v for k, v in every.items() if _key(k) in shared}, "--set"),
+            (per[name], f"--set {name}.*"),
+        ]
+        try:
+            cfg = resolve(STAGE_CONFIGS[kind], layers=layers)
+        except UsageError as e:
+            raise UsageError(str(e) if f"stage '{name}'" in str(e) else f"{label}: {e}") from None
+        steps.append(_step(name, kind, cfg, label, steps))
+        if steps[-1].out is not None:
+            model_out = str(steps[-1].out)
+    return Plan(path, root, steps)
+
+
+def _read(path: str, where: str) -> tuple[list[dict], dict, Any]:
+    """The recipe file's stages, defaults and out, checked for shape."""
     if not Path(path).is_file():
         raise UsageError(f"recipe {path}: no such file")
     data = load_yaml(path)
-    where = f"recipe {path}"
     for k in data:
         if k not in TOP_KEYS:
             raise UsageError(f"{where}: unknown top-level key '{k}'{did_you_mean(str(k), TOP_KEYS)}; a recipe has "
@@ -139,7 +174,11 @@ def load(path: str, sets: list[str] | None = None) -> Plan:
     defaults = data.get("defaults") or {}
     if not isinstance(defaults, dict):
         raise UsageError(f"{where}: defaults: must be a mapping of key: value")
+    return stages, defaults, data.get("out")
 
+
+def _names(stages: list[dict], where: str) -> tuple[list[str], list[str]]:
+    """Each stage's name (unique; its kind by default) and kind."""
     names, kinds = [], []
     for i, s in enumerate(stages, 1):
         kind = s.get("stage")
@@ -153,56 +192,29 @@ def load(path: str, sets: list[str] | None = None) -> Plan:
             raise UsageError(f"{where}: two stages are named '{name}'; give each stage its own name:")
         names.append(name)
         kinds.append(kind)
+    return names, kinds
 
-    top, every, per = _split_sets(sets, names, where)
-    _check_managed(defaults, f"{where}, defaults:")
-    _check_managed(every, "--set")
-    _shared(defaults, f"defaults: of {where}", kinds)
-    _shared(every, "--set", kinds)
-    root = Path(str(top.get("out") or data.get("out") or runs_root() / Path(path).stem))
 
-    steps: list[Step] = []
-    model_out: str | None = None  # the directory the next stage starts from
-    for s, name, kind in zip(stages, names, kinds, strict=True):
-        own = {k: v for k, v in s.items() if k not in ("name", "stage")}
-        label = f"stage '{name}' ({kind})"
-        _check_managed(own, label)
-        _check_managed(per[name], f"--set {name}.*")
-        fields = _fields(kind)
-        shared = fields - {"seed"} if kind == "evaluate" else fields  # evaluate's seed picks MLM masks, not training
-        chained: dict[str, Any] = {}
-        if kind == "evaluate":
-            if model_out:
-                chained["model"] = model_out
-        else:
-            chained["out"] = str(root / name)
-            if model_out:
-                chained["from_model"] = model_out
-        layers = [
-            (chained, label),
-            ({k: v for k, v in defaults.items() if _key(k) in shared}, f"defaults: of {where}"),
-            (own, f"{label} of {path}"),
-            ({k: v for k, v in every.items() if _key(k) in shared}, "--set"),
-            (per[name], f"--set {name}.*"),
-        ]
-        try:
-            cfg = resolve(STAGE_CONFIGS[kind], layers=layers)
-        except UsageError as e:
-            raise UsageError(str(e) if f"stage '{name}'" in str(e) else f"{label}: {e}") from None
-        source = cfg.model if kind == "evaluate" else cfg.from_model
-        if source is None and kind != "pretrain":
-            flag = "model" if kind == "evaluate" else "from"
-            raise UsageError(f"{label} has no earlier stage to start from; set {flag}: MODEL on it (a run directory, "
-                             "a checkpoint or a hub id)")
-        out = Path(cfg.out) if kind != "evaluate" else None
-        upstream = next((p.name for p in reversed(steps) if p.out and source and _same(p.out, source)), None)
-        for p in steps:
-            if out is not None and p.out is not None and _same(p.out, str(out)):
-                raise UsageError(f"{label} and stage '{p.name}' both write to {out}; give one of them another out:")
-        steps.append(Step(name, kind, cfg, out, source, upstream))
-        if out is not None:
-            model_out = str(out)
-    return Plan(path, root, steps)
+def _chained(kind: str, out: Path, model_out: str | None) -> dict[str, Any]:
+    """What a stage takes from its place in the chain: its out (under the root) and the model it starts from."""
+    if kind == "evaluate":
+        return {"model": model_out} if model_out else {}
+    return {"out": str(out), **({"from_model": model_out} if model_out else {})}
+
+
+def _step(name: str, kind: str, cfg: Any, label: str, steps: list[Step]) -> Step:
+    """The resolved stage, checked against the stages before it."""
+    source = cfg.model if kind == "evaluate" else cfg.from_model
+    if source is None and kind != "pretrain":
+        flag = "model" if kind == "evaluate" else "from"
+        raise UsageError(f"{label} has no earlier stage to start from; set {flag}: MODEL on it (a run directory, "
+                         "a checkpoint or a hub id)")
+    out = Path(cfg.out) if kind != "evaluate" else None
+    upstream = next((p.name for p in reversed(steps) if p.out and source and _same(p.out, source)), None)
+    for p in steps:
+        if out is not None and p.out is not None and _same(p.out, str(out)):
+            raise UsageError(f"{label} and stage '{p.name}' both write to {out}; give one of them another out:")
+    return Step(name, kind, cfg, out, source, upstream)
 
 
 def _same(a: Path, b: str) -> bool:
@@ -340,17 +352,19 @@ def decide(plan: Plan) -> Plan:
                 step.action, step.why = "reuse", f"finished {record.get('created', '')} with the same config and inputs"
             continue
         if checkpoint:
-            started = state.get(step.name)
-            if started and started.get("out") == str(out):
-                changes = config_changes(started.get("config") or {}, comparable(step.config))
-                changes += input_changes(started.get("inputs") or {}, step.inputs)
-                if changes:
-                    step.action = "run"
-                    step.why = f"interrupted, but changed since it started ({'; '.join(changes)}): starting over"
-                    continue
-                step.action, step.why = "resume", f"interrupted: resuming from {checkpoint}"
-            else:
-                step.action, step.why = "resume", f"unfinished run found: resuming from {checkpoint}"
+            step.action, step.why = _interrupted(step, state.get(step.name), checkpoint)
             continue
         step.action, step.why = "run", "not run yet"
     return plan
+
+
+def _interrupted(step: Step, started: dict | None, checkpoint: str) -> tuple[str, str]:
+    """(action, why) for a stage with checkpoints and no finished run: resume it unless the recipe asks for
+    something else than what it started with (`started`, from the recipe's state file)."""
+    if not started or started.get("out") != str(step.out):
+        return "resume", f"unfinished run found: resuming from {checkpoint}"
+    changes = config_changes(started.get("config") or {}, comparable(step.config))
+    changes += input_changes(started.get("inputs") or {}, step.inputs)
+    if changes:
+        return "run", f"interrupted, but changed since it started ({'; '.join(changes)}): starting over"
+    return "resume", f"interrupted: resuming from {checkpoint}"

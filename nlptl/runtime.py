@@ -1,21 +1,13 @@
-"""The only place that knows about devices: the Accelerator, precision and seeding."""
+"""Devices, precision and seeding: the Accelerator a stage runs with, the device `predict` runs on, the
+mixed precision that --precision auto means, and torch.compile. (The training loop moves batches to
+the accelerator's device, and optim.py picks the fused AdamW by the parameters' device.)"""
 
 from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 log = logging.getLogger("nlptl")
-
-
-def cpu_has_bf16() -> bool:
-    """bf16 matmuls are only fast on CPUs with bf16 units (AVX512-BF16 or AMX); elsewhere ~70x slower."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def mixed_precision(precision: str) -> str:
@@ -27,9 +19,9 @@ def mixed_precision(precision: str) -> str:
         return precision
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    # CPUs: fp32. Even where the CPU has bf16 units (this project's AMD EPYC reports avx512_bf16),
-    # bf16 autocast measured 4x slower than fp32 on tiny models and only ~1.3x faster on MiniLM, and
-    # without those units it is ~70x slower. --precision bf16 opts in.
+    # CPUs: fp32. Even on a CPU with bf16 units (avx512_bf16 or AMX), bf16 autocast measured 4x slower
+    # than fp32 on tiny models and only ~1.3x faster on MiniLM, and without those units it is ~70x slower
+    # (docs/performance.md). --precision bf16 opts in.
     return "no"
 
 

@@ -2,13 +2,15 @@
 
 Stages differ in their data, head and evaluation, not here. Written with accelerate's idioms
 (`accumulate`, `backward`, `gather_for_metrics`) so the same code runs on a CPU, a GPU or many
-processes (`torchrun` / `accelerate launch`).
+processes (`torchrun` / `accelerate launch`). `train()` reads top to bottom; what happens in one
+optimizer step, an evaluation and a checkpoint is in `_Loop`, whose `TrainState` is what a checkpoint
+saves and a resumed run starts from.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import random
 import signal
 import threading
 import time
@@ -32,58 +34,74 @@ class TrainResult:
     best_step: int | None = None
 
 
+@dataclass
+class TrainState:
+    """Where the loop is and what it has seen: saved with each checkpoint (trainer_state.json), and what a
+    resumed run starts from. `tokens` and `running` are device tensors while training (reading them is a
+    device sync), plain numbers in the checkpoint."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    batches_done: int = 0  # batches of this epoch already trained on
+    micro_step: int = 0  # accelerate's count of micro-batches (gradient accumulation)
+    tokens: object = 0  # non-padding tokens seen by this process
+    running: object = 0.0  # sum of the losses since the last logged step ...
+    running_n: int = 0  # ... and how many
+    history: list[dict] = field(default_factory=list)
+    final_loss: float | None = None
+    best_value: float | None = None  # the selected metric of the best evaluation
+    best: dict | None = None
+    best_step: int | None = None
+    total_steps: int = 0
+    train_seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["tokens"], out["running"] = int(_number(self.tokens)), float(_number(self.running))
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainState:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _number(value) -> float | int:
+    return value.item() if hasattr(value, "item") else value
+
+
+def steps_per_epoch(cfg: TrainConfig, batches_per_epoch: int) -> int:
+    return max(1, math.ceil(batches_per_epoch / cfg.grad_accum))
+
+
 def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
-    steps_per_epoch = max(1, math.ceil(batches_per_epoch / cfg.grad_accum))
-    return cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    return cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch(cfg, batches_per_epoch)))
 
 
-def train(
-    accelerator,
-    model,
-    train_dataset,
-    collate_fn: Callable,
-    cfg: TrainConfig,
-    *,
-    description: str,
-    evaluate_fn: Callable[[object], dict] | None = None,
-    select: tuple[str, str] | None = None,
-    default_evals: int = 0,
-    lengths: list[int] | None = None,
-    checkpoints=None,
-    resume_from=None,
-    resume_hint: str = "",
-    batch_transform: Callable[[dict], dict] | None = None,
-    runlog=None,
-) -> tuple[object, TrainResult]:
-    """Train `model` on `train_dataset`; returns the unwrapped model (the best one when `select`
-    names a metric and mode, e.g. ("accuracy", "max")) and what happened.
+def train(accelerator, model, train_dataset, collate_fn: Callable, cfg: TrainConfig, *, description: str,
+          evaluate_fn: Callable[[object], dict] | None = None, select: tuple[str, str] | None = None,
+          default_evals: int = 0, lengths: list[int] | None = None, checkpoints=None, resume_from=None,
+          resume_hint: str = "", batch_transform: Callable[[dict], dict] | None = None, random_source=None,
+          runlog=None) -> tuple[object, TrainResult]:
+    """Train `model` on `train_dataset`; returns the unwrapped model (the best one when `select` names a
+    metric and mode, e.g. ("accuracy", "max")) and what happened.
 
-    `default_evals`: how many evenly spaced evaluations to run when `--eval-every` is not given.
-    `lengths`: example lengths; batches then group similar lengths (less padding), in a random order.
-    `checkpoints`: directory for periodic checkpoints (`--save-every`) and the one Ctrl-C/SIGTERM
-    writes; `resume_from`: a checkpoint to continue from exactly (model, optimizer, schedule, RNG
-    states, data position: no batch is replayed). `batch_transform`: applied to each batch in the loop
-    (MLM masking), so that its random state at a step boundary is exact. `runlog`: a tracking.RunLog
-    that gets every row of the history (metrics.csv, --report-to trackers).
+    `default_evals`: evenly spaced evaluations without --eval-every. `lengths`: example lengths, to batch
+    similar lengths together (less padding) in a random order. `checkpoints`: where --save-every and
+    Ctrl-C/SIGTERM write; `resume_from`: a checkpoint to continue exactly (weights, optimizer, schedule,
+    random states, data position). `batch_transform`: applied to each batch in the loop (MLM masking), so
+    that its random state at a step boundary is exact; `random_source`: the object whose `generator` it
+    draws from (default `collate_fn`), checkpointed with the other random states. `runlog`: a
+    tracking.RunLog that gets every row of the history (metrics.csv, --report-to trackers).
     """
     import torch
-    from accelerate.utils import send_to_device
-    from torch.utils.data import DataLoader
 
     from nlptl.optim import GradualUnfreezing, build_optimizer, build_schedule
 
+    # The data order: its own generator, which also seeds the loader's workers (never the global RNG,
+    # so a resumed run's dropout sees the same random stream as an uninterrupted one).
     generator = torch.Generator().manual_seed(cfg.seed)
-    sampler = None
-    if lengths is not None:
-        from transformers.trainer_pt_utils import LengthGroupedSampler
-
-        # Random mega-batches of 50 batches, each sorted by length: padding shrinks, order stays random.
-        sampler = LengthGroupedSampler(cfg.batch_size, lengths=lengths, generator=generator)
-    loader = DataLoader(train_dataset, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-                        # The loader draws its worker seed from `generator` too, never from the global RNG,
-                        # so a resumed run's dropout sees the same random stream as an uninterrupted one.
-                        collate_fn=collate_fn, generator=generator,
-                        pin_memory=accelerator.device.type == "cuda")
+    loader = _loader(train_dataset, collate_fn, cfg, lengths, generator, pin=accelerator.device.type == "cuda")
     optimizer = build_optimizer(model.to(accelerator.device), cfg.lr, cfg.weight_decay, cfg.discriminative_lr)
     if cfg.compile:
         from nlptl.runtime import compile_model
@@ -94,179 +112,244 @@ def train(
     # device, and no CPU tensor (special ids, a generator) meets a GPU batch.
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader, device_placement=[True, True, False])
     steps = total_steps(cfg, len(loader))
-    steps_per_epoch = max(1, math.ceil(len(loader) / cfg.grad_accum))
-    # The schedule is stepped by hand once per optimizer update, so its length is exact whatever the
-    # number of processes (accelerate's prepared scheduler would step once per process).
+    # Stepped by hand once per optimizer update, so its length is exact whatever the number of
+    # processes (accelerate's prepared scheduler would step once per process).
     scheduler = build_schedule(optimizer, steps, cfg.warmup_ratio, cfg.schedule, cfg.cut_frac, cfg.stlr_ratio)
-    unfreezing = GradualUnfreezing(optimizer, cfg.unfreeze_every or steps_per_epoch) if cfg.gradual_unfreeze else None
+    unfreezing = (GradualUnfreezing(optimizer, cfg.unfreeze_every or steps_per_epoch(cfg, len(loader)))
+                  if cfg.gradual_unfreeze else None)
     eval_every = cfg.eval_every or (max(1, math.ceil(steps / default_evals)) if default_evals else None)
-
-    progress = Progress(description, steps, cfg.log_every)
-    result = TrainResult(steps=0, train_seconds=0.0, train_tokens=0, n_train=len(train_dataset), final_loss=None)
-    best_value, best_state = None, None
-    tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)
-    running, running_n = torch.zeros((), device=accelerator.device), 0
-    step, eval_seconds = 0, 0.0
-    epoch, batches_done, epoch_sampler_state = 0, 0, generator.get_state()
-    restored = None
+    loop = _Loop(accelerator, model, optimizer, scheduler, unfreezing, cfg, steps, Progress(description, steps, cfg.log_every),
+                 evaluate_fn=evaluate_fn, eval_every=eval_every, select=select, batch_transform=batch_transform,
+                 random_source=random_source or collate_fn, runlog=runlog, checkpoints=checkpoints,
+                 generator=generator)
     if resume_from is not None:
-        restored = _load_state(resume_from, accelerator, model, optimizer, scheduler)
-        st = restored["state"]
-        step, epoch, batches_done = st["step"], st["epoch"], st["batches_done"]
-        epoch_sampler_state = restored["rng"]["epoch_sampler"]
-        tokens += st["tokens"]
-        running += st["running"]
-        running_n = st["running_n"]
-        result.history = st["history"]
-        result.final_loss = st.get("final_loss")
-        best_value, result.best, result.best_step = st["best_value"], st["best"], st["best_step"]
-        best_state = restored.get("best_state")
-        eval_seconds = -st.get("train_seconds", 0.0)  # so that train_seconds adds up across the two runs
-        accelerator.step = st["micro_step"]
-        if runlog is not None:
-            runlog.restore(result.history)
-        progress.note(f"resuming from {resume_from} (step {step} of {steps})")
-
-    def run_eval() -> None:
-        nonlocal best_value, best_state, eval_seconds
-        t = time.perf_counter()
-        metrics = evaluate_fn(model)
-        model.train()
-        eval_seconds += time.perf_counter() - t
-        result.history.append({"step": step, **{f"eval_{k}": v for k, v in metrics.items()}})
-        if runlog is not None:
-            runlog.log(result.history[-1])
-        progress.note(f"{description} step {step}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-        if select is not None:
-            value = metrics[select[0]]
-            better = best_value is None or (value > best_value if select[1] == "max" else value < best_value)
-            if better:
-                best_value = value
-                result.best, result.best_step = dict(metrics), step
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in accelerator.unwrap_model(model).state_dict().items()}
-
-    def train_step(batch) -> bool:
-        """One micro-batch; True when it completed an optimizer step."""
-        nonlocal step, running, running_n
-        if batch_transform is not None:
-            batch = batch_transform(batch)
-        batch = send_to_device(batch, accelerator.device, non_blocking=True)
-        with accelerator.accumulate(model):
-            loss = model(**batch).loss
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and unfreezing is not None:
-                unfreezing.update(step)
-                unfreezing.drop_frozen_grads()
-            if accelerator.sync_gradients and cfg.max_grad_norm:
-                accelerator.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], cfg.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        mask = batch.get("attention_mask")
-        tokens.add_(mask.sum() if mask is not None else batch["input_ids"].numel())
-        running += loss.detach()
-        running_n += 1
-        if not accelerator.sync_gradients:
-            return False
-        scheduler.step()
-        step += 1
-        if step % cfg.log_every == 0 or step == steps:
-            mean_loss = (running / running_n).item()  # a device sync point: only every log_every steps
-            running = torch.zeros((), device=accelerator.device)
-            running_n = 0
-            if not math.isfinite(mean_loss):
-                progress.close()
-                raise NlptlError(
-                    f"the training loss became {mean_loss} at step {step} (learning rate {scheduler.get_last_lr()[0]:.3g}); "
-                    "lower --lr, raise --warmup-ratio or check the data"
-                    + ("; the last good checkpoint is kept in " + str(checkpoints) if checkpoints is not None
-                       and any(checkpoints.glob("step-*")) else "")
-                )
-            result.final_loss = mean_loss
-            elapsed = time.perf_counter() - start - eval_seconds
-            result.history.append({"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
-                                   "tokens_per_s": tokens.item() * accelerator.num_processes / max(elapsed, 1e-9)})
-            if runlog is not None:
-                runlog.log(result.history[-1])
-            progress.update(step, {"loss": mean_loss, "lr": scheduler.get_last_lr()[0],
-                                   "tok/s": result.history[-1]["tokens_per_s"]})
-        else:
-            progress.update(step, {})
-        if evaluate_fn is not None and eval_every and (step % eval_every == 0 or step == steps):
-            run_eval()
-        return True
-
-    def save(message: str | None = None) -> None:
-        state = {"step": step, "epoch": epoch, "batches_done": batches_done, "micro_step": accelerator.step,
-                 "tokens": int(tokens.item()), "running": float(running.item()), "running_n": running_n,
-                 "history": result.history, "final_loss": result.final_loss, "best_value": best_value,
-                 "best": result.best, "best_step": result.best_step, "total_steps": steps,
-                 "train_seconds": time.perf_counter() - start - eval_seconds,
-                 "unfreezing": unfreezing.state_dict() if unfreezing else None}
-        from accelerate.utils import gather_object
-
-        # Every process has its own random streams (dropout, masking): keep each one's, by rank.
-        rng = {"epoch_sampler": epoch_sampler_state,
-               "per_process": gather_object([_rng_states(random_source)]) if accelerator.num_processes > 1
-               else [_rng_states(random_source)]}
-        if accelerator.is_main_process:
-            path = _save_state(checkpoints, step, accelerator.unwrap_model(model), optimizer, scheduler, rng, state,
-                               best_state, cfg.keep_last)
-            progress.note(message.format(path=path) if message else f"checkpoint: {path}")
-        accelerator.wait_for_everyone()
-
+        loop.resume(resume_from)
     if checkpoints is not None:
         check_disk_space(checkpoints, accelerator.unwrap_model(model), cfg.keep_last if cfg.save_every else 1)
-    # Whatever draws random numbers per batch (a masking transform, else the collator) is checkpointed.
-    random_source = getattr(batch_transform, "__self__", batch_transform) or collate_fn
     stop = _StopFlag()
     model.train()
-    start = time.perf_counter()
-    if restored is not None:
-        per_process = restored["rng"]["per_process"]
-        if len(per_process) != accelerator.num_processes:
-            raise NlptlError(f"{resume_from} was written by {len(per_process)} process(es); resume it with "
-                             f"{len(per_process)} (this run has {accelerator.num_processes})")
-        _set_rng_states(per_process[accelerator.process_index], random_source)
+    loop.start_clock()
     try:
         stop.install()
-        while step < steps:
-            if restored is not None and batches_done:
-                # The interrupted run's epoch order, minus the batches it had done: the sampler skips
-                # them; nothing is loaded or run for them.
-                generator.set_state(epoch_sampler_state)
-                epoch_batches = accelerator.skip_first_batches(loader, batches_done)
-            else:
-                epoch_sampler_state = generator.get_state()
-                epoch_batches, batches_done = loader, 0
-            restored = None
-            for batch in epoch_batches:
-                batches_done += 1
-                if not train_step(batch):
-                    continue
-                if stop.signal is not None and step < steps:
-                    save("interrupted: saved {path}")
-                    raise Interrupted(f"interrupted at step {step}; checkpoint saved. {resume_hint}".strip(),
+        while loop.state.step < steps:
+            for batch in loop.epoch_batches(loader):
+                loop.state.batches_done += 1
+                if not loop.train_step(batch):
+                    continue  # a micro-batch of gradient accumulation
+                if stop.signal is not None and loop.state.step < steps:
+                    loop.save("interrupted: saved {path}")
+                    raise Interrupted(f"interrupted at step {loop.state.step}; checkpoint saved. {resume_hint}".strip(),
                                       130 if stop.signal == signal.SIGINT else 143)
-                if checkpoints is not None and cfg.save_every and step % cfg.save_every == 0 and step < steps:
-                    save()
-                if step >= steps:
+                if loop.checkpoint_due():
+                    loop.save()
+                if loop.state.step >= steps:
                     break
             else:
-                epoch += 1
-                batches_done = 0
+                loop.state.epoch += 1
+                loop.state.batches_done = 0
     finally:
         stop.uninstall()
-    result.train_seconds = time.perf_counter() - start - eval_seconds
-    progress.close()
-    if evaluate_fn is not None and select is not None and best_state is None:
-        run_eval()
-    result.steps = step
-    result.train_tokens = int(accelerator.reduce(tokens, reduction="sum").item())
-    accelerator.wait_for_everyone()
-    unwrapped = accelerator.unwrap_model(model)
-    if best_state is not None and result.best_step != step:
-        unwrapped.load_state_dict(best_state)
-    return unwrapped, result
+    return loop.finish(len(train_dataset))
+
+
+def _loader(dataset, collate_fn, cfg: TrainConfig, lengths, generator, pin: bool):
+    from torch.utils.data import DataLoader
+
+    sampler = None
+    if lengths is not None:
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        # Random mega-batches of 50 batches, each sorted by length: padding shrinks, order stays random.
+        sampler = LengthGroupedSampler(cfg.batch_size, lengths=lengths, generator=generator)
+    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                      collate_fn=collate_fn, generator=generator, pin_memory=pin)
+
+
+class _Loop:
+    """One run of the loop: its state, and what one step, one evaluation and one checkpoint do to it."""
+
+    def __init__(self, accelerator, model, optimizer, scheduler, unfreezing, cfg: TrainConfig, steps: int,
+                 progress: Progress, *, evaluate_fn, eval_every, select, batch_transform, random_source, runlog,
+                 checkpoints, generator):
+        import torch
+
+        self.accelerator, self.model, self.optimizer, self.scheduler = accelerator, model, optimizer, scheduler
+        self.unfreezing, self.cfg, self.steps, self.progress = unfreezing, cfg, steps, progress
+        self.evaluate_fn, self.eval_every, self.select = evaluate_fn, eval_every, select
+        self.batch_transform, self.random_source, self.runlog = batch_transform, random_source, runlog
+        self.checkpoints, self.generator = checkpoints, generator
+        device = accelerator.device
+        self.state = TrainState(tokens=torch.zeros((), dtype=torch.long, device=device),
+                                running=torch.zeros((), device=device), total_steps=steps)
+        self.best_state: dict | None = None  # a CPU copy of the best weights (with `select`)
+        self.epoch_sampler_state = generator.get_state()  # the sampler's state when this epoch began
+        self.restored_rng: dict | None = None  # until the first batch of a resumed run
+        self.start = self.eval_seconds = 0.0
+
+    def resume(self, path) -> None:
+        """Continue exactly where the checkpoint at `path` stopped."""
+        from nlptl.checkpoint import load_training
+
+        state, rng, self.best_state = load_training(path, self.accelerator.unwrap_model(self.model), self.optimizer,
+                                                    self.scheduler)
+        restored = TrainState.from_dict(state)
+        restored.tokens = self.state.tokens + restored.tokens
+        restored.running = self.state.running + restored.running
+        restored.total_steps = self.steps
+        self.state = restored
+        self.epoch_sampler_state = rng["epoch_sampler"]
+        self.accelerator.step = restored.micro_step
+        per_process = rng["per_process"]
+        if len(per_process) != self.accelerator.num_processes:
+            raise NlptlError(f"{path} was written by {len(per_process)} process(es); resume it with "
+                             f"{len(per_process)} (this run has {self.accelerator.num_processes})")
+        self.restored_rng = per_process[self.accelerator.process_index]
+        if self.runlog is not None:
+            self.runlog.restore(restored.history)
+        self.progress.note(f"resuming from {path} (step {restored.step} of {self.steps})")
+
+    def start_clock(self) -> None:
+        from nlptl.checkpoint import set_rng_states
+
+        self.start = time.perf_counter()
+        # So that train_seconds adds up across an interrupted run and its resumption.
+        self.eval_seconds = -self.state.train_seconds
+        if self.restored_rng is not None:
+            set_rng_states(self.restored_rng, self.random_source)
+
+    def elapsed(self) -> float:
+        """Seconds of training so far, evaluations excluded."""
+        return time.perf_counter() - self.start - self.eval_seconds
+
+    def epoch_batches(self, loader):
+        """This epoch's batches. After a resume, the interrupted epoch's order minus the batches it had
+        done: the sampler skips them; nothing is loaded or run for them."""
+        if self.restored_rng is not None and self.state.batches_done:
+            self.generator.set_state(self.epoch_sampler_state)
+            batches = self.accelerator.skip_first_batches(loader, self.state.batches_done)
+        else:
+            self.epoch_sampler_state = self.generator.get_state()
+            batches, self.state.batches_done = loader, 0
+        self.restored_rng = None
+        return batches
+
+    def train_step(self, batch) -> bool:
+        """One micro-batch; True when it completed an optimizer step."""
+        from accelerate.utils import send_to_device
+
+        accelerator, state = self.accelerator, self.state
+        if self.batch_transform is not None:
+            batch = self.batch_transform(batch)  # on the loader's CPU batch
+        batch = send_to_device(batch, accelerator.device, non_blocking=True)
+        with accelerator.accumulate(self.model):
+            loss = self.model(**batch).loss
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and self.unfreezing is not None:
+                self.unfreezing.update(state.step)
+                self.unfreezing.drop_frozen_grads()
+            if accelerator.sync_gradients and self.cfg.max_grad_norm:
+                accelerator.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None],
+                                            self.cfg.max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        mask = batch.get("attention_mask")
+        state.tokens.add_(mask.sum() if mask is not None else batch["input_ids"].numel())
+        state.running += loss.detach()
+        state.running_n += 1
+        if not accelerator.sync_gradients:
+            return False
+        self.scheduler.step()
+        state.step += 1
+        if state.step % self.cfg.log_every == 0 or state.step == self.steps:
+            self.log_loss()
+        else:
+            self.progress.update(state.step, {})
+        if self.evaluate_fn is not None and self.eval_every and (
+                state.step % self.eval_every == 0 or state.step == self.steps):
+            self.evaluate()
+        return True
+
+    def log_loss(self) -> None:
+        """The mean loss since the last log line, with the learning rate and throughput."""
+        import torch
+
+        state, lr = self.state, self.scheduler.get_last_lr()[0]
+        mean_loss = (state.running / state.running_n).item()  # a device sync point: only every log_every steps
+        state.running = torch.zeros((), device=self.accelerator.device)
+        state.running_n = 0
+        if not math.isfinite(mean_loss):
+            self.progress.close()
+            kept = self.checkpoints is not None and any(self.checkpoints.glob("step-*"))
+            raise NlptlError(
+                f"the training loss became {mean_loss} at step {state.step} (learning rate {lr:.3g}); "
+                "lower --lr, raise --warmup-ratio or check the data"
+                + (f"; the last good checkpoint is kept in {self.checkpoints}" if kept else "")
+            )
+        state.final_loss = mean_loss
+        tokens_per_s = state.tokens.item() * self.accelerator.num_processes / max(self.elapsed(), 1e-9)
+        self.record({"step": state.step, "loss": mean_loss, "lr": lr, "tokens_per_s": tokens_per_s})
+        self.progress.update(state.step, {"loss": mean_loss, "lr": lr, "tok/s": tokens_per_s})
+
+    def record(self, row: dict) -> None:
+        self.state.history.append(row)
+        if self.runlog is not None:
+            self.runlog.log(row)
+
+    def evaluate(self) -> None:
+        """Score the model (its time is not training time); with `select`, keep the best weights."""
+        state, t = self.state, time.perf_counter()
+        metrics = self.evaluate_fn(self.model)
+        self.model.train()
+        self.eval_seconds += time.perf_counter() - t
+        self.record({"step": state.step, **{f"eval_{k}": v for k, v in metrics.items()}})
+        self.progress.note(f"{self.progress.description} step {state.step}: "
+                           + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        if self.select is None:
+            return
+        value, mode = metrics[self.select[0]], self.select[1]
+        if state.best_value is None or (value > state.best_value if mode == "max" else value < state.best_value):
+            state.best_value, state.best, state.best_step = value, dict(metrics), state.step
+            weights = self.accelerator.unwrap_model(self.model).state_dict()
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
+
+    def checkpoint_due(self) -> bool:
+        """--save-every: a checkpoint at this step (never at the last one: the stage writes its model)."""
+        step, every = self.state.step, self.cfg.save_every
+        return self.checkpoints is not None and bool(every) and step % every == 0 and step < self.steps
+
+    def save(self, message: str | None = None) -> None:
+        """A resumable checkpoint: weights, optimizer, schedule, every process's random states, TrainState."""
+        from accelerate.utils import gather_object
+
+        from nlptl.checkpoint import rng_states, save_training
+
+        accelerator, state = self.accelerator, self.state
+        state.micro_step, state.train_seconds = accelerator.step, self.elapsed()
+        # Every process has its own random streams (dropout, masking): keep each one's, by rank.
+        mine = [rng_states(self.random_source)]
+        rng = {"epoch_sampler": self.epoch_sampler_state,
+               "per_process": gather_object(mine) if accelerator.num_processes > 1 else mine}
+        if accelerator.is_main_process:
+            path = save_training(self.checkpoints, state.step, accelerator.unwrap_model(self.model), self.optimizer,
+                                 self.scheduler, rng, state.to_dict(), self.best_state, self.cfg.keep_last)
+            self.progress.note(message.format(path=path) if message else f"checkpoint: {path}")
+        accelerator.wait_for_everyone()
+
+    def finish(self, n_train: int) -> tuple[object, TrainResult]:
+        """The unwrapped model (the best one with `select`) and what happened."""
+        state, accelerator = self.state, self.accelerator
+        train_seconds = self.elapsed()
+        self.progress.close()
+        if self.evaluate_fn is not None and self.select is not None and self.best_state is None:
+            self.evaluate()
+        tokens = int(accelerator.reduce(state.tokens, reduction="sum").item())
+        accelerator.wait_for_everyone()
+        model = accelerator.unwrap_model(self.model)
+        if self.best_state is not None and state.best_step != state.step:
+            model.load_state_dict(self.best_state)
+        return model, TrainResult(steps=state.step, train_seconds=train_seconds, train_tokens=tokens, n_train=n_train,
+                                  final_loss=state.final_loss, history=state.history, best=state.best,
+                                  best_step=state.best_step)
 
 
 def check_disk_space(checkpoints, model, keep: int) -> None:
@@ -310,63 +393,3 @@ class _StopFlag:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
         self.previous.clear()
-
-
-def _rng_states(collate_fn) -> dict:
-    import numpy as np
-    import torch
-
-    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    gen = getattr(collate_fn, "generator", None)
-    if gen is not None:
-        states["collator"] = gen.get_state()
-    return states
-
-
-def _set_rng_states(states: dict, collate_fn) -> None:
-    import numpy as np
-    import torch
-
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    if "collator" in states and getattr(collate_fn, "generator", None) is not None:
-        collate_fn.generator.set_state(states["collator"])
-
-
-def _save_state(root, step, model, optimizer, scheduler, rng, state, best_state, keep_last):
-    import torch
-    from safetensors.torch import save_file, save_model
-
-    from nlptl.checkpoint import save_training_state
-
-    files = {
-        "model.safetensors": lambda p: save_model(model, str(p)),
-        "optimizer.pt": lambda p: torch.save(optimizer.state_dict(), p),
-        "scheduler.pt": lambda p: torch.save(scheduler.state_dict(), p),
-        "rng.pt": lambda p: torch.save(rng, p),
-    }
-    if best_state is not None:
-        files["best.safetensors"] = lambda p: save_file({k: v.contiguous() for k, v in best_state.items()}, str(p))
-    return save_training_state(root, step, files, state, keep_last)
-
-
-def _load_state(path, accelerator, model, optimizer, scheduler) -> dict:
-    import json
-
-    import torch
-    from safetensors.torch import load_file, load_model
-
-    load_model(accelerator.unwrap_model(model), str(path / "model.safetensors"))
-    # Our own files, verified against the manifest's checksums before we get here.
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    out = {"state": json.loads((path / "trainer_state.json").read_text()),
-           "rng": torch.load(path / "rng.pt", weights_only=False)}
-    if (path / "best.safetensors").is_file():
-        out["best_state"] = load_file(str(path / "best.safetensors"))
-    return out

@@ -74,11 +74,12 @@ def nlptl_home(tmp_path, monkeypatch):
 
 @pytest.fixture
 def no_bf16(monkeypatch):
-    """Make precision 'auto' mean fp32 on this CPU too (as on CPUs without bf16 units): for tests that
-    compare numbers from a stage with a fixed precision against `evaluate`, which always uses 'auto'."""
+    """Make precision 'auto' mean fp32 (as it does on every CPU; a GPU would pick bf16 or fp16): for tests
+    that compare numbers from a stage with a fixed precision against `evaluate`, which always uses 'auto'."""
     from nlptl import runtime
 
-    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
+    real = runtime.mixed_precision
+    monkeypatch.setattr(runtime, "mixed_precision", lambda precision: real("fp32" if precision == "auto" else precision))
 
 
 # --------------------------------------------------------------------------- texts

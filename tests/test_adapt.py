@@ -112,7 +112,7 @@ def test_mlm_evaluation_masks_are_fixed(checkpoints):
     import torch
     from transformers import AutoTokenizer
 
-    from nlptl.stages.common import lm_collators
+    from nlptl.data.collate import lm_collators
 
     tok = AutoTokenizer.from_pretrained(checkpoints["distilbert"])
     examples = [{"input_ids": tok("the old baker painted a blue kettle near the river")["input_ids"]}] * 8

@@ -11,7 +11,7 @@ import pytest
 def test_stratified_subset_keeps_proportions_and_is_fixed_by_seed():
     import datasets
 
-    from nlptl.curve import stratified_subset
+    from nlptl.stages.curve import stratified_subset
 
     ds = datasets.Dataset.from_dict({"input_ids": [[i] for i in range(100)], "labels": [0] * 80 + [1] * 20})
     a = stratified_subset(ds, 20, ["neg", "pos"], seed=1)

@@ -82,8 +82,8 @@ def test_labels_map_to_ids_by_name():
     """Each row's id names its own label; integer labels of a named task map by position."""
     import datasets
 
+    from nlptl.data.registry import task_entry
     from nlptl.data.tasks import TaskSpec, encode, label_names
-    from nlptl.registry import task_entry
 
     spec = TaskSpec(task_entry("classification"), None, None, "text", "label")
     raw = datasets.Dataset.from_dict({"text": ["a", "b", "c", "d"], "label": ["pear", "apple", "fig", "apple"]})
@@ -114,7 +114,7 @@ def test_registered_task_with_integer_labels(checkpoints, tmp_path):
 def test_held_out_slice_is_seeded_stratified_and_disjoint():
     import datasets
 
-    from nlptl.stages.finetune import held_out_slice
+    from nlptl.stages.classifier import held_out_slice
 
     n = 200
     ds = datasets.Dataset.from_dict({"text": [f"t{i}" for i in range(n)], "label": [i % 4 == 0 for i in range(n)],

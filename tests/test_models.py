@@ -11,7 +11,7 @@ from conftest import FAMILIES
 
 from nlptl import models
 from nlptl.errors import NlptlError, UsageError
-from nlptl.stages.common import positions_of
+from nlptl.models import positions_of
 
 OBJECTIVES = {"bert": "mlm", "roberta": "mlm", "distilbert": "mlm", "gpt2": "clm", "llama": "clm"}
 POSITIONS = {"bert": 128, "roberta": 512, "distilbert": 128, "gpt2": 128, "llama": 128}
@@ -85,7 +85,7 @@ def test_inspect_refuses_what_is_not_a_model(case, message, tmp_path, checkpoint
 def test_family_facts(family, checkpoints):
     ref, config = load(checkpoints[family])
     assert models.default_objective(config) == OBJECTIVES[family]
-    assert models.max_positions(config) == positions_of(ref.config) == POSITIONS[family]
+    assert models.positions_of(config) == positions_of(ref.config) == POSITIONS[family]
     tokenizer = models.load_tokenizer(ref, config)
     assert tokenizer.is_fast and tokenizer.model_max_length == POSITIONS[family]
     assert tokenizer.pad_token is not None
@@ -174,7 +174,7 @@ def test_build_from_scratch(arch):
     layers, hidden, heads, positions = models.PRESETS["tiny"]
     assert model.config.num_hidden_layers == layers and model.config.hidden_size == hidden
     assert model.config.vocab_size == len(tokenizer)
-    assert models.max_positions(model.config) == positions
+    assert models.positions_of(model.config) == positions
     assert models.default_objective(model.config) == ("clm" if arch == "gpt" else "mlm")
     ids = tokenizer(["the cat sat"], return_tensors="pt")["input_ids"]
     if arch == "bert":

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from nlptl import hub, registry
+from nlptl import hub
+from nlptl.data import registry
 from nlptl.data.files import check_data_file
 from nlptl.errors import NlptlError, UsageError
 

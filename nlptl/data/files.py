@@ -13,7 +13,7 @@ import io
 import json
 from pathlib import Path
 
-from nlptl.errors import NlptlError, UsageError, did_you_mean
+from nlptl.errors import UsageError, did_you_mean
 
 FORMATS = {".txt": "text", ".text": "text", ".csv": "csv", ".tsv": "tsv", ".jsonl": "json", ".json": "json",
            ".parquet": "parquet"}
@@ -174,9 +174,3 @@ def read_lines(spec: str) -> list[str]:
         raise UsageError(f"--input {name}: line {line} is not valid UTF-8; re-encode it as UTF-8") from None
     return [line for line in io.StringIO(text, newline=None).read().split("\n") if line.strip()]
 
-
-def nonempty_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        raise NlptlError(f"{path}: unreadable or corrupted JSON") from None

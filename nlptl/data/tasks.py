@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from nlptl import hub, registry
+from nlptl import hub
+from nlptl.data import registry
 from nlptl.data.corpora import load_hub, read_files
 from nlptl.data.files import check_data_file
 from nlptl.errors import UsageError
@@ -52,19 +53,19 @@ def labelled_source(path: str, flag: str, text_column: str, label_column: str | 
 
 
 def resolve_task(task: str, train_file: str | None, eval_file: str | None, text_column: str,
-                 label_column: str, need_train: bool = True) -> TaskSpec:
+                 label_column: str) -> TaskSpec:
     entry = registry.task_entry(task)
     train = eval_ = None
     train_path = train_file or entry.train
     eval_path = eval_file or (entry.eval if not train_file else None)
     if train_path:
         train = labelled_source(train_path, "--train", text_column, label_column)
-    elif entry.hub and need_train:
+    elif entry.hub:
         hub.require(entry.hub, "dataset", f"--task {task}",
                     "pass local files with --train FILE --eval FILE (or register them in $NLPTL_HOME/registry.yaml)")
         train = LabelledSource("--train", entry.hub, hub=entry.hub, hub_config=entry.hub_config,
                                hub_split=entry.hub_train_split)
-    elif need_train:
+    else:
         raise UsageError(f"--task {task} has no default data; pass --train FILE (and --eval FILE)")
     if eval_path:
         eval_ = labelled_source(eval_path, "--eval", text_column, label_column)
@@ -74,7 +75,7 @@ def resolve_task(task: str, train_file: str | None, eval_file: str | None, text_
     return TaskSpec(entry, train, eval_, text_column, label_column)
 
 
-def read_labelled(src: LabelledSource, spec: TaskSpec, with_labels: bool = True):
+def read_labelled(src: LabelledSource, spec: TaskSpec):
     """Rows with columns `text` and `label` (label as a string, as written in the file)."""
     import datasets
 
@@ -86,17 +87,12 @@ def read_labelled(src: LabelledSource, spec: TaskSpec, with_labels: bool = True)
     else:
         ds = read_files(src.files, src.format)
         text_col, label_col = spec.text_column, spec.label_column
-    keep = [text_col] + ([label_col] if with_labels else [])
-    ds = ds.select_columns(keep)
+    ds = ds.select_columns([text_col, label_col])
     if text_col != "text":
         ds = ds.rename_column(text_col, "text")
-    if with_labels and label_col != "label":
+    if label_col != "label":
         ds = ds.rename_column(label_col, "label")
-    features = datasets.Features({"text": datasets.Value("string")})
-    if with_labels:
-        features["label"] = datasets.Value("string")
-    ds = ds.cast(features)
-    return ds
+    return ds.cast(datasets.Features({"text": datasets.Value("string"), "label": datasets.Value("string")}))
 
 
 def label_names(spec: TaskSpec, train_labels: list[str]) -> list[str]:
@@ -126,11 +122,36 @@ def _is_int(v: str) -> bool:
         return False
 
 
+def label_ids(labels, names: list[str], aliases: dict[str, str] | None = None,
+              by_id: bool = False) -> tuple[list[int], dict[str, int]]:
+    """Label strings as ids of `names`, matched ignoring case and surrounding spaces; `aliases` map other
+    spellings to names, and with `by_id` an integer in range is taken as the id itself. Returns the ids
+    (-1 where a label is unknown) and the unknown labels with their counts."""
+    lookup = {n.lower(): i for i, n in enumerate(names)}
+    lookup.update({a.lower(): lookup[v.lower()] for a, v in (aliases or {}).items() if v.lower() in lookup})
+    ids, unknown = [], {}
+    for v in labels:
+        key = str(v if v is not None else "").strip().lower()
+        if key in lookup:
+            ids.append(lookup[key])
+        elif by_id and key.lstrip("-").isdigit() and 0 <= int(key) < len(names):
+            ids.append(int(key))
+        else:
+            unknown[str(v)] = unknown.get(str(v), 0) + 1
+            ids.append(-1)
+    return ids, unknown
+
+
+def with_label_ids(ds, ids: list[int]):
+    """`ds` with `ids` as its label column, less the rows whose text is empty."""
+    ds = ds.remove_columns("label").add_column("label", ids)
+    if all(t is not None and t.strip() for t in ds["text"]):
+        return ds
+    return ds.filter(lambda b: [t is not None and t.strip() != "" for t in b["text"]], batched=True)
+
+
 def encode(ds, names: list[str], spec: TaskSpec, src_flag: str, src_spec: str):
     """Map label strings to ids; one error line for empty labels, unknown labels or empty texts."""
-    aliases = {k.lower(): v for k, v in spec.entry.aliases.items()}
-    lookup = {n.lower(): i for i, n in enumerate(names)}
-    lookup.update({a: lookup[v.lower()] for a, v in aliases.items() if v.lower() in lookup})
     labels = ds["label"]
     empty = [i for i, v in enumerate(labels) if v is None or str(v).strip() == ""]
     if empty:
@@ -138,14 +159,7 @@ def encode(ds, names: list[str], spec: TaskSpec, src_flag: str, src_spec: str):
             f"{src_flag} {src_spec}: {len(empty)} row(s) have an empty '{spec.label_column}' value "
             f"(first at data row {empty[0] + 1}); fill them in or drop those rows"
         )
-    ids, unknown = [], {}
-    for v in labels:
-        key = str(v).strip().lower()
-        if key in lookup:
-            ids.append(lookup[key])
-        else:
-            unknown[str(v)] = unknown.get(str(v), 0) + 1
-            ids.append(-1)
+    ids, unknown = label_ids(labels, names, spec.entry.aliases)
     if unknown:
         shown = ", ".join(f"'{k}'" for k in list(unknown)[:5])
         if src_flag == "--eval" or not spec.entry.labels:
@@ -153,13 +167,10 @@ def encode(ds, names: list[str], spec: TaskSpec, src_flag: str, src_spec: str):
         else:
             why = f"labels outside the task's set ({', '.join(names)})"
         raise UsageError(f"{src_flag} {src_spec}: {why}: {shown}; fix the labels or use --task classification")
-    texts = ds["text"]
-    blank = sum(1 for t in texts if t is None or not t.strip())
+    blank = sum(1 for t in ds["text"] if t is None or not t.strip())
     if blank:
         log.warning("%s %s: dropped %d row(s) with an empty text", src_flag, src_spec, blank)
-    ds = ds.remove_columns("label").add_column("label", ids)
-    if blank:
-        ds = ds.filter(lambda b: [t is not None and t.strip() != "" for t in b["text"]], batched=True)
+    ds = with_label_ids(ds, ids)
     if len(ds) == 0:
         raise UsageError(f"{src_flag} {src_spec}: holds no rows with text")
     return ds

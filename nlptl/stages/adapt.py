@@ -11,14 +11,12 @@ The objective follows the model (MLM for encoders, CLM for decoders). A checkpoi
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from nlptl.checkpoint import check_out, default_from, default_out, lineage_of
+from nlptl.checkpoint import default_from, lineage_of
 from nlptl.config import AdaptConfig
 from nlptl.data.corpora import resolve_corpus
 from nlptl.errors import UsageError
-from nlptl.models import inspect_model, require_peft
-from nlptl.stages.common import check_block_size, positions_of, preflight
+from nlptl.models import inspect_model, positions_of, require_peft
+from nlptl.stages.common import check_block_size, open_stage, start
 
 
 def run(cfg: AdaptConfig) -> dict:
@@ -34,17 +32,12 @@ def run(cfg: AdaptConfig) -> dict:
     if ref.config:
         check_block_size(cfg.block_size, positions_of(ref.config))
     corpus = resolve_corpus(cfg.corpus, cfg.text_column, cfg.train_file)
-    out = Path(cfg.out) if cfg.out else default_out("adapt")
-    check_out(out, cfg.overwrite, ref.path if ref.local else None, resume=cfg.resume or bool(cfg.resume_from),
-              resume_from=cfg.resume_from)
-    preflight(cfg, out)
+    out = open_stage(cfg, "adapt", ref.path if ref.local else None)
 
-    from nlptl import models, runtime, tracking
-    from nlptl.stages.common import lm_stage
+    from nlptl import models
+    from nlptl.stages.lm import lm_stage
 
-    runtime.quiet_libraries()
-    accelerator = runtime.make_accelerator(cfg.precision, cfg.grad_accum, **tracking.accelerator_args(cfg.report_to, out))
-    runtime.seed_everything(cfg.seed)
+    accelerator = start(cfg, out)
     models.hub_guard(ref)
     config = models.load_config(ref)
     objective = models.default_objective(config) if cfg.objective == "auto" else cfg.objective

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from nlptl.config import AdaptConfig, EvaluateConfig, FinetuneConfig, PredictConfig, PretrainConfig, runs_root
-from nlptl.registry import ASSETS
+from nlptl.data.registry import ASSETS
 
 log = logging.getLogger("nlptl")
 

@@ -14,11 +14,11 @@ import dataclasses
 from nlptl.checkpoint import default_from
 from nlptl.config import EvaluateConfig, LMConfig, to_dict
 from nlptl.data.corpora import resolve_corpus
+from nlptl.data.registry import task_entry
 from nlptl.data.tasks import TaskSpec, labelled_source
 from nlptl.errors import UsageError
-from nlptl.models import inspect_model
-from nlptl.registry import task_entry
-from nlptl.stages.common import check_block_size, positions_of
+from nlptl.models import inspect_model, positions_of
+from nlptl.stages.common import check_block_size
 
 
 def run(cfg: EvaluateConfig) -> dict:
@@ -47,9 +47,9 @@ def task_test_file(spec: str) -> str:
 
 def _classifier(cfg: EvaluateConfig, ref, spec) -> dict:
     from nlptl import models, runtime
+    from nlptl.data.collate import classification_collator, tokenize
     from nlptl.data.tasks import read_labelled
     from nlptl.evaluation import classification_metrics, classify
-    from nlptl.stages.finetune import classification_collator, tokenize
 
     runtime.quiet_libraries()
     accelerator = runtime.make_accelerator()
@@ -68,34 +68,25 @@ def _classifier(cfg: EvaluateConfig, ref, spec) -> dict:
 
 def encode_by_name_or_id(raw, names: list[str], where: str):
     """A file's labels as ids of the classifier: by label name (any case), else by integer id."""
-    lookup = {n.lower(): i for i, n in enumerate(names)}
-    ids, bad = [], []
-    for v in raw["label"]:
-        key = (v or "").strip().lower()
-        if key in lookup:
-            ids.append(lookup[key])
-        elif key.lstrip("-").isdigit() and 0 <= int(key) < len(names):
-            ids.append(int(key))
-        else:
-            ids.append(-1)
-            bad.append(v)
-    if bad:
-        shown = ", ".join(f"'{b}'" for b in list(dict.fromkeys(bad))[:5])
+    from nlptl.data.tasks import label_ids, with_label_ids
+
+    ids, unknown = label_ids(raw["label"], names, by_id=True)
+    if unknown:
+        shown = ", ".join(f"'{b}'" for b in list(unknown)[:5])
         raise UsageError(f"--data {where}: labels the classifier does not know: {shown}; its labels are {', '.join(names)}")
-    ds = raw.remove_columns("label").add_column("label", ids)
-    return ds.filter(lambda b: [t is not None and t.strip() != "" for t in b["text"]], batched=True)
+    return with_label_ids(raw, ids)
 
 
 def _language_model(cfg: EvaluateConfig, ref, corpus, block_size: int) -> dict:
     from nlptl import models, runtime
+    from nlptl.data.collate import EVAL_MASK_SEED, lm_collators
     from nlptl.data.corpora import load_corpus
     from nlptl.data.lm import pack_blocks
     from nlptl.evaluation import lm_loss
-    from nlptl.stages.common import EVAL_MASK_SEED, lm_collators
 
     runtime.quiet_libraries()
     accelerator = runtime.make_accelerator()
-    models.hub_guard(ref, "--model")
+    models.hub_guard(ref)
     config = models.load_config(ref)
     objective = models.default_objective(config)
     archs = config.architectures or []

@@ -16,12 +16,12 @@ import logging
 import shutil
 from pathlib import Path
 
-from nlptl.checkpoint import check_out, default_out, lineage_of
+from nlptl.checkpoint import lineage_of
 from nlptl.config import PretrainConfig, runs_root
 from nlptl.data.corpora import resolve_corpus
 from nlptl.errors import UsageError
-from nlptl.models import inspect_model, require_peft
-from nlptl.stages.common import check_block_size, positions_of, preflight
+from nlptl.models import inspect_model, positions_of, require_peft, scratch_positions
+from nlptl.stages.common import check_block_size, open_stage, start, write_stage
 
 log = logging.getLogger("nlptl")
 
@@ -36,49 +36,50 @@ def run(cfg: PretrainConfig) -> dict:
     ref = inspect_model(cfg.from_model) if cfg.from_model else None
     if ref is not None and ref.is_classifier:
         raise UsageError(f"--from {ref.spec} is a fine-tuned classifier, not a general language model")
-    if ref is not None and ref.config:
-        check_block_size(cfg.block_size, positions_of(ref.config))
     if ref is None:
-        from nlptl.models import PRESETS
-
-        check_block_size(cfg.block_size, PRESETS[cfg.size][3] if cfg.arch == "gpt" else min(PRESETS[cfg.size][3], 512))
+        check_block_size(cfg.block_size, scratch_positions(cfg.arch, cfg.size))
+    elif ref.config:
+        check_block_size(cfg.block_size, positions_of(ref.config))
     corpus = resolve_corpus(cfg.corpus, cfg.text_column, cfg.train_file) if cfg.corpus else None
-    out = Path(cfg.out) if cfg.out else default_out("pretrain")
-    check_out(out, cfg.overwrite, ref.path if ref and ref.local else None, resume=cfg.resume or bool(cfg.resume_from),
-              resume_from=cfg.resume_from)
-    preflight(cfg, out)
+    out = open_stage(cfg, "pretrain", ref.path if ref and ref.local else None)
     if ref is not None and corpus is None:
         return take_checkpoint(cfg, ref, out)
 
-    from nlptl import models, runtime, tracking
-    from nlptl.stages.common import lm_stage
+    from nlptl.stages.lm import lm_stage
 
-    runtime.quiet_libraries()
-    accelerator = runtime.make_accelerator(cfg.precision, cfg.grad_accum, **tracking.accelerator_args(cfg.report_to, out))
-    runtime.seed_everything(cfg.seed)
-    notes, kept, note = [], None, None
-    if ref is not None:
-        models.hub_guard(ref)
-        config = models.load_config(ref)
-        objective = models.default_objective(config) if cfg.objective == "auto" else cfg.objective
-        tokenizer = models.load_tokenizer(ref, config)
-        model, note, kept = models.load_lm(ref, config, objective)
-        notes += [note] if note else []
-        lineage = lineage_of("pretrain", ref, source="checkpoint, continued")
-    else:
-        objective = "clm" if cfg.arch == "gpt" else "mlm"
-        if cfg.objective != "auto" and cfg.objective != objective:
-            raise UsageError(f"--arch {cfg.arch} trains with {objective}; drop --objective {cfg.objective}")
-        with accelerator.main_process_first():
-            tokenizer = scratch_tokenizer(cfg, corpus)
-        model = models.build_scratch(cfg.arch, cfg.size, tokenizer)
-        notes.append(f"new {cfg.arch} ({cfg.size}): {models.count_parameters(model) / 1e6:.2f}M parameters, "
-                     f"vocabulary {len(tokenizer)}")
-        lineage = lineage_of("pretrain", None, source="scratch", arch=cfg.arch, size=cfg.size,
-                             vocab_size=len(tokenizer))
-    return lm_stage("pretrain", cfg, accelerator=accelerator, model=model, tokenizer=tokenizer, objective=objective,
-                    corpus=corpus, lineage=lineage, out=out, kept=kept, notes=notes,
-                    head_added=note is not None)
+    accelerator = start(cfg, out)
+    model = _continued(cfg, ref) if ref is not None else _scratch(cfg, corpus, accelerator)
+    return lm_stage("pretrain", cfg, accelerator=accelerator, corpus=corpus, out=out, **model)
+
+
+def _continued(cfg: PretrainConfig, ref) -> dict:
+    """An existing checkpoint, to continue on the corpus: lm_stage's model arguments."""
+    from nlptl import models
+
+    models.hub_guard(ref)
+    config = models.load_config(ref)
+    objective = models.default_objective(config) if cfg.objective == "auto" else cfg.objective
+    tokenizer = models.load_tokenizer(ref, config)
+    model, note, kept = models.load_lm(ref, config, objective)
+    return {"model": model, "tokenizer": tokenizer, "objective": objective, "kept": kept,
+            "lineage": lineage_of("pretrain", ref, source="checkpoint, continued"),
+            "notes": [note] if note else [], "head_added": note is not None}
+
+
+def _scratch(cfg: PretrainConfig, corpus, accelerator) -> dict:
+    """A new model of --arch and --size, with a tokenizer trained on the corpus: lm_stage's model arguments."""
+    from nlptl import models
+
+    objective = "clm" if cfg.arch == "gpt" else "mlm"
+    if cfg.objective != "auto" and cfg.objective != objective:
+        raise UsageError(f"--arch {cfg.arch} trains with {objective}; drop --objective {cfg.objective}")
+    with accelerator.main_process_first():
+        tokenizer = scratch_tokenizer(cfg, corpus)
+    model = models.build_scratch(cfg.arch, cfg.size, tokenizer)
+    notes = [f"new {cfg.arch} ({cfg.size}): {models.count_parameters(model) / 1e6:.2f}M parameters, "
+             f"vocabulary {len(tokenizer)}"]
+    lineage = lineage_of("pretrain", None, source="scratch", arch=cfg.arch, size=cfg.size, vocab_size=len(tokenizer))
+    return {"model": model, "tokenizer": tokenizer, "objective": objective, "lineage": lineage, "notes": notes}
 
 
 def scratch_tokenizer(cfg: PretrainConfig, corpus):
@@ -86,10 +87,10 @@ def scratch_tokenizer(cfg: PretrainConfig, corpus):
     from transformers import AutoTokenizer
 
     from nlptl.data.corpora import load_corpus
-    from nlptl.models import DEFAULT_VOCAB, PRESETS, train_tokenizer
+    from nlptl.models import DEFAULT_VOCAB, train_tokenizer
 
     vocab = cfg.vocab_size or DEFAULT_VOCAB[cfg.size]
-    positions = PRESETS[cfg.size][3] if cfg.arch == "gpt" else min(PRESETS[cfg.size][3], 512)
+    positions = scratch_positions(cfg.arch, cfg.size)
     key = hashlib.sha256(f"{corpus.sha256 or corpus.spec}|{cfg.arch}|{vocab}|{positions}|v2".encode()).hexdigest()[:16]
     cache = runs_root() / ".cache" / "tokenizers" / key
     if (cache / "tokenizer.json").is_file():
@@ -110,9 +111,6 @@ def scratch_tokenizer(cfg: PretrainConfig, corpus):
 
 def take_checkpoint(cfg: PretrainConfig, ref, out: Path) -> dict:
     """Record an existing checkpoint as the general stage: its files are copied as they are."""
-    from nlptl.checkpoint import StageWriter, make_record
-    from nlptl.config import to_dict
-
     src = Path(ref.path)
     if not ref.local:
         from nlptl import models
@@ -124,16 +122,15 @@ def take_checkpoint(cfg: PretrainConfig, ref, out: Path) -> dict:
             src = Path(snapshot_download(ref.path, allow_patterns=list(MODEL_FILES)))
         except Exception as e:  # noqa: BLE001
             raise models.load_error(ref, e) from e
-    config = to_dict(cfg)
-    lineage = lineage_of("pretrain", ref, source="checkpoint")
-    with StageWriter(out) as w:
+
+    def write(w) -> dict:
         for pattern in MODEL_FILES:
             for f in src.glob(pattern):
                 if f.is_file() and f.name != "nlptl-run.json":
                     shutil.copy2(f, w.path / f.name)
-        w.commit(make_record("pretrain", config, {}, lineage))
-    from nlptl.stages.common import publish
+        return {}
 
-    return {"steps": 0, "n_train": 0, "train_tokens": 0, "train_seconds": 0.0, "perplexity": None,
-            "perplexity_before": None, "loss": None, "output_dir": str(out), **publish(cfg, out, "pretrain"),
-            "config": config, "lineage": lineage}
+    metrics = {"steps": 0, "n_train": 0, "train_tokens": 0, "train_seconds": 0.0, "perplexity": None,
+               "perplexity_before": None, "loss": None, "output_dir": str(out)}
+    return write_stage(cfg, out, "pretrain", metrics=metrics, lineage=lineage_of("pretrain", ref, source="checkpoint"),
+                       write=write, recorded={})

@@ -101,7 +101,7 @@ def _plots(chain: list[dict], run_dir: Path, out: Path) -> list[Path]:
         paths.append(path)
     curve = run_dir / "learning_curve.json"
     if curve.is_file():
-        from nlptl.curve import plot
+        from nlptl.stages.curve import plot
 
         path = out / "learning_curve.png"
         plot(json.loads(curve.read_text(encoding="utf-8"))["summary"], path,

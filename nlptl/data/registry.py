@@ -20,7 +20,7 @@ from pathlib import Path
 from nlptl.config import runs_root
 from nlptl.errors import UsageError, did_you_mean
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).parents[1] / "assets"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Learning curves: accuracy against the number of labels, over seeds, for one or more models.
+"""The learning-curve mode of `nlptl finetune`: accuracy against the number of labels, over seeds, for
+one or more models.
 
     nlptl finetune --from runs/adapt-... --compare runs/pretrain-... --task sentiment \
         --train train.csv --eval dev.csv --n-labels 100,500,1000,all --seeds 3
@@ -20,6 +21,8 @@ from pathlib import Path
 
 from nlptl.config import FinetuneConfig, to_dict
 from nlptl.errors import UsageError
+from nlptl.stages.classifier import fit, prepare
+from nlptl.stages.common import start, write_stage
 
 log = logging.getLogger("nlptl")
 
@@ -47,9 +50,8 @@ def model_name(ref) -> str:
 
 def learning_curve(cfg: FinetuneConfig, refs: list, spec, out: Path) -> dict:
     from nlptl import console
-    from nlptl.checkpoint import StageWriter, lineage_of, make_record
+    from nlptl.checkpoint import lineage_of
     from nlptl.runtime import seed_everything
-    from nlptl.stages.finetune import fit, prepare, start
 
     counts = cfg.label_counts() or [None]
     accelerator = start(cfg)
@@ -76,15 +78,19 @@ def learning_curve(cfg: FinetuneConfig, refs: list, spec, out: Path) -> dict:
                          train=spec.train.record(), n_labels=[r["n_labels"] for r in summary])
     result = {"learning_curve": summary, "runs": runs, "n_eval": len(data.eval), "output_dir": str(out),
               "plot": str(out / "learning_curve.png"), "config": config, "lineage": lineage}
-    if accelerator.is_main_process:
-        with StageWriter(out) as w:
-            (w.path / "learning_curve.json").write_text(json.dumps({"summary": summary, "runs": runs}, indent=2))
-            with open(w.path / "learning_curve.csv", "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(runs[0]))
-                writer.writeheader()
-                writer.writerows(runs)
-            plot(summary, w.path / "learning_curve.png", cfg.task)
-            w.commit(make_record("finetune", config, {"learning_curve": summary}, lineage))
+
+    def write(w) -> dict:
+        (w.path / "learning_curve.json").write_text(json.dumps({"summary": summary, "runs": runs}, indent=2))
+        with open(w.path / "learning_curve.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(runs[0]))
+            writer.writeheader()
+            writer.writerows(runs)
+        plot(summary, w.path / "learning_curve.png", cfg.task)
+        return {}
+
+    # No model is kept, so nothing to upload: a learning curve refuses --push-to-hub (config.py).
+    write_stage(cfg, out, "finetune", metrics=result, lineage=lineage, write=write, accelerator=accelerator,
+                recorded={"learning_curve": summary})
     console.table(f"learning curve on --eval ({len(data.eval)} examples), mean ± std over {cfg.seeds} seed(s)",
                   ["model", "labels", "accuracy", "macro-F1"],
                   [[r["model"], r["n_train"], f"{r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f}",

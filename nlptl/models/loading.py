@@ -1,0 +1,198 @@
+"""Loading a checkpoint: its config, tokenizer, a language model with the objective's head, a classifier
+with a new head (stock transformers classes, or nlptl's pooled head), or a fine-tuned classifier.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nlptl.errors import NlptlError, UsageError
+from nlptl.models.refs import TOKENIZER_FILES, ModelRef, hub_guard, load_error, positions_of
+
+DEFAULT_MAX_LENGTH = 256  # classifier inputs, when neither --max-length nor the model says less
+
+
+def default_max_length(config) -> int:
+    """A classifier's input length without --max-length: 256 tokens, or the model's positions if fewer."""
+    return min(DEFAULT_MAX_LENGTH, positions_of(config) or DEFAULT_MAX_LENGTH)
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def default_objective(config) -> str:
+    """MLM for encoders (the model type has a masked-LM class), CLM for decoders."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    if getattr(config, "is_decoder", False):
+        return "clm"
+    return "mlm" if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES else "clm"
+
+
+def load_tokenizer(ref: ModelRef, config):
+    """The checkpoint's tokenizer, with a usable model_max_length and a pad token."""
+    from transformers import AutoTokenizer
+
+    # Checked first: without tokenizer files transformers 5 builds an empty tokenizer from the model type
+    # (every text -> no tokens) instead of failing.
+    if ref.local and not any((Path(ref.path) / f).is_file() for f in TOKENIZER_FILES):
+        raise NlptlError(f"--from {ref.spec}: holds a model but no tokenizer files; save the tokenizer next to it")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(ref.path)
+    except Exception as e:  # noqa: BLE001 - turned into one line
+        raise load_error(ref, e) from e
+    if not getattr(tokenizer, "is_fast", True):
+        raise NlptlError(f"--from {ref.spec}: nlptl needs a fast (Rust) tokenizer (tokenizer.json); convert it with transformers")
+    positions = positions_of(config)
+    if positions and (not tokenizer.model_max_length or tokenizer.model_max_length > positions):
+        # Many checkpoints store a huge placeholder (1e30) or nothing: the model's positions are the truth.
+        tokenizer.model_max_length = positions
+    if tokenizer.pad_token is None:
+        # GPT-style tokenizers have no pad token. Padding with EOS is safe: attention masks hide it,
+        # and the classifier reads the last real token.
+        if tokenizer.eos_token is None:
+            raise NlptlError(f"--from {ref.spec}: the tokenizer has neither a pad nor an EOS token")
+        tokenizer.pad_token = tokenizer.eos_token
+    if len(tokenizer) > config.vocab_size:
+        raise UsageError(
+            f"--from {ref.spec}: the tokenizer has {len(tokenizer)} tokens but the model's embeddings hold {config.vocab_size}; "
+            "pass the tokenizer the model was trained with"
+        )
+    return tokenizer
+
+
+def load_config(ref: ModelRef):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(ref.path)
+    except Exception as e:  # noqa: BLE001
+        raise load_error(ref, e) from e
+
+
+def load_lm(ref: ModelRef, config, objective: str):
+    """An LM of the checkpoint's family with an `objective` head. Returns (model, note, kept) where
+    `kept` holds the checkpoint's tensors the LM class does not use (e.g. BERT's pooler), so they can be
+    written back and the classifier later starts from the whole encoder."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    cls = AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM
+    try:
+        model, info = cls.from_pretrained(ref.path, config=config, output_loading_info=True)
+    except ValueError as e:
+        raise NlptlError(
+            f"--from {ref.spec}: a {config.model_type} model has no {'masked' if objective == 'mlm' else 'causal'}-LM class; "
+            f"use --objective {'clm' if objective == 'mlm' else 'mlm'}"
+        ) from e
+    except Exception as e:  # noqa: BLE001
+        raise load_error(ref, e) from e
+    note = None
+    missing = [k for k in info.get("missing_keys", []) if not k.endswith("position_ids")]
+    if missing:
+        head = "masked-LM" if objective == "mlm" else "causal-LM"
+        note = f"the checkpoint has no {head} head: added a new one ({len(missing)} tensors, randomly initialised)"
+    kept = _unused_tensors(ref, model, set(info.get("unexpected_keys", [])))
+    return model, note, kept
+
+
+def _unused_tensors(ref: ModelRef, model, unexpected: set[str]) -> dict:
+    if not unexpected or not ref.local:
+        return {}
+    from safetensors import safe_open
+
+    prefix = model.base_model_prefix
+    kept = {}
+    for f in sorted(Path(ref.path).glob("*.safetensors")):
+        with safe_open(str(f), "pt") as fh:
+            keys = list(fh.keys())
+            has_prefix = any(k.startswith(prefix + ".") for k in keys)
+            for k in keys:
+                if k in unexpected:
+                    kept[k if has_prefix else f"{prefix}.{k}"] = fh.get_tensor(k)
+    return kept
+
+
+def family(config) -> str:
+    """'encoder' (masked-LM family) or 'decoder' (causal LM)."""
+    return "encoder" if default_objective(config) == "mlm" else "decoder"
+
+
+def resolve_pooling(config, pooling: str) -> str:
+    """auto -> the family's default: the first token for encoders, the last real token for decoders."""
+    if pooling != "auto":
+        return pooling
+    return "cls" if family(config) == "encoder" else "last"
+
+
+def uses_stock_head(config, pooling: str) -> bool:
+    """Whether transformers' own sequence-classification class implements this pooling."""
+    return (family(config), pooling) in (("encoder", "cls"), ("decoder", "last"))
+
+
+def _stock_class(config):
+    """The family's stock classifier class, looked up by name (not through the Auto registry, which
+    a trust_remote_code load in the same process can redirect)."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+
+    name = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.get(config.model_type)
+    if name is None or not hasattr(transformers, name):
+        raise NlptlError(f"transformers has no sequence-classification class for {config.model_type}; try --pooling mean")
+    return getattr(transformers, name)
+
+
+def load_classifier(ref: ModelRef, config, labels: list[str], tokenizer, pooling: str = "auto"):
+    """A classifier with a new head on the checkpoint's body. Stock transformers classes where they
+    implement the pooling; otherwise nlptl's pooled head (nlptl/heads.py, shipped via auto_map)."""
+    id2label = dict(enumerate(labels))
+    config.num_labels = len(labels)
+    config.id2label = id2label
+    config.label2id = {v: k for k, v in id2label.items()}
+    # Decoders classify from the last non-pad token; the config must know the pad id.
+    config.pad_token_id = tokenizer.pad_token_id
+    pooling = resolve_pooling(config, pooling)
+    try:
+        if uses_stock_head(config, pooling):
+            for attr in ("nlptl_pooling", "auto_map"):
+                if hasattr(config, attr):
+                    delattr(config, attr)
+            return _stock_class(config).from_pretrained(ref.path, config=config, ignore_mismatched_sizes=True)
+        from nlptl.heads import NlptlForSequenceClassification
+
+        config.nlptl_pooling = pooling
+        config.auto_map = {"AutoModelForSequenceClassification": "modeling_nlptl.NlptlForSequenceClassification"}
+        return NlptlForSequenceClassification.from_pretrained(ref.path, config=config, ignore_mismatched_sizes=True)
+    except NlptlError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise load_error(ref, e) from e
+
+
+def save_head_code(model, directory) -> None:
+    """Ship nlptl's head code next to a classifier that uses it (for trust_remote_code loading)."""
+    import shutil
+
+    if getattr(model.config, "nlptl_pooling", None):
+        shutil.copy2(Path(__file__).parents[1] / "heads.py", Path(directory) / "modeling_nlptl.py")
+
+
+def load_trained_classifier(ref: ModelRef):
+    """A fine-tuned classifier for inference: (model, tokenizer, label names, max_length)."""
+    hub_guard(ref)
+    config = load_config(ref)
+    tokenizer = load_tokenizer(ref, config)
+    try:
+        if getattr(config, "nlptl_pooling", None):
+            from nlptl.heads import NlptlForSequenceClassification
+
+            model = NlptlForSequenceClassification.from_pretrained(ref.path, config=config)
+        else:
+            model = _stock_class(config).from_pretrained(ref.path, config=config)
+    except NlptlError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise load_error(ref, e, "--model") from e
+    names = [config.id2label[i] for i in range(config.num_labels)]
+    max_length = (ref.run or {}).get("max_length") or default_max_length(config)
+    return model, tokenizer, names, max_length

@@ -1,0 +1,118 @@
+"""The flow of the language-modelling stages: corpus -> packed blocks -> perplexity before -> train()
+-> perplexity after -> stage directory. `pretrain` (with a corpus) and `adapt` are this flow with a
+different model source.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from nlptl.config import LMConfig, to_dict
+from nlptl.errors import UsageError
+from nlptl.stages.common import check_block_size, resume_args, write_stage
+
+log = logging.getLogger("nlptl")
+
+
+def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, objective: str, corpus,
+             lineage: dict, out: Path, kept: dict | None = None, notes: list[str] | None = None,
+             head_added: bool = False) -> dict:
+    """Train `model` on `corpus` with `objective` and write the stage directory."""
+    from nlptl.data.collate import lm_collators
+    from nlptl.evaluation import lm_loss
+    from nlptl.models import apply_lora, positions_of
+    from nlptl.tracking import RunLog
+
+    check_block_size(cfg.block_size, positions_of(model.config))
+    for note in notes or []:
+        log.info(note)
+    train_blocks, held_out, preprocess_seconds = blocks_of(cfg, corpus, tokenizer, objective, accelerator)
+    train_collate, eval_collate = lm_collators(tokenizer, objective, cfg.mlm_probability, cfg.seed,
+                                               objective == "mlm" and cfg.whole_word_mask)
+
+    def score(m):
+        return lm_loss(accelerator, m, held_out, eval_collate(), cfg.batch_size)
+
+    peft_model = None
+    if cfg.lora:
+        # The adapters are injected into `model` in place (LoRA's B starts at zero, so the "before"
+        # score is the base model's): everything below trains `model` as usual.
+        peft_model = apply_lora(model, cfg)
+        if head_added:
+            log.warning("the %s head is new and LoRA leaves it at its random initialisation; "
+                        "a full adapt (without --lora) trains it", "masked-LM" if objective == "mlm" else "causal-LM")
+    train_args = resume_args(cfg, out)
+    with RunLog(accelerator, out, stage, to_dict(cfg), resume=train_args["resume_from"] is not None) as runlog:
+        before = score(model.to(accelerator.device))
+        runlog.log({"step": 0, "eval_loss": before["loss"], "eval_perplexity": before["perplexity"]})
+        model, result = fit_lm(cfg, stage, accelerator, model, objective, train_blocks, train_collate, runlog, train_args)
+        after = score(model)
+        runlog.log({"step": result.steps, "eval_loss": after["loss"], "eval_perplexity": after["perplexity"]})
+    metrics = {
+        "perplexity": after["perplexity"],
+        "perplexity_before": before["perplexity"],  # with a newly added LM head this is no baseline
+        "lm_head_added": head_added,
+        "loss": after["loss"],
+        "steps": result.steps,
+        "n_train": result.n_train,
+        "n_eval": len(held_out),
+        "train_tokens": result.train_tokens,
+        "train_seconds": round(result.train_seconds, 3),
+        "preprocess_seconds": round(preprocess_seconds, 3),
+        "output_dir": str(out),
+    }
+    lineage.update(objective=objective, corpus=corpus.record(), block_size=cfg.block_size,
+                   masking=(("whole-word" if cfg.whole_word_mask else "token") if objective == "mlm" else None),
+                   steps=result.steps,
+                   tokens_seen=result.train_tokens)
+
+    def write(w) -> dict:
+        from nlptl.models import save_lora
+
+        if peft_model is not None:
+            return {"lora": save_lora(w, peft_model, tokenizer, cfg.merge, kept), "history": result.history}
+        w.save_model(model, tokenizer, kept)
+        return {"history": result.history}
+
+    return write_stage(cfg, out, stage, metrics=metrics, lineage=lineage, write=write, runlog=runlog,
+                       accelerator=accelerator)
+
+
+def blocks_of(cfg: LMConfig, corpus, tokenizer, objective: str, accelerator):
+    """(training blocks, held-out blocks, seconds it took): read, tokenize, pack and split the corpus.
+    Seconds on an unchanged corpus, whose blocks come from the cache."""
+    from nlptl.data.corpora import load_corpus
+    from nlptl.data.lm import pack_blocks, split_blocks
+
+    started = time.perf_counter()
+    with accelerator.main_process_first():
+        texts = load_corpus(corpus)
+        # The key names the column too: one file can hold several text columns (the cache must tell them apart).
+        blocks = pack_blocks(texts, tokenizer, cfg.block_size, corpus_key=f"{corpus.sha256 or corpus.spec}|{corpus.text_column}",
+                             word_starts=objective == "mlm" and cfg.whole_word_mask)
+    if len(blocks) < 2:
+        raise UsageError(
+            f"--corpus {corpus.spec} gives {len(blocks)} block(s) of --block-size {cfg.block_size}; "
+            "pass more text or a smaller --block-size"
+        )
+    train_blocks, held_out = split_blocks(blocks, cfg.validation_percentage, cfg.max_eval_blocks)
+    log.info("%s: %d documents -> %d blocks of %d tokens (%d held out), objective %s",
+             corpus.spec, len(texts), len(blocks), cfg.block_size, len(held_out), objective)
+    return train_blocks, held_out, time.perf_counter() - started
+
+
+def fit_lm(cfg: LMConfig, stage: str, accelerator, model, objective: str, blocks, collate, runlog, train_args: dict):
+    """train() with the objective's collator; returns (the trained LM, TrainResult)."""
+    from nlptl.models import masked_only
+    from nlptl.train import train
+
+    if objective != "mlm":
+        return train(accelerator, model, blocks, collate, cfg, description=stage, runlog=runlog, **train_args)
+    # MLM trains on the masked positions only (same loss, a fraction of the vocabulary projection), and
+    # masks in the loop: the loader stacks the blocks, the collator's `transform` masks them.
+    sparse = masked_only(model)
+    trained, result = train(accelerator, sparse or model, blocks, collate.stack, cfg, description=stage,
+                            batch_transform=collate.transform, random_source=collate, runlog=runlog, **train_args)
+    return (trained.lm if sparse is not None else trained), result
