@@ -48,8 +48,8 @@ def _options(stage: str) -> list[inspect.Parameter]:
 
 
 JSON_HELP = "Print the result as one JSON object on stdout (logs stay on stderr)."
-QUIET = _param("quiet", typer.Option(False, "--quiet", "-q", help="Only warnings and errors on stderr.",
-                                     rich_help_panel=OUTPUT), bool)
+QUIET_HELP = "Only warnings and errors on stderr."
+QUIET = _param("quiet", typer.Option(False, "--quiet", "-q", help=QUIET_HELP, rich_help_panel=OUTPUT), bool)
 # The options every stage command ends with: where the config comes from, and how results are shown.
 COMMON = [
     _param("config", typer.Option(None, "--config", help="YAML file of config keys (flags override it).",
@@ -60,7 +60,7 @@ COMMON = [
     QUIET,
 ]
 Json = Annotated[bool, typer.Option("--json", help=JSON_HELP, rich_help_panel=OUTPUT)]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.", rich_help_panel=OUTPUT)]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP, rich_help_panel=OUTPUT)]
 NOT_CONFIG = ("config", "sets", "json_", "quiet")
 
 
@@ -103,8 +103,7 @@ def _predict(given: dict[str, Any]) -> None:
     from nlptl.stages import predict as stage
 
     console.configure(quiet=given["quiet"], json_mode=given["json_"])
-    flags = _flags({**given, "texts": given["texts"] or None})
-    rows = stage.run(cfgmod.resolve(STAGE_CONFIGS["predict"], flags=flags))
+    rows = stage.run(cfgmod.resolve(STAGE_CONFIGS["predict"], flags=_flags({**given, "texts": given["texts"] or None})))
     if given["json_"]:
         for row in rows:
             console.emit_json(row)
@@ -124,7 +123,8 @@ stage_command("finetune", "Stage 3: fine-tune a classifier on labelled data; kee
 stage_command("evaluate", "Accuracy and macro-F1 of a classifier on a labelled file, or perplexity of a language "
               "model.", _options("evaluate") + COMMON)
 stage_command("predict", "Labels with scores for texts (arguments, --input FILE, or --input - for stdin).", [
-    _param("texts", typer.Argument(None, help="Texts to classify.", show_default=False), list[str] | None),
+    _param("texts", typer.Argument(None, help=help_of(STAGE_CONFIGS["predict"], "texts"), show_default=False),
+           list[str] | None),
     *_options("predict"),
     _param("json_", typer.Option(False, "--json", help="JSON Lines on stdout: one object per text."), bool),
     QUIET,

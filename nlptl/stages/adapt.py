@@ -34,19 +34,13 @@ def run(cfg: AdaptConfig) -> dict:
     corpus = resolve_corpus(cfg.corpus, cfg.text_column, cfg.train_file)
     out = open_stage(cfg, "adapt", ref.path if ref.local else None)
 
-    from nlptl import models
-    from nlptl.stages.lm import lm_stage
+    from nlptl.stages.lm import lm_from, lm_stage
 
     accelerator = start(cfg, out)
-    models.hub_guard(ref)
-    config = models.load_config(ref)
-    objective = models.default_objective(config) if cfg.objective == "auto" else cfg.objective
-    tokenizer = models.load_tokenizer(ref, config)
-    model, note, kept = models.load_lm(ref, config, objective)
-    notes = [note] if note else []
-    if kept:
-        notes.append(f"keeping {len(kept)} tensors the LM class does not use ({', '.join(sorted(kept)[:2])}...) for finetune")
-    lineage = lineage_of("adapt", ref)
-    return lm_stage("adapt", cfg, accelerator=accelerator, model=model, tokenizer=tokenizer, objective=objective,
-                    corpus=corpus, lineage=lineage, out=out, kept=kept, notes=notes,
-                    head_added=note is not None)
+    model = lm_from(cfg, ref)
+    if model["kept"]:
+        kept = model["kept"]
+        model["notes"].append(f"keeping {len(kept)} tensors the LM class does not use ({', '.join(sorted(kept)[:2])}...) "
+                              "for finetune")
+    return lm_stage("adapt", cfg, accelerator=accelerator, corpus=corpus, out=out, lineage=lineage_of("adapt", ref),
+                    **model)

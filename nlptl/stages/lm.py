@@ -80,6 +80,20 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
                        accelerator=accelerator)
 
 
+def lm_from(cfg: LMConfig, ref) -> dict:
+    """An existing checkpoint as a language model with the objective's head (--objective, or the
+    family's): lm_stage's model arguments."""
+    from nlptl import models
+
+    models.hub_guard(ref)
+    config = models.load_config(ref)
+    objective = models.default_objective(config) if cfg.objective == "auto" else cfg.objective
+    tokenizer = models.load_tokenizer(ref, config)
+    model, note, kept = models.load_lm(ref, config, objective)
+    return {"model": model, "tokenizer": tokenizer, "objective": objective, "kept": kept,
+            "notes": [note] if note else [], "head_added": note is not None}
+
+
 def blocks_of(cfg: LMConfig, corpus, tokenizer, objective: str, accelerator):
     """(training blocks, held-out blocks, seconds it took): read, tokenize, pack and split the corpus.
     Seconds on an unchanged corpus, whose blocks come from the cache."""

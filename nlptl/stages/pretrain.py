@@ -45,25 +45,14 @@ def run(cfg: PretrainConfig) -> dict:
     if ref is not None and corpus is None:
         return take_checkpoint(cfg, ref, out)
 
-    from nlptl.stages.lm import lm_stage
+    from nlptl.stages.lm import lm_from, lm_stage
 
     accelerator = start(cfg, out)
-    model = _continued(cfg, ref) if ref is not None else _scratch(cfg, corpus, accelerator)
+    if ref is not None:  # an existing checkpoint, continued on the corpus
+        model = {**lm_from(cfg, ref), "lineage": lineage_of("pretrain", ref, source="checkpoint, continued")}
+    else:
+        model = _scratch(cfg, corpus, accelerator)
     return lm_stage("pretrain", cfg, accelerator=accelerator, corpus=corpus, out=out, **model)
-
-
-def _continued(cfg: PretrainConfig, ref) -> dict:
-    """An existing checkpoint, to continue on the corpus: lm_stage's model arguments."""
-    from nlptl import models
-
-    models.hub_guard(ref)
-    config = models.load_config(ref)
-    objective = models.default_objective(config) if cfg.objective == "auto" else cfg.objective
-    tokenizer = models.load_tokenizer(ref, config)
-    model, note, kept = models.load_lm(ref, config, objective)
-    return {"model": model, "tokenizer": tokenizer, "objective": objective, "kept": kept,
-            "lineage": lineage_of("pretrain", ref, source="checkpoint, continued"),
-            "notes": [note] if note else [], "head_added": note is not None}
 
 
 def _scratch(cfg: PretrainConfig, corpus, accelerator) -> dict:
