@@ -30,6 +30,15 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     best: dict | None = None  # metrics of the kept checkpoint
     best_step: int | None = None
+    device: str = "cpu"  # where the loop ran (cuda, cpu, ...)
+    peak_memory_gib: float | None = None  # the accelerator's peak allocated memory (CUDA only)
+
+    def device_metrics(self) -> dict:
+        """What a stage's metrics say about the hardware it trained on."""
+        out: dict = {"device": self.device}
+        if self.peak_memory_gib is not None:
+            out["peak_gpu_memory_gib"] = round(self.peak_memory_gib, 2)
+        return out
 
 
 def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
@@ -102,7 +111,17 @@ def train(
     eval_every = cfg.eval_every or (max(1, math.ceil(steps / default_evals)) if default_evals else None)
 
     progress = Progress(description, steps, cfg.log_every)
-    result = TrainResult(steps=0, train_seconds=0.0, train_tokens=0, n_train=len(train_dataset), final_loss=None)
+    # The numbers that decide the optimisation, stated once: under torchrun/accelerate launch the global
+    # batch grows with the processes while the learning rate stays as given.
+    progress.note(f"{description}: {steps} steps, global batch {cfg.batch_size * accelerator.num_processes * cfg.grad_accum} "
+                  f"({cfg.batch_size} per process x {accelerator.num_processes} process(es) x {cfg.grad_accum} "
+                  f"accumulation), peak lr {cfg.lr:g}, {accelerator.device.type}, "
+                  f"{'fp32' if accelerator.mixed_precision == 'no' else accelerator.mixed_precision}")
+    result = TrainResult(steps=0, train_seconds=0.0, train_tokens=0, n_train=len(train_dataset), final_loss=None,
+                         device=accelerator.device.type)
+    on_cuda = accelerator.device.type == "cuda"
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats(accelerator.device)
     best_value, best_state = None, None
     tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)
     running, running_n = torch.zeros((), device=accelerator.device), 0
@@ -257,6 +276,8 @@ def train(
     finally:
         stop.uninstall()
     result.train_seconds = time.perf_counter() - start - eval_seconds
+    if on_cuda:
+        result.peak_memory_gib = torch.cuda.max_memory_allocated(accelerator.device) / 2**30
     progress.close()
     if evaluate_fn is not None and select is not None and best_state is None:
         run_eval()

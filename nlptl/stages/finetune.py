@@ -63,6 +63,7 @@ def run(cfg: FinetuneConfig) -> dict:
         "n_train": result.n_train,
         "train_tokens": result.train_tokens,
         "train_seconds": round(result.train_seconds, 3),
+        **result.device_metrics(),
         "output_dir": str(out),
     }
     lineage = lineage_of("finetune", ref, task=cfg.task, labels=data.names, train=spec.train.record(),
@@ -210,4 +211,6 @@ def tokenize(ds, tokenizer, max_length: int, flag: str):
 def classification_collator(tokenizer):
     from transformers import DataCollatorWithPadding
 
-    return DataCollatorWithPadding(tokenizer)
+    from nlptl.runtime import pad_multiple
+
+    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple())
