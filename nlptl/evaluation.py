@@ -22,7 +22,7 @@ def lm_loss(accelerator, model, dataset, collate_fn, batch_size: int) -> dict:
     loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn))
     model.eval()
     sums, counts = [], []
-    with torch.no_grad():
+    with torch.no_grad(), eager():
         for batch in loader:
             labels = batch.pop("labels")
             logits = model(**batch).logits
@@ -37,6 +37,15 @@ def lm_loss(accelerator, model, dataset, collate_fn, batch_size: int) -> dict:
     n = int(torch.cat(counts).sum().item())
     loss = total / max(n, 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": n}
+
+
+def eager():
+    """Evaluation ignores `--compile`: a compiled training graph does not fit a no-grad pass, and
+    compiling another one (a minute for a base-sized model) for a few held-out batches costs more
+    than it saves."""
+    import torch
+
+    return torch.compiler.set_stance("force_eager")
 
 
 def _is_causal(model) -> bool:
@@ -60,7 +69,7 @@ def classify(accelerator, model, dataset, collate_fn, batch_size: int):
     loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn))
     model.eval()
     all_logits, all_labels = [], []
-    with torch.no_grad():
+    with torch.no_grad(), eager():
         for batch in loader:
             labels = batch.pop("labels", None)
             logits = model(**batch).logits.float()

@@ -120,5 +120,15 @@ def compile_model(model) -> None:
     dynamic after the first recompilation instead of compiling once per shape."""
     import torch
 
+    from transformers import PreTrainedModel
+
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    for module in model.modules():
+        # transformers resolves the loss function on every forward and, for a model whose config names
+        # no loss type, logs a warning there: a graph break in each compiled step. Resolve it once here.
+        if isinstance(module, PreTrainedModel) and "_loss_function" not in vars(module):
+            try:
+                module.loss_function = module.loss_function
+            except (AttributeError, KeyError):
+                pass
     model.compile()

@@ -88,7 +88,11 @@ def train(
 
         # Random mega-batches of 50 batches, each sorted by length: padding shrinks, order stays random.
         sampler = LengthGroupedSampler(cfg.batch_size, lengths=lengths, generator=generator)
+    # Compiled LM training drops an epoch's last, shorter batch: one batch shape, one graph (a partial
+    # batch would recompile, then run a slower dynamic-shape graph). Blocks are reshuffled every epoch.
+    drop_last = cfg.compile and lengths is None and len(train_dataset) > cfg.batch_size
     loader = DataLoader(train_dataset, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                        drop_last=drop_last,
                         # The loader draws its worker seed from `generator` too, never from the global RNG,
                         # so a resumed run's dropout sees the same random stream as an uninterrupted one.
                         collate_fn=collate_fn, generator=generator,
