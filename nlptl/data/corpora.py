@@ -78,7 +78,7 @@ def load_corpus(src: CorpusSource):
                       "pass a local file, directory or glob instead (or register one in $NLPTL_HOME/registry.yaml)")
         src.sha256 = src.sha256 or ds._fingerprint
     else:
-        ds = read_files(src.files, src.format)
+        ds = read_files(src.files, src.format, src.sha256)
     if src.text_column not in ds.column_names:
         raise UsageError(f"--corpus {src.spec}: no column '{src.text_column}'; pass --text-column NAME")
     ds = ds.select_columns([src.text_column])
@@ -93,11 +93,17 @@ def load_corpus(src: CorpusSource):
     return ds
 
 
-def read_files(files: list[str], fmt: str):
-    """Read data files with `datasets`' packaged builders; every column as read, CSV cells as strings."""
+def read_files(files: list[str], fmt: str, sha256: str | None):
+    """Read data files with `datasets`' packaged builders; every column as read, CSV cells as strings.
+
+    `sha256` is the content hash of the files (`check_data_file`). `datasets` keys its cache of local
+    files by path and modification time, so a file rewritten with its time kept (`cp -p`, `rsync -t`,
+    a restored backup) would be read from the old cache: each content gets a cache directory of its own."""
     import datasets
 
     kwargs: dict = {}
+    if sha256:
+        kwargs["cache_dir"] = str(Path(datasets.config.HF_DATASETS_CACHE) / "nlptl-content" / sha256[:32])
     builder = {"text": "text", "csv": "csv", "tsv": "csv", "json": "json", "parquet": "parquet"}[fmt]
     if fmt in ("csv", "tsv"):
         # Strings, never guessed types or NaN: "NA", "null" or "1e5" are texts and labels too.

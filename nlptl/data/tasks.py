@@ -84,7 +84,7 @@ def read_labelled(src: LabelledSource, spec: TaskSpec, with_labels: bool = True)
         text_col, label_col = spec.entry.hub_text_column, spec.entry.hub_label_column
         src.sha256 = ds._fingerprint
     else:
-        ds = read_files(src.files, src.format)
+        ds = read_files(src.files, src.format, src.sha256)
         text_col, label_col = spec.text_column, spec.label_column
     keep = [text_col] + ([label_col] if with_labels else [])
     ds = ds.select_columns(keep)
