@@ -80,6 +80,7 @@ class TrainConfig:
     merge: bool = opt(False, "With --lora: also write the merged model (loads without peft; usable as the next stage's --from).")
 
     def __post_init__(self) -> None:
+        finite(self)
         positive(self, "epochs", "batch_size", "grad_accum", "lr", "log_every")
         self.report_to = ",".join(report_targets(self.report_to))
         if self.push_to_hub is not None and not REPO_ID.fullmatch(self.push_to_hub):
@@ -245,6 +246,7 @@ class EvaluateConfig:
     seed: int | None = opt(None, "Seed of the MLM masks (default: the fixed masks every nlptl LM stage scores with).")
 
     def __post_init__(self) -> None:
+        finite(self)
         positive(self, "batch_size")
         if self.data is None:
             raise UsageError("evaluate needs --data FILE")
@@ -300,6 +302,17 @@ def positive(cfg: Any, *names: str) -> None:
         value = getattr(cfg, name)
         if value is None or value <= 0:
             raise UsageError(f"{flag_name(name)} must be positive (got {value})")
+
+
+def finite(cfg: Any) -> None:
+    """Every float option is a finite number: `--lr nan` or `--warmup-ratio inf` pass every comparison
+    (`nan <= 0` is False) and would train on nonsense."""
+    import math
+
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"{flag_name(f.name)} must be a finite number (got {value})")
 
 
 def choice(cfg: Any, name: str, choices: tuple[str, ...]) -> None:

@@ -114,9 +114,18 @@ def read_files(files: list[str], fmt: str, sha256: str | None):
                       features=datasets.Features({c: datasets.Value("string") for c in header}))
         if fmt == "tsv":
             kwargs["sep"] = "\t"
+    if fmt in ("text", "csv", "tsv"):
+        kwargs["encoding"] = "utf-8-sig"  # a byte-order mark is not text (nor part of a column name)
     try:
         return datasets.load_dataset(builder, data_files=files, split="train", **kwargs)
     except (datasets.exceptions.DatasetGenerationError, ValueError, OSError) as e:
+        if fmt == "json":  # name the line, as for every other bad input, instead of the reader's message
+            from nlptl.data.files import first_bad_json_line
+
+            for f in files:
+                if bad := first_bad_json_line(Path(f)):
+                    raise UsageError(f"{f}: line {bad[0]} is not a JSON object ({bad[1]}); "
+                                     "fix or drop it (JSON Lines: one object per line)") from None
         cause = e.__cause__ or e
         raise NlptlError(f"could not read {', '.join(files[:3])}: {str(cause).splitlines()[0][:200]}") from e
 
