@@ -119,7 +119,6 @@ def compile_model(model) -> None:
     that vary (finetune's length-grouped batches, the number of masked positions in MLM) are marked
     dynamic after the first recompilation instead of compiling once per shape."""
     import torch
-
     from transformers import PreTrainedModel
 
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
