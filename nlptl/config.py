@@ -160,6 +160,14 @@ class PretrainConfig(LMConfig):
             raise UsageError(f"--vocab-size must be at least 64 (got {self.vocab_size})")
         if self.from_model is None and self.corpus is None:
             raise UsageError("pretrain needs --corpus CORPUS to train from scratch, or --from MODEL to take a checkpoint")
+        if self.from_model is not None:
+            # The checkpoint fixes the architecture, size and vocabulary: such flags would be ignored,
+            # yet recorded in config.yaml and the card's reproduce line.
+            ignored = [flag_name(k) for k, default in (("arch", "gpt"), ("size", "tiny"), ("vocab_size", None))
+                       if getattr(self, k) != default]
+            if ignored:
+                raise UsageError(f"{' and '.join(ignored)} describe a model built from scratch; --from {self.from_model} "
+                                 f"brings its own: drop {' and '.join(ignored)}")
 
 
 @dataclass

@@ -150,7 +150,7 @@ def load(path: str, sets: list[str] | None = None) -> Plan:
         if not NAME.match(name):
             raise UsageError(f"{where}: stage name '{name}' must be letters, digits, '-' or '_'")
         if name in names:
-            raise UsageError(f"{where}: two stages are named '{name}'; give each stage its own name:")
+            raise UsageError(f"{where}: two stages are named '{name}'; give each stage its own name: (name: ...)")
         names.append(name)
         kinds.append(kind)
 
@@ -202,6 +202,14 @@ def load(path: str, sets: list[str] | None = None) -> Plan:
         steps.append(Step(name, kind, cfg, out, source, upstream))
         if out is not None:
             model_out = str(out)
+    for i, step in enumerate(steps):
+        # A source that a later stage writes does not exist yet when this one runs (at run time it would
+        # be taken for a hub id): the plan refuses it.
+        later = next((p for p in steps[i + 1:] if p.out and step.source and _same(p.out, step.source)), None)
+        if later is not None:
+            key = "model" if step.stage == "evaluate" else "from"
+            raise UsageError(f"stage '{step.name}' ({step.stage}): {key}: {step.source} is what stage '{later.name}' "
+                             f"writes, and that stage runs later; move stage '{later.name}' before it")
     return Plan(path, root, steps)
 
 

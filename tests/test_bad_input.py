@@ -228,6 +228,26 @@ LIGHT = {
     "nan-lr": (lambda w: adapt(w, "--lr", "nan"), 2, ["--lr", "finite number", "nan"]),
     "inf-warmup": (lambda w: finetune(w, "--warmup-ratio", "inf"), 2, ["--warmup-ratio", "finite number"]),
     "nan-set-float": (lambda w: adapt(w, "--set", "max_grad_norm=nan"), 2, ["--max-grad-norm", "finite number"]),
+    "local-path-typo": (
+        lambda w: ["adapt", "--from", "runs/genral", "--corpus", w.good_txt],
+        2,
+        ["--from runs/genral", "no such directory", "did you mean 'general'"],
+    ),
+    "compare-path-typo": (
+        lambda w: finetune(w, "--compare", "runs/genral"),
+        2,
+        ["--compare runs/genral", "no such directory"],
+    ),
+    "pretrain-from-with-arch": (
+        lambda w: ["pretrain", "--from", w.lm, "--arch", "bert", "--size", "base"],
+        2,
+        ["--arch and --size", "drop --arch and --size"],
+    ),
+    "predict-max-length-over-positions": (
+        lambda w: ["predict", "--model", w.clf, "--max-length", "4096", "some text"], 2, ["--max-length 4096", "positions"]),
+    "evaluate-max-length-over-positions": (
+        lambda w: ["evaluate", "--model", w.clf, "--data", w.train, "--max-length", "4096"], 2,
+        ["--max-length 4096", "positions"]),
     "header-only-csv": (
         lambda w: ["finetune", "--from", w.lm, "--task", "classification", "--train", w.header_only],
         2,
@@ -243,6 +263,7 @@ def test_fails_before_torch(w, tmp_path, case):
     argv = build(w)
     if argv[0] in ("pretrain", "adapt", "finetune") and "--out" not in argv:
         argv += ["--out", out]
+    (tmp_path / "runs" / "general").mkdir(parents=True)  # for the path typo: ./runs exists, runs/genral does not
     res = run_light(argv, tmp_path)
     assert_one_line_error(res, code, *needles)
     assert not res.torch, f"{case}: torch was imported before the check failed"

@@ -20,7 +20,7 @@ from nlptl.config import FinetuneConfig, to_dict
 from nlptl.data.tasks import resolve_task
 from nlptl.errors import UsageError
 from nlptl.models import inspect_model, require_peft
-from nlptl.stages.common import positions_of, preflight, publish
+from nlptl.stages.common import check_max_length, preflight, publish
 
 log = logging.getLogger("nlptl")
 DEFAULT_MAX_LENGTH = 256
@@ -29,11 +29,10 @@ DEFAULT_MAX_LENGTH = 256
 def run(cfg: FinetuneConfig) -> dict:
     if cfg.lora:
         require_peft()
-    refs = [inspect_model(m) for m in [cfg.from_model or default_from("finetune"), *cfg.compare]]
+    refs = [inspect_model(cfg.from_model or default_from("finetune"), "--from"),
+            *(inspect_model(m, "--compare") for m in cfg.compare)]
     for ref in refs:
-        positions = positions_of(ref.config) if ref.config else None
-        if cfg.max_length and positions and cfg.max_length > positions:
-            raise UsageError(f"--max-length {cfg.max_length} is larger than the model's {positions} positions; use {positions} or less")
+        check_max_length(cfg.max_length, ref.config)
     spec = resolve_task(cfg.task, cfg.train_file, cfg.eval_file, cfg.text_column, cfg.label_column)
     out = Path(cfg.out) if cfg.out else default_out("finetune")
     check_out(out, cfg.overwrite, refs[0].path if refs[0].local else None, resume=cfg.resume or bool(cfg.resume_from),
