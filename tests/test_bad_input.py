@@ -527,3 +527,20 @@ def test_csv_with_a_byte_order_mark_is_read(w, tmp_path, capsys):
     from nlptl.data.corpora import load_corpus, resolve_corpus
 
     assert not load_corpus(resolve_corpus(str(corpus)))["text"][0].startswith("\ufeff")
+
+
+def test_a_failed_run_leaves_no_metrics_behind(w, tmp_path, capsys, monkeypatch):
+    """A stage that fails after it started logging (here: inside the training loop) leaves no
+    OUT/metrics.csv: the README's "nothing half-written"."""
+    import nlptl.train
+    from nlptl.errors import NlptlError
+
+    def fail(*args, **kwargs):
+        raise NlptlError("the training loss became nan at step 1")
+
+    monkeypatch.setattr(nlptl.train, "train", fail)
+    out = tmp_path / "out"
+    code, _, err = in_process(adapt(w, "--out", out, "--block-size", "32", *FAST), tmp_path, capsys)
+    assert code == 1 and "loss became nan" in err
+    assert not (out / "metrics.csv").exists()
+    assert_nothing_written(out)
