@@ -12,18 +12,23 @@ from pathlib import Path
 METRICS_DIR = Path(__file__).parent / "metrics"
 
 
-def lm_loss(accelerator, model, dataset, collate_fn, batch_size: int) -> dict:
+def lm_loss(accelerator, model, dataset, collate_fn, batch_size: int, description: str = "perplexity") -> dict:
     """Mean loss per predicted token, and its perplexity, over `dataset` (fixed masks for MLM:
     the collator is built fresh with a seed by the caller)."""
     import torch
     import torch.nn.functional as F
     from torch.utils.data import DataLoader
 
+    from nlptl.console import Progress
+
     loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn))
     model.eval()
     sums, counts = [], []
+    # Held-out scoring of a large model can take minutes: it shows progress like training does.
+    progress = Progress(description, len(loader), max(1, len(loader) // 10))
     with torch.no_grad(), eager():
-        for batch in loader:
+        for i, batch in enumerate(loader, 1):
+            progress.update(i, {})
             labels = batch.pop("labels")
             logits = model(**batch).logits
             if labels.shape == batch["input_ids"].shape and _is_causal(model):
@@ -33,6 +38,7 @@ def lm_loss(accelerator, model, dataset, collate_fn, batch_size: int) -> dict:
             s, n = accelerator.gather_for_metrics(((token_loss * valid).sum(1), valid.sum(1)))
             sums.append(s.double().cpu())
             counts.append(n.cpu())
+    progress.close()
     total = torch.cat(sums).sum().item()
     n = int(torch.cat(counts).sum().item())
     loss = total / max(n, 1)
@@ -55,7 +61,7 @@ def _is_causal(model) -> bool:
     return type(unwrapped).__name__ in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
 
-def classify(accelerator, model, dataset, collate_fn, batch_size: int):
+def classify(accelerator, model, dataset, collate_fn, batch_size: int, description: str = "scoring"):
     """(logits, labels or None) for every example of `dataset`. Examples are scored sorted by length
     (batches pad to their longest text, so sorting cuts padding); rows come back in that order,
     logits and labels aligned."""
@@ -66,11 +72,15 @@ def classify(accelerator, model, dataset, collate_fn, batch_size: int):
         lengths = [len(ids) for ids in dataset["input_ids"]]
         order = sorted(range(len(dataset)), key=lengths.__getitem__)
         dataset = dataset.select(order)
+    from nlptl.console import Progress
+
     loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn))
     model.eval()
     all_logits, all_labels = [], []
+    progress = Progress(description, len(loader), max(1, len(loader) // 10))
     with torch.no_grad(), eager():
-        for batch in loader:
+        for i, batch in enumerate(loader, 1):
+            progress.update(i, {})
             labels = batch.pop("labels", None)
             logits = model(**batch).logits.float()
             if labels is not None:
@@ -79,6 +89,7 @@ def classify(accelerator, model, dataset, collate_fn, batch_size: int):
             else:
                 logits = accelerator.gather_for_metrics(logits)
             all_logits.append(logits.cpu())
+    progress.close()
     return torch.cat(all_logits), (torch.cat(all_labels) if all_labels else None)
 
 

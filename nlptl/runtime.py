@@ -109,7 +109,14 @@ def quiet_libraries() -> None:
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     datasets.utils.logging.set_verbosity_error()
-    datasets.disable_progress_bars()
+    from nlptl import console
+
+    # Tokenizing and packing a large corpus takes minutes: on a terminal, `datasets`' own bars (with
+    # their "tokenizing"/"packing" descriptions) show it; in logs they would be noise.
+    if console.fancy() and not console.is_quiet():
+        datasets.enable_progress_bars()
+    else:
+        datasets.disable_progress_bars()
     logging.getLogger("accelerate").setLevel(logging.ERROR)
 
 
