@@ -296,6 +296,10 @@ def find_resume_checkpoint(out: Path, resume_from: str | None) -> Path:
     for path in candidates:
         problem = verify_checkpoint(path)
         if problem is None:
+            if problems:  # never silently: the run goes back further than the user may think
+                import logging
+
+                logging.getLogger("nlptl").warning("--resume: skipped %s; resuming from %s", "; ".join(problems), path.name)
             return path
         problems.append(f"{path.name}: {problem}")
     raise UsageError(f"--resume: no intact checkpoint in {root} ({'; '.join(problems)}); start over with --overwrite")

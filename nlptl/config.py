@@ -100,6 +100,7 @@ class TrainConfig:
     merge: bool = opt(False, "With --lora: also write the merged model (loads without peft; usable as the next stage's --from).", panel=LORA)
 
     def __post_init__(self) -> None:
+        finite(self)
         positive(self, "epochs", "batch_size", "grad_accum", "lr", "log_every")
         self.report_to = ",".join(report_targets(self.report_to))
         if self.push_to_hub is not None and not REPO_ID.fullmatch(self.push_to_hub):
@@ -172,6 +173,14 @@ class PretrainConfig(LMConfig):
             raise UsageError(f"--vocab-size must be at least 64 (got {self.vocab_size})")
         if self.from_model is None and self.corpus is None:
             raise UsageError("pretrain needs --corpus CORPUS to train from scratch, or --from MODEL to take a checkpoint")
+        if self.from_model is not None:
+            # The checkpoint fixes the architecture, size and vocabulary: such flags would be ignored,
+            # yet recorded in config.yaml and the card's reproduce line.
+            ignored = [flag_name(k) for k, default in (("arch", "gpt"), ("size", "tiny"), ("vocab_size", None))
+                       if getattr(self, k) != default]
+            if ignored:
+                raise UsageError(f"{' and '.join(ignored)} describe a model built from scratch; --from {self.from_model} "
+                                 f"brings its own: drop {' and '.join(ignored)}")
 
 
 @dataclass
@@ -257,6 +266,7 @@ class EvaluateConfig:
     seed: int | None = opt(None, "Seed of the MLM masks (default: the fixed masks every nlptl LM stage scores with).")
 
     def __post_init__(self) -> None:
+        finite(self)
         positive(self, "batch_size")
         if self.data is None:
             raise UsageError("evaluate needs --data FILE")
@@ -354,6 +364,17 @@ def positive(cfg: Any, *names: str) -> None:
         value = getattr(cfg, name)
         if value is None or value <= 0:
             raise UsageError(f"{flag_name(name)} must be positive (got {value})")
+
+
+def finite(cfg: Any) -> None:
+    """Every float option is a finite number: `--lr nan` or `--warmup-ratio inf` pass every comparison
+    (`nan <= 0` is False) and would train on nonsense."""
+    import math
+
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"{flag_name(f.name)} must be a finite number (got {value})")
 
 
 def bounded(cfg: Any, name: str, ok: Any, must: str, hint: str = "") -> None:

@@ -34,6 +34,10 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") in ("0", "")
 
 
+def is_quiet() -> bool:
+    return bool(_state["quiet"])
+
+
 def fancy() -> bool:
     """Rich output only on a real terminal, and never with NO_COLOR."""
     return sys.stderr.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"

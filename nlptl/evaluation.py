@@ -12,18 +12,23 @@ from pathlib import Path
 METRICS_DIR = Path(__file__).parent / "metrics"
 
 
-def lm_loss(accelerator, model, dataset, collate_fn, batch_size: int) -> dict:
+def lm_loss(accelerator, model, dataset, collate_fn, batch_size: int, description: str = "perplexity") -> dict:
     """Mean loss per predicted token, and its perplexity, over `dataset` (fixed masks for MLM:
     the collator is built fresh with a seed by the caller)."""
     import torch
     import torch.nn.functional as F
     from torch.utils.data import DataLoader
 
+    from nlptl.console import Progress
+
     loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn))
     model.eval()
     sums, counts = [], []
-    with torch.no_grad():
-        for batch in loader:
+    # Held-out scoring of a large model can take minutes: it shows progress like training does.
+    progress = Progress(description, len(loader), max(1, len(loader) // 10))
+    with torch.no_grad(), eager():
+        for i, batch in enumerate(loader, 1):
+            progress.update(i, {})
             labels = batch.pop("labels")
             logits = model(**batch).logits
             if labels.shape == batch["input_ids"].shape and _is_causal(model):
@@ -33,10 +38,20 @@ def lm_loss(accelerator, model, dataset, collate_fn, batch_size: int) -> dict:
             s, n = accelerator.gather_for_metrics(((token_loss * valid).sum(1), valid.sum(1)))
             sums.append(s.double().cpu())
             counts.append(n.cpu())
+    progress.close()
     total = torch.cat(sums).sum().item()
     n = int(torch.cat(counts).sum().item())
     loss = total / max(n, 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": n}
+
+
+def eager():
+    """Evaluation ignores `--compile`: a compiled training graph does not fit a no-grad pass, and
+    compiling another one (a minute for a base-sized model) for a few held-out batches costs more
+    than it saves."""
+    import torch
+
+    return torch.compiler.set_stance("force_eager")
 
 
 def _is_causal(model) -> bool:
@@ -46,7 +61,7 @@ def _is_causal(model) -> bool:
     return type(unwrapped).__name__ in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
 
-def classify(accelerator, model, dataset, collate_fn, batch_size: int):
+def classify(accelerator, model, dataset, collate_fn, batch_size: int, description: str = "scoring"):
     """(logits, labels or None) for every example of `dataset`. Examples are scored sorted by length
     (batches pad to their longest text, so sorting cuts padding); rows come back in that order,
     logits and labels aligned."""
@@ -57,11 +72,15 @@ def classify(accelerator, model, dataset, collate_fn, batch_size: int):
         lengths = [len(ids) for ids in dataset["input_ids"]]
         order = sorted(range(len(dataset)), key=lengths.__getitem__)
         dataset = dataset.select(order)
+    from nlptl.console import Progress
+
     loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn))
     model.eval()
     all_logits, all_labels = [], []
-    with torch.no_grad():
-        for batch in loader:
+    progress = Progress(description, len(loader), max(1, len(loader) // 10))
+    with torch.no_grad(), eager():
+        for i, batch in enumerate(loader, 1):
+            progress.update(i, {})
             labels = batch.pop("labels", None)
             logits = model(**batch).logits.float()
             if labels is not None:
@@ -70,6 +89,7 @@ def classify(accelerator, model, dataset, collate_fn, batch_size: int):
             else:
                 logits = accelerator.gather_for_metrics(logits)
             all_logits.append(logits.cpu())
+    progress.close()
     return torch.cat(all_logits), (torch.cat(all_labels) if all_labels else None)
 
 

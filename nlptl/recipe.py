@@ -155,7 +155,19 @@ def load(path: str, sets: list[str] | None = None) -> Plan:
         steps.append(_step(name, kind, cfg, label, steps))
         if steps[-1].out is not None:
             model_out = str(steps[-1].out)
+    _check_order(steps)
     return Plan(path, root, steps)
+
+
+def _check_order(steps: list[Step]) -> None:
+    for i, step in enumerate(steps):
+        # A source that a later stage writes does not exist yet when this one runs (at run time it would
+        # be taken for a hub id): the plan refuses it.
+        later = next((p for p in steps[i + 1:] if p.out and step.source and _same(p.out, step.source)), None)
+        if later is not None:
+            key = "model" if step.stage == "evaluate" else "from"
+            raise UsageError(f"stage '{step.name}' ({step.stage}): {key}: {step.source} is what stage '{later.name}' "
+                             f"writes, and that stage runs later; move stage '{later.name}' before it")
 
 
 def _read(path: str, where: str) -> tuple[list[dict], dict, Any]:
@@ -189,7 +201,7 @@ def _names(stages: list[dict], where: str) -> tuple[list[str], list[str]]:
         if not NAME.match(name):
             raise UsageError(f"{where}: stage name '{name}' must be letters, digits, '-' or '_'")
         if name in names:
-            raise UsageError(f"{where}: two stages are named '{name}'; give each stage its own name:")
+            raise UsageError(f"{where}: two stages are named '{name}'; give each stage its own name: (name: ...)")
         names.append(name)
         kinds.append(kind)
     return names, kinds

@@ -39,6 +39,15 @@ def inference_device():
     return torch.device("cpu")
 
 
+def pad_multiple() -> int | None:
+    """Pad classifier batches to a multiple of 8 tokens on a GPU: tensor cores want it, and the
+    number of distinct batch shapes (each one a recompilation under --compile) drops eightfold. On a
+    CPU, padding is only extra work."""
+    import torch
+
+    return 8 if torch.cuda.is_available() else None
+
+
 def make_accelerator(precision: str = "auto", grad_accum: int = 1, log_with=None, project_dir: str | None = None):
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration
@@ -59,6 +68,11 @@ def make_accelerator(precision: str = "auto", grad_accum: int = 1, log_with=None
         AcceleratorState._reset_state()
     import torch
 
+    if torch.cuda.is_available():
+        # What stays in fp32 under bf16 autocast (the loss, norms, fp32 runs) uses TF32 tensor cores:
+        # the Trainer's --tf32, and PyTorch's own advice for Ampere and later.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     has_accelerator = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available()) or (
         torch.backends.mps.is_available())
     return Accelerator(
@@ -87,7 +101,14 @@ def quiet_libraries() -> None:
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     datasets.utils.logging.set_verbosity_error()
-    datasets.disable_progress_bars()
+    from nlptl import console
+
+    # Tokenizing and packing a large corpus takes minutes: on a terminal, `datasets`' own bars (with
+    # their "tokenizing"/"packing" descriptions) show it; in logs they would be noise.
+    if console.fancy() and not console.is_quiet():
+        datasets.enable_progress_bars()
+    else:
+        datasets.disable_progress_bars()
     logging.getLogger("accelerate").setLevel(logging.ERROR)
 
 
@@ -97,6 +118,15 @@ def compile_model(model) -> None:
     that vary (finetune's length-grouped batches, the number of masked positions in MLM) are marked
     dynamic after the first recompilation instead of compiling once per shape."""
     import torch
+    from transformers import PreTrainedModel
 
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    for module in model.modules():
+        # transformers resolves the loss function on every forward and, for a model whose config names
+        # no loss type, logs a warning there: a graph break in each compiled step. Resolve it once here.
+        if isinstance(module, PreTrainedModel) and "_loss_function" not in vars(module):
+            try:
+                module.loss_function = module.loss_function
+            except (AttributeError, KeyError):
+                pass
     model.compile()

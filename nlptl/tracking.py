@@ -77,6 +77,7 @@ class RunLog:
         self.rows: list[dict] = []
         self.main = accelerator.is_main_process
         self.tracking = bool(accelerator.log_with)
+        self.created_out = not self.out.exists()
         if not self.main:
             return
         self.out.mkdir(parents=True, exist_ok=True)
@@ -149,5 +150,17 @@ class RunLog:
     def __enter__(self) -> RunLog:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         self.close()
+        from nlptl.errors import Interrupted
+
+        if exc_type is None or not self.main or issubclass(exc_type, Interrupted):
+            return
+        # A failed run leaves nothing half-written: the live metrics.csv and tracker logs go, unless a
+        # checkpoint makes the directory a resumable run (--resume rewrites them from its history).
+        checkpoints = self.out / "checkpoints"
+        if checkpoints.is_dir() and any(checkpoints.iterdir()):
+            return
+        (self.out / METRICS_FILE).unlink(missing_ok=True)
+        if self.created_out:
+            shutil.rmtree(self.out, ignore_errors=True)

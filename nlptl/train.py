@@ -32,6 +32,15 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     best: dict | None = None  # metrics of the kept checkpoint
     best_step: int | None = None
+    device: str = "cpu"  # where the loop ran (cuda, cpu, ...)
+    peak_memory_gib: float | None = None  # the accelerator's peak allocated memory (CUDA only)
+
+    def device_metrics(self) -> dict:
+        """What a stage's metrics say about the hardware it trained on."""
+        out: dict = {"device": self.device}
+        if self.peak_memory_gib is not None:
+            out["peak_gpu_memory_gib"] = round(self.peak_memory_gib, 2)
+        return out
 
 
 @dataclass
@@ -118,8 +127,14 @@ def train(accelerator, model, train_dataset, collate_fn: Callable, cfg: TrainCon
     unfreezing = (GradualUnfreezing(optimizer, cfg.unfreeze_every or steps_per_epoch(cfg, len(loader)))
                   if cfg.gradual_unfreeze else None)
     eval_every = cfg.eval_every or (max(1, math.ceil(steps / default_evals)) if default_evals else None)
-    loop = _Loop(accelerator, model, optimizer, scheduler, unfreezing, cfg, steps, Progress(description, steps, cfg.log_every),
-                 evaluate_fn=evaluate_fn, eval_every=eval_every, select=select, batch_transform=batch_transform,
+    progress = Progress(description, steps, cfg.log_every)
+    # The numbers that decide the optimisation, stated once: under torchrun/accelerate launch the global
+    # batch grows with the processes while the learning rate stays as given.
+    progress.note(f"{description}: {steps} steps, global batch {cfg.batch_size * accelerator.num_processes * cfg.grad_accum} "
+                  f"({cfg.batch_size} per process x {accelerator.num_processes} process(es) x {cfg.grad_accum} "
+                  f"accumulation), peak lr {cfg.lr:g}, {accelerator.device.type}, "
+                  f"{'fp32' if accelerator.mixed_precision == 'no' else accelerator.mixed_precision}")
+    loop = _Loop(accelerator, model, optimizer, scheduler, unfreezing, cfg, steps, progress, evaluate_fn=evaluate_fn, eval_every=eval_every, select=select, batch_transform=batch_transform,
                  random_source=random_source or collate_fn, runlog=runlog, checkpoints=checkpoints,
                  generator=generator)
     if resume_from is not None:
@@ -161,8 +176,11 @@ def _loader(dataset, collate_fn, cfg: TrainConfig, lengths, generator, pin: bool
 
         # Random mega-batches of 50 batches, each sorted by length: padding shrinks, order stays random.
         sampler = LengthGroupedSampler(cfg.batch_size, lengths=lengths, generator=generator)
+    # Compiled LM training drops an epoch's last, shorter batch: one batch shape, one graph (a partial
+    # batch would recompile, then run a slower dynamic-shape graph). Blocks are reshuffled every epoch.
+    drop_last = cfg.compile and lengths is None and len(dataset) > cfg.batch_size
     return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-                      collate_fn=collate_fn, generator=generator, pin_memory=pin)
+                      drop_last=drop_last, collate_fn=collate_fn, generator=generator, pin_memory=pin)
 
 
 class _Loop:
@@ -185,6 +203,8 @@ class _Loop:
         self.epoch_sampler_state = generator.get_state()  # the sampler's state when this epoch began
         self.restored_rng: dict | None = None  # until the first batch of a resumed run
         self.start = self.eval_seconds = 0.0
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
 
     def resume(self, path) -> None:
         """Continue exactly where the checkpoint at `path` stopped."""
@@ -337,8 +357,12 @@ class _Loop:
 
     def finish(self, n_train: int) -> tuple[object, TrainResult]:
         """The unwrapped model (the best one with `select`) and what happened."""
+        import torch
+
         state, accelerator = self.state, self.accelerator
         train_seconds = self.elapsed()
+        on_cuda = accelerator.device.type == "cuda"
+        peak = torch.cuda.max_memory_allocated(accelerator.device) / 2**30 if on_cuda else None
         self.progress.close()
         if self.evaluate_fn is not None and self.select is not None and self.best_state is None:
             self.evaluate()
@@ -349,7 +373,7 @@ class _Loop:
             model.load_state_dict(self.best_state)
         return model, TrainResult(steps=state.step, train_seconds=train_seconds, train_tokens=tokens, n_train=n_train,
                                   final_loss=state.final_loss, history=state.history, best=state.best,
-                                  best_step=state.best_step)
+                                  best_step=state.best_step, device=accelerator.device.type, peak_memory_gib=peak)
 
 
 def check_disk_space(checkpoints, model, keep: int) -> None:

@@ -175,3 +175,17 @@ def test_compile_gives_the_eager_loss(checkpoints, corpus_file, tmp_path, family
     assert len(losses[True]) == 4
     # Nearly, not exactly: compiled dropout draws from inductor's own random stream.
     assert losses[True] == pytest.approx(losses[False], rel=2e-2)
+
+
+@pytest.mark.slow  # one compilation, about a minute on 2 cores
+def test_compiled_lm_training_compiles_one_graph(checkpoints, corpus_file, tmp_path):
+    """Over several epochs whose last batch would be shorter, with held-out scoring before and after:
+    one graph, no recompilation (fixed batch shapes; evaluation runs eager)."""
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    out = tmp_path / "compiled"
+    result = adapt.run(adapt_cfg(from_model=str(checkpoints["gpt2"]), corpus=str(corpus_file), out=str(out),
+                                 batch_size=7, epochs=2.5, max_steps=None, compile=True))
+    assert result["n_train"] % 7 != 0 and result["steps"] == int(2.5 * (result["n_train"] // 7))
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])

@@ -77,6 +77,7 @@ def w(tmp_path_factory) -> SimpleNamespace:
         no_label=write_csv(d / "no_label.csv", [("hello", "1")], header=("text", "labl")),
         bad_yaml=write_lines(d / "bad.yaml", ["lr: 0.1", "epochs: [1, 2"]),
         typo_yaml=write_lines(d / "typo.yaml", ["lr: 0.001", "max_step: 3"]),
+        header_only=write_lines(d / "header_only.csv", ["text,label"]),
     )
 
 
@@ -224,6 +225,34 @@ LIGHT = {
         lambda w: adapt(w, "--out", w.broken), 2, ["unfinished run", "--resume", "--overwrite"]),
     "binary-corpus": (lambda w: ["adapt", "--from", w.lm, "--corpus", w.binary], 2, ["binary data", "line 2", "UTF-8"]),
     "negative-save-every": (lambda w: adapt(w, "--save-every", "-1"), 2, ["--save-every", ">= 0"]),
+    "nan-lr": (lambda w: adapt(w, "--lr", "nan"), 2, ["--lr", "finite number", "nan"]),
+    "inf-warmup": (lambda w: finetune(w, "--warmup-ratio", "inf"), 2, ["--warmup-ratio", "finite number"]),
+    "nan-set-float": (lambda w: adapt(w, "--set", "max_grad_norm=nan"), 2, ["--max-grad-norm", "finite number"]),
+    "local-path-typo": (
+        lambda w: ["adapt", "--from", "runs/genral", "--corpus", w.good_txt],
+        2,
+        ["--from runs/genral", "no such directory", "did you mean 'general'"],
+    ),
+    "compare-path-typo": (
+        lambda w: finetune(w, "--compare", "runs/genral"),
+        2,
+        ["--compare runs/genral", "no such directory"],
+    ),
+    "pretrain-from-with-arch": (
+        lambda w: ["pretrain", "--from", w.lm, "--arch", "bert", "--size", "base"],
+        2,
+        ["--arch and --size", "drop --arch and --size"],
+    ),
+    "predict-max-length-over-positions": (
+        lambda w: ["predict", "--model", w.clf, "--max-length", "4096", "some text"], 2, ["--max-length 4096", "positions"]),
+    "evaluate-max-length-over-positions": (
+        lambda w: ["evaluate", "--model", w.clf, "--data", w.train, "--max-length", "4096"], 2,
+        ["--max-length 4096", "positions"]),
+    "header-only-csv": (
+        lambda w: ["finetune", "--from", w.lm, "--task", "classification", "--train", w.header_only],
+        2,
+        ["--train", "header_only.csv", "header but no rows"],
+    ),
 }
 
 
@@ -234,6 +263,7 @@ def test_fails_before_torch(w, tmp_path, case):
     argv = build(w)
     if argv[0] in ("pretrain", "adapt", "finetune") and "--out" not in argv:
         argv += ["--out", out]
+    (tmp_path / "runs" / "general").mkdir(parents=True)  # for the path typo: ./runs exists, runs/genral does not
     res = run_light(argv, tmp_path)
     assert_one_line_error(res, code, *needles)
     assert not res.torch, f"{case}: torch was imported before the check failed"
@@ -460,3 +490,57 @@ def test_texts_longer_than_max_length_are_truncated(w, tmp_path, capsys):
     warning = [line for line in err.splitlines() if "truncated" in line and "--train" in line]
     assert warning, err
     assert "truncated 5 of 24 texts longer than 100 tokens" in warning[0] and "--max-length" in warning[0]
+
+
+def test_malformed_jsonl_line_names_the_line(w, tmp_path, capsys):
+    rows = [json.dumps({"text": t, "label": y}) for t, y in labelled(20)]
+    rows.insert(7, '{"text": "cut short", "label": ')
+    train = write_lines(tmp_path / "train.jsonl", rows)
+    run_fails(["finetune", "--from", w.lm, "--task", "classification", "--train", train, *FAST], tmp_path, capsys,
+              "train.jsonl", "line 8", "not a JSON object")
+
+
+def test_continuous_labels_are_refused(w, tmp_path, capsys):
+    rows = [(t, f"{0.37 * i:.2f}") for i, (t, _) in enumerate(labelled(30))]
+    train = write_csv(tmp_path / "train.csv", rows)
+    run_fails(["finetune", "--from", w.lm, "--task", "classification", "--train", train, *FAST], tmp_path, capsys,
+              "look continuous", "30 distinct numbers", "regression")
+
+
+def test_nan_labels_are_refused_with_the_row(w, tmp_path, capsys):
+    rows = labelled(20)
+    rows[4] = (rows[4][0], "NaN")
+    train = write_csv(tmp_path / "train.csv", rows)
+    run_fails(["finetune", "--from", w.lm, "--task", "classification", "--train", train, *FAST], tmp_path, capsys,
+              "data row 5", "'NaN'", "missing value")
+
+
+def test_csv_with_a_byte_order_mark_is_read(w, tmp_path, capsys):
+    """Excel's 'CSV UTF-8' starts with a BOM: the first column is still 'text'."""
+    train = write_csv(tmp_path / "train.csv", labelled(24))
+    train.write_bytes(b"\xef\xbb\xbf" + train.read_bytes())
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes("\ufeff".encode() + w.good_txt.read_bytes())
+    code, _, err = in_process(["finetune", "--from", w.lm, "--task", "classification", "--train", train,
+                               "--out", tmp_path / "f", *FAST], tmp_path, capsys)
+    assert code == 0, err
+    from nlptl.data.corpora import load_corpus, resolve_corpus
+
+    assert not load_corpus(resolve_corpus(str(corpus)))["text"][0].startswith("\ufeff")
+
+
+def test_a_failed_run_leaves_no_metrics_behind(w, tmp_path, capsys, monkeypatch):
+    """A stage that fails after it started logging (here: inside the training loop) leaves no
+    OUT/metrics.csv: the README's "nothing half-written"."""
+    import nlptl.train
+    from nlptl.errors import NlptlError
+
+    def fail(*args, **kwargs):
+        raise NlptlError("the training loss became nan at step 1")
+
+    monkeypatch.setattr(nlptl.train, "train", fail)
+    out = tmp_path / "out"
+    code, _, err = in_process(adapt(w, "--out", out, "--block-size", "32", *FAST), tmp_path, capsys)
+    assert code == 1 and "loss became nan" in err
+    assert not (out / "metrics.csv").exists()
+    assert_nothing_written(out)

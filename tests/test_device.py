@@ -110,3 +110,17 @@ def test_training_puts_model_and_batches_on_the_gpu():
                           batch_transform=collator.transform)
     assert result.steps == 2
     assert {device for kind, device in events if kind == "forward"} == {"cuda"}
+
+
+def test_the_run_states_its_global_batch_and_learning_rate(caplog):
+    """Under torchrun/accelerate launch the global batch grows with the processes: the log says it."""
+    import logging
+
+    collator = MaskingCollator(Tokenizer(), 0.3, seed=1)
+    cfg = TrainConfig(lr=3e-4, warmup_ratio=0.0, precision="fp32", max_steps=1, batch_size=4, grad_accum=2)
+    with caplog.at_level(logging.INFO, logger="nlptl"):
+        train(make_accelerator("fp32", 2), Toy([]), blocks(), collator.stack, cfg, description="adapt",
+              batch_transform=collator.transform)
+    text = caplog.text
+    assert "global batch 8 (4 per process x 1 process(es) x 2 accumulation)" in text, text
+    assert "peak lr 0.0003" in text and "cpu, fp32" in text

@@ -36,7 +36,7 @@ def test_csv_and_jsonl_keep_every_row_exactly(tmp_path_factory, rows):
     for name, fmt in (("data.csv", "csv"), ("data.jsonl", "json")):
         files, detected, _ = check_data_file(str(d / name), "--train", {"text": "--text-column", "label": "--label-column"})
         assert detected == fmt
-        ds = read_files([str(f) for f in files], fmt)
+        ds = read_files([str(f) for f in files], fmt, None)
         assert len(ds) == len(rows)
         assert [str(x) for x in ds["label"]] == [label for _, label in rows]
         assert ds["text"] == [t for t, _ in rows]  # quotes, commas, "NA" and line breaks survive as written

@@ -238,6 +238,8 @@ def test_several_adapt_stages_chain(tmp_path):
     (lambda r: r.update(stages=[]), "stages: must be a list"),
     (lambda r: r["stages"].pop(0), "stage 'domain' (adapt) has no earlier stage to start from; set from:"),
     (lambda r: r["stages"][2].update(out="runs/domain"), "both write to runs/domain"),
+    (lambda r: r["stages"][1].update(**{"from": "runs/classifier"}),
+     "stage 'domain' (adapt): from: runs/classifier is what stage 'classifier' writes, and that stage runs later"),
 ])
 def test_recipe_mistakes_are_usage_errors_naming_the_stage(tmp_path, change, message):
     r = chain_recipe()
@@ -245,6 +247,7 @@ def test_recipe_mistakes_are_usage_errors_naming_the_stage(tmp_path, change, mes
     with pytest.raises(UsageError) as e:
         load(tmp_path, r)
     assert message in str(e.value)
+    assert "named" not in message or not str(e.value).endswith(":")  # no dangling colon
 
 
 def test_set_names_an_unknown_stage(tmp_path):

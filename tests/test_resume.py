@@ -152,3 +152,19 @@ def test_sigterm_saves_and_exits_143(base):
 
     latest = find_resume_checkpoint(out, None)  # intact, and newer than the first periodic checkpoint
     assert latest.name >= "step-000020"
+
+
+def test_a_corrupted_latest_checkpoint_is_skipped_with_a_warning(tmp_path, caplog):
+    import logging
+
+    from nlptl.checkpoint import checkpoints_dir, find_resume_checkpoint, save_training_state
+
+    out = tmp_path / "run"
+    for step in (10, 20):
+        save_training_state(checkpoints_dir(out), step, {"model.safetensors": lambda p: p.write_bytes(b"weights")},
+                            {"step": step}, keep_last=2)
+    (checkpoints_dir(out) / "step-000020" / "model.safetensors").write_bytes(b"torn")
+    with caplog.at_level(logging.WARNING, logger="nlptl"):
+        assert find_resume_checkpoint(out, None).name == "step-000010"
+    assert "skipped step-000020: model.safetensors is corrupted" in caplog.text
+    assert "resuming from step-000010" in caplog.text

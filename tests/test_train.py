@@ -197,3 +197,30 @@ def test_too_little_disk_fails_before_training(tmp_path, monkeypatch):
         check_disk_space(tmp_path / "out" / "checkpoints", model, keep=2)  # needs ~40 MB
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 0, 10**9))
     check_disk_space(tmp_path / "out" / "checkpoints", model, keep=2)
+
+
+def test_held_out_scoring_shows_progress(caplog):
+    """Perplexity before and after an LM stage can take minutes: it logs progress like training does."""
+    import logging
+
+    from nlptl.evaluation import lm_loss
+
+    class LM(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(16, 16)
+
+        def forward(self, input_ids):
+            return SimpleNamespace(logits=self.emb(input_ids))
+
+    blocks = [{"input_ids": list(range(i % 8, i % 8 + 6))} for i in range(40)]
+
+    def collate(examples):
+        ids = torch.tensor([e["input_ids"] for e in examples])
+        return {"input_ids": ids, "labels": ids.clone()}
+
+    with caplog.at_level(logging.INFO, logger="nlptl"):
+        scores = lm_loss(make_accelerator("fp32"), LM(), blocks, collate, 4)
+    assert scores["tokens"] == 40 * 6 and math.isfinite(scores["loss"])
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("perplexity step")]
+    assert lines and lines[-1].startswith("perplexity step 10/10"), caplog.text

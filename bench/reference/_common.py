@@ -21,6 +21,7 @@ def parse(description: str, lr: float = 5e-5) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=lr)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--block-size", type=int, default=128, help="LM block size / max_seq_length")
+    p.add_argument("--bf16", action="store_true", help="the Trainer's --bf16 (bf16 autocast, fp32 master weights)")
     return p.parse_args()
 
 
@@ -30,8 +31,16 @@ def training_args(a: argparse.Namespace):
     return TrainingArguments(
         output_dir=a.output_dir, per_device_train_batch_size=a.batch_size, learning_rate=a.lr,
         max_steps=a.max_steps, seed=a.seed, save_strategy="no", report_to="none", disable_tqdm=True,
-        logging_steps=max(1, a.max_steps),
+        logging_steps=max(1, a.max_steps), bf16=a.bf16,
     )
+
+
+def pad_decoder(tokenizer, model) -> None:
+    """Decoders without a padding token (GPT-2 style) pad with EOS, as users of run_glue do."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if model is not None and model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
 
 
 def finish(trainer, tokenizer, a: argparse.Namespace, **extra) -> None:

@@ -12,7 +12,7 @@ Trainer with its defaults.
 
 from __future__ import annotations
 
-from _common import finish, parse, training_args
+from _common import finish, pad_decoder, parse, training_args
 
 
 def main() -> None:
@@ -31,6 +31,7 @@ def main() -> None:
     labels = sorted(set(raw["label"]))
     tokenizer = AutoTokenizer.from_pretrained(a.model)
     model = AutoModelForSequenceClassification.from_pretrained(a.model, num_labels=len(labels))
+    pad_decoder(tokenizer, model)
     label_to_id = {v: i for i, v in enumerate(labels)}
 
     def preprocess_function(examples):

@@ -47,7 +47,7 @@ def lm_batches(tokenizer, path: str, block_size: int, max_blocks: int, kind: str
     return out
 
 
-def score_lm(model, batches, kind: str) -> dict:
+def score_lm(model, batches, kind: str, device) -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -55,6 +55,7 @@ def score_lm(model, batches, kind: str) -> dict:
     model.eval()
     with torch.no_grad():
         for ids, labels in batches:
+            ids, labels = ids.to(device), labels.to(device)
             logits = model(input_ids=ids).logits.float()
             if kind == "clm":
                 logits, labels = logits[:, :-1], labels[:, 1:]
@@ -64,7 +65,7 @@ def score_lm(model, batches, kind: str) -> dict:
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count}
 
 
-def score_cls(model, tokenizer, path: str, max_length: int) -> dict:
+def score_cls(model, tokenizer, path: str, max_length: int, device) -> dict:
     import csv
 
     import torch
@@ -77,8 +78,8 @@ def score_cls(model, tokenizer, path: str, max_length: int) -> dict:
         for i in range(0, len(rows), 64):
             chunk = rows[i : i + 64]
             enc = tokenizer([r["text"] for r in chunk], padding=True, truncation=True, max_length=max_length,
-                            return_tensors="pt")
-            labels = torch.tensor([int(r["label"]) for r in chunk])
+                            return_tensors="pt").to(device)
+            labels = torch.tensor([int(r["label"]) for r in chunk], device=device)
             logits = model(**enc).logits.float()
             correct += int((logits.argmax(-1) == labels).sum())
             loss += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
@@ -110,6 +111,10 @@ def main() -> None:
 
     logging.set_verbosity_error()
     cls = {"mlm": AutoModelForMaskedLM, "clm": AutoModelForCausalLM, "cls": AutoModelForSequenceClassification}[a.kind]
+    import torch
+
+    # fp32 on the first GPU when there is one (scoring is short; the same numbers as on a CPU up to rounding).
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = AutoTokenizer.from_pretrained(a.models[0])
     vocab = vocab_hash(tokenizer)
     batches = lm_batches(tokenizer, a.data, a.block_size, a.max_blocks, a.kind, a.seed) if a.kind != "cls" else None
@@ -118,8 +123,11 @@ def main() -> None:
         tok = AutoTokenizer.from_pretrained(path)
         if vocab_hash(tok) != vocab:
             sys.exit(f"{path}: another tokenizer than {a.models[0]}; the scores would not be comparable")
-        model = cls.from_pretrained(path, trust_remote_code=True)
-        results[path] = score_lm(model, batches, a.kind) if batches is not None else score_cls(model, tok, a.data, a.block_size)
+        model = cls.from_pretrained(path, trust_remote_code=True).to(device)
+        if a.kind == "cls" and tok.pad_token is None:  # a decoder classifier: pads with EOS (run_glue's choice)
+            tok.pad_token = tok.eos_token
+        results[path] = (score_lm(model, batches, a.kind, device) if batches is not None
+                         else score_cls(model, tok, a.data, a.block_size, device))
     sys.stdout.write(json.dumps(results) + "\n")
 
 

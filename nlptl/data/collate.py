@@ -33,7 +33,9 @@ def tokenize(ds, tokenizer, max_length: int, flag: str):
 def classification_collator(tokenizer):
     from transformers import DataCollatorWithPadding
 
-    return DataCollatorWithPadding(tokenizer)
+    from nlptl.runtime import pad_multiple
+
+    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple())
 
 
 def lm_collators(tokenizer, objective: str, mlm_probability: float, seed: int, whole_word: bool = False,

@@ -79,7 +79,7 @@ def load_corpus(src: CorpusSource):
                       "pass a local file, directory or glob instead (or register one in $NLPTL_HOME/registry.yaml)")
         src.sha256 = src.sha256 or ds._fingerprint
     else:
-        ds = read_files(src.files, src.format)
+        ds = read_files(src.files, src.format, src.sha256)
     if src.text_column not in ds.column_names:
         raise UsageError(f"--corpus {src.spec}: no column '{src.text_column}'; pass --text-column NAME")
     ds = ds.select_columns([src.text_column])
@@ -94,11 +94,17 @@ def load_corpus(src: CorpusSource):
     return ds
 
 
-def read_files(files: list[str], fmt: str):
-    """Read data files with `datasets`' packaged builders; every column as read, CSV cells as strings."""
+def read_files(files: list[str], fmt: str, sha256: str | None):
+    """Read data files with `datasets`' packaged builders; every column as read, CSV cells as strings.
+
+    `sha256` is the content hash of the files (`check_data_file`). `datasets` keys its cache of local
+    files by path and modification time, so a file rewritten with its time kept (`cp -p`, `rsync -t`,
+    a restored backup) would be read from the old cache: each content gets a cache directory of its own."""
     import datasets
 
     kwargs: dict = {}
+    if sha256:
+        kwargs["cache_dir"] = str(Path(datasets.config.HF_DATASETS_CACHE) / "nlptl-content" / sha256[:32])
     builder = {"text": "text", "csv": "csv", "tsv": "csv", "json": "json", "parquet": "parquet"}[fmt]
     if fmt in ("csv", "tsv"):
         # Strings, never guessed types or NaN: "NA", "null" or "1e5" are texts and labels too.
@@ -109,9 +115,18 @@ def read_files(files: list[str], fmt: str):
                       features=datasets.Features({c: datasets.Value("string") for c in header}))
         if fmt == "tsv":
             kwargs["sep"] = "\t"
+    if fmt in ("text", "csv", "tsv"):
+        kwargs["encoding"] = "utf-8-sig"  # a byte-order mark is not text (nor part of a column name)
     try:
         return datasets.load_dataset(builder, data_files=files, split="train", **kwargs)
     except (datasets.exceptions.DatasetGenerationError, ValueError, OSError) as e:
+        if fmt == "json":  # name the line, as for every other bad input, instead of the reader's message
+            from nlptl.data.files import first_bad_json_line
+
+            for f in files:
+                if bad := first_bad_json_line(Path(f)):
+                    raise UsageError(f"{f}: line {bad[0]} is not a JSON object ({bad[1]}); "
+                                     "fix or drop it (JSON Lines: one object per line)") from None
         cause = e.__cause__ or e
         raise NlptlError(f"could not read {', '.join(files[:3])}: {str(cause).splitlines()[0][:200]}") from e
 

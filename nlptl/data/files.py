@@ -96,14 +96,15 @@ def _check_block(block: bytes, path: Path, flag: str, lines_before: int) -> int:
 def columns_of(path: Path, fmt: str, flag: str) -> list[str]:
     """The column names of a table file, from its header alone."""
     if fmt in ("csv", "tsv"):
-        with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        # utf-8-sig: a byte-order mark (Excel writes one) is not part of the first column's name.
+        with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
             try:
                 header = next(csv.reader(f, delimiter="\t" if fmt == "tsv" else ","))
             except StopIteration:
                 raise UsageError(f"{flag} {path}: the file is empty") from None
         return [h.strip() for h in header]
     if fmt == "json":
-        with open(path, encoding="utf-8", errors="replace") as f:
+        with open(path, encoding="utf-8-sig", errors="replace") as f:
             for line in f:
                 if line.strip():
                     try:
@@ -144,7 +145,9 @@ def check_data_file(spec: str, flag: str, columns: dict[str, str] | None = None)
         if f.stat().st_size == 0:
             raise UsageError(f"{flag} {f}: the file is empty")
         if fmt in ("text", "csv", "tsv", "json"):
-            scan_text(f, flag, digest)
+            lines = scan_text(f, flag, digest)
+            if fmt in ("csv", "tsv") and lines < 2:
+                raise UsageError(f"{flag} {f}: holds a header but no rows")
         else:
             with open(f, "rb") as fh:
                 while chunk := fh.read(CHUNK):
@@ -152,6 +155,21 @@ def check_data_file(spec: str, flag: str, columns: dict[str, str] | None = None)
         if fmt != "text" and columns:
             require_columns(f, fmt, flag, columns)
     return files, fmt, digest.hexdigest()
+
+
+def first_bad_json_line(path: Path) -> tuple[int, str] | None:
+    """(line number, reason) of the first line of a JSON Lines file that is not one JSON object."""
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                return number, e.msg
+            if not isinstance(row, dict):
+                return number, "not a JSON object"
+    return None
 
 
 def read_lines(spec: str) -> list[str]:

@@ -85,7 +85,7 @@ def read_labelled(src: LabelledSource, spec: TaskSpec):
         text_col, label_col = spec.entry.hub_text_column, spec.entry.hub_label_column
         src.sha256 = ds._fingerprint
     else:
-        ds = read_files(src.files, src.format)
+        ds = read_files(src.files, src.format, src.sha256)
         text_col, label_col = spec.text_column, spec.label_column
     ds = ds.select_columns([text_col, label_col])
     if text_col != "text":
@@ -101,6 +101,7 @@ def label_names(spec: TaskSpec, train_labels: list[str]) -> list[str]:
         return list(spec.entry.labels)
     # `encode` matches labels ignoring case and surrounding spaces, so 'Sports' and 'sports ' are one
     # label here too (else the set holds a class no example maps to); the most frequent spelling names it.
+    check_categorical(train_labels)
     counts: dict[str, int] = {}
     for v in train_labels:
         if v is not None and v.strip():  # empty labels: `encode` reports them
@@ -112,6 +113,29 @@ def label_names(spec: TaskSpec, train_labels: list[str]) -> list[str]:
     if all(_is_int(v) for v in values):
         values = sorted(values, key=lambda v: int(v))
     return values
+
+
+def check_categorical(labels: list[str]) -> None:
+    """Refuse labels that are not classes: missing values written as NaN, or continuous numbers (which
+    would silently become hundreds of classes)."""
+    import math
+
+    for i, v in enumerate(labels):
+        if v is not None and v.strip().lower() in ("nan", "na", "n/a", "null", "none"):
+            raise UsageError(f"--train: data row {i + 1} has the label '{v.strip()}', a missing value; fill it in or drop the row")
+    numbers = []
+    for v in labels:
+        try:
+            numbers.append(float(v))
+        except (TypeError, ValueError):
+            return  # class names
+    fractional = sorted({x for x in numbers if math.isfinite(x) and not x.is_integer()})
+    if fractional and len(set(numbers)) > 10:
+        shown = ", ".join(f"{x:g}" for x in fractional[:3])
+        raise UsageError(
+            f"--train: the labels look continuous ({len(set(numbers))} distinct numbers, such as {shown}); "
+            "classification needs classes: regression is not supported yet, so bin the values into named classes"
+        )
 
 
 def _is_int(v: str) -> bool:

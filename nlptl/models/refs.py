@@ -70,6 +70,12 @@ def inspect_model(spec: str, flag: str = "--from") -> ModelRef:
     # Not on disk: a hub id has the form name or org/name.
     if spec.count("/") > 1 or spec.startswith((".", "~")) or "\\" in spec or not spec.strip():
         raise UsageError(f"{flag} {spec}: no such directory")
+    if "/" in spec and p.parent.is_dir():
+        # 'runs/genral' where ./runs exists: a typo in a local path, not a hub id.
+        from nlptl.errors import did_you_mean
+
+        siblings = [c.name for c in p.parent.iterdir() if c.is_dir()]
+        raise UsageError(f"{flag} {spec}: no such directory{did_you_mean(p.name, siblings)}")
     from nlptl import hub
 
     hub.require(spec, "model", f"{flag} {spec}", "pass a local checkpoint directory")

@@ -25,6 +25,16 @@ def check_block_size(block_size: int, positions: int | None) -> None:
         raise UsageError(f"--block-size {block_size} is larger than the model's {positions} positions; use --block-size {positions} or less")
 
 
+def check_max_length(max_length: int | None, config: dict | None) -> None:
+    """--max-length must fit the model's positions (finetune, evaluate and predict alike): past them a
+    GPT fails with an IndexError and a BERT with a CUDA/CPU assertion on the first long text."""
+    from nlptl.models import positions_of
+
+    positions = positions_of(config) if config else None
+    if max_length and positions and max_length > positions:
+        raise UsageError(f"--max-length {max_length} is larger than the model's {positions} positions; use {positions} or less")
+
+
 def open_stage(cfg: TrainConfig, stage: str, from_path: str | None) -> Path:
     """The --out of a training stage (a new directory under the runs root by default), checked before
     anything heavy runs, and the checks of --report-to and --push-to-hub. `from_path`: the local model

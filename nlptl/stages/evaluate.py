@@ -18,7 +18,7 @@ from nlptl.data.registry import task_entry
 from nlptl.data.tasks import TaskSpec, labelled_source
 from nlptl.errors import UsageError
 from nlptl.models import inspect_model, positions_of
-from nlptl.stages.common import check_block_size
+from nlptl.stages.common import check_block_size, check_max_length
 
 
 def run(cfg: EvaluateConfig) -> dict:
@@ -26,6 +26,7 @@ def run(cfg: EvaluateConfig) -> dict:
         cfg = dataclasses.replace(cfg, data=task_test_file(cfg.data))
     ref = inspect_model(cfg.model or default_from("evaluate"), "--model")
     if ref.is_classifier:
+        check_max_length(cfg.max_length, ref.config)
         src = labelled_source(cfg.data, "--data", cfg.text_column, cfg.label_column)
         spec = TaskSpec(task_entry("classification"), src, None, cfg.text_column, cfg.label_column)
         return _classifier(cfg, ref, spec)

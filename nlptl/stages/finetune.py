@@ -14,20 +14,18 @@ from __future__ import annotations
 from nlptl.checkpoint import default_from, lineage_of
 from nlptl.config import FinetuneConfig, to_dict
 from nlptl.data.tasks import resolve_task
-from nlptl.errors import UsageError
-from nlptl.models import inspect_model, positions_of, require_peft
+from nlptl.models import inspect_model, require_peft
 from nlptl.stages.classifier import fit, prepare
-from nlptl.stages.common import open_stage, start, write_stage
+from nlptl.stages.common import check_max_length, open_stage, start, write_stage
 
 
 def run(cfg: FinetuneConfig) -> dict:
     if cfg.lora:
         require_peft()
-    refs = [inspect_model(m) for m in [cfg.from_model or default_from("finetune"), *cfg.compare]]
+    refs = [inspect_model(cfg.from_model or default_from("finetune"), "--from"),
+            *(inspect_model(m, "--compare") for m in cfg.compare)]
     for ref in refs:
-        positions = positions_of(ref.config) if ref.config else None
-        if cfg.max_length and positions and cfg.max_length > positions:
-            raise UsageError(f"--max-length {cfg.max_length} is larger than the model's {positions} positions; use {positions} or less")
+        check_max_length(cfg.max_length, ref.config)
     spec = resolve_task(cfg.task, cfg.train_file, cfg.eval_file, cfg.text_column, cfg.label_column)
     out = open_stage(cfg, "finetune", refs[0].path if refs[0].local else None)
     if cfg.learning_curve:
@@ -53,6 +51,7 @@ def run(cfg: FinetuneConfig) -> dict:
         "n_train": result.n_train,
         "train_tokens": result.train_tokens,
         "train_seconds": round(result.train_seconds, 3),
+        **result.device_metrics(),
         "output_dir": str(out),
     }
     lineage = lineage_of("finetune", ref, task=cfg.task, labels=data.names, train=spec.train.record(),

@@ -60,6 +60,7 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
         "n_eval": len(held_out),
         "train_tokens": result.train_tokens,
         "train_seconds": round(result.train_seconds, 3),
+        **result.device_metrics(),
         "preprocess_seconds": round(preprocess_seconds, 3),
         "output_dir": str(out),
     }

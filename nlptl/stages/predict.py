@@ -12,12 +12,14 @@ from nlptl.config import PredictConfig
 from nlptl.data.files import read_lines
 from nlptl.errors import UsageError
 from nlptl.models import inspect_model
+from nlptl.stages.common import check_max_length
 
 
 def run(cfg: PredictConfig) -> list[dict]:
     ref = inspect_model(cfg.model or default_from("predict"), "--model")
     if not ref.is_classifier:
         raise UsageError(f"--model {ref.spec} is not a classifier; predict needs a finetune run")
+    check_max_length(cfg.max_length, ref.config)
     texts = list(cfg.texts) + (read_lines(cfg.input) if cfg.input else [])
     if not texts:
         raise UsageError("no texts to classify; pass them as arguments, or --input FILE, or --input - for standard input")
