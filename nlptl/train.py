@@ -128,12 +128,7 @@ def train(accelerator, model, train_dataset, collate_fn: Callable, cfg: TrainCon
                   if cfg.gradual_unfreeze else None)
     eval_every = cfg.eval_every or (max(1, math.ceil(steps / default_evals)) if default_evals else None)
     progress = Progress(description, steps, cfg.log_every)
-    # The numbers that decide the optimisation, stated once: under torchrun/accelerate launch the global
-    # batch grows with the processes while the learning rate stays as given.
-    progress.note(f"{description}: {steps} steps, global batch {cfg.batch_size * accelerator.num_processes * cfg.grad_accum} "
-                  f"({cfg.batch_size} per process x {accelerator.num_processes} process(es) x {cfg.grad_accum} "
-                  f"accumulation), peak lr {cfg.lr:g}, {accelerator.device.type}, "
-                  f"{'fp32' if accelerator.mixed_precision == 'no' else accelerator.mixed_precision}")
+    progress.note(_setting(description, steps, cfg, accelerator))
     loop = _Loop(accelerator, model, optimizer, scheduler, unfreezing, cfg, steps, progress, evaluate_fn=evaluate_fn, eval_every=eval_every, select=select, batch_transform=batch_transform,
                  random_source=random_source or collate_fn, runlog=runlog, checkpoints=checkpoints,
                  generator=generator)
@@ -165,6 +160,16 @@ def train(accelerator, model, train_dataset, collate_fn: Callable, cfg: TrainCon
     finally:
         stop.uninstall()
     return loop.finish(len(train_dataset))
+
+
+def _setting(description: str, steps: int, cfg: TrainConfig, accelerator) -> str:
+    """The numbers that decide the optimisation, stated once: under torchrun/accelerate launch the global
+    batch grows with the processes while the learning rate stays as given."""
+    processes = accelerator.num_processes
+    return (f"{description}: {steps} steps, global batch {cfg.batch_size * processes * cfg.grad_accum} "
+            f"({cfg.batch_size} per process x {processes} process(es) x {cfg.grad_accum} accumulation), "
+            f"peak lr {cfg.lr:g}, {accelerator.device.type}, "
+            f"{'fp32' if accelerator.mixed_precision == 'no' else accelerator.mixed_precision}")
 
 
 def _loader(dataset, collate_fn, cfg: TrainConfig, lengths, generator, pin: bool):
