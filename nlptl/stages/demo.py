@@ -30,6 +30,15 @@ def run(out: str | None = None) -> dict:
     from nlptl import console
     from nlptl.stages import adapt, evaluate, finetune, predict, pretrain
 
+    import os
+
+    if "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        # The demo's models are 2 x 64: a second thread only adds synchronisation. On a busy 2-core
+        # machine (2026-11-30) the demo took 22 s with one thread and 137-199 s with two or torch's
+        # default; OMP_NUM_THREADS overrides.
+        torch.set_num_threads(1)
     root = Path(out) if out else runs_root() / "demo"
     dirs = {s: str(root / s) for s in ("pretrain", "adapt", "finetune")}
     rows, times = [], {}
