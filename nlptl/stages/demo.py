@@ -27,10 +27,10 @@ EXAMPLES = [
 
 
 def run(out: str | None = None) -> dict:
+    import os
+
     from nlptl import console
     from nlptl.stages import adapt, evaluate, finetune, predict, pretrain
-
-    import os
 
     if "OMP_NUM_THREADS" not in os.environ:
         import torch
