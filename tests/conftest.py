@@ -296,7 +296,9 @@ def finetune_cfg(**kw):
 def pretrain_cfg(**kw):
     from nlptl.config import PretrainConfig
 
-    return PretrainConfig(**{"block_size": 32, "validation_percentage": 10.0, "vocab_size": 300, **FAST, **kw})
+    # A tokenizer of 300 tokens for models built from scratch; a checkpoint (--from) brings its own.
+    scratch = {} if kw.get("from_model") else {"vocab_size": 300}
+    return PretrainConfig(**{"block_size": 32, "validation_percentage": 10.0, **scratch, **FAST, **kw})
 
 
 @pytest.fixture(scope="session")
