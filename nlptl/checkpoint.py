@@ -65,10 +65,11 @@ def default_from(stage: str) -> str:
     return str(run)
 
 
-def default_out(stage: str) -> Path:
+def default_out(stage: str, n: int = 1) -> Path:
+    """A new run directory under the runs root, named by stage and time; `n` > 1 starts the search at
+    the n-th name of this second (the earlier ones are taken)."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = runs_root() / f"{stage}-{stamp}"
-    n = 1
+    out = runs_root() / (f"{stage}-{stamp}" if n == 1 else f"{stage}-{stamp}-{n}")
     while out.exists() or _staging(out).exists():
         n += 1
         out = runs_root() / f"{stage}-{stamp}-{n}"
@@ -368,3 +369,118 @@ def set_rng_states(states: dict, random_source) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
     if "collator" in states and getattr(random_source, "generator", None) is not None:
         random_source.generator.set_state(states["collator"])
+
+
+# --------------------------------------------------------------------------- one run per --out (lock)
+
+_locks: dict[Path, tuple[int, Path]] = {}  # --out (resolved) -> (file descriptor, lock file), this process's
+
+
+def _lock_file(out: Path) -> Path:
+    return out.parent / f".{out.name}.lock"
+
+
+def try_lock(out: Path) -> int | None:
+    """Take the lock of `out` for this process; returns None, or the pid of the run that holds it.
+
+    An flock on a hidden file next to --out: the kernel releases it whenever the holder exits, kill -9
+    included, so a dead run's lock is never stale. Only the main process of a multi-process run locks."""
+    key = out.resolve()
+    if key in _locks or int(os.environ.get("RANK", "0")) != 0:
+        return None
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform: runs are not guarded
+        return None
+    path = _lock_file(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            return int(holder) if holder.isdigit() else -1
+        # The previous holder may have removed the file between our open and our lock: lock the file
+        # that is there now, or two runs would each hold a lock on a different file.
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _locks[key] = (fd, path)
+    return None
+
+
+def lock_out(out: Path) -> None:
+    holder = try_lock(out)
+    if holder is not None:
+        who = f"pid {holder}" if holder > 0 else "another process"
+        raise UsageError(f"--out {out} is in use by another nlptl run ({who}); wait for it to finish, or choose another --out")
+
+
+def release_locks(keep: set[Path] | None = None) -> None:
+    """Release this process's --out locks (all, or all but `keep`)."""
+    for key in list(_locks):
+        if keep is not None and key in keep:
+            continue
+        fd, path = _locks.pop(key)
+        path.unlink(missing_ok=True)  # while still locked: a waiting run re-checks the file it locked
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- what a resumed run must keep
+
+# Options that may change when a run is resumed: how long it trains, what it logs and where it reports.
+RESUME_SAFE = frozenset({"max_steps", "epochs", "log_every", "save_every", "keep_last", "eval_every", "report_to",
+                         "push_to_hub", "hub_private"})
+# Not settings of the training: how this invocation finds the run.
+_NOT_COMPARED = frozenset({"out", "overwrite", "resume", "resume_from"})
+
+
+def run_identity(cfg, inputs: dict | None) -> dict:
+    """What a resumed run must share with the interrupted one: the resolved config and the content hash
+    of every data input (the config names files; the hashes say what was in them)."""
+    from nlptl.config import to_dict
+
+    config = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_COMPARED}
+    return {"config": config, "inputs": dict(inputs or {})}
+
+
+def identity_changes(saved: dict, current: dict) -> tuple[dict, dict]:
+    """(changes refused on resume, changes allowed), each {what: (old, new)}."""
+    from nlptl.config import flag_name
+
+    refused, allowed = {}, {}
+    old, new = saved.get("config", {}), current.get("config", {})
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            (allowed if key in RESUME_SAFE else refused)[flag_name(key)] = (old.get(key), new.get(key))
+    old, new = saved.get("inputs", {}), current.get("inputs", {})
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            refused[f"{key} content"] = tuple(v[:12] if isinstance(v, str) and len(v) == 64 else v
+                                              for v in (old.get(key), new.get(key)))
+    return refused, allowed
+
+
+def check_resume_identity(checkpoint: Path, current: dict) -> None:
+    """Refuse to resume `checkpoint` with other settings or other data: the weights would silently
+    follow the old settings while the record named the new ones."""
+    try:
+        saved = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8")).get("identity")
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return  # verify_checkpoint has judged the files already
+    if not saved:
+        return  # a checkpoint of an older nlptl
+    refused, _ = identity_changes(saved, current)
+    if refused:
+        changes = "; ".join(f"{what} {old} -> {new}" for what, (old, new) in refused.items())
+        safe = ", ".join(f"--{k.replace('_', '-')}" for k in sorted(RESUME_SAFE))
+        raise UsageError(f"--resume: {checkpoint} was trained with other settings: {changes}; resume with the same "
+                         f"ones, or start over with --overwrite (these may change on resume: {safe})")

@@ -140,7 +140,8 @@ class RunLog:
         with open(Path(directory) / METRICS_FILE, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
             writer.writeheader()
-            writer.writerows(self.rows)
+            # Rows that are notes (a resume's changed options) have no metric column to fill.
+            writer.writerows(r for r in self.rows if any(k in r for k in COLUMNS if k != "step"))
 
     def close(self) -> None:
         if self.tracking:

@@ -63,6 +63,7 @@ class TrainState:
     best_step: int | None = None
     total_steps: int = 0
     train_seconds: float = 0.0
+    identity: dict | None = None  # the run's config and input hashes: a resumed run must share them
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -91,7 +92,7 @@ def train(accelerator, model, train_dataset, collate_fn: Callable, cfg: TrainCon
           evaluate_fn: Callable[[object], dict] | None = None, select: tuple[str, str] | None = None,
           default_evals: int = 0, lengths: list[int] | None = None, checkpoints=None, resume_from=None,
           resume_hint: str = "", batch_transform: Callable[[dict], dict] | None = None, random_source=None,
-          runlog=None) -> tuple[object, TrainResult]:
+          runlog=None, identity: dict | None = None) -> tuple[object, TrainResult]:
     """Train `model` on `train_dataset`; returns the unwrapped model (the best one when `select` names a
     metric and mode, e.g. ("accuracy", "max")) and what happened.
 
@@ -101,7 +102,9 @@ def train(accelerator, model, train_dataset, collate_fn: Callable, cfg: TrainCon
     random states, data position). `batch_transform`: applied to each batch in the loop (MLM masking), so
     that its random state at a step boundary is exact; `random_source`: the object whose `generator` it
     draws from (default `collate_fn`), checkpointed with the other random states. `runlog`: a
-    tracking.RunLog that gets every row of the history (metrics.csv, --report-to trackers).
+    tracking.RunLog that gets every row of the history (metrics.csv, --report-to trackers). `identity`:
+    the run's config and input hashes (checkpoint.run_identity), kept in each checkpoint; a resumed run
+    records the options it changed (those allowed to change) in its history.
     """
     import torch
 
@@ -132,6 +135,7 @@ def train(accelerator, model, train_dataset, collate_fn: Callable, cfg: TrainCon
     loop = _Loop(accelerator, model, optimizer, scheduler, unfreezing, cfg, steps, progress, evaluate_fn=evaluate_fn, eval_every=eval_every, select=select, batch_transform=batch_transform,
                  random_source=random_source or collate_fn, runlog=runlog, checkpoints=checkpoints,
                  generator=generator)
+    loop.state.identity = identity
     if resume_from is not None:
         loop.resume(resume_from)
     if checkpoints is not None:
@@ -221,6 +225,17 @@ class _Loop:
         restored.tokens = self.state.tokens + restored.tokens
         restored.running = self.state.running + restored.running
         restored.total_steps = self.steps
+        if restored.identity and self.state.identity:
+            from nlptl.checkpoint import identity_changes
+
+            # Refused changes were caught before loading anything (stages/common.open_stage); what is
+            # left (--max-steps, logging...) is recorded where it took effect.
+            _, allowed = identity_changes(restored.identity, self.state.identity)
+            if allowed:
+                text = "; ".join(f"{k} {old} -> {new}" for k, (old, new) in allowed.items())
+                restored.history.append({"step": restored.step, "resumed_with": text})
+                self.progress.note(f"resumed with {text}")
+        restored.identity = self.state.identity or restored.identity
         self.state = restored
         self.epoch_sampler_state = rng["epoch_sampler"]
         self.accelerator.step = restored.micro_step

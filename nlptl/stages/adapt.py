@@ -16,9 +16,10 @@ from nlptl.config import AdaptConfig
 from nlptl.data.corpora import resolve_corpus
 from nlptl.errors import UsageError
 from nlptl.models import inspect_model, positions_of, require_peft
-from nlptl.stages.common import check_block_size, open_stage, start
+from nlptl.stages.common import check_block_size, locked, open_stage, start
 
 
+@locked
 def run(cfg: AdaptConfig) -> dict:
     # Everything that needs only the arguments, config.json and file headers, before torch loads.
     if cfg.lora:
@@ -32,7 +33,7 @@ def run(cfg: AdaptConfig) -> dict:
     if ref.config:
         check_block_size(cfg.block_size, positions_of(ref.config))
     corpus = resolve_corpus(cfg.corpus, cfg.text_column, cfg.train_file)
-    out = open_stage(cfg, "adapt", ref.path if ref.local else None)
+    out = open_stage(cfg, "adapt", ref.path if ref.local else None, {"--corpus": corpus.sha256 or corpus.spec})
 
     from nlptl.stages.lm import lm_from, lm_stage
 

@@ -35,14 +35,55 @@ def check_max_length(max_length: int | None, config: dict | None) -> None:
         raise UsageError(f"--max-length {max_length} is larger than the model's {positions} positions; use {positions} or less")
 
 
-def open_stage(cfg: TrainConfig, stage: str, from_path: str | None) -> Path:
-    """The --out of a training stage (a new directory under the runs root by default), checked before
-    anything heavy runs, and the checks of --report-to and --push-to-hub. `from_path`: the local model
-    the stage starts from (it must not be --out)."""
-    out = Path(cfg.out) if cfg.out else default_out(stage)
+# The identity (config and input hashes) of each run directory this process opened, for its checkpoints.
+_identities: dict[Path, dict] = {}
+
+
+def open_stage(cfg: TrainConfig, stage: str, from_path: str | None, inputs: dict | None = None) -> Path:
+    """The --out of a training stage (a new directory under the runs root by default), locked for this
+    run and checked before anything heavy runs, and the checks of --report-to and --push-to-hub.
+    `from_path`: the local model the stage starts from (it must not be --out). `inputs`: the content
+    hash of each data input, which a resumed run must share with the interrupted one, like its config."""
+    from nlptl.checkpoint import (
+        check_resume_identity,
+        find_resume_checkpoint,
+        lock_out,
+        run_identity,
+        try_lock,
+    )
+
+    if cfg.out:
+        out = Path(cfg.out)
+        lock_out(out)
+    else:
+        # Two runs started in the same second get different names: a name locked by another is skipped.
+        n = 1
+        while try_lock(out := default_out(stage, n)) is not None:
+            n += 1
     check_out(out, cfg.overwrite, from_path, resume=cfg.resuming, resume_from=cfg.resume_from)
+    identity = run_identity(cfg, inputs)
+    if cfg.resuming:
+        check_resume_identity(find_resume_checkpoint(out, cfg.resume_from), identity)
+    _identities[out.resolve()] = identity
     preflight(cfg)
     return out
+
+
+def locked(run: Callable) -> Callable:
+    """A training stage's `run`: the --out locks it takes are released when it returns or fails."""
+    import functools
+
+    @functools.wraps(run)
+    def wrapper(cfg):
+        from nlptl.checkpoint import _locks, release_locks
+
+        held = set(_locks)
+        try:
+            return run(cfg)
+        finally:
+            release_locks(keep=held)
+
+    return wrapper
 
 
 def preflight(cfg: TrainConfig) -> None:
@@ -73,7 +114,7 @@ def resume_args(cfg: TrainConfig, out: Path | None) -> dict:
 
     resume_from = find_resume_checkpoint(out, cfg.resume_from) if cfg.resuming else None
     return {"checkpoints": checkpoints_dir(out), "resume_from": resume_from,
-            "resume_hint": resume_hint(out, console.command_line())}
+            "resume_hint": resume_hint(out, console.command_line()), "identity": _identities.get(Path(out).resolve())}
 
 
 def write_stage(cfg, out: Path, stage: str, *, metrics: dict, lineage: dict,

@@ -16,9 +16,10 @@ from nlptl.config import FinetuneConfig, to_dict
 from nlptl.data.tasks import resolve_task
 from nlptl.models import inspect_model, require_peft
 from nlptl.stages.classifier import fit, prepare
-from nlptl.stages.common import check_max_length, open_stage, start, write_stage
+from nlptl.stages.common import check_max_length, locked, open_stage, start, write_stage
 
 
+@locked
 def run(cfg: FinetuneConfig) -> dict:
     if cfg.lora:
         require_peft()
@@ -27,7 +28,8 @@ def run(cfg: FinetuneConfig) -> dict:
     for ref in refs:
         check_max_length(cfg.max_length, ref.config)
     spec = resolve_task(cfg.task, cfg.train_file, cfg.eval_file, cfg.text_column, cfg.label_column)
-    out = open_stage(cfg, "finetune", refs[0].path if refs[0].local else None)
+    inputs = {flag: src.sha256 or src.spec for flag, src in (("--train", spec.train), ("--eval", spec.eval)) if src}
+    out = open_stage(cfg, "finetune", refs[0].path if refs[0].local else None, inputs)
     if cfg.learning_curve:
         from nlptl.stages.curve import learning_curve
 

@@ -21,13 +21,14 @@ from nlptl.config import PretrainConfig, runs_root
 from nlptl.data.corpora import resolve_corpus
 from nlptl.errors import UsageError
 from nlptl.models import inspect_model, positions_of, require_peft, scratch_positions
-from nlptl.stages.common import check_block_size, open_stage, start, write_stage
+from nlptl.stages.common import check_block_size, locked, open_stage, start, write_stage
 
 log = logging.getLogger("nlptl")
 
 MODEL_FILES = ("*.json", "*.safetensors", "*.bin", "*.txt", "*.model", "*.py")
 
 
+@locked
 def run(cfg: PretrainConfig) -> dict:
     if cfg.lora and not (cfg.from_model and cfg.corpus):
         raise UsageError("--lora continues an existing model: pass --from MODEL and --corpus CORPUS (or train without --lora)")
@@ -41,7 +42,8 @@ def run(cfg: PretrainConfig) -> dict:
     elif ref.config:
         check_block_size(cfg.block_size, positions_of(ref.config))
     corpus = resolve_corpus(cfg.corpus, cfg.text_column, cfg.train_file) if cfg.corpus else None
-    out = open_stage(cfg, "pretrain", ref.path if ref and ref.local else None)
+    out = open_stage(cfg, "pretrain", ref.path if ref and ref.local else None,
+                     {"--corpus": corpus.sha256 or corpus.spec} if corpus else None)
     if ref is not None and corpus is None:
         return take_checkpoint(cfg, ref, out)
 

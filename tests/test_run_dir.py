@@ -1,0 +1,128 @@
+"""A run directory belongs to one run, and a resumed run is the run it continues.
+
+- `--resume` refuses another config or other data (naming each change, old -> new), and records the
+  options that may change (--max-steps...) in the history, at the step where they took effect;
+- one run per --out: a second run fails at once naming the holder's pid; a dead run's lock is taken
+  over; runs started in the same second without --out get different directories."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import adapt_cfg
+
+from nlptl.errors import UsageError
+from nlptl.stages import adapt
+
+
+@pytest.fixture
+def interrupted(checkpoints, corpus_file, tmp_path, monkeypatch):
+    """An adapt run with a checkpoint at step 2 and no final model (it failed while writing)."""
+    import nlptl.stages.lm
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(corpus_file.read_bytes())
+    out = tmp_path / "run"
+    kw = {"from_model": str(checkpoints["gpt2"]), "corpus": str(corpus), "out": str(out), "max_steps": 4,
+          "save_every": 2, "log_every": 1}
+
+    def fail(*a, **k):
+        raise OSError("disk full")
+
+    with monkeypatch.context() as m:
+        m.setattr(nlptl.stages.lm, "write_stage", fail)
+        with pytest.raises(OSError):
+            adapt.run(adapt_cfg(**kw))
+    assert (out / "checkpoints" / "step-000002").is_dir() and not (out / "nlptl-run.json").exists()
+    return out, corpus, kw
+
+
+def test_resume_refuses_another_learning_rate(interrupted):
+    out, _, kw = interrupted
+    with pytest.raises(UsageError) as e:
+        adapt.run(adapt_cfg(**{**kw, "lr": 2e-3, "resume": True}))
+    assert "--lr 0.001 -> 0.002" in str(e.value) and "--overwrite" in str(e.value)
+
+
+def test_resume_refuses_another_corpus_content(interrupted):
+    out, corpus, kw = interrupted
+    with corpus.open("a", encoding="utf-8") as f:
+        f.write("one more line that changes what the run would train on .\n")
+    with pytest.raises(UsageError, match=r"--corpus content [0-9a-f]{12} -> [0-9a-f]{12}"):
+        adapt.run(adapt_cfg(**{**kw, "resume": True}))
+
+
+def test_resume_may_extend_the_run_and_records_it(interrupted):
+    out, _, kw = interrupted
+    result = adapt.run(adapt_cfg(**{**kw, "max_steps": 6, "resume": True}))
+    assert result["steps"] == 6
+    history = json.loads((out / "nlptl-run.json").read_text())["history"]
+    assert {"step": 2, "resumed_with": "--max-steps 4 -> 6"} in history
+    assert result["config"]["max_steps"] == 6
+
+
+HOLD = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from nlptl.checkpoint import try_lock
+    assert try_lock(Path(sys.argv[1])) is None
+    print("locked", flush=True)
+    time.sleep(60)
+""")
+
+
+def hold_lock(out: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_second_run_on_the_same_out_fails_at_once(checkpoints, corpus_file, tmp_path):
+    out = tmp_path / "shared"
+    holder = hold_lock(out)
+    try:
+        with pytest.raises(UsageError, match=rf"--out {out} is in use by another nlptl run \(pid {holder.pid}\)"):
+            adapt.run(adapt_cfg(from_model=str(checkpoints["gpt2"]), corpus=str(corpus_file), out=str(out)))
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder is dead: its lock went with it, and the lock file it left is taken over.
+    assert (tmp_path / ".shared.lock").exists()
+    result = adapt.run(adapt_cfg(from_model=str(checkpoints["gpt2"]), corpus=str(corpus_file), out=str(out)))
+    assert result["steps"] == 4 and not (tmp_path / ".shared.lock").exists()  # released, and removed
+
+
+def test_runs_started_in_the_same_second_get_their_own_directory(checkpoints, corpus_file, nlptl_home, monkeypatch):
+    from datetime import datetime
+
+    import nlptl.checkpoint
+
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2026, 11, 30, 12, 0, 0)
+
+    monkeypatch.setattr(nlptl.checkpoint, "datetime", Frozen)
+    first = nlptl.checkpoint.default_out("adapt")
+    holder = hold_lock(first)  # a run that chose this name in this second and has not created it yet
+    try:
+        result = adapt.run(adapt_cfg(from_model=str(checkpoints["gpt2"]), corpus=str(corpus_file)))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert Path(result["output_dir"]).name == "adapt-20261130-120000-2"
+
+
+def test_a_failed_run_releases_its_lock(interrupted):
+    """The fixture's run failed after it had locked --out: the lock is gone with it."""
+    from nlptl.checkpoint import _locks
+
+    out, _, _ = interrupted
+    assert not _locks and not (out.parent / ".run.lock").exists()
