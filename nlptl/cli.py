@@ -42,7 +42,16 @@ def _options(stage: str) -> list[inspect.Parameter]:
     params = []
     for f in flags(stage).values():
         decls = (f"{f.names[0]}/{f.negative}", *f.names[1:]) if f.negative else f.names
-        option = typer.Option(None, *decls, help=f.help, rich_help_panel=f.panel, show_default=False)
+        # The option itself defaults to None ('not given'); --help shows the stage's own default and
+        # the accepted values, which differ between stages.
+        shown: bool | str = False
+        if isinstance(f.default, bool):
+            shown = f.names[0][2:] if f.default else (f.negative or "")[2:] or False
+        elif f.default is not None and f.default != []:
+            shown = f"{f.default:g}" if isinstance(f.default, float) else str(f.default)
+        metavar = "[" + "|".join(f.choices) + "]" if f.choices else None
+        text = f"{f.help}  [default: {shown}]" if shown else f.help
+        option = typer.Option(None, *decls, help=text, rich_help_panel=f.panel, show_default=False, metavar=metavar)
         params.append(_param(f.key, option, KINDS[f.kind] | None))
     return params
 
@@ -58,10 +67,13 @@ COMMON = [
                                 rich_help_panel=OUTPUT), list[str] | None),
     _param("json_", typer.Option(False, "--json", help=JSON_HELP, rich_help_panel=OUTPUT), bool),
     QUIET,
+    _param("verbose", typer.Option(False, "--verbose", "-v", help="Show the whole resolved config at the start "
+                                   "(by default: only what differs from the stage's defaults).",
+                                   rich_help_panel=OUTPUT), bool),
 ]
 Json = Annotated[bool, typer.Option("--json", help=JSON_HELP, rich_help_panel=OUTPUT)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP, rich_help_panel=OUTPUT)]
-NOT_CONFIG = ("config", "sets", "json_", "quiet")
+NOT_CONFIG = ("config", "sets", "json_", "quiet", "verbose")
 
 
 def _flags(local: dict[str, Any]) -> dict[str, Any]:
@@ -75,7 +87,10 @@ def _stage(name: str, local: dict[str, Any]) -> None:
 
     console.configure(quiet=local["quiet"], json_mode=local["json_"])
     cfg = cfgmod.resolve(STAGE_CONFIGS[name], config_file=local["config"], flags=_flags(local), sets=local["sets"])
-    console.header(name, cfgmod.to_dict(cfg))
+    resolved = cfgmod.to_dict(cfg)
+    # The whole config is in the run directory (config.yaml); at the start, what this run changed.
+    shown = resolved if local.get("verbose") else cfgmod.changed(cfg)
+    console.header(name if local.get("verbose") else f"{name} (changed from the defaults)", shown)
     module = __import__(f"nlptl.stages.{name}", fromlist=["run"])
     result = module.run(cfg)
     if local["json_"]:

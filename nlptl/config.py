@@ -345,6 +345,8 @@ class Flag:
     kind: str  # the field's type: bool, int, float, str or list
     help: str
     panel: str
+    default: Any = None  # this stage's default (stages differ: finetune's --lr is not pretrain's)
+    choices: tuple[str, ...] | None = None
 
 
 def flags(stage: str) -> dict[str, Flag]:
@@ -354,8 +356,23 @@ def flags(stage: str) -> dict[str, Flag]:
     for key in COMMAND_FLAGS[stage]:
         meta, name = fields[key].metadata, flag_name(key)
         kind = str(fields[key].type).split(" ")[0].split("[")[0]
+        default = fields[key].default
+        if default is dataclasses.MISSING:
+            default = None
         out[key] = Flag(key, (name, meta["short"]) if meta["short"] else (name,),
-                        "--no-" + name[2:] if meta["negatable"] else None, kind, meta["help"], meta["panel"])
+                        "--no-" + name[2:] if meta["negatable"] else None, kind, meta["help"], meta["panel"],
+                        default, meta.get("choices"))
+    return out
+
+
+def changed(cfg: Any) -> dict[str, Any]:
+    """The keys of a resolved config whose values differ from its class's defaults."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        value = getattr(cfg, f.name)
+        if value != default:
+            out[f.name] = value
     return out
 
 

@@ -196,8 +196,10 @@ def _fmt(v: Any) -> str:
 class Progress:
     """Training progress: a rich bar with loss, tokens/s and ETA on a terminal, plain log lines elsewhere."""
 
-    def __init__(self, description: str, total: int, log_every: int = 10):
+    def __init__(self, description: str, total: int, log_every: int = 10, min_seconds: float = 0.0):
+        """`min_seconds`: in logs, a line at most that often (and none for a phase shorter than that)."""
         self.total, self.log_every, self.description = total, log_every, description
+        self.min_seconds, self.last_line = min_seconds, time.perf_counter()
         self.enabled = is_main_process() and not _state["quiet"]
         self.bar = None
         self.t0 = time.perf_counter()
@@ -225,7 +227,10 @@ class Progress:
         if self.bar is not None:
             self.bar.update(self.task, completed=step, info=text)
         elif step % self.log_every == 0 or step == self.total:
-            log.info("%s step %d/%d  %s", self.description, step, self.total, text)
+            now = time.perf_counter()
+            if now - self.last_line >= self.min_seconds:
+                self.last_line = now
+                log.info("%s step %d/%d  %s", self.description, step, self.total, text)
 
     def note(self, message: str) -> None:
         if self.enabled:

@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 METRICS_DIR = Path(__file__).parent / "metrics"
+EVAL_LOG_SECONDS = 5.0  # in logs, a progress line of an evaluation at most this often
 
 
 def lm_loss(accelerator, model, dataset, collate_fn, batch_size: int, description: str = "perplexity") -> dict:
@@ -25,7 +26,7 @@ def lm_loss(accelerator, model, dataset, collate_fn, batch_size: int, descriptio
     model.eval()
     sums, counts = [], []
     # Held-out scoring of a large model can take minutes: it shows progress like training does.
-    progress = Progress(description, len(loader), max(1, len(loader) // 10))
+    progress = Progress(description, len(loader), max(1, len(loader) // 10), min_seconds=EVAL_LOG_SECONDS)
     with torch.no_grad(), eager():
         for i, batch in enumerate(loader, 1):
             progress.update(i, {})
@@ -77,7 +78,7 @@ def classify(accelerator, model, dataset, collate_fn, batch_size: int, descripti
     loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn))
     model.eval()
     all_logits, all_labels = [], []
-    progress = Progress(description, len(loader), max(1, len(loader) // 10))
+    progress = Progress(description, len(loader), max(1, len(loader) // 10), min_seconds=EVAL_LOG_SECONDS)
     with torch.no_grad(), eager():
         for i, batch in enumerate(loader, 1):
             progress.update(i, {})

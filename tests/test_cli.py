@@ -36,6 +36,25 @@ def test_command_help(tmp_path, command):
     assert not res.torch, f"{command} --help must not import torch"
 
 
+def test_help_shows_each_stage_its_own_defaults_and_the_choices(tmp_path):
+    """Defaults differ by stage (pretrain's --lr is not finetune's): --help says which, and lists the
+    values a choice option accepts."""
+    import re
+
+    def option(command: str, flag: str) -> str:
+        text = run_light([command, "--help"], tmp_path).stdout
+        block = re.search(rf"^  (?:-\w, )?{re.escape(flag)}\b.*?(?=^  -)", text, re.S | re.M).group(0)
+        return " ".join(block.split())
+
+    assert "[default: 0.0005]" in option("pretrain", "--lr")
+    assert "[default: 0.0001]" in option("finetune", "--lr")
+    assert "[default: 32]" in option("finetune", "--batch-size") and "[default: 16]" in option("adapt", "--batch-size")
+    assert option("pretrain", "--size").startswith("--size [tiny|mini|small|base]")
+    assert "[default: tiny]" in option("pretrain", "--size")
+    assert option("adapt", "--objective").startswith("--objective [auto|mlm|clm]")
+    assert "[default: no-compile]" in option("adapt", "--compile")
+
+
 def test_python_m_and_console_script(tmp_path):
     res = run_cli(["--help"], tmp_path)  # python -m nlptl
     assert res.code == 0 and "pretrain" in res.stdout, res.stderr
@@ -105,3 +124,17 @@ def test_interrupt_is_exit_130(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(predict, "run", interrupted)
     assert call_main(["predict", "--model", tmp_path, "some text"], tmp_path) == 130
     assert capsys.readouterr().err == "error: interrupted\n"
+
+
+def test_the_start_shows_what_differs_from_the_defaults(trained_classifier, task_files, tmp_path, capsys):
+    from cli_helpers import call_main
+
+    out, _ = trained_classifier
+    argv = ["evaluate", "--model", str(out), "--data", str(task_files["test"]), "--batch-size", "8"]
+    assert call_main(argv, tmp_path) == 0
+    first = capsys.readouterr().err.splitlines()[0]
+    assert "evaluate (changed from the defaults)" in first and "batch_size=8" in first
+    assert "mlm_probability" not in first and "text_column" not in first  # defaults stay in config.yaml
+    assert call_main([*argv, "--verbose"], tmp_path) == 0
+    first = capsys.readouterr().err.splitlines()[0]
+    assert "batch_size=8" in first and "mlm_probability=0.15" in first and "text_column=text" in first

@@ -199,7 +199,7 @@ def test_too_little_disk_fails_before_training(tmp_path, monkeypatch):
     check_disk_space(tmp_path / "out" / "checkpoints", model, keep=2)
 
 
-def test_held_out_scoring_shows_progress(caplog):
+def test_held_out_scoring_shows_progress(caplog, monkeypatch):
     """Perplexity before and after an LM stage can take minutes: it logs progress like training does."""
     import logging
 
@@ -219,6 +219,9 @@ def test_held_out_scoring_shows_progress(caplog):
         ids = torch.tensor([e["input_ids"] for e in examples])
         return {"input_ids": ids, "labels": ids.clone()}
 
+    import nlptl.evaluation
+
+    monkeypatch.setattr(nlptl.evaluation, "EVAL_LOG_SECONDS", 0.0)  # a tiny evaluation logs too
     with caplog.at_level(logging.INFO, logger="nlptl"):
         scores = lm_loss(make_accelerator("fp32"), LM(), blocks, collate, 4)
     assert scores["tokens"] == 40 * 6 and math.isfinite(scores["loss"])
