@@ -56,6 +56,10 @@ def again(cls: type, name: str, default: Any) -> Any:
 
 
 def flag_name(key: str) -> str:
+    """How a message names a config key: its flag, or `--set key` for a key that no command has a flag
+    for (every key a message names can be set the way the message says)."""
+    if not any(key in keys for keys in COMMAND_FLAGS.values()):
+        return f"--set {key}"
     return "--" + {v: k for k, v in ALIASES.items()}.get(key, key).replace("_", "-")
 
 
@@ -318,19 +322,23 @@ STAGE_CONFIGS: dict[str, type] = {
 # The flags of each command, in --help order: these fields are on the command line, the others are set
 # with --config FILE or --set key=value. Name, type, default and help come from the fields themselves.
 TRAINING_FLAGS = ("max_steps", "epochs", "batch_size", "grad_accum", "lr", "warmup_ratio", "weight_decay", "seed",
-                  "eval_every", "precision", "compile", "schedule", "discriminative_lr", "gradual_unfreeze",
-                  "unfreeze_every", "save_every", "keep_last", "resume", "resume_from")
+                  "eval_every", "precision", "compile", "schedule", "cut_frac", "stlr_ratio", "max_grad_norm",
+                  "discriminative_lr", "gradual_unfreeze", "unfreeze_every", "log_every", "save_every", "keep_last",
+                  "resume", "resume_from")
 LORA_FLAGS = ("lora", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "merge")
 OUTPUT_FLAGS = ("overwrite", "report_to", "push_to_hub", "hub_private")
 COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
     "pretrain": ("arch", "size", "corpus", "from_model", "out", "vocab_size", "objective", "block_size",
-                 "validation_percentage", "text_column", "mlm_probability", "whole_word_mask",
-                 *TRAINING_FLAGS, *OUTPUT_FLAGS),
-    "adapt": ("corpus", "from_model", "out", "objective", "block_size", "validation_percentage", "mlm_probability",
+                 "validation_percentage", "max_eval_blocks", "text_column", "train_file", "mlm_probability",
+                 "whole_word_mask", *TRAINING_FLAGS, *LORA_FLAGS, *OUTPUT_FLAGS),
+    "adapt": ("corpus", "from_model", "out", "objective", "block_size", "validation_percentage", "max_eval_blocks",
+              "mlm_probability",
               "whole_word_mask", "text_column", "train_file", *TRAINING_FLAGS, *LORA_FLAGS, *OUTPUT_FLAGS),
-    "finetune": ("task", "from_model", "train_file", "eval_file", "text_column", "label_column", "max_length",
+    "finetune": ("task", "from_model", "train_file", "eval_file", "eval_fraction", "text_column", "label_column",
+                 "max_length",
                  "pooling", "n_labels", "seeds", "compare", "out", *TRAINING_FLAGS, *LORA_FLAGS, *OUTPUT_FLAGS),
-    "evaluate": ("data", "model", "text_column", "label_column", "batch_size", "max_length", "block_size", "seed"),
+    "evaluate": ("data", "model", "text_column", "label_column", "batch_size", "max_length", "block_size",
+                 "mlm_probability", "seed"),
     "predict": ("model", "input", "batch_size", "max_length"),
 }
 

@@ -225,3 +225,17 @@ def test_every_stage_command_honours_the_whole_precedence_chain(command, tmp_pat
         assert vocab("--config", write(tmp_path, "vocab_size: 500\n")) == 500  # file over preset
         assert vocab("--config", write(tmp_path, "vocab_size: 500\n"), "--vocab-size", "600") == 600  # flag over file
         assert vocab("--vocab-size", "600", "--set", "vocab_size=700") == 700  # --set over flag
+
+
+def test_every_key_a_message_names_can_be_set_as_named():
+    """Messages name keys with flag_name(): a flag that the stage's command has, or `--set key`."""
+    import dataclasses
+
+    from nlptl.config import COMMAND_FLAGS, STAGE_CONFIGS, flag_name, flags
+
+    for stage in COMMAND_FLAGS:
+        names = {n for f in flags(stage).values() for n in f.names}
+        for f in dataclasses.fields(STAGE_CONFIGS[stage]):
+            named = flag_name(f.name)
+            assert named == f"--set {f.name}" or named in names, (stage, f.name, named)
+    assert flag_name("cut_frac") == "--cut-frac" and flag_name("max_eval_blocks") == "--max-eval-blocks"
