@@ -104,3 +104,21 @@ def test_block_size_defaults_to_the_trained_one(adapted, corpus_file):
     explicit = evaluate.run(EvaluateConfig(model=str(out), data=str(corpus_file), block_size=32))
     assert default["n_eval"] == explicit["n_eval"] and default["loss"] == explicit["loss"]
     assert evaluate.run(EvaluateConfig(model=str(out), data=str(corpus_file), block_size=16))["n_eval"] > default["n_eval"]
+
+
+def test_labels_spelled_as_the_task_allows(trained_classifier, task_files, tmp_path):
+    """A classifier fine-tuned on a task with label aliases (sentiment: pos/neg, 0/1) is evaluated on
+    files that spell labels the same ways finetune accepted."""
+    import json
+    import shutil
+
+    out, _ = trained_classifier
+    clf = shutil.copytree(out, tmp_path / "clf")
+    record = json.loads((clf / "nlptl-run.json").read_text())
+    record["lineage"]["task"] = "sample-sentiment"
+    (clf / "nlptl-run.json").write_text(json.dumps(record))
+    rows = rows_of(task_files["test"])
+    short = write_csv(tmp_path / "short.csv", [(t, {"positive": "pos", "negative": "neg"}[y]) for t, y in rows])
+    full = evaluate.run(EvaluateConfig(model=str(clf), data=str(task_files["test"])))
+    aliased = evaluate.run(EvaluateConfig(model=str(clf), data=str(short)))
+    assert aliased["accuracy"] == full["accuracy"] and aliased["n_eval"] == full["n_eval"]

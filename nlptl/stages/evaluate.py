@@ -28,13 +28,23 @@ def run(cfg: EvaluateConfig) -> dict:
     if ref.is_classifier:
         check_max_length(cfg.max_length, ref.config)
         src = labelled_source(cfg.data, "--data", cfg.text_column, cfg.label_column)
-        spec = TaskSpec(task_entry("classification"), src, None, cfg.text_column, cfg.label_column)
+        spec = TaskSpec(trained_task(ref), src, None, cfg.text_column, cfg.label_column)
         return _classifier(cfg, ref, spec)
     block_size = cfg.block_size or ((ref.run or {}).get("config") or {}).get("block_size") or 128
     if ref.config:
         check_block_size(block_size, positions_of(ref.config))
     corpus = resolve_corpus(cfg.data, cfg.text_column)
     return _language_model(cfg, ref, corpus, block_size)
+
+
+def trained_task(ref):
+    """The task the classifier was fine-tuned on (its lineage names it), for the label spellings that
+    finetune accepted (sentiment's pos/neg, 0/1...); plain classification when unknown."""
+    name = (((ref.run or {}).get("lineage") or {}).get("task")) or "classification"
+    try:
+        return task_entry(name)
+    except UsageError:  # a task registered on another machine
+        return task_entry("classification")
 
 
 def task_test_file(spec: str) -> str:
@@ -58,7 +68,7 @@ def _classifier(cfg: EvaluateConfig, ref, spec) -> dict:
     max_length = cfg.max_length or max_length
     with accelerator.main_process_first():
         raw = read_labelled(spec.train, spec)
-        ds = encode_by_name_or_id(raw, names, cfg.data)
+        ds = encode_by_name_or_id(raw, names, cfg.data, spec.entry.aliases)
         tok = tokenize(ds, tokenizer, max_length, "--data")
     logits, labels = classify(accelerator, model.to(accelerator.device), tok, classification_collator(tokenizer),
                               cfg.batch_size)
@@ -67,11 +77,12 @@ def _classifier(cfg: EvaluateConfig, ref, spec) -> dict:
             "lineage": (ref.run or {}).get("lineage", {"base_model": ref.spec})}
 
 
-def encode_by_name_or_id(raw, names: list[str], where: str):
-    """A file's labels as ids of the classifier: by label name (any case), else by integer id."""
+def encode_by_name_or_id(raw, names: list[str], where: str, aliases: dict[str, str] | None = None):
+    """A file's labels as ids of the classifier: by label name (any case) or one of the task's aliases,
+    as finetune reads them, else by integer id."""
     from nlptl.data.tasks import label_ids, with_label_ids
 
-    ids, unknown = label_ids(raw["label"], names, by_id=True)
+    ids, unknown = label_ids(raw["label"], names, aliases, by_id=True)
     if unknown:
         shown = ", ".join(f"'{b}'" for b in list(unknown)[:5])
         raise UsageError(f"--data {where}: labels the classifier does not know: {shown}; its labels are {', '.join(names)}")
