@@ -212,6 +212,8 @@ class FinetuneConfig(TrainConfig):
     label_column: str = opt("label", "Label column.", panel=DATA)
     max_length: int | None = opt(None, "Truncate texts to this many tokens (default: min(256, model positions)).", panel=DATA)
     eval_fraction: float = opt(0.1, "Without --eval: fraction of the training data held out for model selection.", panel=DATA)
+    numeric_classes: bool = opt(False, "Take labels that look like continuous numbers as class names all the same "
+                                "(each distinct value a class).", panel=DATA)
     n_labels: str | None = opt(None, "Learning curve: train on these numbers of labels, e.g. 100,500,1000,all (stratified subsets, fixed by seed).", panel=CURVE)
     seeds: int = opt(1, "Learning curve: repeat each point with this many seeds (seed, seed+1, ...); reports mean and std.", panel=CURVE)
     compare: list[str] = many("Learning curve: more models to compare with --from (repeatable).", panel=CURVE)
@@ -335,6 +337,7 @@ COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
               "mlm_probability",
               "whole_word_mask", "text_column", "train_file", *TRAINING_FLAGS, *LORA_FLAGS, *OUTPUT_FLAGS),
     "finetune": ("task", "from_model", "train_file", "eval_file", "eval_fraction", "text_column", "label_column",
+                 "numeric_classes",
                  "max_length",
                  "pooling", "n_labels", "seeds", "compare", "out", *TRAINING_FLAGS, *LORA_FLAGS, *OUTPUT_FLAGS),
     "evaluate": ("data", "model", "text_column", "label_column", "batch_size", "max_length", "block_size",

@@ -504,7 +504,10 @@ def test_continuous_labels_are_refused(w, tmp_path, capsys):
     rows = [(t, f"{0.37 * i:.2f}") for i, (t, _) in enumerate(labelled(30))]
     train = write_csv(tmp_path / "train.csv", rows)
     run_fails(["finetune", "--from", w.lm, "--task", "classification", "--train", train, *FAST], tmp_path, capsys,
-              "look continuous", "30 distinct numbers", "regression")
+              "look continuous", "30 distinct numbers", "regression", "--numeric-classes")
+    code, _, err = in_process(["finetune", "--from", w.lm, "--task", "classification", "--train", train,
+                               "--numeric-classes", "--out", tmp_path / "said-so", "--json", *FAST], tmp_path, capsys)
+    assert code == 0, err  # the user said so
 
 
 def test_nan_labels_are_refused_with_the_row(w, tmp_path, capsys):

@@ -95,13 +95,14 @@ def read_labelled(src: LabelledSource, spec: TaskSpec):
     return ds.cast(datasets.Features({"text": datasets.Value("string"), "label": datasets.Value("string")}))
 
 
-def label_names(spec: TaskSpec, train_labels: list[str]) -> list[str]:
-    """The label set: fixed by the task, or the sorted distinct labels of the training data."""
+def label_names(spec: TaskSpec, train_labels: list[str], numeric_classes: bool = False) -> list[str]:
+    """The label set: fixed by the task, or the sorted distinct labels of the training data.
+    `numeric_classes`: the user says that continuous-looking numbers are classes all the same."""
     if spec.entry.labels:
         return list(spec.entry.labels)
     # `encode` matches labels ignoring case and surrounding spaces, so 'Sports' and 'sports ' are one
     # label here too (else the set holds a class no example maps to); the most frequent spelling names it.
-    check_categorical(train_labels)
+    check_categorical(train_labels, numeric_classes)
     counts: dict[str, int] = {}
     for v in train_labels:
         if v is not None and v.strip():  # empty labels: `encode` reports them
@@ -115,7 +116,7 @@ def label_names(spec: TaskSpec, train_labels: list[str]) -> list[str]:
     return values
 
 
-def check_categorical(labels: list[str]) -> None:
+def check_categorical(labels: list[str], numeric_classes: bool = False) -> None:
     """Refuse labels that are not classes: missing values written as NaN, or continuous numbers (which
     would silently become hundreds of classes)."""
     import math
@@ -123,6 +124,8 @@ def check_categorical(labels: list[str]) -> None:
     for i, v in enumerate(labels):
         if v is not None and v.strip().lower() in ("nan", "na", "n/a", "null", "none"):
             raise UsageError(f"--train: data row {i + 1} has the label '{v.strip()}', a missing value; fill it in or drop the row")
+    if numeric_classes:
+        return
     numbers = []
     for v in labels:
         try:
@@ -134,7 +137,8 @@ def check_categorical(labels: list[str]) -> None:
         shown = ", ".join(f"{x:g}" for x in fractional[:3])
         raise UsageError(
             f"--train: the labels look continuous ({len(set(numbers))} distinct numbers, such as {shown}); "
-            "classification needs classes: regression is not supported yet, so bin the values into named classes"
+            "classification needs classes: regression is not supported yet, so bin the values into named classes "
+            "(or pass --numeric-classes to make each distinct value a class)"
         )
 
 

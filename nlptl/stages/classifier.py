@@ -39,7 +39,7 @@ def prepare(cfg: FinetuneConfig, ref, spec, accelerator) -> TaskData:
     max_length = cfg.max_length or models.default_max_length(config)
     with accelerator.main_process_first():
         train_raw = read_labelled(spec.train, spec)
-        names = label_names(spec, train_raw["label"])
+        names = label_names(spec, train_raw["label"], cfg.numeric_classes)
         train_ds = encode(train_raw, names, spec, "--train", spec.train.spec)
         if len(set(train_ds["label"])) < 2:
             raise UsageError(f"--train {spec.train.spec}: holds a single class ('{names[train_ds[0]['label']]}'); "
