@@ -458,7 +458,8 @@ def identity_changes(saved: dict, current: dict) -> tuple[dict, dict]:
 
     refused, allowed = {}, {}
     old, new = saved.get("config", {}), current.get("config", {})
-    for key in sorted(set(old) | set(new)):
+    # A key the checkpoint does not know is an option added by a later nlptl: not a change of the run.
+    for key in sorted(old):
         if old.get(key) != new.get(key):
             (allowed if key in RESUME_SAFE else refused)[flag_name(key)] = (old.get(key), new.get(key))
     old, new = saved.get("inputs", {}), current.get("inputs", {})
