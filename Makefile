@@ -7,6 +7,10 @@
 # Choose another torch build with TORCH_INDEX (a CUDA one, say: make demo TORCH_INDEX=URL) or
 # TORCH_SPEC (another version); either change redoes the set-up.
 
+# bash runs the recipes, as it ran the tests under .ci/run before: the completion tests' `nlptl
+# --show-completion` detects the shell from its parent processes, and Debian's /bin/sh (dash) has none.
+SHELL := /bin/bash
+
 PYTHON ?= python3
 VENV ?= .venv
 # Pinned here, not in pyproject.toml (there only a floor, so that `pip install nlptl` keeps whatever
