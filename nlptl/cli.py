@@ -235,7 +235,7 @@ def demo(
     json_: Json = False,
     quiet: Quiet = False,
 ) -> None:
-    """Smoke-run the whole chain on the built-in sample data (tiny GPT, CPU, about 30 seconds)."""
+    """Smoke-run the whole chain on the built-in sample data (tiny GPT, CPU, about 20 seconds)."""
     from nlptl import console
     from nlptl.stages import demo as stage
 

@@ -1,4 +1,4 @@
-"""The whole chain on the sample data shipped with nlptl, offline, on a CPU, in about 30 seconds.
+"""The whole chain on the sample data shipped with nlptl, offline, on a CPU, in about 20 seconds (one torch thread).
 
     nlptl demo                 # runs into $NLPTL_HOME/demo (default ./runs/demo)
 
