@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The one GPU check: every stage on the accelerator, nlptl against the Trainer recipes, --compile, the tests.
 
-    python bench/gpu.py --smoke                          # tiny sizes, any machine (CPU too), about a minute
+    python bench/gpu.py --smoke                          # tiny sizes, any machine (CPU too): minutes on 2 cores
     python bench/gpu.py --out "$OUT"                     # on one GPU: about 7 minutes
     python bench/gpu.py --cases clm,mlm --steps 100      # a part of it
     python bench/gpu.py --table DIR                      # re-print the table of a finished check

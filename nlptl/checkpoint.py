@@ -62,6 +62,11 @@ def default_from(stage: str) -> str:
             f"no completed {' or '.join(stages)} run under {runs_root()}; pass {flag} MODEL (a run directory, "
             "a checkpoint or a hub id)"
         )
+    import logging
+
+    rec = read_record(run) or {}
+    logging.getLogger("nlptl").info("%s %s: the latest %s run", "--model" if stage in ("evaluate", "predict") else "--from",
+                                    run, rec.get("stage", " or ".join(stages)))
     return str(run)
 
 
@@ -441,6 +446,7 @@ RESUME_SAFE = frozenset({"max_steps", "epochs", "log_every", "save_every", "keep
                          "push_to_hub", "hub_private"})
 # Not settings of the training: how this invocation finds the run.
 _NOT_COMPARED = frozenset({"out", "overwrite", "resume", "resume_from"})
+_PATHS = ("corpus", "from_model", "train_file", "eval_file")
 
 
 def run_identity(cfg, inputs: dict | None) -> dict:
@@ -449,6 +455,10 @@ def run_identity(cfg, inputs: dict | None) -> dict:
     from nlptl.config import to_dict
 
     config = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_COMPARED}
+    for key in _PATHS:
+        # The same file or model, named relative or absolute: compared as resolved paths.
+        if isinstance(config.get(key), str) and Path(config[key]).expanduser().exists():
+            config[key] = str(Path(config[key]).expanduser().resolve())
     return {"config": config, "inputs": dict(inputs or {})}
 
 

@@ -183,7 +183,7 @@ class PretrainConfig(LMConfig):
             ignored = [flag_name(k) for k, default in (("arch", "gpt"), ("size", "tiny"), ("vocab_size", None))
                        if getattr(self, k) != default]
             if ignored:
-                raise UsageError(f"{' and '.join(ignored)} describe a model built from scratch; --from {self.from_model} "
+                raise UsageError(f"{' and '.join(ignored)} {'describes' if len(ignored) == 1 else 'describe'} a model built from scratch; --from {self.from_model} "
                                  f"brings its own: drop {' and '.join(ignored)}")
 
 
@@ -274,6 +274,7 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         finite(self)
         positive(self, "batch_size")
+        at_least_two(self, "max_length", "block_size")
         if self.data is None:
             raise UsageError("evaluate needs --data FILE")
 
@@ -290,6 +291,7 @@ class PredictConfig:
 
     def __post_init__(self) -> None:
         positive(self, "batch_size")
+        at_least_two(self, "max_length")
 
 
 @dataclass
@@ -392,6 +394,14 @@ def positive(cfg: Any, *names: str) -> None:
         value = getattr(cfg, name)
         if value is None or value <= 0:
             raise UsageError(f"{flag_name(name)} must be positive (got {value})")
+
+
+def at_least_two(cfg: Any, *names: str) -> None:
+    """Optional lengths in tokens: unset, or at least 2 (a special token and one of text)."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and value < 2:
+            raise UsageError(f"{flag_name(name)} must be at least 2 (got {value})")
 
 
 def finite(cfg: Any) -> None:

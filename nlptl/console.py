@@ -199,7 +199,7 @@ class Progress:
     def __init__(self, description: str, total: int, log_every: int = 10, min_seconds: float = 0.0):
         """`min_seconds`: in logs, a line at most that often (and none for a phase shorter than that)."""
         self.total, self.log_every, self.description = total, log_every, description
-        self.min_seconds, self.last_line = min_seconds, time.perf_counter()
+        self.min_seconds, self.last_line, self.logged = min_seconds, time.perf_counter(), False
         self.enabled = is_main_process() and not _state["quiet"]
         self.bar = None
         self.t0 = time.perf_counter()
@@ -228,9 +228,10 @@ class Progress:
             self.bar.update(self.task, completed=step, info=text)
         elif step % self.log_every == 0 or step == self.total:
             now = time.perf_counter()
-            if now - self.last_line >= self.min_seconds:
-                self.last_line = now
-                log.info("%s step %d/%d  %s", self.description, step, self.total, text)
+            # The last step's line whenever an earlier one was shown (a phase that logged ends with it).
+            if now - self.last_line >= self.min_seconds or (step == self.total and self.logged):
+                self.last_line, self.logged = now, True
+                log.info("%s", f"{self.description} step {step}/{self.total}  {text}".rstrip())
 
     def note(self, message: str) -> None:
         if self.enabled:

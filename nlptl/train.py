@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from nlptl.config import TrainConfig
 from nlptl.console import Progress
-from nlptl.errors import Interrupted, NlptlError
+from nlptl.errors import Interrupted, NlptlError, UsageError
 
 
 @dataclass
@@ -224,6 +224,9 @@ class _Loop:
         restored = TrainState.from_dict(state)
         restored.tokens = self.state.tokens + restored.tokens
         restored.running = self.state.running + restored.running
+        if restored.step > self.steps:
+            raise UsageError(f"--resume: {path} is at step {restored.step}, past the {self.steps} steps this run "
+                             f"would train; raise --max-steps (or --epochs), or start over with --overwrite")
         restored.total_steps = self.steps
         if restored.identity and self.state.identity:
             from nlptl.checkpoint import identity_changes

@@ -248,6 +248,10 @@ LIGHT = {
     "evaluate-max-length-over-positions": (
         lambda w: ["evaluate", "--model", w.clf, "--data", w.train, "--max-length", "4096"], 2,
         ["--max-length 4096", "positions"]),
+    "predict-negative-max-length": (
+        lambda w: ["predict", "--model", w.clf, "--max-length", "-5", "text"], 2, ["--max-length", "at least 2"]),
+    "evaluate-zero-max-length": (
+        lambda w: ["evaluate", "--model", w.clf, "--data", w.train, "--max-length", "0"], 2, ["--max-length", "at least 2"]),
     "header-only-csv": (
         lambda w: ["finetune", "--from", w.lm, "--task", "classification", "--train", w.header_only],
         2,
@@ -492,6 +496,15 @@ def test_texts_longer_than_max_length_are_truncated(w, tmp_path, capsys):
     assert "truncated 5 of 24 texts longer than 100 tokens" in warning[0] and "--max-length" in warning[0]
 
 
+def test_malformed_jsonl_line_is_one_line_from_the_command_line(w, tmp_path):
+    rows = [json.dumps({"text": t, "label": y}) for t, y in labelled(60)]
+    rows[50] = '{"text": "a missing comma" "label": "positive"}'  # pyarrow fails here, and datasets logs it
+    train = write_lines(tmp_path / "train.jsonl", rows)
+    res = run_light(["finetune", "--from", w.lm, "--task", "classification", "--train", train, *FAST,
+                     "--out", tmp_path / "out"], tmp_path, timeout=120)
+    assert_one_line_error(res, 2, "train.jsonl", "line 51")
+
+
 def test_malformed_jsonl_line_names_the_line(w, tmp_path, capsys):
     rows = [json.dumps({"text": t, "label": y}) for t, y in labelled(20)]
     rows.insert(7, '{"text": "cut short", "label": ')
@@ -547,3 +560,21 @@ def test_a_failed_run_leaves_no_metrics_behind(w, tmp_path, capsys, monkeypatch)
     assert code == 1 and "loss became nan" in err
     assert not (out / "metrics.csv").exists()
     assert_nothing_written(out)
+
+
+def test_predict_reads_a_pipe(w, tmp_path, capsys):
+    """`--input <(cmd)`: a named pipe (or any non-directory that exists) is read like a file."""
+    import os
+    import threading
+
+    fifo = tmp_path / "texts.fifo"
+    os.mkfifo(fifo)
+
+    def feed():
+        with open(fifo, "w", encoding="utf-8") as f:
+            f.write("a lovely film\nand a dull one\n")
+
+    threading.Thread(target=feed, daemon=True).start()
+    code, out, err = in_process(["predict", "--model", w.clf, "--input", fifo, "--json"], tmp_path, capsys)
+    assert code == 0, err
+    assert [json.loads(line)["text"] for line in out.splitlines()] == ["a lovely film", "and a dull one"]

@@ -66,6 +66,20 @@ def test_resume_may_extend_the_run_and_records_it(interrupted):
     assert result["config"]["max_steps"] == 6
 
 
+def test_resume_accepts_the_same_files_named_another_way(interrupted, monkeypatch):
+    """The corpus and the model named by relative paths first, absolute ones on resume: the same run."""
+    out, corpus, kw = interrupted
+    monkeypatch.chdir(corpus.parent)
+    result = adapt.run(adapt_cfg(**{**kw, "corpus": corpus.name, "resume": True}))
+    assert result["steps"] == 4
+
+
+def test_resume_refuses_fewer_steps_than_it_has_done(interrupted):
+    out, _, kw = interrupted
+    with pytest.raises(UsageError, match=r"is at step 2, past the 1 steps this run would train; raise --max-steps"):
+        adapt.run(adapt_cfg(**{**kw, "max_steps": 1, "resume": True}))
+
+
 HOLD = textwrap.dedent("""
     import sys, time
     from pathlib import Path

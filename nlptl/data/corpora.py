@@ -117,6 +117,12 @@ def read_files(files: list[str], fmt: str, sha256: str | None):
             kwargs["sep"] = "\t"
     if fmt in ("text", "csv", "tsv"):
         kwargs["encoding"] = "utf-8-sig"  # a byte-order mark is not text (nor part of a column name)
+    import logging
+
+    # `datasets` logs its own line about a malformed file before raising: the one line is ours (below).
+    quiet = logging.getLogger("datasets")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
     try:
         return datasets.load_dataset(builder, data_files=files, split="train", **kwargs)
     except (datasets.exceptions.DatasetGenerationError, ValueError, OSError) as e:
@@ -129,6 +135,8 @@ def read_files(files: list[str], fmt: str, sha256: str | None):
                                      "fix or drop it (JSON Lines: one object per line)") from None
         cause = e.__cause__ or e
         raise NlptlError(f"could not read {', '.join(files[:3])}: {str(cause).splitlines()[0][:200]}") from e
+    finally:
+        quiet.setLevel(level)
 
 
 def load_hub(repo: str, config: str | None, splits: list[str], what: str, hint: str):

@@ -181,8 +181,11 @@ def read_lines(spec: str) -> list[str]:
         name = "standard input"
     else:
         p = Path(spec)
-        if not p.is_file():
+        # Pipes and devices too (`--input <(cmd)`, /dev/stdin): anything that exists and is no directory.
+        if not p.exists():
             raise UsageError(f"--input {spec}: no such file")
+        if p.is_dir():
+            raise UsageError(f"--input {spec}: is a directory; pass a file of texts, one per line")
         data = p.read_bytes()
         name = spec
     try:

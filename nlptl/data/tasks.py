@@ -194,7 +194,9 @@ def encode(ds, names: list[str], spec: TaskSpec, src_flag: str, src_spec: str):
             why = "labels not seen in the training data"
         else:
             why = f"labels outside the task's set ({', '.join(names)})"
-        raise UsageError(f"{src_flag} {src_spec}: {why}: {shown}; fix the labels or use --task classification")
+        fix = "fix the labels" if spec.entry.name == "classification" or not spec.entry.labels else \
+            "fix the labels or use --task classification"
+        raise UsageError(f"{src_flag} {src_spec}: {why}: {shown}; {fix}")
     blank = sum(1 for t in ds["text"] if t is None or not t.strip())
     if blank:
         log.warning("%s %s: dropped %d row(s) with an empty text", src_flag, src_spec, blank)

@@ -193,6 +193,10 @@ def load_trained_classifier(ref: ModelRef):
         raise
     except Exception as e:  # noqa: BLE001
         raise load_error(ref, e, "--model") from e
+    if model.config.pad_token_id is None:
+        # A decoder classifier saved without a pad id (stock GPT-2 heads find the last token by it) would
+        # refuse batches of more than one text: it pads with the tokenizer's pad token (EOS for GPTs).
+        model.config.pad_token_id = tokenizer.pad_token_id
     names = [config.id2label[i] for i in range(config.num_labels)]
     max_length = (ref.run or {}).get("max_length") or default_max_length(config)
     return model, tokenizer, names, max_length

@@ -35,7 +35,7 @@ def execute(plan, step) -> dict:
     """One stage of the plan: reuse its directory, or run (resume) it through the stage's run()."""
     from nlptl import console, recipe
     from nlptl.checkpoint import read_record
-    from nlptl.config import to_dict
+    from nlptl.config import changed
 
     if step.action == "reuse":
         record = read_record(step.out) or {}
@@ -49,7 +49,8 @@ def execute(plan, step) -> dict:
         step.inputs = recipe.current_inputs(step)  # the parent as it is now, after it ran
         if console.is_main_process():
             recipe.mark_started(plan, step)
-    console.header(f"{step.name} ({step.stage})", to_dict(cfg))
+    # As the stage commands do: what differs from the stage's defaults (config.yaml in its directory holds all).
+    console.header(f"{step.name} ({step.stage}, changed from the defaults)", changed(cfg))
     try:
         result = importlib.import_module(f"nlptl.stages.{step.stage}").run(cfg)
     except NlptlError as e:
