@@ -82,8 +82,9 @@ def default_out(stage: str, n: int = 1) -> Path:
 
 
 def check_out(out: Path, overwrite: bool, from_path: str | None = None, resume: bool = False,
-              resume_from: str | None = None) -> None:
-    """Refuse an --out we must not write to, before anything heavy runs."""
+              resume_from: str | None = None) -> Path | None:
+    """Refuse an --out we must not write to, before anything heavy runs. With `resume`: the checkpoint
+    to resume (verified once here: its checksums cover every file, gigabytes for a large model)."""
     if from_path is not None and Path(from_path).exists() and out.resolve() == Path(from_path).resolve():
         raise UsageError(f"--out {out} is the --from directory; write the new run to another --out")
     if out.exists() and not out.is_dir():
@@ -92,8 +93,7 @@ def check_out(out: Path, overwrite: bool, from_path: str | None = None, resume: 
     if resume:
         if read_record(out) is not None:
             raise UsageError(f"--resume: {out} holds a completed run; nothing to resume")
-        find_resume_checkpoint(out, resume_from)  # "nothing to resume" is an error, not a fresh start
-        return
+        return find_resume_checkpoint(out, resume_from)  # "nothing to resume" is an error, not a fresh start
     if unfinished and not overwrite:
         raise UsageError(f"--out {out} holds an unfinished run (checkpoints/); pass --resume to continue it, "
                          "or --overwrite to start over")

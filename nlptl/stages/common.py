@@ -35,8 +35,9 @@ def check_max_length(max_length: int | None, config: dict | None) -> None:
         raise UsageError(f"--max-length {max_length} is larger than the model's {positions} positions; use {positions} or less")
 
 
-# The identity (config and input hashes) of each run directory this process opened, for its checkpoints.
-_identities: dict[Path, dict] = {}
+# Each run directory this process opened: its identity (config and input hashes, kept in its checkpoints)
+# and the checkpoint a resumed run continues (found and verified once, by open_stage).
+_opened: dict[Path, dict] = {}
 
 
 def open_stage(cfg: TrainConfig, stage: str, from_path: str | None, inputs: dict | None = None) -> Path:
@@ -46,7 +47,6 @@ def open_stage(cfg: TrainConfig, stage: str, from_path: str | None, inputs: dict
     hash of each data input, which a resumed run must share with the interrupted one, like its config."""
     from nlptl.checkpoint import (
         check_resume_identity,
-        find_resume_checkpoint,
         lock_out,
         run_identity,
         try_lock,
@@ -60,11 +60,11 @@ def open_stage(cfg: TrainConfig, stage: str, from_path: str | None, inputs: dict
         n = 1
         while try_lock(out := default_out(stage, n)) is not None:
             n += 1
-    check_out(out, cfg.overwrite, from_path, resume=cfg.resuming, resume_from=cfg.resume_from)
+    checkpoint = check_out(out, cfg.overwrite, from_path, resume=cfg.resuming, resume_from=cfg.resume_from)
     identity = run_identity(cfg, inputs)
-    if cfg.resuming:
-        check_resume_identity(find_resume_checkpoint(out, cfg.resume_from), identity)
-    _identities[out.resolve()] = identity
+    if checkpoint is not None:
+        check_resume_identity(checkpoint, identity)
+    _opened[out.resolve()] = {"identity": identity, "checkpoint": checkpoint}
     preflight(cfg)
     return out
 
@@ -112,9 +112,12 @@ def resume_args(cfg: TrainConfig, out: Path | None) -> dict:
     from nlptl import console
     from nlptl.checkpoint import checkpoints_dir, find_resume_checkpoint, resume_hint
 
-    resume_from = find_resume_checkpoint(out, cfg.resume_from) if cfg.resuming else None
+    opened = _opened.get(Path(out).resolve(), {})
+    resume_from = None
+    if cfg.resuming:
+        resume_from = opened.get("checkpoint") or find_resume_checkpoint(out, cfg.resume_from)
     return {"checkpoints": checkpoints_dir(out), "resume_from": resume_from,
-            "resume_hint": resume_hint(out, console.command_line()), "identity": _identities.get(Path(out).resolve())}
+            "resume_hint": resume_hint(out, console.command_line()), "identity": opened.get("identity")}
 
 
 def write_stage(cfg, out: Path, stage: str, *, metrics: dict, lineage: dict,
