@@ -429,6 +429,11 @@ def lock_out(out: Path) -> None:
         raise UsageError(f"--out {out} is in use by another nlptl run ({who}); wait for it to finish, or choose another --out")
 
 
+def held_locks() -> set[Path]:
+    """The --out directories (resolved) this process holds locks on."""
+    return set(_locks)
+
+
 def release_locks(keep: set[Path] | None = None) -> None:
     """Release this process's --out locks (all, or all but `keep`)."""
     for key in list(_locks):

@@ -205,6 +205,9 @@ class _Loop:
         self.evaluate_fn, self.eval_every, self.select = evaluate_fn, eval_every, select
         self.batch_transform, self.random_source, self.runlog = batch_transform, random_source, runlog
         self.checkpoints, self.generator = checkpoints, generator
+        from accelerate.utils import send_to_device
+
+        self.send_to_device = send_to_device  # looked up once, not in every step
         device = accelerator.device
         self.state = TrainState(tokens=torch.zeros((), dtype=torch.long, device=device),
                                 running=torch.zeros((), device=device), total_steps=steps)
@@ -278,12 +281,10 @@ class _Loop:
 
     def train_step(self, batch) -> bool:
         """One micro-batch; True when it completed an optimizer step."""
-        from accelerate.utils import send_to_device
-
         accelerator, state = self.accelerator, self.state
         if self.batch_transform is not None:
             batch = self.batch_transform(batch)  # on the loader's CPU batch
-        batch = send_to_device(batch, accelerator.device, non_blocking=True)
+        batch = self.send_to_device(batch, accelerator.device, non_blocking=True)
         with accelerator.accumulate(self.model):
             loss = self.model(**batch).loss
             accelerator.backward(loss)

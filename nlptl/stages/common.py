@@ -75,9 +75,9 @@ def locked(run: Callable) -> Callable:
 
     @functools.wraps(run)
     def wrapper(cfg):
-        from nlptl.checkpoint import _locks, release_locks
+        from nlptl.checkpoint import held_locks, release_locks
 
-        held = set(_locks)
+        held = held_locks()
         try:
             return run(cfg)
         finally:
