@@ -3,6 +3,9 @@
     nlptl predict "What a lovely film" "Dull and far too long"      # the latest finetune run
     nlptl predict --model runs/finetune-... --input texts.txt --json
     cat texts.txt | nlptl predict --model DIR --input - --json      # JSON Lines, one object per text
+    printf 'A man sleeps\tA person rests\n' | nlptl predict --model NLI_DIR --input -   # a pair model
+
+Each result has the form nlptl/inference.py describes for the model's task shape.
 """
 
 from __future__ import annotations
@@ -24,29 +27,18 @@ def run(cfg: PredictConfig) -> list[dict]:
     if not texts:
         raise UsageError("no texts to classify; pass them as arguments, or --input FILE, or --input - for standard input")
 
-    import torch
-
-    from nlptl import models, runtime
+    from nlptl import runtime
+    from nlptl.inference import Classifier
 
     runtime.quiet_libraries()
-    model, tokenizer, names, max_length = models.load_trained_classifier(ref)
-    max_length = cfg.max_length or max_length
-    device = runtime.inference_device()
-    model.to(device).eval()
-    # Sorting by length keeps padding (and time) low; results come back in input order.
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    probs: list = [None] * len(texts)
-    with torch.inference_mode():
-        for start in range(0, len(order), cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
-            enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length, padding=True,
-                            return_tensors="pt").to(device)
-            p = model(**enc).logits.float().softmax(-1)
-            for i, row in zip(idx, p.tolist(), strict=True):
-                probs[i] = row
-    out = []
-    for text, row in zip(texts, probs, strict=True):
-        best = max(range(len(row)), key=row.__getitem__)
-        out.append({"text": text, "label": names[best], "score": row[best],
-                    "scores": {names[j]: row[j] for j in range(len(row))}})
-    return out
+    classifier = Classifier(ref, cfg.max_length)
+    pairs = None
+    if classifier.pairs:
+        # A pair model: each text is "first<TAB>second" (one line of a file, or one argument).
+        split = [t.split("\t", 1) for t in texts]
+        bad = [i for i, parts in enumerate(split) if len(parts) != 2]
+        if bad:
+            raise UsageError(f"--model {ref.spec} was trained on text pairs; text {bad[0] + 1} has no tab between "
+                             "its two texts (give each as 'first<TAB>second')")
+        texts, pairs = [a for a, _ in split], [b for _, b in split]
+    return classifier(texts, pairs, cfg.batch_size)
