@@ -87,6 +87,34 @@ def _fmt(v) -> str:
     return "" if v is None else str(v)
 
 
+# A finetune run's scores as the hub's model-index names them: (metric key, metric type, config).
+CARD_METRICS = [("accuracy", "accuracy", None), ("f1_macro", "f1", "macro"), ("f1_micro", "f1", "micro"),
+                ("subset_accuracy", "accuracy", "subset"), ("rmse", "rmse", None), ("mae", "mae", None),
+                ("pearson", "pearsonr", None), ("spearman", "spearmanr", None)]
+SHAPE_SCORES = {"multi_label_classification": "micro/macro-F1 and subset accuracy (at the threshold below)",
+                "regression": "RMSE, MAE, Pearson and Spearman correlation"}
+
+
+def usage(lineage: dict, name: str, remote: bool) -> list[str]:
+    """How to call a finetune run with transformers, for its task shape."""
+    problem = lineage.get("problem_type")
+    args = [f'model="{name}"'] + (["trust_remote_code=True"] if remote else [])
+    if problem == "regression":
+        args.append('function_to_apply="none"')  # else the pipeline squashes the number with a sigmoid
+    elif problem == "multi_label_classification":
+        args.append("top_k=None")
+    lines = ["```python", "from transformers import pipeline", "", f'clf = pipeline("text-classification", {", ".join(args)})']
+    if lineage.get("text_pair"):
+        lines.append('clf({"text": "A man is sleeping.", "text_pair": "Somebody rests."})')
+    else:
+        lines.append('clf("A text to classify")')
+    if problem == "multi_label_classification":
+        lines.append(f"# labels: every score >= {lineage.get('threshold', 0.5)} (the threshold nlptl chose)")
+    if lineage.get("window"):
+        lines.append("# a long text goes in whole (no truncation): the model cuts it into windows itself")
+    return lines + ["```"]
+
+
 def build(record: dict, directory: Path, out: Path):
     """The huggingface_hub ModelCard of a stage record; `directory` holds the files (the staging
     directory while a stage is written), `out` is where they end up."""
@@ -98,15 +126,15 @@ def build(record: dict, directory: Path, out: Path):
     sources = data_sources(lineage)
     hub_data = sorted({s["hub"] for s in sources if s.get("hub")})
     eval_results, metric_names = [], []
-    if stage == "finetune" and metrics.get("accuracy") is not None:
+    card_metrics = [(k, name, conf) for k, name, conf in CARD_METRICS if metrics.get(k) is not None]
+    if stage == "finetune" and card_metrics:
         ev = lineage.get("eval") or {}
         dataset = ev.get("name") or ev.get("spec") or f"held-out slice of {(lineage.get('train') or {}).get('spec', '--train')}"
-        for key, name in (("accuracy", "accuracy"), ("f1_macro", "f1")):
+        for key, name, conf in card_metrics:
             eval_results.append(EvalResult(task_type="text-classification", dataset_type=ev.get("hub") or "local",
                                            dataset_name=str(dataset), dataset_split="validation",
-                                           metric_type=name, metric_value=metrics[key],
-                                           metric_config="macro" if key == "f1_macro" else None))
-        metric_names = ["accuracy", "f1"]
+                                           metric_type=name, metric_value=metrics[key], metric_config=conf))
+        metric_names = list(dict.fromkeys(name for _, name, _ in card_metrics))
     elif metrics.get("perplexity") is not None:
         corpus = lineage.get("corpus") or {}
         eval_results.append(EvalResult(task_type=PIPELINE.get(objective, "text-generation"),
@@ -145,8 +173,15 @@ def _body(record: dict, directory: Path, out: Path, objective, base, sources: li
              f"- base model: `{base or 'none (new model)'}`",
              f"- general model the chain started from: {general_model(lineage)}"]
     if stage == "finetune":
-        lines += [f"- labels: {', '.join(lineage.get('labels') or [])}",
+        problem = lineage.get("problem_type") or "single_label_classification"
+        lines += [f"- task shape: {problem}" + ("; sentence pairs" if lineage.get("text_pair") else ""),
+                  f"- labels: {', '.join(lineage.get('labels') or [])}",
                   f"- pooling: {lineage.get('pooling')}; texts truncated to {lineage.get('max_length')} tokens"]
+        if lineage.get("window"):
+            lines.append(f"- long documents: windows of {lineage['window']} tokens sharing {lineage.get('stride')}, "
+                         f"pooled by {lineage.get('doc_pooling')}")
+        if lineage.get("threshold") is not None:
+            lines.append(f"- decision threshold: {lineage['threshold']}")
     lines += [f"- steps: {lineage.get('steps', metrics.get('steps'))}, tokens seen: {lineage.get('tokens_seen', '?')}", "",
               "## Data", "", "| stage | role | name or path | sha256 |", "|---|---|---|---|"]
     lines += [f"| {s['stage']} | {s['role']} | `{s['name']}` | `{s['sha256'] or 'n/a (hub dataset)'}` |" for s in sources]
@@ -161,7 +196,9 @@ def _body(record: dict, directory: Path, out: Path, objective, base, sources: li
     if shown:
         lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in shown.items()]
         if stage == "finetune":
-            lines += ["", "accuracy and macro-F1 on the evaluation data that selected the checkpoint (not a test set)."]
+            scores = SHAPE_SCORES.get(lineage.get("problem_type"), "accuracy and macro-F1")
+            lines += ["", f"{scores[0].upper() + scores[1:]} on the evaluation data that selected the checkpoint "
+                      "(not a test set)."]
         else:
             lines += ["", "perplexity on held-out blocks of the training corpus (before training: perplexity_before)."]
     else:
@@ -172,9 +209,7 @@ def _body(record: dict, directory: Path, out: Path, objective, base, sources: li
                   "Its accuracy holds for text like its training data (domain, language, length); measure it on "
                   "your own held-out data before relying on it, and do not use it for decisions about people "
                   "without human review. It inherits the biases of its training text and labels.",
-                  "", "```python", "from transformers import pipeline",
-                  f'pipeline("text-classification", model="{out.name}"'
-                  + (", trust_remote_code=True" if (Path(directory) / "modeling_nlptl.py").exists() else "") + ")", "```"]
+                  "", *usage(lineage, out.name, (Path(directory) / "modeling_nlptl.py").exists())]
     else:
         lines += ["A starting point for the next nlptl stage (`nlptl adapt --from` / `nlptl finetune --from`) or "
                   "for further training with transformers. It is not instruction-tuned and not meant to generate "

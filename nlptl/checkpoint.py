@@ -24,7 +24,7 @@ from nlptl.errors import UsageError
 
 RUN_FILE = "nlptl-run.json"
 # Written into --out while training runs (tracking.py), carried into the finished directory.
-LIVE = ("logs", "metrics.csv")
+LIVE = ("logs", "metrics.csv", "lr_find.json")
 PREVIOUS = {"adapt": ("pretrain",), "finetune": ("adapt", "pretrain"), "evaluate": ("finetune",),
             "predict": ("finetune",)}
 

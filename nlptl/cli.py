@@ -123,8 +123,17 @@ def _predict(given: dict[str, Any]) -> None:
         for row in rows:
             console.emit_json(row)
     else:
-        console.table("predictions", ["label", "score", "text"],
-                      [[r["label"], r["score"], r["text"][:80]] for r in rows], stdout=True)
+        console.table("predictions", ["prediction", "score", "text"], [_prediction(r) for r in rows], stdout=True)
+
+
+def _prediction(r: dict) -> list:
+    """A table row of one result, whatever the task shape (nlptl/inference.py): label, labels or value."""
+    text = r["text"] + (f" | {r['text_pair']}" if "text_pair" in r else "")
+    if "value" in r:
+        return [f"{r['value']:.4g}", "", text[:80]]
+    if "labels" in r:
+        return [", ".join(r["labels"]) or "(none)", ", ".join(f"{r['scores'][n]:.3f}" for n in r["labels"]), text[:80]]
+    return [r["label"], r["score"], text[:80]]
 
 
 # --------------------------------------------------------------------------- commands
@@ -135,8 +144,8 @@ stage_command("adapt", "Stage 2: adapt a language model to domain text (MLM for 
               _options("adapt") + COMMON)
 stage_command("finetune", "Stage 3: fine-tune a classifier on labelled data; keeps the best checkpoint on --eval.",
               _options("finetune") + COMMON)
-stage_command("evaluate", "Accuracy and macro-F1 of a classifier on a labelled file, or perplexity of a language "
-              "model.", _options("evaluate") + COMMON)
+stage_command("evaluate", "The scores of a classifier on a labelled file (accuracy and macro-F1; multi-label and "
+              "regression scores for those shapes), or perplexity of a language model.", _options("evaluate") + COMMON)
 stage_command("predict", "Labels with scores for texts (arguments, --input FILE, or --input - for stdin).", [
     _param("texts", typer.Argument(None, help=help_of(STAGE_CONFIGS["predict"], "texts"), show_default=False),
            list[str] | None),

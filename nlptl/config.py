@@ -24,6 +24,8 @@ OBJECTIVES = ("auto", "mlm", "clm")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("linear", "stlr", "one-cycle", "cosine", "constant")
 POOLINGS = ("auto", "cls", "mean", "last", "concat")
+LONG_DOCS = ("truncate", "chunk")
+DOC_POOLINGS = ("mean", "max", "attention")
 TRACKERS = ("tensorboard", "mlflow", "wandb")
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
@@ -33,6 +35,10 @@ ALIASES = {"from": "from_model", "train": "train_file", "eval": "eval_file"}
 
 # Panels of a command's --help (rich help only); a field's panel is "Training" unless it says otherwise.
 TRAINING, DATA, OUTPUT, LORA, CURVE = "Training", "Data", "Output", "LoRA (parameter-efficient)", "Learning curve"
+
+
+LR_HELP = ("Peak learning rate, or auto: a learning-rate range test on the training data picks it "
+           "(fastai's lr_find; the curve and the choice are kept in the run directory).")
 
 
 def opt(default: Any, help: str, *, panel: str = TRAINING, short: str | None = None, negatable: bool = False,
@@ -73,7 +79,7 @@ class TrainConfig:
     epochs: float = opt(1.0, "Passes over the training data.")
     batch_size: int = opt(16, "Examples (or blocks) per step per process; global batch = batch x processes x grad-accum.")
     grad_accum: int = opt(1, "Gradient accumulation steps per optimizer step.")
-    lr: float = opt(1e-4, "Peak learning rate.")
+    lr: float | str = opt(1e-4, "Peak learning rate.")
     weight_decay: float = opt(0.01, "AdamW weight decay (not applied to biases and norms).")
     warmup_ratio: float = opt(0.06, "Fraction of the steps spent warming the learning rate up.")
     max_grad_norm: float = opt(1.0, "Clip gradients to this norm (0 turns clipping off).")
@@ -103,9 +109,15 @@ class TrainConfig:
     lora_targets: str | None = opt(None, "Comma-separated module names LoRA adapts (default by architecture: query,value for BERT/RoBERTa, q_lin,v_lin for DistilBERT, c_attn for GPT-2, q_proj,v_proj for Llama-style).", panel=LORA)
     merge: bool = opt(False, "With --lora: also write the merged model (loads without peft; usable as the next stage's --from).", panel=LORA)
 
+    # Whether --lr auto (the learning-rate range test, nlptl/lr_find.py) is offered by this stage.
+    LR_AUTO = False
+
     def __post_init__(self) -> None:
+        self.lr = learning_rate(self.lr, self.LR_AUTO)
         finite(self)
-        positive(self, "epochs", "batch_size", "grad_accum", "lr", "log_every")
+        positive(self, "epochs", "batch_size", "grad_accum", "log_every")
+        if self.lr != "auto":
+            positive(self, "lr")
         self.report_to = ",".join(report_targets(self.report_to))
         if self.push_to_hub is not None and not REPO_ID.fullmatch(self.push_to_hub):
             raise UsageError(f"--push-to-hub expects a repo id 'user-or-org/name' (got '{self.push_to_hub}')")
@@ -148,7 +160,7 @@ class LMConfig(TrainConfig):
     mlm_probability: float = opt(0.15, "Fraction of tokens (or words) masked for the MLM objective.")
     whole_word_mask: bool = opt(False, "MLM: mask whole words (all their tokens), for any fast tokenizer.", negatable=True)
     train_file: str | None = opt(None, "With --corpus task:NAME: the task's training file whose texts are the corpus.", panel=DATA)
-    lr: float = again(TrainConfig, "lr", 1e-4)
+    lr: float | str = again(TrainConfig, "lr", 1e-4)
     warmup_ratio: float = again(TrainConfig, "warmup_ratio", 0.05)
 
     def __post_init__(self) -> None:
@@ -167,7 +179,7 @@ class PretrainConfig(LMConfig):
     size: str = opt("tiny", "Model size preset: tiny (2x64), mini (4x256), small (6x512), base (12x768).", choices=SIZES)
     vocab_size: int | None = opt(None, "Tokenizer vocabulary size (default by size: 4k tiny, 8k mini, 16k small, 32k base).")
     from_model: str | None = opt(None, "Take this existing general checkpoint (hub id or local dir) instead of training from scratch.")
-    lr: float = again(TrainConfig, "lr", 5e-4)
+    lr: float | str = again(TrainConfig, "lr", 5e-4)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -193,6 +205,9 @@ class AdaptConfig(LMConfig):
 
     from_model: str | None = opt(None, "Language model to adapt: run dir, local checkpoint or hub id (default: latest pretrain run).")
     corpus: str | None = opt(None, "Domain corpus: a name (see `nlptl corpora`), task:NAME, or a file/dir/glob.", panel=DATA)
+    lr: float | str = opt(1e-4, LR_HELP)
+    lr_find_steps: int = opt(100, "--lr auto: steps of the learning-rate range test.")
+    LR_AUTO = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -205,12 +220,28 @@ class FinetuneConfig(TrainConfig):
     """`nlptl finetune`: a sequence classifier on top of the (adapted) language model."""
 
     from_model: str | None = opt(None, "Model to fine-tune: run dir, local checkpoint or hub id (default: latest adapt, else pretrain run).")
-    task: str = opt("sentiment", "Task name (see `nlptl tasks`): sentiment, or classification with --train.", panel=DATA)
+    task: str = opt("sentiment", "Task name (see `nlptl tasks`): sentiment; classification, multilabel or regression with --train.", panel=DATA)
     train_file: str | None = opt(None, "Labelled training file (.csv/.jsonl/.parquet/.tsv).", panel=DATA)
     eval_file: str | None = opt(None, "Labelled evaluation file for model selection (default: a seeded slice of --train).", panel=DATA)
-    text_column: str = opt("text", "Text column.", panel=DATA)
-    label_column: str = opt("label", "Label column.", panel=DATA)
-    max_length: int | None = opt(None, "Truncate texts to this many tokens (default: min(256, model positions)).", panel=DATA)
+    text_column: str = opt("text", "Text column; two, comma-separated (premise,hypothesis), for sentence pairs.", panel=DATA)
+    label_column: str = opt("label", "Label column; for --task multilabel also several 0/1 columns, comma-separated (a,b,c).", panel=DATA)
+    label_separator: str = opt(";", "--task multilabel: what separates the labels in one cell ('sports;politics').", panel=DATA)
+    max_length: int | None = opt(None, "Truncate texts to this many tokens (default: min(256, model positions); with "
+                                 "--long-docs chunk: 8 windows).", panel=DATA)
+    long_docs: str = opt("truncate", "Texts longer than a window: truncate, or chunk (overlapping windows, each encoded, "
+                         "pooled into one document; ULMFiT's BPT3C).", panel=DATA, choices=LONG_DOCS)
+    window: int | None = opt(None, "--long-docs chunk: tokens per window (default: min(256, model positions)).", panel=DATA)
+    stride: int | None = opt(None, "--long-docs chunk: tokens each window shares with the one before (default: a quarter window).", panel=DATA)
+    doc_pooling: str = opt("mean", "--long-docs chunk: how windows become one document: mean, max, or attention (learned).",
+                           choices=DOC_POOLINGS)
+    threshold: float = opt(0.5, "--task multilabel: a label is predicted when its probability is at least this.")
+    tune_threshold: bool = opt(False, "--task multilabel: choose the threshold that maximises micro-F1 on the eval split.",
+                               negatable=True)
+    class_weights: str = opt("none", "Loss weights per class: none, auto (inverse frequency; multilabel: negatives/positives "
+                             "per label) or w1,w2,... in label order.")
+    lr: float | str = opt(1e-4, LR_HELP)
+    lr_find_steps: int = opt(100, "--lr auto: steps of the learning-rate range test.")
+    LR_AUTO = True
     eval_fraction: float = opt(0.1, "Without --eval: fraction of the training data held out for model selection.", panel=DATA)
     numeric_classes: bool = opt(False, "Take labels that look like continuous numbers as class names all the same "
                                 "(each distinct value a class).", panel=DATA)
@@ -220,7 +251,6 @@ class FinetuneConfig(TrainConfig):
     pooling: str = opt("auto", "Classifier pooling: cls, mean, last (token), concat ([last, max, mean], ULMFiT); auto = cls for encoders, last for decoders.", choices=POOLINGS)
     batch_size: int = again(TrainConfig, "batch_size", 32)
     epochs: float = again(TrainConfig, "epochs", 3.0)
-    lr: float = again(TrainConfig, "lr", 1e-4)
     warmup_ratio: float = again(TrainConfig, "warmup_ratio", 0.1)
 
     def __post_init__(self) -> None:
@@ -229,6 +259,21 @@ class FinetuneConfig(TrainConfig):
             raise UsageError(f"--max-length must be at least 2 (got {self.max_length})")
         bounded(self, "eval_fraction", lambda v: 0 < v < 1, "in (0, 1)")
         choice(self, "pooling")
+        choice(self, "long_docs")
+        choice(self, "doc_pooling")
+        bounded(self, "threshold", lambda v: 0 < v < 1, "in (0, 1)")
+        at_least_two(self, "window")
+        bounded(self, "stride", lambda v: v >= 0, ">= 0")
+        positive(self, "lr_find_steps")
+        if self.long_docs == "truncate" and (self.window is not None or self.stride is not None):
+            raise UsageError(f"{'--window' if self.window is not None else '--stride'} needs --long-docs chunk")
+        if self.window is not None and self.stride is not None and self.stride >= self.window:
+            raise UsageError(f"--stride must be smaller than --window (got {self.stride} >= {self.window})")
+        if not self.label_separator:
+            raise UsageError("--label-separator must not be empty")
+        if len(self.text_columns) > 2:
+            raise UsageError(f"--text-column takes one column, or two for sentence pairs (got {self.text_column})")
+        class_weights(self.class_weights)
         positive(self, "seeds")
         if self.learning_curve and self.push_to_hub:
             raise UsageError("--push-to-hub uploads a model; a learning curve (--n-labels, --seeds, --compare) keeps "
@@ -255,6 +300,14 @@ class FinetuneConfig(TrainConfig):
     @property
     def learning_curve(self) -> bool:
         return bool(self.n_labels) or self.seeds > 1 or bool(self.compare)
+
+    @property
+    def text_columns(self) -> list[str]:
+        return [c.strip() for c in self.text_column.split(",")]
+
+    @property
+    def label_columns(self) -> list[str]:
+        return [c.strip() for c in self.label_column.split(",")]
 
 
 @dataclass
@@ -339,8 +392,8 @@ COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
               "mlm_probability",
               "whole_word_mask", "text_column", "train_file", *TRAINING_FLAGS, *LORA_FLAGS, *OUTPUT_FLAGS),
     "finetune": ("task", "from_model", "train_file", "eval_file", "eval_fraction", "text_column", "label_column",
-                 "numeric_classes",
-                 "max_length",
+                 "label_separator", "numeric_classes", "max_length", "long_docs", "window", "stride", "doc_pooling",
+                 "threshold", "tune_threshold", "class_weights",
                  "pooling", "n_labels", "seeds", "compare", "out", *TRAINING_FLAGS, *LORA_FLAGS, *OUTPUT_FLAGS),
     "evaluate": ("data", "model", "text_column", "label_column", "batch_size", "max_length", "block_size",
                  "mlm_probability", "seed"),
@@ -369,6 +422,8 @@ def flags(stage: str) -> dict[str, Flag]:
     for key in COMMAND_FLAGS[stage]:
         meta, name = fields[key].metadata, flag_name(key)
         kind = str(fields[key].type).split(" ")[0].split("[")[0]
+        if "| str" in str(fields[key].type):
+            kind = "str"  # a number or a word (--lr auto): the config converts it
         default = fields[key].default
         if default is dataclasses.MISSING:
             default = None
@@ -387,6 +442,37 @@ def changed(cfg: Any) -> dict[str, Any]:
         if value != default:
             out[f.name] = value
     return out
+
+
+def learning_rate(value: Any, auto_ok: bool) -> float | str:
+    """--lr as a number, or 'auto' where the stage offers the range test."""
+    if isinstance(value, str):
+        if value.strip().lower() == "auto":
+            if not auto_ok:
+                raise UsageError("--lr auto (the learning-rate range test) is offered by finetune and adapt; "
+                                 "pass a number")
+            return "auto"
+        try:
+            return float(value)
+        except ValueError:
+            raise UsageError(f"--lr expects a number or auto (got '{value}')") from None
+    return float(value)
+
+
+def class_weights(value: str) -> list[float] | str:
+    """--class-weights as 'none', 'auto' or a list of positive numbers."""
+    v = str(value).strip().lower()
+    if v in ("none", "auto"):
+        return v
+    try:
+        weights = [float(x) for x in v.split(",")]
+    except ValueError:
+        raise UsageError(f"--class-weights expects none, auto or numbers separated by commas (got '{value}')") from None
+    import math
+
+    if any(not math.isfinite(w) or w <= 0 for w in weights):
+        raise UsageError(f"--class-weights: every weight must be a positive number (got '{value}')")
+    return weights
 
 
 def positive(cfg: Any, *names: str) -> None:
@@ -475,6 +561,8 @@ def _coerce(cls: type, key: str, value: Any) -> Any:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
             return int(value)
+        if kind.startswith("float | str"):
+            return value if isinstance(value, str) else float(value)
         if kind.startswith("float"):
             return float(value)
         if kind.startswith("list"):

@@ -106,13 +106,49 @@ def load_metric(name: str):
     return _metric_cache[name]
 
 
-def classification_metrics(logits, labels) -> dict:
+# What each task shape selects its best checkpoint by, and in which direction.
+SELECT = {"single_label_classification": ("accuracy", "max"), "multi_label_classification": ("f1_micro", "max"),
+          "regression": ("rmse", "min")}
+METRICS = {"single_label_classification": ("accuracy", "f1"), "multi_label_classification": ("multilabel",),
+           "regression": ("regression",)}
+
+
+def classification_metrics(logits, labels, problem: str = "single_label_classification", threshold: float = 0.5,
+                           per_label: bool = False) -> dict:
+    """The scores of a classifier's logits against the labels, for its task shape. Single label: accuracy,
+    macro-F1, and the share of the most predicted class (near 1: the "predicts one class" trap);
+    multi-label: micro/macro-F1 and subset accuracy at `threshold` (and F1 per label with `per_label`);
+    regression: RMSE, MAE, Pearson, Spearman. Each with the loss."""
+    import torch
     import torch.nn.functional as F
 
+    if problem == "regression":
+        values = logits[:, 0].double()
+        scores = load_metric("regression").compute(predictions=values.tolist(), references=labels.double().tolist())
+        return {**{k: float(v) for k, v in scores.items()}, "loss": float(F.mse_loss(values, labels.double()).item())}
+    if problem == "multi_label_classification":
+        preds = (logits.sigmoid() >= threshold).to(torch.int8)
+        scores = load_metric("multilabel").compute(predictions=preds.tolist(), references=labels.to(torch.int8).tolist())
+        out = {k: float(scores[k]) for k in ("f1_micro", "f1_macro", "subset_accuracy")}
+        if per_label:
+            out["f1_per_label"] = [float(x) for x in scores["f1_per_label"]]
+        return {**out, "loss": float(F.binary_cross_entropy_with_logits(logits, labels.float()).item())}
     preds = logits.argmax(-1)
-    out = {
+    return {
         "accuracy": float(load_metric("accuracy").compute(predictions=preds, references=labels)["accuracy"]),
         "f1_macro": float(load_metric("f1").compute(predictions=preds, references=labels, average="macro")["f1"]),
         "loss": float(F.cross_entropy(logits, labels).item()),
+        "top_prediction_share": float(preds.bincount().max().item() / max(len(preds), 1)),
     }
-    return out
+
+
+def tune_threshold(logits, labels) -> tuple[float, dict]:
+    """The decision threshold (0.05 ... 0.95) with the best micro-F1 on these (eval) logits; ties go
+    to the one nearest 0.5."""
+    best = None
+    for t in [round(0.05 * i, 2) for i in range(1, 20)]:
+        scores = classification_metrics(logits, labels, "multi_label_classification", t)
+        key = (scores["f1_micro"], -abs(t - 0.5))
+        if best is None or key > best[0]:
+            best = (key, t, scores)
+    return best[1], best[2]

@@ -7,6 +7,15 @@ as `modeling_nlptl.py` and names it in `auto_map`, so it loads anywhere with
     AutoModelForSequenceClassification.from_pretrained(DIR, trust_remote_code=True)
     pipeline("text-classification", model=DIR, trust_remote_code=True)
 
+Long documents (`config.nlptl_window`): a text longer than one window is cut, inside `forward`, into
+overlapping windows (each with the model's special tokens), every window is encoded and pooled, and
+the windows are pooled into one document (mean, max or learned attention) before the head: ULMFiT's
+BPT3C for transformers. Because it happens in the model, `pipeline()` on a whole document gives the
+same answer as `nlptl predict`.
+
+The loss follows `config.problem_type`, as transformers' own heads do: cross-entropy (one label),
+binary cross-entropy per label (multi-label) or mean squared error (regression).
+
 Self-contained on purpose (torch and transformers only): it is copied into run directories.
 """
 
@@ -18,6 +27,7 @@ from transformers import AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 POOLINGS = ("cls", "mean", "last", "concat")
+DOC_POOLINGS = ("mean", "max", "attention")
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, how: str) -> torch.Tensor:
@@ -64,12 +74,16 @@ class NlptlForSequenceClassification(PreTrainedModel):
         self.base_model_prefix = backbone.base_model_prefix
         setattr(self, self.base_model_prefix, backbone)
         width = config.hidden_size * (3 if self.pooling == "concat" else 1)
+        self.window = getattr(config, "nlptl_window", None)
+        self.doc_pooling = getattr(config, "nlptl_doc_pooling", "mean")
+        if self.window and self.doc_pooling == "attention":
+            self.window_attention = nn.Linear(width, 1)  # a learned score per window
         self.dropout = nn.Dropout(getattr(config, "nlptl_dropout", 0.1))
         self.classifier = nn.Linear(width, config.num_labels)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
-        if module is getattr(self, "classifier", None):
+        if module is getattr(self, "classifier", None) or module is getattr(self, "window_attention", None):
             nn.init.normal_(module.weight, std=getattr(self.config, "initializer_range", 0.02))
             nn.init.zeros_(module.bias)
         elif hasattr(self, "base_model_prefix") and hasattr(self, self.base_model_prefix):
@@ -83,13 +97,62 @@ class NlptlForSequenceClassification(PreTrainedModel):
         return self.backbone.get_input_embeddings()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kwargs):
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None:
-            inputs["token_type_ids"] = token_type_ids
-        inputs.update({k: v for k, v in kwargs.items() if k in ("inputs_embeds", "position_ids")})
-        hidden = self.backbone(**inputs).last_hidden_state
-        logits = self.classifier(self.dropout(pool(hidden, attention_mask, self.pooling)))
-        loss = None
-        if labels is not None:
-            loss = nn.functional.cross_entropy(logits.float(), labels)
+        if self.window and input_ids is not None and input_ids.shape[1] > self.window:
+            pooled = self._documents(input_ids, attention_mask)
+        else:
+            inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if token_type_ids is not None:
+                inputs["token_type_ids"] = token_type_ids
+            inputs.update({k: v for k, v in kwargs.items() if k in ("inputs_embeds", "position_ids")})
+            hidden = self.backbone(**inputs).last_hidden_state
+            pooled = pool(hidden, attention_mask, self.pooling)
+        logits = self.classifier(self.dropout(pooled))
+        loss = None if labels is None else classification_loss(logits, labels, self.config)
         return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    def _documents(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """[batch, long seq] -> [batch, width]: each text cut into windows of `nlptl_window` tokens that
+        share `nlptl_stride` tokens, each window framed by the special tokens the text starts and ends
+        with (`nlptl_window_specials`: how many), encoded, pooled, then pooled over the text's windows."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        n_pre, n_post = getattr(self.config, "nlptl_window_specials", (0, 0))
+        body = self.window - n_pre - n_post
+        step = max(1, body - int(getattr(self.config, "nlptl_stride", 0) or 0))
+        pad = self.config.pad_token_id if self.config.pad_token_id is not None else 0
+        windows, counts = [], []
+        for ids in (row[m.bool()] for row, m in zip(input_ids, attention_mask, strict=True)):
+            pre, content, post = ids[:n_pre], ids[n_pre:len(ids) - n_post], ids[len(ids) - n_post:]
+            starts = range(0, max(1, len(content) - body + step), step) if len(content) > body else [0]
+            for s in starts:
+                windows.append(torch.cat([pre, content[s:s + body], post]))
+            counts.append(len(starts))
+        width = max(len(w) for w in windows)
+        ids = input_ids.new_full((len(windows), width), pad)
+        mask = torch.zeros_like(ids)
+        for i, w in enumerate(windows):
+            ids[i, :len(w)], mask[i, :len(w)] = w, 1
+        hidden = self.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+        per_window = pool(hidden, mask, self.pooling)
+        docs = []
+        for reps in torch.split(per_window, counts):
+            if self.doc_pooling == "max":
+                docs.append(reps.max(0).values)
+            elif self.doc_pooling == "attention":
+                weights = self.window_attention(reps).float().softmax(0).to(reps.dtype)
+                docs.append((weights * reps).sum(0))
+            else:
+                docs.append(reps.mean(0))
+        return torch.stack(docs)
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config, weight: torch.Tensor | None = None):
+    """The loss of `config.problem_type` (transformers' rule when unset: one output is a regression).
+    `weight`: per-class weights (cross-entropy) or per-label positive weights (multi-label)."""
+    problem = getattr(config, "problem_type", None) or ("regression" if config.num_labels == 1 else "single_label_classification")
+    logits = logits.float()
+    if problem == "regression":
+        return nn.functional.mse_loss(logits.squeeze(-1), labels.float().view(-1))
+    if problem == "multi_label_classification":
+        return nn.functional.binary_cross_entropy_with_logits(logits, labels.float(), pos_weight=weight)
+    return nn.functional.cross_entropy(logits, labels, weight=weight)

@@ -127,6 +127,10 @@ def schedule_factor(name: str, total: int, warmup_ratio: float = 0.0, cut_frac: 
             return end + (1 - end) * (1 + math.cos(math.pi * frac)) / 2
 
         return one_cycle
+    if name == "range-test":
+        # The learning-rate range test (nlptl/lr_find.py): the peak is the highest rate tried, and the
+        # rate grows exponentially from ratio-times lower to it over the steps (not a user's choice).
+        return lambda t: ratio ** (min(t, total - 1) / max(1, total - 1) - 1)
     raise ValueError(f"unknown schedule {name}")
 
 

@@ -268,7 +268,8 @@ def current_inputs(step: Step) -> dict:
     if step.stage == "finetune":
         from nlptl.data.tasks import resolve_task
 
-        spec = resolve_task(cfg.task, cfg.train_file, cfg.eval_file, cfg.text_column, cfg.label_column)
+        spec = resolve_task(cfg.task, cfg.train_file, cfg.eval_file, cfg.text_column, cfg.label_column,
+                            cfg.label_separator)
         inputs["train"] = _source_key(spec.train.record() if spec.train else None)
         inputs["eval"] = _source_key(spec.eval.record() if spec.eval else None)
     if step.source:

@@ -92,7 +92,8 @@ def train(accelerator, model, train_dataset, collate_fn: Callable, cfg: TrainCon
           evaluate_fn: Callable[[object], dict] | None = None, select: tuple[str, str] | None = None,
           default_evals: int = 0, lengths: list[int] | None = None, checkpoints=None, resume_from=None,
           resume_hint: str = "", batch_transform: Callable[[dict], dict] | None = None, random_source=None,
-          runlog=None, identity: dict | None = None) -> tuple[object, TrainResult]:
+          runlog=None, identity: dict | None = None, loss_fn: Callable | None = None,
+          stop_when: Callable | None = None) -> tuple[object, TrainResult]:
     """Train `model` on `train_dataset`; returns the unwrapped model (the best one when `select` names a
     metric and mode, e.g. ("accuracy", "max")) and what happened.
 
@@ -104,7 +105,10 @@ def train(accelerator, model, train_dataset, collate_fn: Callable, cfg: TrainCon
     draws from (default `collate_fn`), checkpointed with the other random states. `runlog`: a
     tracking.RunLog that gets every row of the history (metrics.csv, --report-to trackers). `identity`:
     the run's config and input hashes (checkpoint.run_identity), kept in each checkpoint; a resumed run
-    records the options it changed (those allowed to change) in its history.
+    records the options it changed (those allowed to change) in its history. `loss_fn(model, batch)`:
+    the loss, where the model's own (`model(**batch).loss`) is not the one to train on (class weights).
+    `stop_when(step, loss)`: called after each optimizer step with that step's loss; True ends training
+    there (the learning-rate range test stops when the loss diverges).
     """
     import torch
 
@@ -134,7 +138,7 @@ def train(accelerator, model, train_dataset, collate_fn: Callable, cfg: TrainCon
     progress.note(_setting(description, steps, cfg, accelerator))
     loop = _Loop(accelerator, model, optimizer, scheduler, unfreezing, cfg, steps, progress, evaluate_fn=evaluate_fn, eval_every=eval_every, select=select, batch_transform=batch_transform,
                  random_source=random_source or collate_fn, runlog=runlog, checkpoints=checkpoints,
-                 generator=generator)
+                 generator=generator, loss_fn=loss_fn, stop_when=stop_when)
     loop.state.identity = identity
     if resume_from is not None:
         loop.resume(resume_from)
@@ -145,7 +149,7 @@ def train(accelerator, model, train_dataset, collate_fn: Callable, cfg: TrainCon
     loop.start_clock()
     try:
         stop.install()
-        while loop.state.step < steps:
+        while loop.state.step < steps and not loop.stopped:
             for batch in loop.epoch_batches(loader):
                 loop.state.batches_done += 1
                 if not loop.train_step(batch):
@@ -156,7 +160,7 @@ def train(accelerator, model, train_dataset, collate_fn: Callable, cfg: TrainCon
                                       130 if stop.signal == signal.SIGINT else 143)
                 if loop.checkpoint_due():
                     loop.save()
-                if loop.state.step >= steps:
+                if loop.state.step >= steps or loop.stopped:
                     break
             else:
                 loop.state.epoch += 1
@@ -197,7 +201,7 @@ class _Loop:
 
     def __init__(self, accelerator, model, optimizer, scheduler, unfreezing, cfg: TrainConfig, steps: int,
                  progress: Progress, *, evaluate_fn, eval_every, select, batch_transform, random_source, runlog,
-                 checkpoints, generator):
+                 checkpoints, generator, loss_fn=None, stop_when=None):
         import torch
 
         self.accelerator, self.model, self.optimizer, self.scheduler = accelerator, model, optimizer, scheduler
@@ -205,6 +209,7 @@ class _Loop:
         self.evaluate_fn, self.eval_every, self.select = evaluate_fn, eval_every, select
         self.batch_transform, self.random_source, self.runlog = batch_transform, random_source, runlog
         self.checkpoints, self.generator = checkpoints, generator
+        self.loss_fn, self.stop_when, self.stopped = loss_fn, stop_when, False
         from accelerate.utils import send_to_device
 
         self.send_to_device = send_to_device  # looked up once, not in every step
@@ -286,7 +291,7 @@ class _Loop:
             batch = self.batch_transform(batch)  # on the loader's CPU batch
         batch = self.send_to_device(batch, accelerator.device, non_blocking=True)
         with accelerator.accumulate(self.model):
-            loss = self.model(**batch).loss
+            loss = self.loss_fn(self.model, batch) if self.loss_fn is not None else self.model(**batch).loss
             accelerator.backward(loss)
             if accelerator.sync_gradients and self.unfreezing is not None:
                 self.unfreezing.update(state.step)
@@ -304,6 +309,9 @@ class _Loop:
             return False
         self.scheduler.step()
         state.step += 1
+        if self.stop_when is not None and self.stop_when(state.step, loss.detach()):
+            self.stopped = True
+            return True
         if state.step % self.cfg.log_every == 0 or state.step == self.steps:
             self.log_loss()
         else:

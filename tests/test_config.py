@@ -80,7 +80,7 @@ def test_list_field():
     ("max_steps=1.5", "--max-steps: '1.5' is not a valid int"),
     ("batch_size=abc", "--batch-size: 'abc' is not a valid int"),
     ("overwrite=maybe", "--overwrite: 'maybe' is not a valid bool"),
-    ("lr=fast", "--lr: 'fast' is not a valid float"),
+    ("lr=fast", "--lr expects a number or auto (got 'fast')"),
     ("lr", "--set expects key=value"),
 ])
 def test_bad_values_name_the_flag(raw, message):

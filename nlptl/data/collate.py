@@ -14,15 +14,18 @@ EVAL_MASK_SEED = 20180118  # fixed: every run and `nlptl evaluate` score the sam
 
 
 def tokenize(ds, tokenizer, max_length: int, flag: str):
-    """Tokenize labelled texts (no padding: batches are padded to their own longest text); say how many
-    texts were cut. The `label` column becomes `labels`."""
+    """Tokenize labelled texts, or pairs of texts (`text_pair`: the tokenizer joins them as the model
+    expects); no padding: batches are padded to their own longest text. Says how many texts were cut.
+    The `label` column becomes `labels`."""
+    pairs = "text_pair" in ds.column_names
 
     def enc(batch):
-        out = tokenizer(batch["text"], truncation=True, max_length=max_length)
-        out["n_tokens"] = [len(x) for x in tokenizer(batch["text"])["input_ids"]]
+        second = batch["text_pair"] if pairs else None
+        out = tokenizer(batch["text"], second, truncation=True, max_length=max_length)
+        out["n_tokens"] = [len(x) for x in tokenizer(batch["text"], second)["input_ids"]]
         return out
 
-    tok = ds.map(enc, batched=True, remove_columns=["text"], desc="tokenizing")
+    tok = ds.map(enc, batched=True, remove_columns=["text", "text_pair"] if pairs else ["text"], desc="tokenizing")
     over = sum(1 for n in tok["n_tokens"] if n > max_length)
     if over:
         log.warning("%s: truncated %d of %d texts longer than %d tokens (raise --max-length to keep more)",

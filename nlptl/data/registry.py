@@ -50,6 +50,8 @@ class TaskEntry:
     test: str | None = None
     # Integer labels in files map to these names by position (0 -> labels[0]).
     aliases: dict[str, str] = field(default_factory=dict)
+    # The task's shape: single (one label of a set), multilabel (any number of labels), regression (a number).
+    problem: str = "single"
 
 
 BUILTIN_CORPORA = {
@@ -87,6 +89,14 @@ BUILTIN_TASKS = {
     "classification": TaskEntry(
         "classification", "any label set, from files (--train, --eval); labels are taken from the training file",
         labels=None,
+    ),
+    "multilabel": TaskEntry(
+        "multilabel", "any number of labels per text, from files: one cell 'sports;politics' (--label-separator) "
+        "or several 0/1 columns (--label-column a,b,c)", labels=None, problem="multilabel",
+    ),
+    "regression": TaskEntry(
+        "regression", "a number per text (a score, a rating), from files: a numeric --label-column",
+        labels=None, problem="regression",
     ),
     "sample-sentiment": TaskEntry(
         "sample-sentiment", "small generated sentiment sentences shipped with nlptl (demo and tests)",
@@ -138,9 +148,20 @@ def tasks() -> dict[str, TaskEntry]:
         out[name] = TaskEntry(
             name, (base.description + "; " if base else "") + f"registered locally: {files.get('train')}",
             labels=tuple(value["labels"]) if value.get("labels") else (base.labels if base else None),
-            aliases=base.aliases if base else {}, **files,
+            aliases=base.aliases if base else {}, problem=_problem(name, value, base), **files,
         )
     return out
+
+
+PROBLEMS = ("single", "multilabel", "regression")
+
+
+def _problem(name: str, value: dict, base: TaskEntry | None) -> str:
+    problem = str(value.get("problem") or (base.problem if base else "single"))
+    if problem not in PROBLEMS:
+        raise UsageError(f"registry.yaml: task '{name}' has problem '{problem}'{did_you_mean(problem, PROBLEMS)}; "
+                         f"choose one of {', '.join(PROBLEMS)}")
+    return problem
 
 
 def looks_like_path(spec: str) -> bool:

@@ -38,14 +38,34 @@ class TaskSpec:
     entry: registry.TaskEntry
     train: LabelledSource | None
     eval: LabelledSource | None
-    text_column: str
-    label_column: str
+    text_column: str  # one column, or two comma-separated for sentence pairs
+    label_column: str  # one column, or several comma-separated 0/1 columns (multilabel)
+    separator: str = ";"  # multilabel: between the labels of one cell
+
+    @property
+    def text_columns(self) -> list[str]:
+        return columns(self.text_column)
+
+    @property
+    def label_columns(self) -> list[str]:
+        return columns(self.label_column)
+
+    @property
+    def problem(self) -> str:
+        return self.entry.problem
+
+    @property
+    def pairs(self) -> bool:
+        return len(self.text_columns) == 2
+
+
+def columns(value: str) -> list[str]:
+    return [c.strip() for c in str(value).split(",") if c.strip()]
 
 
 def labelled_source(path: str, flag: str, text_column: str, label_column: str | None) -> LabelledSource:
-    cols = {text_column: "--text-column"}
-    if label_column:
-        cols[label_column] = "--label-column"
+    cols = {c: "--text-column" for c in columns(text_column)}
+    cols.update({c: "--label-column" for c in columns(label_column or "")})
     files, fmt, sha = check_data_file(path, flag, cols)
     if fmt == "text":
         raise UsageError(f"{flag} {path}: labelled data needs a table (.csv/.tsv/.jsonl/.parquet with text and label columns)")
@@ -53,8 +73,11 @@ def labelled_source(path: str, flag: str, text_column: str, label_column: str | 
 
 
 def resolve_task(task: str, train_file: str | None, eval_file: str | None, text_column: str,
-                 label_column: str) -> TaskSpec:
+                 label_column: str, separator: str = ";") -> TaskSpec:
     entry = registry.task_entry(task)
+    if len(columns(label_column)) > 1 and entry.problem != "multilabel":
+        raise UsageError(f"--label-column {label_column}: several label columns make a multi-label task; "
+                         f"pass --task multilabel (or one --label-column for --task {task})")
     train = eval_ = None
     train_path = train_file or entry.train
     eval_path = eval_file or (entry.eval if not train_file else None)
@@ -72,34 +95,70 @@ def resolve_task(task: str, train_file: str | None, eval_file: str | None, text_
     elif entry.hub and not train_path:
         eval_ = LabelledSource("--eval", entry.hub, hub=entry.hub, hub_config=entry.hub_config,
                                hub_split=entry.hub_eval_split)
-    return TaskSpec(entry, train, eval_, text_column, label_column)
+    return TaskSpec(entry, train, eval_, text_column, label_column, separator)
 
 
 def read_labelled(src: LabelledSource, spec: TaskSpec):
-    """Rows with columns `text` and `label` (label as a string, as written in the file)."""
+    """Rows with columns `text` (and `text_pair` for sentence pairs) and `label` (a string, as written in the
+    file; several 0/1 label columns become one cell of the names of the columns set, joined by the separator)."""
     import datasets
 
     if src.hub:
         ds = load_hub(src.hub, src.hub_config, [src.hub_split], f"--task {spec.entry.name}",
                       "pass local files with --train FILE --eval FILE")
-        text_col, label_col = spec.entry.hub_text_column, spec.entry.hub_label_column
+        text_cols, label_cols = [spec.entry.hub_text_column], [spec.entry.hub_label_column]
         src.sha256 = ds._fingerprint
     else:
         ds = read_files(src.files, src.format, src.sha256)
-        text_col, label_col = spec.text_column, spec.label_column
-    ds = ds.select_columns([text_col, label_col])
-    if text_col != "text":
-        ds = ds.rename_column(text_col, "text")
-    if label_col != "label":
-        ds = ds.rename_column(label_col, "label")
-    return ds.cast(datasets.Features({"text": datasets.Value("string"), "label": datasets.Value("string")}))
+        text_cols, label_cols = spec.text_columns, spec.label_columns
+    ds = ds.select_columns(list(dict.fromkeys(text_cols + label_cols)))
+    if len(label_cols) > 1:
+        ds = ds.map(lambda b: {"label": _columns_to_cell(b, label_cols, spec.separator, src)}, batched=True,
+                    with_indices=False, remove_columns=[c for c in label_cols if c not in text_cols],
+                    desc="reading label columns")
+        label_cols = ["label"]
+    names = {text_cols[0]: "text", label_cols[0]: "label"}
+    if len(text_cols) == 2:
+        names[text_cols[1]] = "text_pair"
+    ds = ds.rename_columns({k: v for k, v in names.items() if k != v})
+    features = {c: datasets.Value("string") for c in names.values()}
+    return ds.cast(datasets.Features(features))
+
+
+_TRUE, _FALSE = {"1", "1.0", "true", "yes"}, {"0", "0.0", "false", "no", ""}
+
+
+def _columns_to_cell(batch: dict, label_cols: list[str], separator: str, src: LabelledSource) -> list[str]:
+    """Several 0/1 label columns -> one multilabel cell per row."""
+    cells = []
+    n = len(batch[label_cols[0]])
+    for i in range(n):
+        set_ = []
+        for c in label_cols:
+            v = str(batch[c][i] if batch[c][i] is not None else "").strip().lower()
+            if v in _TRUE:
+                set_.append(c)
+            elif v not in _FALSE:
+                raise UsageError(f"{src.flag} {src.spec}: column '{c}' holds '{batch[c][i]}'; label columns of "
+                                 "--task multilabel hold 0 or 1")
+        cells.append(separator.join(set_))
+    return cells
 
 
 def label_names(spec: TaskSpec, train_labels: list[str], numeric_classes: bool = False) -> list[str]:
-    """The label set: fixed by the task, or the sorted distinct labels of the training data.
+    """The label set: fixed by the task, or the sorted distinct labels of the training data (multilabel:
+    of every cell's parts, or the label columns; regression: the one output, named by its column).
     `numeric_classes`: the user says that continuous-looking numbers are classes all the same."""
+    if spec.problem == "regression":
+        return [spec.label_columns[0]]
     if spec.entry.labels:
         return list(spec.entry.labels)
+    if spec.problem == "multilabel":
+        if len(spec.label_columns) > 1:
+            return spec.label_columns
+        train_labels = [part for v in train_labels for part in split_cell(v, spec.separator)]
+    else:
+        check_not_multilabel(train_labels, spec)
     # `encode` matches labels ignoring case and surrounding spaces, so 'Sports' and 'sports ' are one
     # label here too (else the set holds a class no example maps to); the most frequent spelling names it.
     check_categorical(train_labels, numeric_classes)
@@ -114,6 +173,23 @@ def label_names(spec: TaskSpec, train_labels: list[str], numeric_classes: bool =
     if all(_is_int(v) for v in values):
         values = sorted(values, key=lambda v: int(v))
     return values
+
+
+def split_cell(value: str | None, separator: str) -> list[str]:
+    """A multilabel cell's labels ('sports; politics' -> ['sports', 'politics']); empty: none."""
+    return [p.strip() for p in str(value if value is not None else "").split(separator) if p.strip()]
+
+
+def check_not_multilabel(labels: list[str], spec: TaskSpec, flag: str = "--train") -> None:
+    """Refuse a multi-label file given to a single-label task: its cells ('sports;politics') would each
+    become a class of their own."""
+    joined = sorted({v.strip() for v in labels if v is not None and len(split_cell(v, spec.separator)) > 1})
+    if joined:
+        raise UsageError(
+            f"{flag}: labels such as '{joined[0]}' hold several labels separated by '{spec.separator}'; for a "
+            f"multi-label task pass --task multilabel (if '{spec.separator}' belongs to the label names, "
+            "pass another --label-separator)"
+        )
 
 
 def check_categorical(labels: list[str], numeric_classes: bool = False) -> None:
@@ -137,8 +213,8 @@ def check_categorical(labels: list[str], numeric_classes: bool = False) -> None:
         shown = ", ".join(f"{x:g}" for x in fractional[:3])
         raise UsageError(
             f"--train: the labels look continuous ({len(set(numbers))} distinct numbers, such as {shown}); "
-            "classification needs classes: regression is not supported yet, so bin the values into named classes "
-            "(or pass --numeric-classes to make each distinct value a class)"
+            "classification needs classes: for a number per text pass --task regression; else bin the values "
+            "into named classes (or pass --numeric-classes to make each distinct value a class)"
         )
 
 
@@ -170,17 +246,74 @@ def label_ids(labels, names: list[str], aliases: dict[str, str] | None = None,
     return ids, unknown
 
 
-def with_label_ids(ds, ids: list[int]):
-    """`ds` with `ids` as its label column, less the rows whose text is empty."""
+def with_label_ids(ds, ids: list):
+    """`ds` with `ids` as its label column (ids, multi-hot rows or numbers), less the rows whose text is empty."""
     ds = ds.remove_columns("label").add_column("label", ids)
     if all(t is not None and t.strip() for t in ds["text"]):
         return ds
     return ds.filter(lambda b: [t is not None and t.strip() != "" for t in b["text"]], batched=True)
 
 
+def targets(labels: list[str], names: list[str], spec: TaskSpec, src_flag: str, src_spec: str) -> list:
+    """Label cells as what the model learns: numbers (regression) or multi-hot rows (multilabel)."""
+    import math
+
+    if spec.problem == "regression":
+        out = []
+        for i, v in enumerate(labels):
+            try:
+                x = float(str(v).strip())
+            except ValueError:
+                x = None
+            if x is None or not math.isfinite(x):
+                raise UsageError(f"{src_flag} {src_spec}: data row {i + 1} has the label '{v}', not a finite number; "
+                                 "--task regression needs numeric targets (fix or drop the row)")
+            out.append(x)
+        return out
+    index = {n.lower(): i for i, n in enumerate(names)}
+    rows, unknown = [], {}
+    for v in labels:
+        row = [0.0] * len(names)
+        for part in split_cell(v, spec.separator):
+            if part.lower() in index:
+                row[index[part.lower()]] = 1.0
+            else:
+                unknown[part] = unknown.get(part, 0) + 1
+        rows.append(row)
+    if unknown:
+        shown = ", ".join(f"'{k}'" for k in list(unknown)[:5])
+        raise UsageError(f"{src_flag} {src_spec}: labels not seen in the training data: {shown}; fix the labels")
+    return rows
+
+
+def check_pairs(ds, spec: TaskSpec, src_flag: str, src_spec: str) -> None:
+    """Both texts of a pair must be there: a pair with one text missing is not a pair."""
+    for col, name in (("text", spec.text_columns[0]), ("text_pair", spec.text_columns[1])):
+        empty = [i for i, t in enumerate(ds[col]) if t is None or not t.strip()]
+        if empty:
+            raise UsageError(f"{src_flag} {src_spec}: {len(empty)} row(s) have no '{name}' text (first at data row "
+                             f"{empty[0] + 1}); every pair needs both texts: fill them in or drop those rows")
+
+
 def encode(ds, names: list[str], spec: TaskSpec, src_flag: str, src_spec: str):
-    """Map label strings to ids; one error line for empty labels, unknown labels or empty texts."""
+    """Map label strings to what the model learns (class ids, multi-hot rows, numbers); one error line for
+    empty labels, unknown labels, non-numeric targets, half pairs or empty texts."""
     labels = ds["label"]
+    if spec.pairs:
+        check_pairs(ds, spec, src_flag, src_spec)
+    if spec.problem in ("multilabel", "regression"):
+        if spec.problem == "regression" or len(spec.label_columns) == 1:
+            empty = [i for i, v in enumerate(labels) if v is None or str(v).strip() == ""]
+            if empty and spec.problem == "regression":
+                raise UsageError(f"{src_flag} {src_spec}: {len(empty)} row(s) have an empty '{spec.label_column}' value "
+                                 f"(first at data row {empty[0] + 1}); fill them in or drop those rows")
+            if empty:
+                log.info("%s %s: %d row(s) have no label (an empty cell: none of the labels)", src_flag, src_spec,
+                         len(empty))
+        ds = with_label_ids(ds, targets(labels, names, spec, src_flag, src_spec))
+        if len(ds) == 0:
+            raise UsageError(f"{src_flag} {src_spec}: holds no rows with text")
+        return ds
     empty = [i for i, v in enumerate(labels) if v is None or str(v).strip() == ""]
     if empty:
         raise UsageError(
@@ -189,6 +322,7 @@ def encode(ds, names: list[str], spec: TaskSpec, src_flag: str, src_spec: str):
         )
     ids, unknown = label_ids(labels, names, spec.entry.aliases)
     if unknown:
+        check_not_multilabel(list(unknown), spec, f"{src_flag} {src_spec}")
         shown = ", ".join(f"'{k}'" for k in list(unknown)[:5])
         if src_flag == "--eval" or not spec.entry.labels:
             why = "labels not seen in the training data"

@@ -153,7 +153,8 @@ def load_classifier(ref: ModelRef, config, labels: list[str], tokenizer, pooling
     config.pad_token_id = tokenizer.pad_token_id
     pooling = resolve_pooling(config, pooling)
     try:
-        if uses_stock_head(config, pooling):
+        # Long documents (windows pooled inside forward) need nlptl's head, whatever the pooling.
+        if uses_stock_head(config, pooling) and not getattr(config, "nlptl_window", None):
             for attr in ("nlptl_pooling", "auto_map"):
                 if hasattr(config, attr):
                     delattr(config, attr)

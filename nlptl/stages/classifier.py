@@ -15,6 +15,10 @@ from nlptl.stages.common import resume_args
 log = logging.getLogger("nlptl")
 
 
+PROBLEM_TYPES = {"single": "single_label_classification", "multilabel": "multi_label_classification",
+                 "regression": "regression"}
+
+
 @dataclass
 class TaskData:
     config: object  # the model's transformers config
@@ -24,6 +28,10 @@ class TaskData:
     eval: object
     eval_from: dict
     max_length: int
+    problem: str = "single_label_classification"  # transformers' problem_type
+    # What the classifier's config records of the task's shape (pairs, threshold, windows): what
+    # `pipeline()`, `nlptl predict` and a server need to use it as it was trained.
+    shape: dict = None
 
 
 def prepare(cfg: FinetuneConfig, ref, spec, accelerator) -> TaskData:
@@ -31,66 +39,224 @@ def prepare(cfg: FinetuneConfig, ref, spec, accelerator) -> TaskData:
     from nlptl import models
     from nlptl.data.collate import tokenize
     from nlptl.data.tasks import encode, label_names, read_labelled
-    from nlptl.evaluation import load_metric
+    from nlptl.evaluation import METRICS, load_metric
 
     models.hub_guard(ref)
     config = models.load_config(ref)
     tokenizer = models.load_tokenizer(ref, config)
+    problem = PROBLEM_TYPES[spec.problem]
+    shape = {"problem_type": problem}
+    if spec.pairs:
+        if cfg.long_docs == "chunk":
+            raise UsageError("--long-docs chunk cuts one text into windows; it does not take sentence pairs "
+                             "(--text-column with two columns): drop one of them")
+        separate_pairs(tokenizer)
+        shape["nlptl_text_pair"] = True
+    if problem == "multi_label_classification":
+        shape["nlptl_threshold"] = cfg.threshold
+    if cfg.class_weights != "none" and problem == "regression":
+        raise UsageError("--class-weights weighs classes; --task regression has none: drop it")
     max_length = cfg.max_length or models.default_max_length(config)
+    if cfg.long_docs == "chunk":
+        shape.update(window_shape(cfg, config, tokenizer))
+        max_length = cfg.max_length or 8 * shape["nlptl_window"]
     with accelerator.main_process_first():
         train_raw = read_labelled(spec.train, spec)
         names = label_names(spec, train_raw["label"], cfg.numeric_classes)
         train_ds = encode(train_raw, names, spec, "--train", spec.train.spec)
-        if len(set(train_ds["label"])) < 2:
-            raise UsageError(f"--train {spec.train.spec}: holds a single class ('{names[train_ds[0]['label']]}'); "
-                             "a classifier needs examples of at least two labels")
+        check_variety(train_ds, names, problem, spec)
         if spec.eval is not None:
             eval_ds = encode(read_labelled(spec.eval, spec), names, spec, "--eval", spec.eval.spec)
             eval_from = spec.eval.record()
         else:
-            train_ds, eval_ds = held_out_slice(train_ds, names, cfg.eval_fraction, cfg.seed)
+            train_ds, eval_ds = held_out_slice(train_ds, names, cfg.eval_fraction, cfg.seed,
+                                               stratify=problem == "single_label_classification")
             eval_from = {"slice_of_train": cfg.eval_fraction, "seed": cfg.seed}
             log.info("no --eval: holding out %d of the training examples (seeded) for model selection", len(eval_ds))
         train_tok = tokenize(train_ds, tokenizer, max_length, "--train")
         eval_tok = tokenize(eval_ds, tokenizer, max_length, "--eval")
-    load_metric("accuracy"), load_metric("f1")  # fail before training, not after, if metrics cannot load
-    log.info("%s: %d labels (%s), %d train / %d eval examples, max length %d",
-             cfg.task, len(names), ", ".join(names[:6]), len(train_tok), len(eval_tok), max_length)
-    return TaskData(config, tokenizer, names, train_tok, eval_tok, eval_from, max_length)
+    for name in METRICS[problem]:
+        load_metric(name)  # fail before training, not after, if metrics cannot load
+    what = (f"regression on '{names[0]}'" if problem == "regression" else
+            f"{len(names)} labels{' (multi-label)' if problem == 'multi_label_classification' else ''} "
+            f"({', '.join(names[:6])})")
+    log.info("%s: %s%s, %d train / %d eval examples, max length %d", cfg.task, what,
+             ", sentence pairs" if spec.pairs else "", len(train_tok), len(eval_tok), max_length)
+    return TaskData(config, tokenizer, names, train_tok, eval_tok, eval_from, max_length, problem, shape)
+
+
+def check_variety(ds, names: list[str], problem: str, spec) -> None:
+    """Enough signal to learn from: two classes, two target values, or each label both set and unset."""
+    labels = ds["label"]
+    if problem == "regression":
+        if len(set(labels)) < 2:
+            raise UsageError(f"--train {spec.train.spec}: every target is {labels[0]:g}; a regression needs "
+                             "varying targets")
+    elif problem == "multi_label_classification":
+        never = [n for j, n in enumerate(names) if not any(row[j] for row in labels)]
+        if never:
+            log.warning("--train %s: label(s) %s are never set in the training data", spec.train.spec,
+                        ", ".join(f"'{n}'" for n in never[:5]))
+    elif len(set(labels)) < 2:
+        raise UsageError(f"--train {spec.train.spec}: holds a single class ('{names[labels[0]]}'); "
+                         "a classifier needs examples of at least two labels")
+
+
+def separate_pairs(tokenizer) -> None:
+    """Make the tokenizer put a separator between the two texts of a pair where it puts none (GPT-style
+    tokenizers just concatenate them): the EOS token, in its post-processor, so that every user of the
+    saved tokenizer (pipeline, predict, a server) joins pairs the same way."""
+    from tokenizers import processors
+
+    enc = tokenizer("a", "b")
+    seq = enc.sequence_ids()
+    first_end = max(i for i, s in enumerate(seq) if s == 0)
+    second_start = min(i for i, s in enumerate(seq) if s == 1)
+    if any(s is None for s in seq[first_end + 1:second_start]):
+        return  # [SEP], </s></s>, <s>...: the tokenizer's own pair format
+    if tokenizer.eos_token is None:
+        raise UsageError("sentence pairs need a separator token: this tokenizer has neither a pair format nor an "
+                         "EOS token")
+    eos = (tokenizer.eos_token, tokenizer.eos_token_id)
+    pair = processors.TemplateProcessing(single="$A", pair=f"$A:0 {eos[0]}:0 $B:1", special_tokens=[eos])
+    backend = tokenizer.backend_tokenizer
+    current = backend.post_processor
+    backend.post_processor = pair if current is None else processors.Sequence([current, pair])
+
+
+def window_shape(cfg: FinetuneConfig, config, tokenizer) -> dict:
+    """--long-docs chunk: the window settings the model's forward reads (heads.py)."""
+    from nlptl import models
+
+    positions = models.positions_of(config)
+    window = cfg.window or models.default_max_length(config)
+    if positions and window > positions:
+        raise UsageError(f"--window {window} is larger than the model's {positions} positions; pass --window "
+                         f"{positions} or less")
+    seq = tokenizer("a b c").sequence_ids()
+    pre = next(i for i, s in enumerate(seq) if s is not None)
+    post = len(seq) - 1 - max(i for i, s in enumerate(seq) if s is not None)
+    if window - pre - post < 2:
+        raise UsageError(f"--window {window} leaves no room for text besides the {pre + post} special tokens")
+    stride = cfg.stride if cfg.stride is not None else (window - pre - post) // 4
+    if stride >= window - pre - post:
+        raise UsageError(f"--stride {stride} must be smaller than the {window - pre - post} text tokens of a window")
+    return {"nlptl_window": window, "nlptl_stride": stride, "nlptl_doc_pooling": cfg.doc_pooling,
+            "nlptl_window_specials": [pre, post]}
 
 
 def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator, out: Path | None = None, runlog=None):
     """A new classifier on `ref`, trained on `train_ds`; returns (best model, TrainResult, best metrics).
     With --lora the model is the PeftModel around the trained classifier. `out`: the run directory
     its checkpoints go to (none for the points of a learning curve)."""
-    import copy
-
-    from nlptl import models
     from nlptl.data.collate import classification_collator
-    from nlptl.evaluation import classification_metrics, classify
+    from nlptl.evaluation import SELECT, classification_metrics, classify
     from nlptl.train import train
 
-    model = models.load_classifier(ref, copy.deepcopy(data.config), data.names, data.tokenizer, cfg.pooling)
-    peft_model = models.apply_lora(model, cfg) if cfg.lora else None
+    model = new_classifier(cfg, ref, data)
+    peft_model = models_lora(model, cfg)
     collate = classification_collator(data.tokenizer)
+    threshold = cfg.threshold
 
     def evaluate_fn(m):
         logits, labels = classify(accelerator, m, data.eval, collate, cfg.batch_size * 2)
-        return classification_metrics(logits, labels)
+        return classification_metrics(logits, labels, data.problem, threshold)
 
+    loss_fn = weighted_loss(cfg, data, train_ds)
     model, result = train(accelerator, model, train_ds, collate, cfg, description="finetune",
-                          evaluate_fn=evaluate_fn, select=("accuracy", "max"), default_evals=4,
-                          lengths=[len(ids) for ids in train_ds["input_ids"]], runlog=runlog, **resume_args(cfg, out))
+                          evaluate_fn=evaluate_fn, select=SELECT[data.problem], default_evals=4,
+                          lengths=[len(ids) for ids in train_ds["input_ids"]], runlog=runlog, loss_fn=loss_fn,
+                          **resume_args(cfg, out))
     best = result.best or evaluate_fn(model)
+    if data.problem == "multi_label_classification":
+        # One more pass over the eval split: the threshold (--tune-threshold) and the F1 of each label.
+        from nlptl.evaluation import tune_threshold
+
+        logits, labels = classify(accelerator, model, data.eval, collate, cfg.batch_size * 2)
+        if cfg.tune_threshold:
+            threshold, _ = tune_threshold(logits, labels)
+            log.info("--tune-threshold: %.2f gives the best micro-F1 on the eval split", threshold)
+        best = classification_metrics(logits, labels, data.problem, threshold, per_label=True)
+        best["threshold"] = threshold
+        model.config.nlptl_threshold = threshold
+    elif data.problem == "single_label_classification" and best.get("top_prediction_share", 0) > 0.95:
+        log.warning("the classifier predicts one class for %.0f%% of the eval set: it may have learned only the "
+                    "majority class (try --class-weights auto, another --lr, or more epochs)",
+                    100 * best["top_prediction_share"])
     # With LoRA, train() trained the model inside the PeftModel (the adapters live in it, in place);
     # the PeftModel is what saves the adapter and merges.
     return (peft_model if peft_model is not None else model), result, best
 
 
-def held_out_slice(ds, names: list[str], fraction: float, seed: int):
-    """A seeded, stratified slice of the training data for model selection when no --eval is given."""
+def new_classifier(cfg: FinetuneConfig, ref, data: TaskData):
+    """A classifier with a new head on `ref`, its config recording the task's shape."""
+    import copy
+
+    from nlptl import models
+
+    config = copy.deepcopy(data.config)
+    for key, value in (data.shape or {}).items():
+        setattr(config, key, value)
+    return models.load_classifier(ref, config, data.names, data.tokenizer, cfg.pooling)
+
+
+def models_lora(model, cfg: FinetuneConfig):
+    from nlptl import models
+
+    return models.apply_lora(model, cfg) if cfg.lora else None
+
+
+def class_weights(cfg: FinetuneConfig, data: TaskData, train_ds) -> list[float] | None:
+    """--class-weights as numbers: inverse frequency (auto; multi-label: negatives / positives per label),
+    given, or none."""
+    from nlptl.config import class_weights as parse
+
+    weights = parse(cfg.class_weights)
+    if weights == "none":
+        return None
+    labels = train_ds["labels"]
+    n = len(data.names)
+    if weights == "auto":
+        if data.problem == "multi_label_classification":
+            pos = [sum(row[j] for row in labels) for j in range(n)]
+            return [(len(labels) - p) / p if p else 1.0 for p in pos]
+        counts = [labels.count(j) for j in range(n)]
+        # Inverse frequency scaled so that a balanced set gets 1 for every class (sklearn's "balanced").
+        return [len(labels) / (n * c) if c else 0.0 for c in counts]
+    if len(weights) != n:
+        raise UsageError(f"--class-weights gives {len(weights)} weight(s) for {n} labels ({', '.join(data.names)})")
+    return weights
+
+
+def weighted_loss(cfg: FinetuneConfig, data: TaskData, train_ds):
+    """The training loss with --class-weights, or None (the model's own loss)."""
+    weights = class_weights(cfg, data, train_ds)
+    if weights is None:
+        return None
+    import torch
+
+    from nlptl.heads import classification_loss
+
+    log.info("class weights: %s", ", ".join(f"{n} {w:.3g}" for n, w in zip(data.names, weights, strict=True)))
+    tensor = torch.tensor(weights, dtype=torch.float32)
+
+    def loss_fn(model, batch):
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits = model(**inputs).logits
+        config = getattr(model, "config", None) or model.module.config
+        return classification_loss(logits, batch["labels"], config, tensor.to(logits.device))
+
+    return loss_fn
+
+
+def held_out_slice(ds, names: list[str], fraction: float, seed: int, stratify: bool = True):
+    """A seeded slice of the training data for model selection when no --eval is given (stratified by
+    class for single-label tasks)."""
     import datasets
 
+    if not stratify:
+        parts = ds.train_test_split(test_size=fraction, seed=seed)
+        return parts["train"], parts["test"]
     ds = ds.cast_column("label", datasets.ClassLabel(names=names))
     try:
         parts = ds.train_test_split(test_size=fraction, seed=seed, stratify_by_column="label")

@@ -25,14 +25,15 @@ def check_block_size(block_size: int, positions: int | None) -> None:
         raise UsageError(f"--block-size {block_size} is larger than the model's {positions} positions; use --block-size {positions} or less")
 
 
-def check_max_length(max_length: int | None, config: dict | None) -> None:
+def check_max_length(max_length: int | None, config: dict | None, flag: str = "--max-length") -> None:
     """--max-length must fit the model's positions (finetune, evaluate and predict alike): past them a
     GPT fails with an IndexError and a BERT with a CUDA/CPU assertion on the first long text."""
     from nlptl.models import positions_of
 
     positions = positions_of(config) if config else None
     if max_length and positions and max_length > positions:
-        raise UsageError(f"--max-length {max_length} is larger than the model's {positions} positions; use {positions} or less")
+        raise UsageError(f"{flag} {max_length} is larger than the model's {positions} positions; use {positions} or less"
+                         + ("; for longer texts use --long-docs chunk" if flag == "--max-length" else ""))
 
 
 # Each run directory this process opened: its identity (config and input hashes, kept in its checkpoints)

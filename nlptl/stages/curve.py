@@ -27,14 +27,17 @@ from nlptl.stages.common import start, write_stage
 log = logging.getLogger("nlptl")
 
 
-def stratified_subset(ds, n: int | None, names: list[str], seed: int):
-    """`n` examples with the label proportions of `ds`, chosen by `seed` (all of them for None)."""
+def stratified_subset(ds, n: int | None, names: list[str], seed: int, stratify: bool = True):
+    """`n` examples with the label proportions of `ds` (single-label tasks; a seeded sample otherwise),
+    chosen by `seed` (all of them for None)."""
     import datasets
 
     if n is None or n >= len(ds):
         if n is not None:
             log.warning("--n-labels %d: only %d training examples; using all of them", n, len(ds))
         return ds
+    if not stratify:
+        return ds.shuffle(seed=seed).select(range(n))
     if n < len(names):
         raise UsageError(f"--n-labels {n} is smaller than the number of labels ({len(names)})")
     ds = ds.cast_column("labels", datasets.ClassLabel(names=names))
@@ -59,23 +62,35 @@ def learning_curve(cfg: FinetuneConfig, refs: list, spec, out: Path) -> dict:
     if len(set(names)) < len(names):
         names = [r.spec for r in refs]
     runs: list[dict] = []
+    found: dict[str, float] = {}
     for ref, name in zip(refs, names, strict=True):
         data = prepare(cfg, ref, spec, accelerator)
+        keys = CURVE_METRICS[data.problem]
+        model_cfg = cfg
+        if cfg.lr == "auto":
+            # One range test per model, on its whole training split: the points' subsets are too small
+            # (and too many) to each get their own.
+            from nlptl.stages.finetune import auto_lr
+
+            model_cfg, record = auto_lr(cfg, ref, data, accelerator, None)
+            found[name] = record["lr"]
         for n in counts:
             for k in range(cfg.seeds):
                 seed = cfg.seed + k
-                subset = stratified_subset(data.train, n, data.names, seed)
-                run_cfg = dataclasses.replace(cfg, seed=seed)
+                subset = stratified_subset(data.train, n, data.names, seed,
+                                           stratify=data.problem == "single_label_classification")
+                run_cfg = dataclasses.replace(model_cfg, seed=seed)
                 seed_everything(seed)
                 log.info("learning curve: %s, %d labels, seed %d", name, len(subset), seed)
                 _, result, best = fit(run_cfg, ref, data, subset, accelerator)
                 runs.append({"model": name, "n_labels": "all" if n is None else n, "n_train": len(subset), "seed": seed,
-                             "accuracy": best["accuracy"], "f1_macro": best["f1_macro"], "loss": best["loss"],
+                             **{k: best[k] for k in keys}, "loss": best["loss"], "lr": run_cfg.lr,
                              "steps": result.steps, "train_seconds": round(result.train_seconds, 3)})
-    summary = summarize(runs)
+    summary = summarize(runs, keys)
     config = to_dict(cfg)
     lineage = lineage_of("finetune", refs[0], mode="learning-curve", models=[r.spec for r in refs], task=cfg.task,
-                         train=spec.train.record(), n_labels=[r["n_labels"] for r in summary])
+                         train=spec.train.record(), n_labels=[r["n_labels"] for r in summary],
+                         **({"lr": {"auto": found}} if found else {}))
     result = {"learning_curve": summary, "runs": runs, "n_eval": len(data.eval), "output_dir": str(out),
               "plot": str(out / "learning_curve.png"), "config": config, "lineage": lineage}
 
@@ -85,27 +100,32 @@ def learning_curve(cfg: FinetuneConfig, refs: list, spec, out: Path) -> dict:
             writer = csv.DictWriter(f, fieldnames=list(runs[0]))
             writer.writeheader()
             writer.writerows(runs)
-        plot(summary, w.path / "learning_curve.png", cfg.task)
+        plot(summary, w.path / "learning_curve.png", cfg.task, keys[0])
         return {}
 
     # No model is kept, so nothing to upload: a learning curve refuses --push-to-hub (config.py).
     write_stage(cfg, out, "finetune", metrics=result, lineage=lineage, write=write, accelerator=accelerator,
                 recorded={"learning_curve": summary})
     console.table(f"learning curve on --eval ({len(data.eval)} examples), mean ± std over {cfg.seeds} seed(s)",
-                  ["model", "labels", "accuracy", "macro-F1"],
-                  [[r["model"], r["n_train"], f"{r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f}",
-                    f"{r['f1_macro_mean']:.4f} ± {r['f1_macro_std']:.4f}"] for r in summary])
+                  ["model", "labels", *keys],
+                  [[r["model"], r["n_train"], *(f"{r[f'{k}_mean']:.4f} ± {r[f'{k}_std']:.4f}" for k in keys)]
+                   for r in summary])
     return result
 
 
-def summarize(runs: list[dict]) -> list[dict]:
+# The two scores a learning curve reports per task shape (the first is plotted).
+CURVE_METRICS = {"single_label_classification": ("accuracy", "f1_macro"),
+                 "multi_label_classification": ("f1_micro", "f1_macro"), "regression": ("rmse", "pearson")}
+
+
+def summarize(runs: list[dict], keys: tuple[str, ...] = ("accuracy", "f1_macro")) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         groups.setdefault((r["model"], r["n_labels"]), []).append(r)
     out = []
     for (model, n), rs in groups.items():
         row = {"model": model, "n_labels": n, "n_train": rs[0]["n_train"], "seeds": len(rs)}
-        for key in ("accuracy", "f1_macro"):
+        for key in keys:
             values = [r[key] for r in rs]
             row[f"{key}_mean"] = statistics.fmean(values)
             row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -113,8 +133,8 @@ def summarize(runs: list[dict]) -> list[dict]:
     return out
 
 
-def plot(summary: list[dict], path: Path, task: str) -> None:
-    """Accuracy against the number of labels (log scale), one line per model, std as error bars."""
+def plot(summary: list[dict], path: Path, task: str, metric: str = "accuracy") -> None:
+    """`metric` against the number of labels (log scale), one line per model, std as error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -123,14 +143,14 @@ def plot(summary: list[dict], path: Path, task: str) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for model in dict.fromkeys(r["model"] for r in summary):
         rows = sorted((r for r in summary if r["model"] == model), key=lambda r: r["n_train"])
-        ax.errorbar([r["n_train"] for r in rows], [r["accuracy_mean"] for r in rows],
-                    yerr=[r["accuracy_std"] for r in rows], marker="o", capsize=3, label=model)
+        ax.errorbar([r["n_train"] for r in rows], [r[f"{metric}_mean"] for r in rows],
+                    yerr=[r[f"{metric}_std"] for r in rows], marker="o", capsize=3, label=model)
     ax.set_xscale("log")
     ticks = sorted({r["n_train"] for r in summary})
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.minorticks_off()
     ax.set_xlabel("labelled training examples (log scale)")
-    ax.set_ylabel("accuracy on the evaluation set")
+    ax.set_ylabel(f"{metric.replace('_', '-')} on the evaluation set")
     ax.set_title(f"Learning curve: {task}")
     ax.grid(True, alpha=0.3)
     ax.legend(title="model", fontsize=8)

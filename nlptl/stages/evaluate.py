@@ -5,6 +5,11 @@ language model (text corpus).
     nlptl evaluate --model runs/finetune-... --data test.csv
     nlptl evaluate --model runs/adapt-... --data held_out_reviews.txt
     nlptl evaluate --model runs/finetune-... --data task:sample-sentiment   # the task's test file
+    nlptl evaluate --model runs/finetune-nli --data test.csv --text-column premise,hypothesis
+
+A classifier is scored for its task shape (config.problem_type): accuracy and macro-F1 (one label),
+micro/macro-F1, subset accuracy and F1 per label at its threshold (multi-label), RMSE, MAE, Pearson
+and Spearman (regression).
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ def run(cfg: EvaluateConfig) -> dict:
     if ref.is_classifier:
         check_max_length(cfg.max_length, ref.config)
         src = labelled_source(cfg.data, "--data", cfg.text_column, cfg.label_column)
-        spec = TaskSpec(trained_task(ref), src, None, cfg.text_column, cfg.label_column)
+        spec = TaskSpec(trained_task(ref), src, None, cfg.text_column, cfg.label_column,
+                        ((ref.run or {}).get("lineage") or {}).get("label_separator", ";"))
         return _classifier(cfg, ref, spec)
     block_size = cfg.block_size or ((ref.run or {}).get("config") or {}).get("block_size") or 128
     if ref.config:
@@ -59,20 +65,33 @@ def task_test_file(spec: str) -> str:
 def _classifier(cfg: EvaluateConfig, ref, spec) -> dict:
     from nlptl import models, runtime
     from nlptl.data.collate import classification_collator, tokenize
-    from nlptl.data.tasks import read_labelled
+    from nlptl.data.tasks import check_pairs, read_labelled, targets, with_label_ids
     from nlptl.evaluation import classification_metrics, classify
+    from nlptl.inference import MULTI, SINGLE, problem_type, takes_pairs, threshold_of
 
     runtime.quiet_libraries()
     accelerator = runtime.make_accelerator()
     model, tokenizer, names, max_length = models.load_trained_classifier(ref)
+    problem = problem_type(model.config)
+    shape = {SINGLE: "single", MULTI: "multilabel"}.get(problem, "regression")
+    spec = dataclasses.replace(spec, entry=dataclasses.replace(spec.entry, problem=shape))
+    if takes_pairs(model.config) != spec.pairs:
+        raise UsageError(f"--model {ref.spec} was trained on "
+                         + ("text pairs: pass their two columns, --text-column FIRST,SECOND" if takes_pairs(model.config)
+                            else f"single texts: pass one --text-column (got {cfg.text_column})"))
     max_length = cfg.max_length or max_length
     with accelerator.main_process_first():
         raw = read_labelled(spec.train, spec)
-        ds = encode_by_name_or_id(raw, names, cfg.data, spec.entry.aliases)
+        if spec.pairs:
+            check_pairs(raw, spec, "--data", cfg.data)
+        if problem == SINGLE:
+            ds = encode_by_name_or_id(raw, names, cfg.data, spec.entry.aliases)
+        else:
+            ds = with_label_ids(raw, targets(raw["label"], names, spec, "--data", cfg.data))
         tok = tokenize(ds, tokenizer, max_length, "--data")
     logits, labels = classify(accelerator, model.to(accelerator.device), tok, classification_collator(tokenizer),
                               cfg.batch_size)
-    metrics = classification_metrics(logits, labels)
+    metrics = classification_metrics(logits, labels, problem, threshold_of(model.config), per_label=True)
     return {**metrics, "n_eval": len(tok), "config": to_dict(cfg),
             "lineage": (ref.run or {}).get("lineage", {"base_model": ref.spec})}
 

@@ -4,9 +4,15 @@
     nlptl finetune --from runs/adapt-... --task sentiment --train train.csv --eval dev.csv
     nlptl finetune --from DIR --task classification --train topics.jsonl --label-column topic
     nlptl finetune --from DIR --task sentiment --lora --merge         # LoRA adapters + full head, merged
+    nlptl finetune --from DIR --task multilabel --train tags.csv --label-column tags   # 'sports;politics'
+    nlptl finetune --from DIR --task regression --train ratings.csv --label-column score
+    nlptl finetune --from DIR --task classification --train nli.csv --text-column premise,hypothesis
+    nlptl finetune --from DIR --task classification --train docs.jsonl --long-docs chunk --window 256
+    nlptl finetune --from DIR --task sentiment --lr auto                # the learning-rate range test
 
 Works for encoders (BERT-style) and decoders (GPT-style: no pad token, the head reads the last real
-token). Keeps the checkpoint with the best accuracy on --eval (or on a seeded slice of --train).
+token). Keeps the checkpoint with the best score on --eval (or on a seeded slice of --train): accuracy,
+micro-F1 (multi-label) or RMSE (regression).
 """
 
 from __future__ import annotations
@@ -26,8 +32,12 @@ def run(cfg: FinetuneConfig) -> dict:
     refs = [inspect_model(cfg.from_model or default_from("finetune"), "--from"),
             *(inspect_model(m, "--compare") for m in cfg.compare)]
     for ref in refs:
-        check_max_length(cfg.max_length, ref.config)
-    spec = resolve_task(cfg.task, cfg.train_file, cfg.eval_file, cfg.text_column, cfg.label_column)
+        if cfg.long_docs == "chunk":
+            check_max_length(cfg.window, ref.config, "--window")
+        else:
+            check_max_length(cfg.max_length, ref.config)
+    spec = resolve_task(cfg.task, cfg.train_file, cfg.eval_file, cfg.text_column, cfg.label_column,
+                        cfg.label_separator)
     inputs = {flag: src.sha256 or src.spec for flag, src in (("--train", spec.train), ("--eval", spec.eval)) if src}
     out = open_stage(cfg, "finetune", refs[0].path if refs[0].local else None, inputs)
     if cfg.learning_curve:
@@ -41,12 +51,12 @@ def run(cfg: FinetuneConfig) -> dict:
 
     accelerator = start(cfg, out)
     data = prepare(cfg, ref, spec, accelerator)
+    # The record keeps --lr auto (a recipe or a rerun searches the same way); training gets the rate found.
+    train_cfg, lr_found = auto_lr(cfg, ref, data, accelerator, out) if cfg.lr == "auto" else (cfg, None)
     with RunLog(accelerator, out, "finetune", to_dict(cfg), resume=cfg.resuming) as runlog:
-        model, result, best = fit(cfg, ref, data, data.train, accelerator, out, runlog)
+        model, result, best = fit(train_cfg, ref, data, data.train, accelerator, out, runlog)
     metrics = {
-        "accuracy": best["accuracy"],
-        "f1_macro": best["f1_macro"],
-        "loss": best["loss"],
+        **best,
         "n_eval": len(data.eval),
         "best_step": result.best_step,
         "steps": result.steps,
@@ -54,14 +64,25 @@ def run(cfg: FinetuneConfig) -> dict:
         "train_tokens": result.train_tokens,
         "train_seconds": round(result.train_seconds, 3),
         **result.device_metrics(),
+        **({"lr_found": train_cfg.lr} if lr_found is not None else {}),
         "output_dir": str(out),
     }
+    shape = {k.removeprefix("nlptl_"): v for k, v in data.shape.items() if k != "nlptl_threshold"}
+    if data.problem == "multi_label_classification":
+        shape["threshold"] = best["threshold"]
+        if len(spec.label_columns) == 1:
+            shape["label_separator"] = cfg.label_separator
     lineage = lineage_of("finetune", ref, task=cfg.task, labels=data.names, train=spec.train.record(),
-                         eval=data.eval_from, max_length=data.max_length,
+                         eval=data.eval_from, max_length=data.max_length, **shape,
+                         **({"lr": {"auto": lr_found}} if lr_found is not None else {}),
                          pooling=models.resolve_pooling(data.config, cfg.pooling), steps=result.steps,
                          tokens_seen=result.train_tokens)
 
     def write(w) -> dict:
+        if lr_found is not None:
+            from nlptl import lr_find
+
+            lr_find.save(w.path, lr_found)
         if cfg.lora:
             lora = {"lora": models.save_lora(w, model, data.tokenizer, cfg.merge)}
         else:
@@ -72,3 +93,27 @@ def run(cfg: FinetuneConfig) -> dict:
 
     return write_stage(cfg, out, "finetune", metrics=metrics, lineage=lineage, write=write, runlog=runlog,
                        accelerator=accelerator)
+
+
+def auto_lr(cfg: FinetuneConfig, ref, data, accelerator, out):
+    """--lr auto: the rate a range test on the training split picks (or picked: a resumed run reads it
+    back from the run directory). Returns the config with that rate, and the test's record."""
+    import dataclasses
+    import json
+
+    from nlptl import lr_find
+    from nlptl.data.collate import classification_collator
+    from nlptl.stages.classifier import models_lora, new_classifier, weighted_loss
+
+    previous = out / lr_find.FILE if out is not None else None
+    if cfg.resuming and previous is not None and previous.is_file():
+        record = json.loads(previous.read_text(encoding="utf-8"))
+    else:
+        model = new_classifier(cfg, ref, data)
+        models_lora(model, cfg)
+        record = lr_find.range_test(accelerator, model, data.train, classification_collator(data.tokenizer), cfg,
+                                    lengths=[len(ids) for ids in data.train["input_ids"]],
+                                    loss_fn=weighted_loss(cfg, data, data.train))
+        if out is not None and accelerator.is_main_process:
+            lr_find.save(out, record)  # before training: a killed run resumes with the same rate
+    return dataclasses.replace(cfg, lr=record["lr"]), record

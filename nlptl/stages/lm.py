@@ -44,10 +44,14 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
             log.warning("the %s head is new and LoRA leaves it at its random initialisation; "
                         "a full adapt (without --lora) trains it", "masked-LM" if objective == "mlm" else "causal-LM")
     train_args = resume_args(cfg, out)
+    # The record keeps --lr auto (a recipe or a rerun searches the same way); training gets the rate found.
+    train_cfg, lr_found = (auto_lr(cfg, stage, accelerator, model, objective, train_blocks, train_collate, out)
+                           if cfg.lr == "auto" else (cfg, None))
     with RunLog(accelerator, out, stage, to_dict(cfg), resume=train_args["resume_from"] is not None) as runlog:
         before = score(model.to(accelerator.device))
         runlog.log({"step": 0, "eval_loss": before["loss"], "eval_perplexity": before["perplexity"]})
-        model, result = fit_lm(cfg, stage, accelerator, model, objective, train_blocks, train_collate, runlog, train_args)
+        model, result = fit_lm(train_cfg, stage, accelerator, model, objective, train_blocks, train_collate, runlog,
+                               train_args)
         after = score(model)
         runlog.log({"step": result.steps, "eval_loss": after["loss"], "eval_perplexity": after["perplexity"]})
     metrics = {
@@ -62,15 +66,21 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
         "train_seconds": round(result.train_seconds, 3),
         **result.device_metrics(),
         "preprocess_seconds": round(preprocess_seconds, 3),
+        **({"lr_found": train_cfg.lr} if lr_found is not None else {}),
         "output_dir": str(out),
     }
     lineage.update(objective=objective, corpus=corpus.record(), block_size=cfg.block_size,
                    masking=(("whole-word" if cfg.whole_word_mask else "token") if objective == "mlm" else None),
                    steps=result.steps,
-                   tokens_seen=result.train_tokens)
+                   tokens_seen=result.train_tokens, **({"lr": {"auto": lr_found}} if lr_found is not None else {}))
 
     def write(w) -> dict:
         from nlptl.models import save_lora
+
+        if lr_found is not None:
+            from nlptl import lr_find
+
+            lr_find.save(w.path, lr_found)
 
         if peft_model is not None:
             return {"lora": save_lora(w, peft_model, tokenizer, cfg.merge, kept), "history": result.history}
@@ -116,6 +126,32 @@ def blocks_of(cfg: LMConfig, corpus, tokenizer, objective: str, accelerator):
     log.info("%s: %d documents -> %d blocks of %d tokens (%d held out), objective %s",
              corpus.spec, len(texts), len(blocks), cfg.block_size, len(held_out), objective)
     return train_blocks, held_out, time.perf_counter() - started
+
+
+def auto_lr(cfg: LMConfig, stage: str, accelerator, model, objective: str, blocks, collate, out: Path):
+    """--lr auto: the rate the range test picks on the training blocks (a resumed run reads back the one
+    its first start picked). Returns the config with that rate, and the test's record."""
+    import dataclasses
+    import json
+
+    from nlptl import lr_find
+    from nlptl.models import masked_only
+
+    previous = out / lr_find.FILE
+    if cfg.resuming and previous.is_file():
+        record = json.loads(previous.read_text(encoding="utf-8"))
+    else:
+        args = {}
+        trial = model
+        if objective == "mlm":
+            trial = masked_only(model) or model
+            args = {"batch_transform": collate.transform, "random_source": collate}
+            collate = collate.stack
+        record = lr_find.range_test(accelerator, trial.to(accelerator.device), blocks, collate, cfg,
+                                    description=f"{stage} lr range test", **args)
+        if accelerator.is_main_process:
+            lr_find.save(out, record)  # before training: a killed run resumes with the same rate
+    return dataclasses.replace(cfg, lr=record["lr"]), record
 
 
 def fit_lm(cfg: LMConfig, stage: str, accelerator, model, objective: str, blocks, collate, runlog, train_args: dict):

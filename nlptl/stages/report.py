@@ -104,10 +104,39 @@ def _plots(chain: list[dict], run_dir: Path, out: Path) -> list[Path]:
         from nlptl.stages.curve import plot
 
         path = out / "learning_curve.png"
-        plot(json.loads(curve.read_text(encoding="utf-8"))["summary"], path,
-             (read_record(run_dir).get("lineage") or {}).get("task", ""))
+        summary = json.loads(curve.read_text(encoding="utf-8"))["summary"]
+        metric = next((k for k in ("accuracy", "f1_micro", "rmse") if summary and f"{k}_mean" in summary[0]), "accuracy")
+        plot(summary, path, (read_record(run_dir).get("lineage") or {}).get("task", ""), metric)
         paths.append(path)
+    for i, node in enumerate(chain):
+        found = Path(node["dir"]) / "lr_find.json" if node["dir"] else None
+        if found is not None and found.is_file():
+            path = out / f"{i + 1}-{node['stage']}-lr_find.png"
+            _lr_find_plot(plt, json.loads(found.read_text(encoding="utf-8")), path)
+            paths.append(path)
     return paths
+
+
+def _lr_find_plot(plt, record: dict, path: Path) -> None:
+    """The learning-rate range test of --lr auto: loss against the rate (log scale), and the rate chosen."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    ax.plot(record["lrs"], record["losses"], color="lightgrey", label="loss per step")
+    ax.plot(record["lrs"], record["smoothed"], label="smoothed loss")
+    ax.axvline(record["lr"], color="tab:red", ls="--", label=f"chosen ({record['rule']}): {record['lr']:.2g}")
+    for rule, lr in record.get("suggestions", {}).items():
+        if rule != record["rule"]:
+            ax.axvline(lr, color="grey", ls=":", alpha=0.6)
+    ax.set_xscale("log")
+    low, high = min(record["smoothed"]), max(record["smoothed"][:1] + [min(record["smoothed"]) * 4])
+    ax.set_ylim(low - 0.1 * (high - low), high)
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("training loss")
+    ax.set_title("learning-rate range test (--lr auto)")
+    ax.legend(fontsize=8)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def _rows(node: dict) -> list[dict]:
@@ -127,7 +156,13 @@ def _training_plot(plt, node: dict, history: list[dict], path: Path) -> None:
     """Training loss (with evaluation loss), learning rate and, for a classifier, accuracy, against steps."""
     train = [r for r in history if "loss" in r]
     evals = [r for r in history if "eval_loss" in r]
-    classify = any("eval_accuracy" in r for r in evals)
+    # The scores of the classifier's task shape: one label, multi-label, regression.
+    scores = next(([(k, n) for k, n in pair if any(f"eval_{k}" in r for r in evals)]
+                   for pair in ((("accuracy", "accuracy"), ("f1_macro", "macro-F1")),
+                                (("f1_micro", "micro-F1"), ("f1_macro", "macro-F1")),
+                                (("pearson", "Pearson r"), ("spearman", "Spearman rho")))
+                   if any(f"eval_{pair[0][0]}" in r for r in evals)), [])
+    classify = bool(scores)
     n = 3 if classify else 2
     fig, axes = plt.subplots(n, 1, figsize=(7, 2.4 * n + 0.6), dpi=110, sharex=True)
     ax = axes[0]
@@ -146,13 +181,14 @@ def _training_plot(plt, node: dict, history: list[dict], path: Path) -> None:
     ax.grid(True, alpha=0.3)
     if classify:
         ax = axes[2]
-        ax.plot([r["step"] for r in evals], [r["eval_accuracy"] for r in evals], "o-", label="accuracy")
-        ax.plot([r["step"] for r in evals], [r["eval_f1_macro"] for r in evals], "s-", label="macro-F1")
+        for (key, label), marker in zip(scores, "os", strict=False):
+            rows = [r for r in evals if f"eval_{key}" in r]
+            ax.plot([r["step"] for r in rows], [r[f"eval_{key}"] for r in rows], f"{marker}-", label=label)
         best = (node["record"] or {}).get("metrics", {}).get("best_step")
         if best is not None:
             ax.axvline(best, color="grey", ls=":", label=f"kept checkpoint (step {best})")
-        ax.set_ylabel("score on eval data (0-1)")
-        ax.set_ylim(0, 1.02)
+        ax.set_ylabel("score on eval data")
+        ax.set_ylim(-1.02 if scores[0][0] == "pearson" else 0, 1.02)
         ax.legend(fontsize=8)
         ax.grid(True, alpha=0.3)
     axes[-1].set_xlabel("optimizer step")

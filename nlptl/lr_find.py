@@ -1,0 +1,106 @@
+"""`--lr auto`: the learning-rate range test (Smith 2017, "Cyclical learning rates"; fastai's `lr_find`,
+ULMFiT's own way to set the rate).
+
+A short run on a copy of the model, on the training data only, with a rate that grows exponentially
+from 1e-7 to 10 (`--set lr_find_steps=N` steps, 100 by default, as fastai); it stops once the loss
+diverges (the smoothed loss above 4x its minimum). The rate is then picked from the smoothed loss
+curve by fastai's default rule, "valley": the longest stretch over which the loss keeps falling, and
+a point two thirds of the way down it (fastai 2.4+; the older rules, "minimum / 10" and "steepest",
+are computed and recorded too). The model the stage then trains starts from the same initial weights
+and random state as a run given that rate by hand.
+
+The curve and the choice go into the run directory (lr_find.json), `nlptl report` plots them, and a
+resumed run reads the choice back instead of searching again.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+from pathlib import Path
+
+log = logging.getLogger("nlptl")
+
+START_LR, END_LR = 1e-7, 10.0
+SMOOTHING = 0.98  # fastai's exponential moving average of the loss
+DIVERGED = 4.0  # stop once the smoothed loss is this many times its minimum
+RULE = "valley"
+FILE = "lr_find.json"
+
+
+def range_test(accelerator, model, train_dataset, collate_fn, cfg, *, lengths=None, batch_transform=None,
+               random_source=None, loss_fn=None, description: str = "lr range test") -> dict:
+    """Run the test on a copy of `model` (left as it was) and return the curve with the chosen rate."""
+    from nlptl.runtime import seed_everything
+    from nlptl.train import train
+
+    steps = cfg.lr_find_steps
+    test_cfg = dataclasses.replace(cfg, lr=END_LR, max_steps=steps, warmup_ratio=0.0, log_every=steps,
+                                   save_every=0, gradual_unfreeze=False, unfreeze_every=None, eval_every=None,
+                                   compile=False, resume=False, resume_from=None)
+    test_cfg.schedule, test_cfg.stlr_ratio = "range-test", END_LR / START_LR  # internal: not a user's schedule
+    losses: list[float] = []
+    smoothed: list[float] = []
+
+    def stop_when(step: int, loss) -> bool:
+        value = float(loss.item())
+        losses.append(value)
+        if not math.isfinite(value):
+            return True
+        avg = SMOOTHING * (smoothed_avg[0]) + (1 - SMOOTHING) * value
+        smoothed_avg[0] = avg
+        smoothed.append(avg / (1 - SMOOTHING ** len(losses)))
+        return len(smoothed) > 1 and smoothed[-1] > DIVERGED * min(smoothed)
+
+    smoothed_avg = [0.0]
+    state = random_source.generator.get_state() if getattr(random_source, "generator", None) is not None else None
+    trial = copy.deepcopy(model)
+    train(accelerator, trial, train_dataset, collate_fn, test_cfg, description=description, lengths=lengths,
+          batch_transform=batch_transform, random_source=random_source, loss_fn=loss_fn, stop_when=stop_when)
+    del trial
+    accelerator.free_memory()
+    # The real run starts where a run with this rate given by hand would: same seed, same masks.
+    seed_everything(cfg.seed)
+    if state is not None:
+        random_source.generator.set_state(state)
+    lrs = [START_LR * (END_LR / START_LR) ** (i / max(1, steps - 1)) for i in range(len(smoothed))]
+    suggestions = suggest(lrs, smoothed)
+    lr = suggestions[RULE]
+    log.info("lr range test: %d steps, loss %.3g at %.2g -> chose %.3g (%s; minimum/10 %.3g, steepest %.3g)",
+             len(losses), min(smoothed) if smoothed else float("nan"),
+             lrs[smoothed.index(min(smoothed))] if smoothed else float("nan"), lr, RULE,
+             suggestions["minimum/10"], suggestions["steepest"])
+    return {"lr": lr, "rule": RULE, "suggestions": suggestions, "steps": len(losses), "start_lr": START_LR,
+            "end_lr": END_LR, "lrs": lrs, "losses": losses[: len(lrs)], "smoothed": smoothed}
+
+
+def suggest(lrs: list[float], smoothed: list[float]) -> dict[str, float]:
+    """fastai's three rules on a smoothed loss curve."""
+    if len(smoothed) < 3:
+        raise ValueError("the learning-rate range test needs at least 3 steps")
+    n = len(smoothed)
+    lowest = min(range(n), key=smoothed.__getitem__)
+    # "steepest": the most negative slope of the loss against log(lr).
+    grads = [(smoothed[i + 1] - smoothed[i]) / (math.log(lrs[i + 1]) - math.log(lrs[i])) for i in range(n - 1)]
+    steepest = min(range(n - 1), key=grads.__getitem__)
+    # "valley" (fastai.callback.schedule.valley): the longest decreasing run of the curve, 2/3 down it.
+    lds = [1] * n
+    max_start = max_end = 0
+    for i in range(1, n):
+        for j in range(i):
+            if smoothed[i] < smoothed[j] and lds[i] < lds[j] + 1:
+                lds[i] = lds[j] + 1
+        if lds[max_end] < lds[i]:
+            max_end = i
+            max_start = max_end - lds[max_end]
+    sections = (max_end - max_start) / 3
+    valley = max(0, min(n - 1, max_start + int(sections) + int(sections / 2)))
+    return {"valley": lrs[valley], "minimum/10": lrs[lowest] / 10, "steepest": lrs[steepest]}
+
+
+def save(out: Path, result: dict) -> None:
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / FILE).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
