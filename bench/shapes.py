@@ -225,7 +225,7 @@ def run_cell(key: str, cell: dict, root: Path, env: dict) -> dict:
            "test": {k: v for k, v in test.items() if isinstance(v, int | float | list) and not isinstance(v, bool)},
            "validation": {k: result[k] for k in ("accuracy", "f1_micro", "f1_macro", "subset_accuracy", "rmse", "pearson")
                           if k in result},
-           "lr_used": result["config"]["lr"], "steps": result["steps"], "train_seconds": result["train_seconds"],
+           "lr_used": result.get("lr_found", result["config"]["lr"]), "steps": result["steps"], "train_seconds": result["train_seconds"],
            "wall_seconds": round(wall, 1), "peak_rss_gib": round(rss, 3)}
     if cell["group"] == "long":
         with open(cell["test"], encoding="utf-8", newline="") as f:
@@ -253,7 +253,8 @@ def report() -> None:
     print("|---|---|---|---|---|---|---|")
     for r in rows.values():
         if r["group"] == "lr":
-            lr = f"auto -> {r['lr_used']:.2g}" if r["lr"] == "auto" else r["lr"]
+            used = r["lr_find"]["suggestions"]["valley"] if r["lr"] == "auto" else None
+            lr = f"auto -> {used:.2g}" if used is not None else r["lr"]
             print(f"| {r['model']} | {lr} | {r['validation'].get('accuracy', 0):.4f} | {r['test']['accuracy']:.4f} | "
                   f"{r['steps']} | {r['train_seconds']:.0f} | {r['wall_seconds']:.0f} |")
     print()

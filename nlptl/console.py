@@ -171,7 +171,8 @@ def report(result: dict[str, Any]) -> None:
         rows.append([s["index"], s["stage"], s["dir"] or "(moved or deleted)", s["base_model"] or "-",
                      s["objective"] or "-", data])
     table("lineage", ["#", "stage", "run directory", "base model", "objective", "data (sha256)"], rows, stdout=True)
-    keys = [k for k in ("perplexity_before", "perplexity", "accuracy", "f1_macro", "loss", "best_step", "steps",
+    keys = [k for k in ("perplexity_before", "perplexity", "accuracy", "f1_micro", "f1_macro", "subset_accuracy",
+                        "rmse", "pearson", "loss", "best_step", "steps",
                         "train_tokens", "train_seconds") if any(k in s["metrics"] for s in stages)]
     table("metrics", ["#", "stage", *keys],
           [[s["index"], s["stage"], *[s["metrics"].get(k, "") for k in keys]] for s in stages], stdout=True)

@@ -24,7 +24,7 @@ LORA_TARGETS = {
     "qwen2": ["q_proj", "v_proj"],
 }
 # Classifier heads are new (random) weights: they train in full, as peft's modules_to_save.
-CLASSIFIER_HEADS = ("pre_classifier", "classifier", "score")
+CLASSIFIER_HEADS = ("pre_classifier", "classifier", "score", "window_attention")
 PEFT_MISSING = "--lora needs peft: pip install 'nlptl[lora]' (or pip install peft)"
 
 

@@ -31,6 +31,9 @@ def check_max_length(max_length: int | None, config: dict | None, flag: str = "-
     from nlptl.models import positions_of
 
     positions = positions_of(config) if config else None
+    window = config.get("nlptl_window") if isinstance(config, dict) else getattr(config, "nlptl_window", None)
+    if window:
+        return  # a long-document classifier cuts its input into windows that fit (heads.py)
     if max_length and positions and max_length > positions:
         raise UsageError(f"{flag} {max_length} is larger than the model's {positions} positions; use {positions} or less"
                          + ("; for longer texts use --long-docs chunk" if flag == "--max-length" else ""))

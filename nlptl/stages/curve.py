@@ -21,7 +21,7 @@ from pathlib import Path
 
 from nlptl.config import FinetuneConfig, to_dict
 from nlptl.errors import UsageError
-from nlptl.stages.classifier import fit, prepare
+from nlptl.stages.classifier import auto_lr, fit, prepare
 from nlptl.stages.common import start, write_stage
 
 log = logging.getLogger("nlptl")
@@ -70,8 +70,6 @@ def learning_curve(cfg: FinetuneConfig, refs: list, spec, out: Path) -> dict:
         if cfg.lr == "auto":
             # One range test per model, on its whole training split: the points' subsets are too small
             # (and too many) to each get their own.
-            from nlptl.stages.finetune import auto_lr
-
             model_cfg, record = auto_lr(cfg, ref, data, accelerator, None)
             found[name] = record["lr"]
         for n in counts:

@@ -21,7 +21,7 @@ from nlptl.checkpoint import default_from, lineage_of
 from nlptl.config import FinetuneConfig, to_dict
 from nlptl.data.tasks import resolve_task
 from nlptl.models import inspect_model, require_peft
-from nlptl.stages.classifier import fit, prepare
+from nlptl.stages.classifier import auto_lr, fit, prepare
 from nlptl.stages.common import check_max_length, locked, open_stage, start, write_stage
 
 
@@ -94,26 +94,3 @@ def run(cfg: FinetuneConfig) -> dict:
     return write_stage(cfg, out, "finetune", metrics=metrics, lineage=lineage, write=write, runlog=runlog,
                        accelerator=accelerator)
 
-
-def auto_lr(cfg: FinetuneConfig, ref, data, accelerator, out):
-    """--lr auto: the rate a range test on the training split picks (or picked: a resumed run reads it
-    back from the run directory). Returns the config with that rate, and the test's record."""
-    import dataclasses
-    import json
-
-    from nlptl import lr_find
-    from nlptl.data.collate import classification_collator
-    from nlptl.stages.classifier import models_lora, new_classifier, weighted_loss
-
-    previous = out / lr_find.FILE if out is not None else None
-    if cfg.resuming and previous is not None and previous.is_file():
-        record = json.loads(previous.read_text(encoding="utf-8"))
-    else:
-        model = new_classifier(cfg, ref, data)
-        models_lora(model, cfg)
-        record = lr_find.range_test(accelerator, model, data.train, classification_collator(data.tokenizer), cfg,
-                                    lengths=[len(ids) for ids in data.train["input_ids"]],
-                                    loss_fn=weighted_loss(cfg, data, data.train))
-        if out is not None and accelerator.is_main_process:
-            lr_find.save(out, record)  # before training: a killed run resumes with the same rate
-    return dataclasses.replace(cfg, lr=record["lr"]), record
