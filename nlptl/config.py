@@ -303,10 +303,10 @@ class PredictConfig:
 class ServeConfig:
     """`nlptl serve`: a classifier behind an HTTP API (POST /predict, GET /health, GET /info)."""
 
-    model: str | None = opt(None, "Classifier run dir, checkpoint or `nlptl export` directory (default: latest finetune run).")
+    model: str = opt("", "Classifier to serve: a finetune run, a checkpoint or an `nlptl export` directory.")
     backend: str = again(PredictConfig, "backend", "auto")
     host: str = opt("127.0.0.1", "Address to listen on (0.0.0.0: every interface; put a proxy with TLS and auth in front).", panel=SERVER)
-    port: int = opt(8000, "Port to listen on (0: any free port; the log line says which).", panel=SERVER)
+    port: int = opt(8000, "Port to listen on.", panel=SERVER)
     workers: int = opt(1, "Server processes, each with its own copy of the model (on a CPU: cores / threads per worker).", panel=SERVER)
     max_batch_size: int = opt(32, "Dynamic batching: the most texts run through the model at once.")
     max_wait_ms: float = opt(5.0, "Dynamic batching: how long the first request of a batch waits for others (ms).")
@@ -320,9 +320,11 @@ class ServeConfig:
         positive(self, "workers", "max_batch_size", "max_request_bytes", "max_texts")
         at_least_two(self, "max_length")
         bounded(self, "max_wait_ms", lambda v: v >= 0, "0 or more")
-        bounded(self, "port", lambda v: 0 <= v <= 65535, "a port number (0 to 65535)")
+        bounded(self, "port", lambda v: 1 <= v <= 65535, "a port number (1 to 65535)")
         bounded(self, "threads", lambda v: v >= 1, "positive")
         choice(self, "backend")
+        if not self.model:
+            raise UsageError("serve needs MODEL: a finetune run directory, a checkpoint or an ONNX export")
 
 
 @dataclass
