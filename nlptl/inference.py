@@ -212,10 +212,9 @@ def load_classifier(spec: str, backend: str = "auto", max_length: int | None = N
     if exported:
         return OnnxClassifier(spec, max_length)
     from nlptl.models import inspect_model
-    from nlptl.stages.common import check_max_length
 
+    # (The stages check --max-length against the model's positions before they get here.)
     ref = inspect_model(spec, flag)
     if not ref.is_classifier:
         raise UsageError(f"{flag} {ref.spec} is not a classifier; it needs a finetune run")
-    check_max_length(max_length, ref.config)
     return Classifier(ref, max_length)

@@ -153,3 +153,18 @@ def test_labelled_file_with_id_labels(finetuned, tmp_path):
     data = write_csv(tmp_path / "ids.csv", [("It was great.", "1"), ("It was awful.", "0")])
     result = export.run(ExportConfig(model=str(run_dir), out=str(tmp_path / "o"), quantize="int8", data=str(data)))
     assert result["int8"]["texts"] == 2
+
+
+def test_command_line_export_then_predict(finetuned, tmp_path, capsys):
+    from cli_helpers import call_main
+
+    run_dir, _ = finetuned["bert"]
+    out = tmp_path / "onnx"
+    assert call_main(["export", run_dir, "--format", "onnx", "--quantize", "int8", "--out", out, "--json"], tmp_path) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["output_dir"] == str(out) and result["int8"]["file"] == "model_quantized.onnx"
+    assert call_main(["predict", "--model", out, "--backend", "onnx", "--json", "great", "awful"], tmp_path) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["text"] for r in rows] == ["great", "awful"]
+    assert call_main(["export", run_dir, "--out", out], tmp_path) == 2
+    assert "--overwrite" in capsys.readouterr().err

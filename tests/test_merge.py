@@ -118,3 +118,13 @@ def test_card_says_how_to_serve_and_export(unmerged, finetuned):
     assert f"nlptl serve {run_dir}" in card and f"nlptl export {run_dir} --format onnx" in card
     card = (unmerged[("bert", "auto")] / "README.md").read_text()
     assert "nlptl merge" in card and "-merged --format onnx" in card
+
+
+def test_command_line_merge(unmerged, tmp_path, capsys):
+    from cli_helpers import call_main
+
+    out = tmp_path / "merged"
+    assert call_main(["merge", unmerged[("bert", "auto")], "--out", out, "--json"], tmp_path) == 0
+    assert json.loads(capsys.readouterr().out)["output_dir"] == str(out)
+    assert call_main(["merge", out, "--out", tmp_path / "again"], tmp_path) == 2
+    assert "merged already" in capsys.readouterr().err

@@ -97,3 +97,15 @@ def held_out_slice(ds, names: list[str], fraction: float, seed: int):
     except ValueError:  # a class too small to stratify
         parts = ds.train_test_split(test_size=fraction, seed=seed)
     return parts["train"], parts["test"]
+
+
+def trained_task(ref):
+    """The task the classifier was fine-tuned on (its lineage names it), for the label spellings that
+    finetune accepted (sentiment's pos/neg, 0/1...); plain classification when unknown."""
+    from nlptl.data.registry import task_entry
+
+    name = (((ref.run or {}).get("lineage") or {}).get("task")) or "classification"
+    try:
+        return task_entry(name)
+    except UsageError:  # a task registered on another machine
+        return task_entry("classification")

@@ -112,7 +112,7 @@ def parity_texts(cfg: ExportConfig, ref) -> tuple[list[str] | None, list[str] | 
             log.info("--quantize int8 without --data: the accuracy change is not measured (only agreement with fp32)")
         return None, None, None
     from nlptl.data.tasks import TaskSpec, labelled_source, read_labelled
-    from nlptl.stages.evaluate import trained_task
+    from nlptl.stages.classifier import trained_task
 
     src = labelled_source(cfg.data, "--data", cfg.text_column, cfg.label_column)
     raw = read_labelled(src, TaskSpec(trained_task(ref), src, None, cfg.text_column, cfg.label_column))

@@ -38,6 +38,7 @@ def run(cfg: ServeConfig, json_logs: bool = False, quiet: bool = False) -> dict:
     quiet_uvicorn()
     common = {"host": cfg.host, "port": cfg.port, "log_config": None, "access_log": False, "log_level": "warning",
               "timeout_graceful_shutdown": GRACEFUL_SECONDS, "server_header": False}
+    _check(settings)
     if cfg.workers == 1:
         # Loaded here, before the port opens: a model that does not load is one error line, not a
         # server that never gets ready.
@@ -45,10 +46,7 @@ def run(cfg: ServeConfig, json_logs: bool = False, quiet: bool = False) -> dict:
         _announce(cfg, settings, classifier.info())
         config = uvicorn.Config(server.build_app(settings, classifier), **common)
     else:
-        from nlptl.inference import load_classifier
-
-        # Each worker loads its own copy; this process only checks the model's files and the flags.
-        _check(settings, load_classifier)
+        # Each worker loads its own copy; this process only checked the model's files and the flags.
         os.environ[server.SETTINGS_ENV] = json.dumps(settings)
         _announce(cfg, settings, None)
         config = uvicorn.Config("nlptl.server:app_from_env", factory=True, workers=cfg.workers, **common)
@@ -57,7 +55,8 @@ def run(cfg: ServeConfig, json_logs: bool = False, quiet: bool = False) -> dict:
     return {"model": settings["model"], "stopped": True}
 
 
-def _check(settings: dict, load_classifier) -> None:
+def _check(settings: dict) -> None:
+    """The model and --max-length checked from config.json, before anything heavy loads."""
     from nlptl.inference import is_onnx_export
     from nlptl.models import inspect_model
     from nlptl.stages.common import check_max_length
