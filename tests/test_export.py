@@ -168,3 +168,15 @@ def test_command_line_export_then_predict(finetuned, tmp_path, capsys):
     assert [r["text"] for r in rows] == ["great", "awful"]
     assert call_main(["export", run_dir, "--out", out], tmp_path) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("missing", ["onnx", "onnxruntime"])
+def test_missing_extra_is_one_line_with_the_pip_command(missing, finetuned, monkeypatch, tmp_path):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    run_dir, _ = finetuned["bert"]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == missing else find_spec(name, *a))
+    with pytest.raises(UsageError, match=r"pip install 'nlptl\[onnx\]'"):
+        export.run(ExportConfig(model=str(run_dir), out=str(tmp_path / "o")))
+    assert not (tmp_path / "o").exists()

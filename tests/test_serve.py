@@ -365,3 +365,29 @@ def test_onnx_export_served_by_two_workers(finetuned, tmp_path):
     finally:
         code, err = stop(proc)
     assert code == 0, err
+
+
+@pytest.mark.parametrize("missing", ["fastapi", "uvicorn"])
+def test_missing_extra_is_one_line_with_the_pip_command(missing, monkeypatch, tmp_path):
+    import importlib.util
+
+    from nlptl.config import ServeConfig
+    from nlptl.errors import UsageError
+    from nlptl.stages import serve
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == missing else find_spec(name, *a))
+    with pytest.raises(UsageError, match=r"pip install 'nlptl\[serve\]'"):
+        serve.run(ServeConfig(model=str(tmp_path)))
+
+
+def test_flags_are_checked(tmp_path):
+    from nlptl.config import ServeConfig
+    from nlptl.errors import UsageError
+
+    for kw, message in [({"port": 70000}, "--port must be a port number"), ({"workers": 0}, "--workers must be positive"),
+                        ({"max_wait_ms": -1.0}, "--max-wait-ms must be 0 or more"),
+                        ({"max_batch_size": 0}, "--max-batch-size must be positive"),
+                        ({"backend": "tf"}, "unknown --backend 'tf'"), ({"model": ""}, "serve needs MODEL")]:
+        with pytest.raises(UsageError, match=message):
+            ServeConfig(**{"model": str(tmp_path), **kw})
