@@ -310,6 +310,8 @@ class ServeConfig:
     workers: int = opt(1, "Server processes, each with its own copy of the model (on a CPU: cores / threads per worker).", panel=SERVER)
     max_batch_size: int = opt(32, "Dynamic batching: the most texts run through the model at once.")
     max_wait_ms: float = opt(5.0, "Dynamic batching: how long the first request of a batch waits for others (ms).")
+    max_batch_tokens: int = opt(256, "Dynamic batching: a gathered batch runs in length-sorted passes of at most this "
+                                "many tokens (texts x the longest, padding included), so long texts do not pad short ones.")
     max_request_bytes: int = opt(1_000_000, "Largest request body accepted (bytes); larger ones get 413.", panel=SERVER)
     max_texts: int = opt(256, "Most texts in one request; more get 413.", panel=SERVER)
     max_length: int | None = again(PredictConfig, "max_length", None)
@@ -317,7 +319,7 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         finite(self)
-        positive(self, "workers", "max_batch_size", "max_request_bytes", "max_texts")
+        positive(self, "workers", "max_batch_size", "max_batch_tokens", "max_request_bytes", "max_texts")
         at_least_two(self, "max_length")
         bounded(self, "max_wait_ms", lambda v: v >= 0, "0 or more")
         bounded(self, "port", lambda v: 1 <= v <= 65535, "a port number (1 to 65535)")
@@ -423,8 +425,8 @@ COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
     "evaluate": ("data", "model", "text_column", "label_column", "batch_size", "max_length", "block_size",
                  "mlm_probability", "seed"),
     "predict": ("model", "input", "batch_size", "max_length", "backend"),
-    "serve": ("backend", "host", "port", "workers", "max_batch_size", "max_wait_ms", "max_request_bytes", "max_texts",
-              "max_length", "threads"),
+    "serve": ("backend", "host", "port", "workers", "max_batch_size", "max_wait_ms", "max_batch_tokens",
+              "max_request_bytes", "max_texts", "max_length", "threads"),
     "export": ("out", "format", "quantize", "data", "text_column", "label_column", "max_length", "overwrite"),
     "merge": ("out", "overwrite"),
 }

@@ -113,22 +113,41 @@ class Classifier:
                 "lineage": self.lineage}
 
     def __call__(self, texts: list[str], text_pairs: list[str] | None = None, batch_size: int = 32,
-                 threshold: float | None = None) -> list[dict]:
+                 threshold: float | None = None, max_tokens: int | None = None) -> list[dict]:
+        """Results in input order. Texts run in batches of similar length, at most `batch_size` texts, and
+        with `max_tokens` at most that many tokens (texts x longest, padding included) per batch."""
         import torch
 
         self.check_pairs(text_pairs)
-        # Sorting by length keeps padding (and time) low; results come back in input order.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]) + len(text_pairs[i] if text_pairs else ""))
         results: list = [None] * len(texts)
         with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
+            for idx in self.batches(texts, text_pairs, batch_size, max_tokens):
                 enc, cut = self.encode([texts[i] for i in idx], [text_pairs[i] for i in idx] if text_pairs else None)
                 logits = self.logits(enc)
                 for i, res, was_cut in zip(idx, outputs(logits, self.config, threshold), cut, strict=True):
                     head = {"text": texts[i]} | ({"text_pair": text_pairs[i]} if text_pairs else {})
                     results[i] = head | res | ({"truncated": True} if was_cut else {})
         return results
+
+    def batches(self, texts: list[str], text_pairs: list[str] | None, batch_size: int, max_tokens: int | None):
+        """Indices of the texts, batch by batch. Sorting by length keeps padding (and time) low: a batch
+        costs as much as its longest text times its size. Without `max_tokens`, by characters (no
+        tokenizing); with it, by tokens, and a batch closes once the next text would take it over budget
+        (a server's batch of short and long texts: the long ones run apart)."""
+        if max_tokens is None:
+            order = sorted(range(len(texts)), key=lambda i: len(texts[i]) + len(text_pairs[i] if text_pairs else ""))
+            yield from (order[s : s + batch_size] for s in range(0, len(order), batch_size))
+            return
+        ids = self.tokenizer(texts, text_pairs, truncation=True, max_length=self.max_length)["input_ids"]
+        order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
+        batch: list[int] = []
+        for i in order:
+            if batch and (len(batch) >= batch_size or (len(batch) + 1) * len(ids[i]) > max_tokens):
+                yield batch
+                batch = []
+            batch.append(i)
+        if batch:
+            yield batch
 
 
 def is_onnx_export(path) -> bool:

@@ -233,7 +233,7 @@ class Recording:
         self.batches: list[list[str]] = []
         self.delay = delay
 
-    def __call__(self, texts, pairs=None, batch_size=32):
+    def __call__(self, texts, pairs=None, batch_size=32, max_tokens=None):
         self.batches.append(list(texts))
         time.sleep(self.delay)
         if any("boom" in t for t in texts):
