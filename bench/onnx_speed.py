@@ -31,16 +31,19 @@ def read(path: str) -> tuple[list[str], list[str]]:
     return [r["text"] for r in rows], [r["label"] for r in rows]
 
 
-def speed(classifier, texts: list[str], batch: int, seconds: float) -> dict:
-    classifier(texts[:batch], batch_size=batch)  # warm-up
+def speed(classifier, texts: list[str], batch: int, seconds: float, max_tokens: int | None = None) -> dict:
+    """Calls of `batch` consecutive sentences (one padded pass each, or passes of at most `max_tokens`
+    tokens as `nlptl serve` runs a gathered batch)."""
+    classifier(texts[:batch], batch_size=batch, max_tokens=max_tokens)  # warm-up
     done, t0, i = 0, time.perf_counter(), 0
     while time.perf_counter() - t0 < seconds:
         chunk = [texts[(i + k) % len(texts)] for k in range(batch)]
-        classifier(chunk, batch_size=batch)
+        classifier(chunk, batch_size=batch, max_tokens=max_tokens)
         done += batch
         i += batch
     wall = time.perf_counter() - t0
-    return {"batch": batch, "texts": done, "seconds": round(wall, 2), "texts_per_s": done / wall}
+    return {"batch": batch, "max_tokens": max_tokens, "texts": done, "seconds": round(wall, 2),
+            "texts_per_s": done / wall}
 
 
 def main() -> None:
@@ -83,13 +86,13 @@ def main() -> None:
     for name, classifier in engines.items():
         rows = classifier(texts, batch_size=32)
         entry = {"accuracy": sum(r["label"] == g for r, g in zip(rows, gold, strict=True)) / len(gold),
-                 "speed": [speed(classifier, texts, b, args.seconds) for b in (1, 32)]}
+                 "speed": [speed(classifier, texts, b, args.seconds, t) for b, t in ((1, None), (32, None), (32, 256))]}
         result["engines"][name] = entry
         print(name, json.dumps(entry), file=sys.stderr, flush=True)
-    base = {s["batch"]: s["texts_per_s"] for s in result["engines"]["torch_fp32"]["speed"]}
+    base = {(s["batch"], s["max_tokens"]): s["texts_per_s"] for s in result["engines"]["torch_fp32"]["speed"]}
     for entry in result["engines"].values():
         for s in entry["speed"]:
-            s["speedup_vs_torch"] = s["texts_per_s"] / base[s["batch"]]
+            s["speedup_vs_torch"] = s["texts_per_s"] / base[(s["batch"], s["max_tokens"])]
     result["load_average_after"] = os.getloadavg()
     print(json.dumps(result, indent=2))
     if args.out:

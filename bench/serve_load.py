@@ -158,6 +158,8 @@ def main() -> None:
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--max-batch-tokens", type=int, default=256)
     p.add_argument("--no-baseline", action="store_true")
+    p.add_argument("--baseline-model", default=None, help="the model the pipeline() baseline loads (default: --model; "
+                   "an ONNX export needs the finetune run it came from)")
     p.add_argument("--label", default="torch")
     p.add_argument("--server-log", default="/tmp/nlptl-serve-load.log")
     p.add_argument("--out", default=None)
@@ -167,7 +169,7 @@ def main() -> None:
 
     result = {"date": _dt.date.today().isoformat(), "machine": platform.machine(), "cpus": os.cpu_count(),
               "torch": torch.__version__, "load_average_before": os.getloadavg(), "model": args.model, "label": args.label, "threads": args.threads,
-              "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms, "max_batch_tokens": args.max_batch_tokens, "sentences": len(texts),
+              "baseline_model": args.baseline_model or args.model, "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms, "max_batch_tokens": args.max_batch_tokens, "sentences": len(texts),
               "bounds": {"seconds": args.seconds, "max_requests": args.max_requests}, "levels": []}
     port = free_port()
     proc = start_server(args, port)
@@ -181,7 +183,7 @@ def main() -> None:
         proc.send_signal(signal.SIGTERM)
         result["server_exit_code"] = proc.wait(timeout=60)
     if not args.no_baseline:
-        result["baseline_pipeline_loop"] = baseline(args.model, texts, args.seconds, args.max_requests, args.threads)
+        result["baseline_pipeline_loop"] = baseline(args.baseline_model or args.model, texts, args.seconds, args.max_requests, args.threads)
         print(json.dumps(result["baseline_pipeline_loop"]), file=sys.stderr, flush=True)
         base = result["baseline_pipeline_loop"]["texts_per_s"]
         for row in result["levels"]:

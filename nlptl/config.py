@@ -24,7 +24,7 @@ OBJECTIVES = ("auto", "mlm", "clm")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("linear", "stlr", "one-cycle", "cosine", "constant")
 POOLINGS = ("auto", "cls", "mean", "last", "concat")
-BACKENDS = ("auto", "torch", "onnx")  # as nlptl/inference.py names them
+BACKENDS = ("auto", "torch", "onnx")  # the engines nlptl/inference.py runs a classifier with (auto: by the directory)
 TRACKERS = ("tensorboard", "mlflow", "wandb")
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 

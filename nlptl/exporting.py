@@ -1,11 +1,12 @@
 """Exporting a fine-tuned classifier to ONNX, checking the export against torch, and quantizing it.
 
 `torch.onnx.export` (the TorchScript exporter) does the export, not optimum: optimum 2.x moved its
-exporter into the separate optimum-onnx package, whose exporter knows only stock transformers
-classes (not nlptl's pooled head, shipped as remote code) and pins transformers versions. The
-classifier is traced as it runs in `nlptl predict` (same inputs, logits out); its directory then
-holds what `ORTModelForSequenceClassification.from_pretrained(DIR)` expects (model.onnx,
-config.json, tokenizer files) plus nlptl's record (nlptl-export.json).
+ONNX exporter and ORTModel classes into the separate optimum-onnx package, whose release (0.1.0)
+requires transformers < 4.58 and optimum 2.1 (nlptl runs on transformers 5), and whose exporter knows
+only stock transformers classes, not nlptl's pooled head (shipped as remote code). The classifier is
+traced as it runs in `nlptl predict` (same inputs, logits out); the directory holds the files
+`ORTModelForSequenceClassification.from_pretrained(DIR)` reads (model.onnx, config.json, tokenizer
+files; not tested here, for the reason above) plus nlptl's record (nlptl-export.json).
 """
 
 from __future__ import annotations

@@ -64,7 +64,6 @@ def outputs(logits, config, threshold: float | None = None) -> list[dict]:
 
 EXPORT_RECORD = "nlptl-export.json"  # what `nlptl export` writes next to model.onnx
 ONNX_FILE = "model.onnx"
-BACKENDS = ("auto", "torch", "onnx")
 
 
 class Classifier:

@@ -36,7 +36,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 log = logging.getLogger("nlptl")
-SETTINGS_ENV = "NLPTL_SERVE_SETTINGS"  # how the settings reach worker processes (--workers > 1)
+SETTINGS_ENV = "NLPTL_SERVE_SETTINGS"
+INTERNAL = "internal error while classifying; the server logged it"  # how the settings reach worker processes (--workers > 1)
 
 
 class BadRequest(Exception):
@@ -247,9 +248,9 @@ def build_app(settings: dict, classifier=None):
         return JSONResponse({"error": "invalid request"}, status_code=422)
 
     @app.exception_handler(Exception)
-    async def internal(request: Request, e: Exception):
+    async def internal(request: Request, e: Exception):  # anything else (Starlette then re-raises it to uvicorn's log)
         log.error("internal error on %s: %s", request.url.path, type(e).__name__)
-        return JSONResponse({"error": "internal error while classifying; the server logged it"}, status_code=500)
+        return JSONResponse({"error": INTERNAL}, status_code=500)
 
     @app.get("/health")
     async def health():
@@ -272,7 +273,10 @@ def build_app(settings: dict, classifier=None):
             raise BadRequest("the model is still loading; retry when GET /health says ok", 503)
         body = await read_body(request, settings["max_request_bytes"])
         texts, pairs = parse_request(body, state["classifier"].pairs, settings["max_texts"])
-        return {"results": await state["batcher"].submit(texts, pairs)}
+        try:
+            return {"results": await state["batcher"].submit(texts, pairs)}
+        except Exception:  # noqa: BLE001 - the batcher logged it; answered here, so uvicorn logs no traceback
+            return JSONResponse({"error": INTERNAL}, status_code=500)
 
     return app
 

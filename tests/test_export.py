@@ -45,12 +45,14 @@ def test_every_family_exports_and_predicts_the_same(family, finetuned, tmp_path)
     _same_predictions(run_dir, out)
 
 
-@pytest.mark.parametrize("pooling", ["mean", "concat", "last"])
-def test_pooled_heads_export(pooling, adapted, task_files, tmp_path):
+@pytest.mark.parametrize("family,pooling", [("bert", "mean"), ("bert", "concat"), ("bert", "last"), ("gpt2", "cls"),
+                                            ("gpt2", "concat")])
+def test_pooled_heads_export(family, pooling, adapted, task_files, tmp_path):
+    """nlptl's own head (heads.py, remote code) on encoders and decoders."""
     from nlptl.stages import finetune
 
     run_dir = tmp_path / "run"
-    finetune.run(finetune_cfg(from_model=str(adapted["bert"][0]), train_file=str(task_files["train"]),
+    finetune.run(finetune_cfg(from_model=str(adapted[family][0]), train_file=str(task_files["train"]),
                               eval_file=str(task_files["eval"]), out=str(run_dir), pooling=pooling))
     out = tmp_path / "onnx"
     export.run(ExportConfig(model=str(run_dir), out=str(out)))

@@ -270,10 +270,30 @@ def in_thread():
 
 
 def test_internal_error_is_a_500_without_traceback_and_serving_goes_on(in_thread):
-    port = in_thread(Recording(), max_wait_ms=0.0)
-    status, body = call(port, "/predict", {"texts": ["boom"]})
-    assert status == 500 and "Traceback" not in body["error"] and "second line" not in body["error"]
-    assert call(port, "/predict", {"texts": ["fine"]}) == (200, {"results": [{"text": "fine", "label": "FINE"}]})
+    import logging
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    keep = Keep(logging.DEBUG)
+    loggers = [logging.getLogger(n) for n in ("nlptl", "uvicorn.error")]
+    for lg in loggers:
+        lg.addHandler(keep)
+    try:
+        port = in_thread(Recording(), max_wait_ms=0.0)
+        status, body = call(port, "/predict", {"texts": ["boom"]})
+        assert status == 500 and "Traceback" not in body["error"] and "second line" not in body["error"]
+        assert call(port, "/predict", {"texts": ["fine"]}) == (200, {"results": [{"text": "fine", "label": "FINE"}]})
+    finally:
+        for lg in loggers:
+            lg.removeHandler(keep)
+    errors = [r for r in records if r.levelno >= logging.ERROR]
+    # One line in the server's log, no traceback (NLPTL_DEBUG=1 would add it).
+    assert [r.getMessage() for r in errors] == ["batch of 1 texts failed: RuntimeError: the model broke"]
+    assert not any(r.exc_info for r in records)
 
 
 def test_concurrent_requests_are_batched_up_to_the_limit(in_thread):
