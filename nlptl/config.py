@@ -339,7 +339,8 @@ class ExportConfig:
     quantize: str | None = opt(None, "Also write a dynamically quantized model (int8 weights), used by default "
                                "by predict and serve; its accuracy change on --data is reported.", choices=("int8",))
     data: str | None = opt(None, "Labelled file for the parity check and the int8 accuracy change (default: a "
-                           "few built-in sentences).", panel=DATA)
+                           "few built-in sentences); for a pair model each text is 'first<TAB>second', as predict "
+                           "reads them.", panel=DATA)
     text_column: str = again(EvaluateConfig, "text_column", "text")
     label_column: str = again(EvaluateConfig, "label_column", "label")
     max_length: int | None = again(PredictConfig, "max_length", None)

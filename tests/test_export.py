@@ -147,6 +147,15 @@ def test_bad_uses_are_one_line(finetuned, adapted, tmp_path):
         predict.run(PredictConfig(model=str(run_dir), texts=["x"], backend="onnx"))
     with pytest.raises(UsageError, match="--quantize"):
         ExportConfig(model="m", out="o", quantize="int4")
+    windowed = tmp_path / "windowed"
+    windowed.mkdir()
+    for f in run_dir.iterdir():
+        if f.is_file():
+            (windowed / f.name).write_bytes(f.read_bytes())
+    config = json.loads((windowed / "config.json").read_text())
+    (windowed / "config.json").write_text(json.dumps(config | {"nlptl_window": 16}))
+    with pytest.raises(UsageError, match="long-document model"):
+        export.run(ExportConfig(model=str(windowed), out=str(tmp_path / "w")))
 
 
 def test_labelled_file_with_id_labels(finetuned, tmp_path):

@@ -38,6 +38,11 @@ def run(cfg: ExportConfig) -> dict:
     if not ref.is_classifier:
         raise UsageError(f"MODEL {ref.spec} is not a classifier; export takes a finetune run")
     check_max_length(cfg.max_length, ref.config)
+    if (ref.config or {}).get("nlptl_window"):
+        # The head splits a long document into windows in Python: a trace would fix the number of windows
+        # to the example's, and texts of other lengths would be wrong.
+        raise UsageError(f"MODEL {ref.spec}: a long-document model (windowed head) cannot be exported to ONNX yet; "
+                         "serve it with torch (nlptl serve MODEL)")
     out = check_export_out(Path(cfg.out), cfg.overwrite, ref.path)
     for module in ("onnx", "onnxruntime"):
         if importlib.util.find_spec(module) is None:
