@@ -214,6 +214,20 @@ def test_sigint_exits_0_with_json_logs(trained_classifier):
     assert len(batches) == 1 and batches[0]["texts"] == 1 and batches[0]["requests"] == 1
 
 
+def test_port_in_use_fails_with_the_fix(trained_classifier):
+    run_dir, _ = trained_classifier
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = subprocess.run([sys.executable, "-m", "nlptl", "serve", str(run_dir), "--port", str(port)],
+                             capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1] == (f"error: could not listen on 127.0.0.1:{port} (in use, or not an "
+                                                   "address of this machine); pass another --port or --host")
+    assert "Traceback" not in res.stderr
+
+
 def test_model_that_does_not_load_is_one_line(tmp_path):
     res = subprocess.run([sys.executable, "-m", "nlptl", "serve", str(tmp_path / "nothing"), "--port",
                           str(free_port())], capture_output=True, text=True, timeout=120)

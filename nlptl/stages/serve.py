@@ -71,7 +71,7 @@ def _check(settings: dict) -> None:
 
 def _announce(cfg: ServeConfig, settings: dict, info: dict | None) -> None:
     what = f" ({info['backend']} on {info['device']}, labels {', '.join(info['labels'])})" if info else ""
-    log.info("serving %s%s on http://%s:%d with %d worker(s); batches of up to %d texts, waiting up to %g ms",
+    log.info("starting: %s%s on http://%s:%d with %d worker(s); batches of up to %d texts, waiting up to %g ms",
              settings["model"], what, cfg.host, cfg.port, cfg.workers, cfg.max_batch_size, cfg.max_wait_ms,
              extra={"fields": {"event": "start", "host": cfg.host, "port": cfg.port, "workers": cfg.workers,
                                **({k: info[k] for k in ("model", "backend", "device")} if info else {})}})
