@@ -210,6 +210,7 @@ def _body(record: dict, directory: Path, out: Path, objective, base, sources: li
                   "your own held-out data before relying on it, and do not use it for decisions about people "
                   "without human review. It inherits the biases of its training text and labels.",
                   "", *usage(lineage, out.name, (Path(directory) / "modeling_nlptl.py").exists())]
+        lines += serve_and_export(directory, out)
     else:
         lines += ["A starting point for the next nlptl stage (`nlptl adapt --from` / `nlptl finetune --from`) or "
                   "for further training with transformers. It is not instruction-tuned and not meant to generate "
@@ -220,6 +221,25 @@ def _body(record: dict, directory: Path, out: Path, objective, base, sources: li
         lines += ["The command as it was typed:", "", "```bash", record["command"], "```", ""]
     lines += ["## Lineage", "", "```json", json.dumps(lineage, indent=2, default=str), "```", ""]
     return "\n".join(lines)
+
+
+def serve_and_export(directory: Path, out: Path) -> list[str]:
+    """How to put the classifier to work: `nlptl serve` and `nlptl export` (after `nlptl merge` for a LoRA
+    run whose adapter is not merged)."""
+    lines = ["", "## Serve and export", ""]
+    model = str(out)
+    if not (Path(directory) / "config.json").is_file():
+        lines += ["The LoRA adapter of this run is not merged: merge it first.", "", "```bash",
+                  f"nlptl merge {shlex.quote(model)} --out {shlex.quote(model + '-merged')}", "```", ""]
+        model += "-merged"
+    quoted = shlex.quote(model)
+    return lines + [
+        "```bash",
+        f"nlptl serve {quoted}   # HTTP on 127.0.0.1:8000, dynamic batching",
+        """curl -s localhost:8000/predict -d '{"texts": ["first text", "second text"]}'""",
+        f"nlptl export {quoted} --format onnx --out {shlex.quote(model + '-onnx')}   # onnxruntime; --quantize int8",
+        f"nlptl serve {shlex.quote(model + '-onnx')}   # the ONNX model, same API",
+        "```"]
 
 
 def write(directory: Path, record: dict, out: Path) -> None:

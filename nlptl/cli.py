@@ -136,6 +136,34 @@ def _prediction(r: dict) -> list:
     return [r["label"], r["score"], text[:80]]
 
 
+def _model_command(name: str):
+    """The body of `nlptl serve|export|merge MODEL ...`: MODEL is an argument, the rest are flags."""
+
+    def body(given: dict[str, Any]) -> None:
+        from nlptl import config as cfgmod
+        from nlptl import console
+
+        serving = name == "serve"
+        # serve's --json is its log format (it has no result to print); the others print a result.
+        console.configure(quiet=given["quiet"], json_mode=given["json_"] and not serving)
+        if serving and given["json_"]:
+            console.json_logs()
+        cfg = cfgmod.resolve(STAGE_CONFIGS[name], flags={"model": given["model"], **_flags(given)})
+        module = __import__(f"nlptl.stages.{name}", fromlist=["run"])
+        if serving:
+            module.run(cfg, json_logs=given["json_"], quiet=given["quiet"])
+        elif given["json_"]:
+            console.emit_json(module.run(cfg))
+        else:
+            console.results(f"{name} results", module.run(cfg))
+
+    return body
+
+
+def _model_param(what: str) -> inspect.Parameter:
+    return _param("model", typer.Argument(..., help=what, show_default=False, metavar="MODEL"), str)
+
+
 # --------------------------------------------------------------------------- commands
 
 stage_command("pretrain", "Stage 1: train a general language model from scratch (--corpus), or take a checkpoint "
@@ -153,6 +181,28 @@ stage_command("predict", "Labels with scores for texts (arguments, --input FILE,
     _param("json_", typer.Option(False, "--json", help="JSON Lines on stdout: one object per text."), bool),
     QUIET,
 ], _predict)
+stage_command("serve", "Serve a classifier over HTTP: POST /predict, GET /health, GET /info; dynamic batching "
+              "of concurrent requests.", [
+    _model_param("A finetune run directory, a classifier checkpoint, or an `nlptl export` directory."),
+    *_options("serve"),
+    _param("json_", typer.Option(False, "--json", help="Logs as JSON Lines on stderr (one per batch).",
+                                 rich_help_panel=OUTPUT), bool),
+    QUIET,
+], _model_command("serve"))
+stage_command("export", "Export a classifier to ONNX (--format onnx), checked against torch; --quantize int8 "
+              "for a smaller, faster model.", [
+    _model_param("A finetune run directory or classifier checkpoint."),
+    *_options("export"),
+    _param("json_", typer.Option(False, "--json", help=JSON_HELP, rich_help_panel=OUTPUT), bool),
+    QUIET,
+], _model_command("export"))
+stage_command("merge", "Merge a run's LoRA adapter (trained with --lora, without --merge) into one plain "
+              "checkpoint.", [
+    _model_param("A run directory trained with --lora whose adapter is not merged."),
+    *_options("merge"),
+    _param("json_", typer.Option(False, "--json", help=JSON_HELP, rich_help_panel=OUTPUT), bool),
+    QUIET,
+], _model_command("merge"))
 
 
 @app.command()

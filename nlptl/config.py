@@ -26,6 +26,7 @@ SCHEDULES = ("linear", "stlr", "one-cycle", "cosine", "constant")
 POOLINGS = ("auto", "cls", "mean", "last", "concat")
 LONG_DOCS = ("truncate", "chunk")
 DOC_POOLINGS = ("mean", "max", "attention")
+BACKENDS = ("auto", "torch", "onnx")  # the engines nlptl/inference.py runs a classifier with (auto: by the directory)
 TRACKERS = ("tensorboard", "mlflow", "wandb")
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
@@ -35,6 +36,7 @@ ALIASES = {"from": "from_model", "train": "train_file", "eval": "eval_file"}
 
 # Panels of a command's --help (rich help only); a field's panel is "Training" unless it says otherwise.
 TRAINING, DATA, OUTPUT, LORA, CURVE = "Training", "Data", "Output", "LoRA (parameter-efficient)", "Learning curve"
+SERVER = "Server"
 
 
 LR_HELP = ("Peak learning rate, or auto: a learning-rate range test on the training data picks it "
@@ -341,10 +343,86 @@ class PredictConfig:
     input: str | None = opt(None, "File of texts, one per line, or - for standard input.", short="-i")
     batch_size: int = opt(32, "Texts per batch.")
     max_length: int | None = opt(None, "Truncate texts to this many tokens (default: the length the classifier was trained with).")
+    backend: str = opt("auto", "Run the model with torch, or with onnxruntime (a directory written by `nlptl export "
+                       "--format onnx`); auto: onnx for such a directory, torch otherwise.", choices=BACKENDS)
 
     def __post_init__(self) -> None:
         positive(self, "batch_size")
         at_least_two(self, "max_length")
+        choice(self, "backend")
+
+
+@dataclass
+class ServeConfig:
+    """`nlptl serve`: a classifier behind an HTTP API (POST /predict, GET /health, GET /info)."""
+
+    model: str = opt("", "Classifier to serve: a finetune run, a checkpoint or an `nlptl export` directory.")
+    backend: str = again(PredictConfig, "backend", "auto")
+    host: str = opt("127.0.0.1", "Address to listen on (0.0.0.0: every interface; put a proxy with TLS and auth in front).", panel=SERVER)
+    port: int = opt(8000, "Port to listen on.", panel=SERVER)
+    workers: int = opt(1, "Server processes, each with its own copy of the model (on a CPU: cores / threads per worker).", panel=SERVER)
+    max_batch_size: int = opt(32, "Dynamic batching: the most texts run through the model at once.")
+    max_wait_ms: float = opt(5.0, "Dynamic batching: how long the first request of a batch waits for others (ms).")
+    max_batch_tokens: int = opt(256, "Dynamic batching: a gathered batch runs in length-sorted passes of at most this "
+                                "many tokens (texts x the longest, padding included), so long texts do not pad short ones.")
+    max_request_bytes: int = opt(1_000_000, "Largest request body accepted (bytes); larger ones get 413.", panel=SERVER)
+    max_texts: int = opt(256, "Most texts in one request; more get 413.", panel=SERVER)
+    max_length: int | None = again(PredictConfig, "max_length", None)
+    threads: int | None = opt(None, "Torch / onnxruntime threads per worker (default: torch's choice, the cores).")
+
+    def __post_init__(self) -> None:
+        finite(self)
+        positive(self, "workers", "max_batch_size", "max_batch_tokens", "max_request_bytes", "max_texts")
+        at_least_two(self, "max_length")
+        bounded(self, "max_wait_ms", lambda v: v >= 0, "0 or more")
+        bounded(self, "port", lambda v: 1 <= v <= 65535, "a port number (1 to 65535)")
+        bounded(self, "threads", lambda v: v >= 1, "positive")
+        choice(self, "backend")
+        if not self.model:
+            raise UsageError("serve needs MODEL: a finetune run directory, a checkpoint or an ONNX export")
+
+
+@dataclass
+class ExportConfig:
+    """`nlptl export`: a classifier as an ONNX model, checked against torch, optionally int8."""
+
+    model: str = opt("", "Classifier run dir or checkpoint to export.")
+    out: str = opt("", "Directory to write the export to.", panel=OUTPUT, short="-o")
+    format: str = opt("onnx", "Export format.", choices=("onnx",))
+    quantize: str | None = opt(None, "Also write a dynamically quantized model (int8 weights), used by default "
+                               "by predict and serve; its accuracy change on --data is reported.", choices=("int8",))
+    data: str | None = opt(None, "Labelled file for the parity check and the int8 accuracy change (default: a "
+                           "few built-in sentences); for a pair model each text is 'first<TAB>second', as predict "
+                           "reads them.", panel=DATA)
+    text_column: str = again(EvaluateConfig, "text_column", "text")
+    label_column: str = again(EvaluateConfig, "label_column", "label")
+    max_length: int | None = again(PredictConfig, "max_length", None)
+    overwrite: bool = opt(False, "Replace an --out directory that holds an export.", panel=OUTPUT)
+
+    def __post_init__(self) -> None:
+        at_least_two(self, "max_length")
+        choice(self, "format")
+        if self.quantize is not None:
+            choice(self, "quantize")
+        if not self.model:
+            raise UsageError("export needs MODEL: a finetune run directory")
+        if not self.out:
+            raise UsageError("export needs --out DIR")
+
+
+@dataclass
+class MergeConfig:
+    """`nlptl merge`: a run trained with --lora (without --merge) as one plain checkpoint."""
+
+    model: str = opt("", "A run trained with --lora whose adapter is not merged.")
+    out: str = opt("", "Directory to write the merged run to.", panel=OUTPUT, short="-o")
+    overwrite: bool = opt(False, "Replace an --out directory that holds a merged run.", panel=OUTPUT)
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise UsageError("merge needs MODEL: a run directory trained with --lora")
+        if not self.out:
+            raise UsageError("merge needs --out DIR")
 
 
 @dataclass
@@ -374,6 +452,9 @@ STAGE_CONFIGS: dict[str, type] = {
     "finetune": FinetuneConfig,
     "evaluate": EvaluateConfig,
     "predict": PredictConfig,
+    "serve": ServeConfig,
+    "export": ExportConfig,
+    "merge": MergeConfig,
 }
 
 # The flags of each command, in --help order: these fields are on the command line, the others are set
@@ -397,8 +478,17 @@ COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
                  "pooling", "n_labels", "seeds", "compare", "out", *TRAINING_FLAGS, *LORA_FLAGS, *OUTPUT_FLAGS),
     "evaluate": ("data", "model", "text_column", "label_column", "batch_size", "max_length", "block_size",
                  "mlm_probability", "seed"),
-    "predict": ("model", "input", "batch_size", "max_length"),
+    "predict": ("model", "input", "batch_size", "max_length", "backend"),
+    "serve": ("backend", "host", "port", "workers", "max_batch_size", "max_wait_ms", "max_batch_tokens",
+              "max_request_bytes", "max_texts", "max_length", "threads"),
+    "export": ("out", "format", "quantize", "data", "text_column", "label_column", "max_length", "overwrite"),
+    "merge": ("out", "overwrite"),
 }
+
+# Keys given as a command's positional argument (`nlptl serve MODEL`), not as a flag; messages name them
+# by the argument's name.
+POSITIONAL: dict[str, dict[str, str]] = {"serve": {"model": "MODEL"}, "export": {"model": "MODEL"},
+                                         "merge": {"model": "MODEL"}}
 
 
 @dataclass(frozen=True)

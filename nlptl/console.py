@@ -71,6 +71,26 @@ def configure(quiet: bool = False, json_mode: bool = False) -> None:
         log.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
+class _JsonLines(logging.Formatter):
+    """One JSON object per log line: time, level, message, and the record's `fields` (extra=)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": round(record.created, 3), "level": record.levelname.lower(), "message": record.getMessage()}
+        entry.update(getattr(record, "fields", None) or {})
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def json_logs() -> None:
+    """Logs as JSON Lines on stderr, for machines (`nlptl serve --json`); call after configure()."""
+    for handler in log.handlers:
+        handler.setFormatter(_JsonLines())
+    if fancy():  # a rich handler would wrap and colour the lines: plain ones
+        log.handlers.clear()
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_JsonLines())
+        log.addHandler(handler)
+
+
 def error(message: str) -> None:
     """The one line a failing command leaves on stderr."""
     _state["header"] = None  # a command that fails its quick checks shows only this line

@@ -62,10 +62,17 @@ def outputs(logits, config, threshold: float | None = None) -> list[dict]:
     return out
 
 
+EXPORT_RECORD = "nlptl-export.json"  # what `nlptl export` writes next to model.onnx
+ONNX_FILE = "model.onnx"
+
+
 class Classifier:
     """A fine-tuned classifier loaded once, answering batches of texts (or pairs) in input order.
 
-    `ref`: a models.ModelRef of a classifier; `max_length`: input cut (default: what it was trained with)."""
+    `ref`: a models.ModelRef of a classifier; `max_length`: input cut (default: what it was trained with).
+    Subclasses (OnnxClassifier) change only where the logits come from (`logits`)."""
+
+    backend = "torch"
 
     def __init__(self, ref, max_length: int | None = None, device=None):
         from nlptl import models, runtime
@@ -77,6 +84,8 @@ class Classifier:
         self.model.to(self.device).eval()
         self.problem = problem_type(self.config)
         self.pairs = takes_pairs(self.config)
+        self.source = ref.path
+        self.lineage = (ref.run or {}).get("lineage")
 
     def encode(self, texts: list[str], text_pairs: list[str] | None = None):
         """Tokenized batch (padded, cut to max_length) and, per text, whether it was cut."""
@@ -86,23 +95,144 @@ class Classifier:
                              return_tensors="pt")
         return enc, [len(ids) > self.max_length for ids in full]
 
-    def __call__(self, texts: list[str], text_pairs: list[str] | None = None, batch_size: int = 32,
-                 threshold: float | None = None) -> list[dict]:
-        import torch
+    def logits(self, enc):
+        """[batch, num_labels] logits of a tokenized batch (call under torch.inference_mode())."""
+        return self.model(**enc.to(self.device)).logits
 
+    def check_pairs(self, text_pairs) -> None:
         if self.pairs and text_pairs is None:
             raise ValueError("this classifier was trained on text pairs: pass text_pairs")
         if not self.pairs and text_pairs is not None:
             raise ValueError("this classifier takes single texts, not pairs")
-        # Sorting by length keeps padding (and time) low; results come back in input order.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]) + len(text_pairs[i] if text_pairs else ""))
+
+    def info(self) -> dict:
+        """What a server tells about the model (GET /info)."""
+        return {"model": self.source, "backend": self.backend, "problem_type": self.problem, "labels": self.names,
+                "text_pairs": self.pairs, "max_length": self.max_length, "device": str(self.device),
+                "lineage": self.lineage}
+
+    def __call__(self, texts: list[str], text_pairs: list[str] | None = None, batch_size: int = 32,
+                 threshold: float | None = None, max_tokens: int | None = None) -> list[dict]:
+        """Results in input order. Texts run in batches of similar length, at most `batch_size` texts, and
+        with `max_tokens` at most that many tokens (texts x longest, padding included) per batch."""
+        import torch
+
+        self.check_pairs(text_pairs)
         results: list = [None] * len(texts)
         with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
+            for idx in self.batches(texts, text_pairs, batch_size, max_tokens):
                 enc, cut = self.encode([texts[i] for i in idx], [text_pairs[i] for i in idx] if text_pairs else None)
-                logits = self.model(**enc.to(self.device)).logits
+                logits = self.logits(enc)
                 for i, res, was_cut in zip(idx, outputs(logits, self.config, threshold), cut, strict=True):
                     head = {"text": texts[i]} | ({"text_pair": text_pairs[i]} if text_pairs else {})
                     results[i] = head | res | ({"truncated": True} if was_cut else {})
         return results
+
+    def batches(self, texts: list[str], text_pairs: list[str] | None, batch_size: int, max_tokens: int | None):
+        """Indices of the texts, batch by batch. Sorting by length keeps padding (and time) low: a batch
+        costs as much as its longest text times its size. Without `max_tokens`, by characters (no
+        tokenizing); with it, by tokens, and a batch closes once the next text would take it over budget
+        (a server's batch of short and long texts: the long ones run apart)."""
+        if max_tokens is None:
+            order = sorted(range(len(texts)), key=lambda i: len(texts[i]) + len(text_pairs[i] if text_pairs else ""))
+            yield from (order[s : s + batch_size] for s in range(0, len(order), batch_size))
+            return
+        ids = self.tokenizer(texts, text_pairs, truncation=True, max_length=self.max_length)["input_ids"]
+        order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
+        batch: list[int] = []
+        for i in order:
+            if batch and (len(batch) >= batch_size or (len(batch) + 1) * len(ids[i]) > max_tokens):
+                yield batch
+                batch = []
+            batch.append(i)
+        if batch:
+            yield batch
+
+
+def is_onnx_export(path) -> bool:
+    """Whether a directory is what `nlptl export --format onnx` wrote (model.onnx and its record)."""
+    from pathlib import Path
+
+    return (Path(path) / ONNX_FILE).is_file() and (Path(path) / EXPORT_RECORD).is_file()
+
+
+ONNX_MISSING = "the onnx backend needs onnxruntime: pip install 'nlptl[onnx]' (or pip install onnxruntime)"
+
+
+def onnx_session(path, threads: int | None = None):
+    """An onnxruntime CPU session of an .onnx file, with as many threads as torch uses (so a comparison
+    of the two backends is fair, and a server does not oversubscribe the cores)."""
+    import importlib.util
+
+    from nlptl.errors import UsageError
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise UsageError(ONNX_MISSING)
+    import onnxruntime as ort
+    import torch
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: its warnings about unused initializers are noise
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxClassifier(Classifier):
+    """A classifier exported by `nlptl export --format onnx`, run by onnxruntime on the CPU. Same
+    tokenizer, same results (`outputs`), other engine: `onnx_file` picks model.onnx or the int8 one."""
+
+    backend = "onnx"
+
+    def __init__(self, directory, max_length: int | None = None, onnx_file: str | None = None):
+        import json
+        from pathlib import Path
+
+        from nlptl import models
+
+        directory = Path(directory)
+        record = json.loads((directory / EXPORT_RECORD).read_text(encoding="utf-8"))
+        ref = models.ModelRef(str(directory), str(directory), True, None, None)
+        self.config = models.load_config(ref)
+        self.tokenizer = models.load_tokenizer(ref, self.config)
+        self.names = label_names(self.config)
+        self.max_length = max_length or record["max_length"]
+        self.file = onnx_file or record.get("default_file", ONNX_FILE)
+        self.session = onnx_session(directory / self.file)
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.device = "cpu"
+        self.problem = problem_type(self.config)
+        self.pairs = takes_pairs(self.config)
+        self.source = str(directory)
+        self.lineage = record.get("lineage")
+
+    def logits(self, enc):
+        import torch
+
+        feed = {name: enc[name].numpy() for name in self.inputs}
+        return torch.from_numpy(self.session.run(["logits"], feed)[0])
+
+    def info(self) -> dict:
+        return super().info() | {"onnx_file": self.file}
+
+
+def load_classifier(spec: str, backend: str = "auto", max_length: int | None = None, flag: str = "--model"):
+    """A Classifier of a finetune run / checkpoint (torch) or of an ONNX export (onnxruntime).
+    backend auto: onnx for an export directory, torch otherwise."""
+    from nlptl.errors import UsageError
+
+    exported = is_onnx_export(spec)
+    if backend == "onnx" and not exported:
+        raise UsageError(f"{flag} {spec}: --backend onnx needs a directory written by `nlptl export --format onnx` "
+                         f"(model.onnx and {EXPORT_RECORD}); export it first")
+    if backend == "torch" and exported:
+        raise UsageError(f"{flag} {spec}: is an ONNX export; use --backend onnx (or pass the finetune run it came from)")
+    if exported:
+        return OnnxClassifier(spec, max_length)
+    from nlptl.models import inspect_model
+
+    # (The stages check --max-length against the model's positions before they get here.)
+    ref = inspect_model(spec, flag)
+    if not ref.is_classifier:
+        raise UsageError(f"{flag} {ref.spec} is not a classifier; it needs a finetune run")
+    return Classifier(ref, max_length)

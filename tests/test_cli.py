@@ -11,7 +11,8 @@ import subprocess
 import pytest
 from cli_helpers import call_main, run_cli, run_light, tiny_data, write_registry
 
-COMMANDS = ("pretrain", "adapt", "finetune", "evaluate", "predict", "run", "corpora", "tasks", "demo")
+COMMANDS = ("pretrain", "adapt", "finetune", "evaluate", "predict", "serve", "export", "merge", "run", "corpora", "tasks",
+            "demo")
 
 
 def test_root_help_and_version(tmp_path):

@@ -77,3 +77,23 @@ def test_default_model_is_the_latest_finetune_run(trained_classifier, nlptl_home
 
     shutil.copytree(trained_classifier[0], nlptl_home / "finetune-1")
     assert predict.run(PredictConfig(texts=["x"]))[0]["label"] in {"negative", "positive"}
+
+
+def test_token_budget_batches(trained_classifier):
+    """With max_tokens, batches hold texts of similar token length, never more than the budget (texts x
+    the longest) unless one text alone is over it, every text once; results are the same as without."""
+    from nlptl.inference import load_classifier
+
+    out, _ = trained_classifier
+    classifier = load_classifier(str(out))
+    texts = [("great " * n).strip() for n in (1, 20, 2, 3, 25, 1, 4, 2)]
+    lengths = [len(ids) for ids in classifier.tokenizer(texts, truncation=True, max_length=classifier.max_length)["input_ids"]]
+    batches = list(classifier.batches(texts, None, 3, 16))
+    assert sorted(i for b in batches for i in b) == list(range(len(texts)))
+    for b in batches:
+        assert len(b) <= 3
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 16
+    plain = classifier(texts, batch_size=3)
+    budget = classifier(texts, batch_size=3, max_tokens=16)
+    assert [r["label"] for r in plain] == [r["label"] for r in budget]
+    assert [r["score"] for r in plain] == pytest.approx([r["score"] for r in budget], abs=1e-5)

@@ -188,6 +188,21 @@ def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator, out: Pa
     return (peft_model if peft_model is not None else model), result, best
 
 
+SHAPE_KEYS = ("problem_type", "nlptl_text_pair", "nlptl_threshold", "nlptl_window", "nlptl_stride",
+              "nlptl_doc_pooling", "nlptl_window_specials")
+
+
+def shape_from_lineage(lineage: dict) -> dict:
+    """The config keys of a classifier's task shape, as its run's lineage records them (finetune writes
+    them without the nlptl_ prefix): what rebuilding the classifier (nlptl merge) must set again."""
+    out = {}
+    for key in SHAPE_KEYS:
+        value = lineage.get(key.removeprefix("nlptl_"))
+        if value is not None:
+            out[key] = value
+    return out
+
+
 def new_classifier(cfg: FinetuneConfig, ref, data: TaskData):
     """A classifier with a new head on `ref`, its config recording the task's shape."""
     import copy
@@ -286,3 +301,15 @@ def auto_lr(cfg: FinetuneConfig, ref, data: TaskData, accelerator, out: Path | N
         if out is not None and accelerator.is_main_process:
             lr_find.save(out, record)  # before training: a killed run resumes with the same rate
     return dataclasses.replace(cfg, lr=record["lr"]), record
+
+
+def trained_task(ref):
+    """The task the classifier was fine-tuned on (its lineage names it), for the label spellings that
+    finetune accepted (sentiment's pos/neg, 0/1...); plain classification when unknown."""
+    from nlptl.data.registry import task_entry
+
+    name = (((ref.run or {}).get("lineage") or {}).get("task")) or "classification"
+    try:
+        return task_entry(name)
+    except UsageError:  # a task registered on another machine
+        return task_entry("classification")

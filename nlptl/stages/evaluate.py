@@ -23,6 +23,7 @@ from nlptl.data.registry import task_entry
 from nlptl.data.tasks import TaskSpec, labelled_source
 from nlptl.errors import UsageError
 from nlptl.models import inspect_model, positions_of
+from nlptl.stages.classifier import trained_task
 from nlptl.stages.common import check_block_size, check_max_length
 
 
@@ -41,16 +42,6 @@ def run(cfg: EvaluateConfig) -> dict:
         check_block_size(block_size, positions_of(ref.config))
     corpus = resolve_corpus(cfg.data, cfg.text_column)
     return _language_model(cfg, ref, corpus, block_size)
-
-
-def trained_task(ref):
-    """The task the classifier was fine-tuned on (its lineage names it), for the label spellings that
-    finetune accepted (sentiment's pos/neg, 0/1...); plain classification when unknown."""
-    name = (((ref.run or {}).get("lineage") or {}).get("task")) or "classification"
-    try:
-        return task_entry(name)
-    except UsageError:  # a task registered on another machine
-        return task_entry("classification")
 
 
 def task_test_file(spec: str) -> str:

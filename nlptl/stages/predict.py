@@ -4,6 +4,7 @@
     nlptl predict --model runs/finetune-... --input texts.txt --json
     cat texts.txt | nlptl predict --model DIR --input - --json      # JSON Lines, one object per text
     printf 'A man sleeps\tA person rests\n' | nlptl predict --model NLI_DIR --input -   # a pair model
+    nlptl predict --model EXPORT_DIR "Great"      # an `nlptl export --format onnx` directory (onnxruntime)
 
 Each result has the form nlptl/inference.py describes for the model's task shape.
 """
@@ -14,31 +15,35 @@ from nlptl.checkpoint import default_from
 from nlptl.config import PredictConfig
 from nlptl.data.files import read_lines
 from nlptl.errors import UsageError
+from nlptl.inference import is_onnx_export
 from nlptl.models import inspect_model
 from nlptl.stages.common import check_max_length
 
 
 def run(cfg: PredictConfig) -> list[dict]:
-    ref = inspect_model(cfg.model or default_from("predict"), "--model")
-    if not ref.is_classifier:
-        raise UsageError(f"--model {ref.spec} is not a classifier; predict needs a finetune run")
-    check_max_length(cfg.max_length, ref.config)
+    spec = cfg.model or default_from("predict")
+    if not is_onnx_export(spec):
+        # Checked before the texts are read, without torch (an export is checked as it loads).
+        ref = inspect_model(spec, "--model")
+        if not ref.is_classifier:
+            raise UsageError(f"--model {ref.spec} is not a classifier; predict needs a finetune run")
+        check_max_length(cfg.max_length, ref.config)
     texts = list(cfg.texts) + (read_lines(cfg.input) if cfg.input else [])
     if not texts:
         raise UsageError("no texts to classify; pass them as arguments, or --input FILE, or --input - for standard input")
 
     from nlptl import runtime
-    from nlptl.inference import Classifier
+    from nlptl.inference import load_classifier
 
     runtime.quiet_libraries()
-    classifier = Classifier(ref, cfg.max_length)
+    classifier = load_classifier(spec, cfg.backend, cfg.max_length)
     pairs = None
     if classifier.pairs:
         # A pair model: each text is "first<TAB>second" (one line of a file, or one argument).
         split = [t.split("\t", 1) for t in texts]
         bad = [i for i, parts in enumerate(split) if len(parts) != 2]
         if bad:
-            raise UsageError(f"--model {ref.spec} was trained on text pairs; text {bad[0] + 1} has no tab between "
+            raise UsageError(f"--model {spec} was trained on text pairs; text {bad[0] + 1} has no tab between "
                              "its two texts (give each as 'first<TAB>second')")
         texts, pairs = [a for a, _ in split], [b for _, b in split]
     return classifier(texts, pairs, cfg.batch_size)

@@ -1,0 +1,305 @@
+"""The HTTP server of `nlptl serve`: a FastAPI app around one loaded classifier, with dynamic batching.
+
+Routes:
+- POST /predict  {"texts": [...]} (and "text_pairs": [...] for a pair model) -> {"results": [...]}, one
+  result per text in order, each as `nlptl predict --json` writes it (nlptl/inference.py);
+- GET /health    200 {"status": "ok"} once the model is loaded, 503 while it loads or the server drains;
+- GET /info      the model, its labels and task shape, lineage, max length, backend and device.
+
+Dynamic batching (`Batcher`): requests wait in a queue; the first one of a batch waits at most
+--max-wait-ms for others, until --max-batch-size texts are gathered; the batch runs in one thread
+beside the event loop (so requests keep arriving while the model runs, and form the next batch),
+sorted by length in passes of at most --max-batch-tokens tokens (on a CPU, padding 30 short texts
+to the length of two long ones made a batch of 32 slower than 32 single texts: docs/serving.md),
+under torch.inference_mode(); each caller gets its own results back.
+
+Every bad request is a 4xx with {"error": "one line"}; an unexpected failure is a 500 with a short
+message (the traceback goes to the server's log, with NLPTL_DEBUG=1), and the server keeps serving.
+Only this module and stages/serve.py import fastapi.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+# At module level: FastAPI reads the routes' annotations (Request) from this module's globals.
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+log = logging.getLogger("nlptl")
+SETTINGS_ENV = "NLPTL_SERVE_SETTINGS"
+INTERNAL = "internal error while classifying; the server logged it"  # how the settings reach worker processes (--workers > 1)
+
+
+class BadRequest(Exception):
+    """A request the server refuses: its status (400, 413, 422...) and one line saying why."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class _Item:
+    texts: list[str]
+    pairs: list[str] | None
+    future: asyncio.Future
+    arrived: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    """Gathers the texts of concurrent requests into batches for one classifier (see the module's doc)."""
+
+    def __init__(self, classifier, max_batch_size: int, max_wait_ms: float, max_batch_tokens: int | None = None):
+        self.classifier, self.max_batch_size, self.max_wait = classifier, max_batch_size, max_wait_ms / 1000
+        self.max_tokens = max_batch_tokens
+        self.queue: asyncio.Queue[_Item] = asyncio.Queue()
+        # One thread runs the model: torch (or onnxruntime) uses every core for one batch already.
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="nlptl-model")
+        self.carry: _Item | None = None  # a request that did not fit into the last batch: it opens the next
+        self.task: asyncio.Task | None = None
+        self.batches = 0
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self.task:
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+        self.executor.shutdown(wait=True)
+
+    async def submit(self, texts: list[str], pairs: list[str] | None) -> list[dict]:
+        item = _Item(texts, pairs, asyncio.get_running_loop().create_future())
+        await self.queue.put(item)
+        return await item.future
+
+    async def _gather(self) -> list[_Item]:
+        first = self.carry or await self.queue.get()
+        self.carry = None
+        items, n = [first], len(first.texts)
+        deadline = time.perf_counter() + self.max_wait
+        while n < self.max_batch_size:
+            try:
+                item = self.queue.get_nowait()  # already waiting: no need to wait for it
+            except asyncio.QueueEmpty:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    break
+                item = await self._get(left)
+                if item is None:
+                    break
+            if n + len(item.texts) > self.max_batch_size:
+                self.carry = item
+                break
+            items.append(item)
+            n += len(item.texts)
+        return items
+
+    async def _get(self, timeout: float) -> _Item | None:
+        """The next request within `timeout` seconds, or None. (Not asyncio.wait_for(queue.get()): on
+        Python < 3.12 it can drop an item that arrives just as the timeout cancels the get.)"""
+        getter = asyncio.ensure_future(self.queue.get())
+        done, _ = await asyncio.wait({getter}, timeout=timeout)
+        if done:
+            return getter.result()
+        getter.cancel()
+        try:
+            return await getter  # it completed before the cancel took effect
+        except asyncio.CancelledError:
+            return None
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            items = await self._gather()
+            items = [i for i in items if not i.future.done()]  # callers that went away
+            if not items:
+                continue
+            texts = [t for i in items for t in i.texts]
+            pairs = [p for i in items for p in i.pairs] if items[0].pairs is not None else None
+            start = time.perf_counter()
+            try:
+                results = await loop.run_in_executor(self.executor, self._run, texts, pairs)
+            except Exception as e:  # noqa: BLE001 - the callers get a 500; the server keeps serving
+                log.error("batch of %d texts failed: %s: %s", len(texts), type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+                if os.environ.get("NLPTL_DEBUG", "") not in ("", "0"):
+                    log.exception("traceback")
+                for i in items:
+                    if not i.future.done():
+                        i.future.set_exception(e)
+                continue
+            self.batches += 1
+            done = time.perf_counter()
+            at = 0
+            for i in items:
+                if not i.future.done():
+                    i.future.set_result(results[at : at + len(i.texts)])
+                at += len(i.texts)
+            waited = max(start - i.arrived for i in items)
+            log.info("batch %d: %d texts from %d requests in %.1f ms (longest wait %.1f ms)", self.batches,
+                     len(texts), len(items), 1000 * (done - start), 1000 * waited,
+                     extra={"fields": {"event": "batch", "batch": self.batches, "texts": len(texts),
+                                       "requests": len(items), "model_ms": round(1000 * (done - start), 2),
+                                       "max_wait_ms": round(1000 * waited, 2),
+                                       "truncated": sum(1 for r in results if r.get("truncated"))}})
+
+    def _run(self, texts: list[str], pairs: list[str] | None) -> list[dict]:
+        return self.classifier(texts, pairs, batch_size=self.max_batch_size, max_tokens=self.max_tokens)
+
+
+def parse_request(body: bytes, pairs_model: bool, max_texts: int) -> tuple[list[str], list[str] | None]:
+    """The texts (and pairs) of a /predict body, or BadRequest with one line saying what is wrong."""
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadRequest(f"the body is not valid JSON ({e.msg if hasattr(e, 'msg') else 'not UTF-8'}); "
+                         'send {"texts": ["..."]}') from None
+    if not isinstance(data, dict):
+        raise BadRequest('the body must be a JSON object: {"texts": ["..."]}')
+    unknown = sorted(set(data) - {"texts", "text_pairs"})
+    if unknown:
+        raise BadRequest(f"unknown field {unknown[0]!r}; the fields are \"texts\" and (for a pair model) \"text_pairs\"")
+    if "texts" not in data:
+        raise BadRequest('missing field "texts": a list of strings')
+    texts = _strings(data["texts"], "texts", max_texts)
+    pairs = None
+    if "text_pairs" in data:
+        if not pairs_model:
+            raise BadRequest('this model takes single texts: leave out "text_pairs"')
+        pairs = _strings(data["text_pairs"], "text_pairs", max_texts)
+        if len(pairs) != len(texts):
+            raise BadRequest(f'"text_pairs" has {len(pairs)} entries and "texts" {len(texts)}; give one pair per text')
+    elif pairs_model:
+        raise BadRequest('this model was trained on text pairs: send "text_pairs" too, one per text')
+    return texts, pairs
+
+
+def _strings(value, name: str, max_texts: int) -> list[str]:
+    if not isinstance(value, list):
+        raise BadRequest(f'"{name}" must be a list of strings (got {type(value).__name__})')
+    if not value:
+        raise BadRequest(f'"{name}" is empty; send at least one text')
+    if len(value) > max_texts:
+        raise BadRequest(f'{len(value)} texts in one request; the limit is {max_texts} (--max-texts)', 413)
+    for i, v in enumerate(value):
+        if not isinstance(v, str):
+            raise BadRequest(f'"{name}"[{i}] is not a string (got {type(v).__name__})')
+    return value
+
+
+async def read_body(request, limit: int) -> bytes:
+    """The request body, refused (413) as soon as it passes `limit` bytes: a declared length is checked
+    before reading, a chunked body while it streams in."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BadRequest(f"the request is {declared} bytes; the limit is {limit} (--max-request-bytes)", 413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(f"the request is over {limit} bytes (--max-request-bytes)", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def build_app(settings: dict, classifier=None):
+    """The FastAPI app. `settings`: the resolved ServeConfig as a dict; `classifier`: one already loaded
+    (by `nlptl serve` with one worker), else it is loaded when the app starts (each worker process)."""
+    state: dict = {"classifier": classifier, "batcher": None, "ready": False}
+
+    @asynccontextmanager
+    async def lifespan(app):
+        if state["classifier"] is None:
+            state["classifier"] = await asyncio.to_thread(load, settings)
+        state["batcher"] = Batcher(state["classifier"], settings["max_batch_size"], settings["max_wait_ms"],
+                                   settings.get("max_batch_tokens"))
+        state["batcher"].start()
+        state["ready"] = True
+        yield
+        # uvicorn calls this after the in-flight requests are answered (SIGTERM / SIGINT: drain, then exit).
+        state["ready"] = False
+        await state["batcher"].stop()
+
+    app = FastAPI(title="nlptl classifier", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(request: Request, e: BadRequest):
+        return JSONResponse({"error": str(e)}, status_code=e.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException):  # 404, 405: the same {"error": ...} shape
+        return JSONResponse({"error": str(e.detail)}, status_code=e.status_code, headers=e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, e: RequestValidationError):
+        return JSONResponse({"error": "invalid request"}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, e: Exception):  # anything else (Starlette then re-raises it to uvicorn's log)
+        log.error("internal error on %s: %s", request.url.path, type(e).__name__)
+        return JSONResponse({"error": INTERNAL}, status_code=500)
+
+    @app.get("/health")
+    async def health():
+        if not state["ready"]:
+            return JSONResponse({"status": "loading" if state["classifier"] is None else "stopping"}, status_code=503)
+        return {"status": "ok"}
+
+    @app.get("/info")
+    async def info():
+        if state["classifier"] is None:
+            raise BadRequest("the model is still loading", 503)
+        return state["classifier"].info() | {"max_batch_size": settings["max_batch_size"],
+                                             "max_wait_ms": settings["max_wait_ms"],
+                                             "max_texts": settings["max_texts"],
+                                             "max_request_bytes": settings["max_request_bytes"]}
+
+    @app.post("/predict")
+    async def predict(request: Request):
+        if not state["ready"]:
+            raise BadRequest("the model is still loading; retry when GET /health says ok", 503)
+        body = await read_body(request, settings["max_request_bytes"])
+        texts, pairs = parse_request(body, state["classifier"].pairs, settings["max_texts"])
+        try:
+            return {"results": await state["batcher"].submit(texts, pairs)}
+        except Exception:  # noqa: BLE001 - the batcher logged it; answered here, so uvicorn logs no traceback
+            return JSONResponse({"error": INTERNAL}, status_code=500)
+
+    return app
+
+
+def load(settings: dict):
+    """The classifier the settings name, with the thread count they ask for."""
+    from nlptl import runtime
+    from nlptl.inference import load_classifier
+
+    if settings.get("threads"):
+        import torch
+
+        torch.set_num_threads(settings["threads"])
+    runtime.quiet_libraries()
+    return load_classifier(settings["model"], settings["backend"], settings["max_length"], "MODEL")
+
+
+def app_from_env():
+    """The app of one worker process (uvicorn's factory with --workers > 1): settings from the environment."""
+    from nlptl import console
+
+    settings = json.loads(os.environ[SETTINGS_ENV])
+    console.configure(quiet=settings.get("quiet", False))
+    if settings.get("json_logs"):
+        console.json_logs()
+    return build_app(settings)

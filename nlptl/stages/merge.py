@@ -1,0 +1,112 @@
+"""Merge the LoRA adapter of a run trained with --lora (and no --merge) into one plain checkpoint.
+
+    nlptl merge runs/finetune-... --out runs/finetune-merged
+    nlptl serve runs/finetune-merged        # or export, predict, evaluate, finetune --from ...
+
+The run's adapter (OUT/adapter/) goes back onto the model it was trained from (the adapter's
+base_model_name_or_path): for a finetune run the classifier is rebuilt with the run's labels and
+pooling and the adapter's trained head (peft's modules_to_save); then peft's merge_and_unload. --out
+is a copy of the run (record, config, card, the adapter) with the merged model beside it, as
+`--lora --merge` would have written it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from nlptl.checkpoint import read_record
+from nlptl.config import MergeConfig
+from nlptl.errors import NlptlError, UsageError
+
+log = logging.getLogger("nlptl")
+RECORD = "nlptl-run.json"
+
+
+def run(cfg: MergeConfig) -> dict:
+    from nlptl.models import require_peft
+
+    src = Path(cfg.model)
+    record = check_source(src)
+    out = check_merge_out(Path(cfg.out), cfg.overwrite, src)
+    require_peft()
+    from nlptl import runtime
+
+    runtime.quiet_libraries()
+    adapter = json.loads((src / "adapter" / "adapter_config.json").read_text(encoding="utf-8"))
+    base_path = adapter.get("base_model_name_or_path") or record["lineage"].get("base_model")
+    merged, tokenizer = merged_model(src, record, base_path)
+    stage = out.parent / f".{out.name}.merge-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    try:
+        shutil.copytree(src, stage, ignore=shutil.ignore_patterns(".*", "checkpoints"))
+        merged.save_pretrained(stage)
+        tokenizer.save_pretrained(stage)
+        from nlptl import card, models
+
+        models.save_head_code(merged, stage)
+        record["lora"] = {**record.get("lora", {}), "merged": True, "merged_by": "nlptl merge", "merged_from": str(src)}
+        (stage / RECORD).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
+        card.write(stage, record, out)
+        if out.exists():
+            shutil.rmtree(out)
+        stage.rename(out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    log.info("merged the adapter of %s into %s (base %s)", src, out, base_path)
+    return {"output_dir": str(out), "base_model": base_path, "stage": record["stage"]}
+
+
+def merged_model(src: Path, record: dict, base_path: str):
+    """The run's model with its adapter merged in, and its tokenizer."""
+    from peft import PeftModel
+
+    from nlptl import models
+
+    base_ref = models.inspect_model(base_path, "the adapter's base model")
+    config = models.load_config(base_ref)
+    tokenizer = models.load_tokenizer(models.ModelRef(str(src), str(src), True, None, None), config)
+    lineage = record["lineage"]
+    if record["stage"] == "finetune":
+        from nlptl.stages.classifier import shape_from_lineage
+
+        # The task shape (multi-label, regression, pairs, windows) lives in the classifier's config.
+        for key, value in shape_from_lineage(lineage).items():
+            setattr(config, key, value)
+        base = models.load_classifier(base_ref, config, lineage["labels"], tokenizer, lineage.get("pooling") or "auto")
+    else:
+        base, _, _ = models.load_lm(base_ref, config, lineage.get("objective") or models.default_objective(config))
+    try:
+        peft_model = PeftModel.from_pretrained(base, src / "adapter")
+    except Exception as e:  # noqa: BLE001 - one line
+        raise NlptlError(f"MODEL {src}: the adapter does not fit its base model {base_path}: "
+                         f"{str(e).splitlines()[0][:200]}") from e
+    return peft_model.merge_and_unload().eval(), tokenizer
+
+
+def check_source(src: Path) -> dict:
+    if not src.is_dir():
+        raise UsageError(f"MODEL {src}: no such directory")
+    record = read_record(src)
+    if not (src / "adapter" / "adapter_config.json").is_file() or record is None:
+        raise UsageError(f"MODEL {src}: not a run trained with --lora (no adapter/ and {RECORD}); nothing to merge")
+    if (record.get("lora") or {}).get("merged") or (src / "config.json").is_file():
+        raise UsageError(f"MODEL {src}: its adapter is merged already (trained with --merge); use the run as it is")
+    return record
+
+
+def check_merge_out(out: Path, overwrite: bool, src: Path) -> Path:
+    if out.exists() and out.resolve() == src.resolve():
+        raise UsageError(f"--out {out} is MODEL; write the merged run to another --out")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; pass a directory path")
+    if out.is_dir() and any(out.iterdir()):
+        rec = read_record(out)
+        if rec is None or not (rec.get("lora") or {}).get("merged_by"):
+            raise UsageError(f"--out {out} is a non-empty directory that is not a merged run; choose another --out")
+        if not overwrite:
+            raise UsageError(f"--out {out} already holds a merged run; pass --overwrite to replace it")
+    return out
