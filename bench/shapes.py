@@ -253,8 +253,7 @@ def report() -> None:
     print("|---|---|---|---|---|---|---|")
     for r in rows.values():
         if r["group"] == "lr":
-            used = r["lr_find"]["suggestions"]["valley"] if r["lr"] == "auto" else None
-            lr = f"auto -> {used:.2g}" if used is not None else r["lr"]
+            lr = f"auto -> {r['lr_used']:.2g}" if r["lr"] == "auto" else r["lr"]
             print(f"| {r['model']} | {lr} | {r['validation'].get('accuracy', 0):.4f} | {r['test']['accuracy']:.4f} | "
                   f"{r['steps']} | {r['train_seconds']:.0f} | {r['wall_seconds']:.0f} |")
     print()

@@ -28,9 +28,13 @@ def test_rules_on_a_known_curve():
         return 0.5 + 2 * (x + 2) ** 2
 
     s = lr_find.suggest(lrs, [loss(lr) for lr in lrs])
+    # The loss passes 1.25x its start (2.5) just above lr 0.1: two decades below that.
+    assert 0.9e-3 < s["divergence/100"] < 1.3e-3
     assert 1e-4 < s["valley"] < 1e-2  # inside the fall, not at its bottom
     assert s["minimum/10"] == pytest.approx(lrs[min(range(100), key=lambda i: loss(lrs[i]))] / 10)
     assert 1e-4 <= s["steepest"] <= 1e-2
+    flat = lr_find.suggest(lrs, [1.0 - 0.001 * i for i in range(100)])  # never diverges: fastai's valley
+    assert flat["divergence/100"] == flat["valley"]
     with pytest.raises(ValueError):
         lr_find.suggest(lrs[:2], [1.0, 0.5])
 
@@ -47,8 +51,8 @@ def test_auto_equals_the_chosen_rate_by_hand(checkpoints, task_files, tmp_path):
     common = {"from_model": str(checkpoints["bert"]), "train_file": str(task_files["train"]), "max_steps": 6}
     auto = finetune.run(finetune_cfg(out=str(tmp_path / "auto"), lr="auto", lr_find_steps=20, **common))
     record = json.loads((tmp_path / "auto" / lr_find.FILE).read_text())
-    assert auto["lr_found"] == record["lr"] == record["suggestions"]["valley"]
-    assert record["rule"] == "valley" and record["steps"] <= 20 and len(record["lrs"]) == len(record["smoothed"])
+    assert auto["lr_found"] == record["lr"] == record["suggestions"]["divergence/100"]
+    assert record["rule"] == "divergence/100" and record["steps"] <= 20 and len(record["lrs"]) == len(record["smoothed"])
     assert record["lrs"][0] == pytest.approx(1e-7)
     assert auto["lineage"]["lr"]["auto"]["lr"] == record["lr"]
     assert auto["config"]["lr"] == "auto"  # config.yaml keeps the choice: a recipe reruns nothing
