@@ -67,6 +67,9 @@ def range_test(accelerator, model, train_dataset, collate_fn, cfg, *, lengths=No
 
     smoothed_avg = [0.0]
     state = random_source.generator.get_state() if getattr(random_source, "generator", None) is not None else None
+    import time
+
+    started = time.perf_counter()
     trial = copy.deepcopy(model)
     train(accelerator, trial, train_dataset, collate_fn, test_cfg, description=description, lengths=lengths,
           batch_transform=batch_transform, random_source=random_source, loss_fn=loss_fn, stop_when=stop_when)
@@ -81,7 +84,8 @@ def range_test(accelerator, model, train_dataset, collate_fn, cfg, *, lengths=No
     lr = suggestions[RULE]
     log.info("lr range test: %d steps -> chose %.3g (%s; valley %.3g, minimum/10 %.3g, steepest %.3g)",
              len(losses), lr, RULE, suggestions["valley"], suggestions["minimum/10"], suggestions["steepest"])
-    return {"lr": lr, "rule": RULE, "suggestions": suggestions, "steps": len(losses), "start_lr": START_LR,
+    return {"lr": lr, "rule": RULE, "suggestions": suggestions, "steps": len(losses),
+            "seconds": round(time.perf_counter() - started, 2), "start_lr": START_LR,
             "end_lr": END_LR, "lrs": lrs, "losses": losses[: len(lrs)], "smoothed": smoothed}
 
 
