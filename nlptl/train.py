@@ -202,8 +202,11 @@ def _setting(description: str, steps: int, cfg: TrainConfig, accelerator) -> str
 def _loader(dataset, collate_fn, cfg: TrainConfig, lengths, generator, pin: bool):
     from torch.utils.data import DataLoader, IterableDataset
 
-    if isinstance(dataset, IterableDataset):  # read in its own order; no worker, so nothing is read ahead
-        return DataLoader(dataset, batch_size=cfg.batch_size, collate_fn=collate_fn, pin_memory=pin)
+    if isinstance(dataset, IterableDataset):
+        # Read in its own order; no worker, so nothing is read ahead. The generator: each epoch's loader
+        # draws a seed from it, which must not come from the global RNG (dropout's stream).
+        return DataLoader(dataset, batch_size=cfg.batch_size, collate_fn=collate_fn, pin_memory=pin,
+                          generator=generator)
     sampler = None
     if lengths is not None:
         from transformers.trainer_pt_utils import LengthGroupedSampler
