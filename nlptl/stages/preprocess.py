@@ -29,9 +29,10 @@ def run(cfg: PreprocessConfig) -> dict:
         check_block_size(cfg.block_size, positions_of(ref.config))
     corpora = resolve_corpora(cfg.corpus, cfg.text_column, cfg.train_file)
 
-    from nlptl import models
+    from nlptl import models, runtime
     from nlptl.data.lm import cache_info, corpus_blocks, usable_cores
 
+    runtime.quiet_libraries()  # e.g. the tokenizer's warning about documents longer than the model's positions
     models.hub_guard(ref)
     config = models.load_config(ref)
     objective = models.default_objective(config) if cfg.objective == "auto" else cfg.objective
