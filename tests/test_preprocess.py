@@ -193,3 +193,24 @@ def test_mixed_adapt_records_the_mixture_and_each_perplexity(checkpoints, corpus
     assert [m["weight"] for m in lineage["mixture"]] == [0.8, 0.2]
     assert set(result["perplexity_by_corpus"]) == {str(corpus_file), str(repetitive_corpus)}
     assert result["perplexity_by_corpus"][str(corpus_file)] == result["perplexity"]
+
+
+def test_streamed_mlm_with_whole_word_masking(checkpoints, corpus_file, tmp_path):
+    """An encoder's masked-LM batches (masking in the loop) from a stream, with word starts packed on the fly."""
+    from nlptl.stages import adapt
+
+    result = adapt.run(adapt_cfg(from_model=str(checkpoints["distilbert"]), corpus=str(corpus_file),
+                                 out=str(tmp_path / "s"), streaming=True, max_eval_blocks=8, whole_word_mask=True))
+    assert result["lineage"]["objective"] == "mlm" and result["steps"] == 4
+    assert result["lineage"]["masking"] == "whole-word"
+
+
+def test_pretrain_from_scratch_takes_one_corpus_read_ahead(corpus_file, repetitive_corpus, tmp_path):
+    from conftest import pretrain_cfg
+
+    from nlptl.stages import pretrain
+
+    with pytest.raises(UsageError, match="a mixture of corpora needs --from MODEL"):
+        pretrain.run(pretrain_cfg(corpus=f"{corpus_file}:1,{repetitive_corpus}:1", out=str(tmp_path / "p")))
+    with pytest.raises(UsageError, match="--streaming needs --from MODEL"):
+        pretrain.run(pretrain_cfg(corpus=str(corpus_file), streaming=True, out=str(tmp_path / "q")))
