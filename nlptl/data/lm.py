@@ -106,7 +106,7 @@ def pack_blocks(texts, tokenizer, block_size: int, corpus_key: str, num_proc: in
     Read from the cache when this corpus, tokenizer and block size were packed before (by `nlptl
     preprocess` or an earlier run); else tokenized on `num_proc` processes (default: the usable cores)
     and written there. The blocks are the same whatever the number of processes: each process packs
-    whole batches of BATCH documents, the batches of one process would be."""
+    whole batches of BATCH documents, the same batches one process would pack."""
     key = key or blocks_key(corpus_key, tokenizer, block_size, word_starts)
     where = blocks_dir(key)
     if (where / "blocks.json").is_file():
