@@ -448,7 +448,7 @@ def release_locks(keep: set[Path] | None = None) -> None:
 
 # Options that may change when a run is resumed: how long it trains, what it logs and where it reports.
 RESUME_SAFE = frozenset({"max_steps", "epochs", "log_every", "save_every", "keep_last", "eval_every", "report_to",
-                         "push_to_hub", "hub_private"})
+                         "push_to_hub", "hub_private", "num_proc"})
 # Not settings of the training: how this invocation finds the run.
 _NOT_COMPARED = frozenset({"out", "overwrite", "resume", "resume_from"})
 _PATHS = ("corpus", "from_model", "train_file", "eval_file")

@@ -170,6 +170,8 @@ stage_command("pretrain", "Stage 1: train a general language model from scratch 
               "(--from).", _options("pretrain") + COMMON)
 stage_command("adapt", "Stage 2: adapt a language model to domain text (MLM for encoders, CLM for decoders).",
               _options("adapt") + COMMON)
+stage_command("preprocess", "Tokenize and pack a corpus ahead of adapt/pretrain, on every core (CPU only), into "
+              "their cache.", _options("preprocess") + COMMON)
 stage_command("finetune", "Stage 3: fine-tune a classifier on labelled data; keeps the best checkpoint on --eval.",
               _options("finetune") + COMMON)
 stage_command("evaluate", "The scores of a classifier on a labelled file (accuracy and macro-F1; multi-label and "

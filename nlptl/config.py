@@ -153,8 +153,10 @@ class TrainConfig:
 class LMConfig(TrainConfig):
     """Options of the language-modelling stages (pretrain with a corpus, adapt)."""
 
-    corpus: str | None = opt(None, "Corpus name (see `nlptl corpora`) or a .txt/.csv/.jsonl/.parquet file, directory or glob.", panel=DATA)
-    text_column: str = opt("text", "Text column of .csv/.jsonl/.parquet corpora.", panel=DATA)
+    corpus: str | None = opt(None, "Corpus name (see `nlptl corpora`), hf:NAME[:CONFIG][@SPLIT], or a .txt/.csv/.jsonl/.parquet file, directory or glob; a mixture as NAME:SHARE,NAME:SHARE.", panel=DATA)
+    text_column: str = opt("text", "Text column of .csv/.jsonl/.parquet and hf: corpora.", panel=DATA)
+    streaming: bool = opt(False, "Read the corpus as training goes (nothing tokenized ahead or cached; needs --max-steps); the first --max-eval-blocks blocks are held out.", panel=DATA)
+    num_proc: int | None = opt(None, "Processes that tokenize a corpus not yet in the cache (default: the usable cores).", panel=DATA)
     objective: str = opt("auto", "auto (MLM for encoders, CLM for decoders), mlm or clm.", choices=OBJECTIVES)
     block_size: int = opt(128, "Tokens per packed training block.", panel=DATA)
     validation_percentage: float = opt(5.0, "Percentage of the packed blocks held out (fixed, seeded) for perplexity.", panel=DATA)
@@ -171,6 +173,13 @@ class LMConfig(TrainConfig):
         choice(self, "objective")
         bounded(self, "validation_percentage", lambda v: 0 < v < 50, "in (0, 50)")
         bounded(self, "mlm_probability", lambda v: 0 < v < 1, "in (0, 1)")
+        bounded(self, "num_proc", lambda v: v > 0, "a positive integer")
+        if self.streaming and not self.max_steps:
+            raise UsageError("--streaming reads a corpus of unknown length: pass --max-steps N")
+        if self.streaming and self.lr == "auto":
+            # The range test would read (and use up) the first blocks of the stream the run trains on.
+            raise UsageError("--lr auto runs a range test on the training blocks, which --streaming does not keep; "
+                             "pass a number (or find it with --lr auto on a cached sample of the corpus)")
 
 
 @dataclass
@@ -206,7 +215,7 @@ class AdaptConfig(LMConfig):
     """`nlptl adapt`: continue a language model on domain (or task) text."""
 
     from_model: str | None = opt(None, "Language model to adapt: run dir, local checkpoint or hub id (default: latest pretrain run).")
-    corpus: str | None = opt(None, "Domain corpus: a name (see `nlptl corpora`), task:NAME, or a file/dir/glob.", panel=DATA)
+    corpus: str | None = opt(None, "Domain corpus: a name (see `nlptl corpora`), task:NAME, hf:NAME[:CONFIG][@SPLIT], or a file/dir/glob; a mixture as NAME:SHARE,NAME:SHARE (e.g. reviews:0.95,wikitext-103:0.05 replays general text).", panel=DATA)
     lr: float | str = opt(1e-4, LR_HELP)
     lr_find_steps: int = opt(100, "--lr auto: steps of the learning-rate range test.")
     LR_AUTO = True
@@ -215,6 +224,27 @@ class AdaptConfig(LMConfig):
         super().__post_init__()
         if self.corpus is None:
             raise UsageError("adapt needs --corpus CORPUS (a name such as 'reviews', or a file)")
+
+
+@dataclass
+class PreprocessConfig:
+    """`nlptl preprocess`: tokenize and pack a corpus into the cache that adapt and pretrain read."""
+
+    from_model: str | None = opt(None, "The model whose tokenizer packs the corpus: run dir, local checkpoint or hub id.")
+    corpus: str | None = again(AdaptConfig, "corpus", None)
+    text_column: str = again(LMConfig, "text_column", "text")
+    train_file: str | None = again(LMConfig, "train_file", None)
+    block_size: int = again(LMConfig, "block_size", 128)
+    objective: str = again(LMConfig, "objective", "auto")
+    whole_word_mask: bool = again(LMConfig, "whole_word_mask", False)
+    num_proc: int | None = opt(None, "Processes that tokenize (default: the usable cores).", panel=DATA)
+
+    def __post_init__(self) -> None:
+        positive(self, "block_size")
+        choice(self, "objective")
+        bounded(self, "num_proc", lambda v: v > 0, "a positive integer")
+        if not self.from_model or not self.corpus:
+            raise UsageError("preprocess needs --from MODEL (its tokenizer) and --corpus CORPUS")
 
 
 @dataclass
@@ -449,6 +479,7 @@ class ReportConfig:
 STAGE_CONFIGS: dict[str, type] = {
     "pretrain": PretrainConfig,
     "adapt": AdaptConfig,
+    "preprocess": PreprocessConfig,
     "finetune": FinetuneConfig,
     "evaluate": EvaluateConfig,
     "predict": PredictConfig,
@@ -468,10 +499,12 @@ OUTPUT_FLAGS = ("overwrite", "report_to", "push_to_hub", "hub_private")
 COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
     "pretrain": ("arch", "size", "corpus", "from_model", "out", "vocab_size", "objective", "block_size",
                  "validation_percentage", "max_eval_blocks", "text_column", "train_file", "mlm_probability",
-                 "whole_word_mask", *TRAINING_FLAGS, *LORA_FLAGS, *OUTPUT_FLAGS),
+                 "whole_word_mask", "streaming", "num_proc", *TRAINING_FLAGS, *LORA_FLAGS, *OUTPUT_FLAGS),
     "adapt": ("corpus", "from_model", "out", "objective", "block_size", "validation_percentage", "max_eval_blocks",
               "mlm_probability",
-              "whole_word_mask", "text_column", "train_file", *TRAINING_FLAGS, *LORA_FLAGS, *OUTPUT_FLAGS),
+              "whole_word_mask", "text_column", "train_file", "streaming", "num_proc", *TRAINING_FLAGS, *LORA_FLAGS, *OUTPUT_FLAGS),
+    "preprocess": ("from_model", "corpus", "block_size", "num_proc", "text_column", "train_file", "objective",
+                   "whole_word_mask"),
     "finetune": ("task", "from_model", "train_file", "eval_file", "eval_fraction", "text_column", "label_column",
                  "label_separator", "numeric_classes", "max_length", "long_docs", "window", "stride", "doc_pooling",
                  "threshold", "tune_threshold", "class_weights",

@@ -258,13 +258,21 @@ def _source_key(record: dict | None) -> Any:
     return record.get("sha256") or record.get("spec")
 
 
+def _corpus_key(records: list[dict | None]) -> Any:
+    """One corpus's key, or a mixture's: each corpus's key with its share."""
+    if len(records) == 1:
+        return _source_key(records[0])
+    return [[_source_key(r), r.get("weight")] for r in records]
+
+
 def current_inputs(step: Step) -> dict:
     """The inputs of a stage as they are now: data hashes and the parent model's lineage."""
     cfg, inputs = step.config, {}
     if step.stage in ("pretrain", "adapt") and cfg.corpus:
-        from nlptl.data.corpora import resolve_corpus
+        from nlptl.data.corpora import resolve_corpora
 
-        inputs["corpus"] = _source_key(resolve_corpus(cfg.corpus, cfg.text_column, cfg.train_file).record())
+        sources = resolve_corpora(cfg.corpus, cfg.text_column, cfg.train_file)
+        inputs["corpus"] = _corpus_key([s.record() for s in sources])
     if step.stage == "finetune":
         from nlptl.data.tasks import resolve_task
 
@@ -282,7 +290,7 @@ def recorded_inputs(step: Step, lineage: dict) -> dict:
     """The same inputs as the run's lineage recorded them."""
     inputs: dict[str, Any] = {}
     if step.stage in ("pretrain", "adapt") and step.config.corpus:
-        inputs["corpus"] = _source_key(lineage.get("corpus"))
+        inputs["corpus"] = _corpus_key(lineage.get("mixture") or [lineage.get("corpus")])
     if step.stage == "finetune":
         inputs["train"] = _source_key(lineage.get("train"))
         eval_from = lineage.get("eval")

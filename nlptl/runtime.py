@@ -103,8 +103,8 @@ def quiet_libraries() -> None:
     datasets.utils.logging.set_verbosity_error()
     from nlptl import console
 
-    # Tokenizing and packing a large corpus takes minutes: on a terminal, `datasets`' own bars (with
-    # their "tokenizing"/"packing" descriptions) show it; in logs they would be noise.
+    # Reading a large corpus into Arrow takes minutes: on a terminal, `datasets`' own bars show it; in
+    # logs they would be noise. (Tokenizing and packing has nlptl's own progress: data/lm.build_blocks.)
     if console.fancy() and not console.is_quiet():
         datasets.enable_progress_bars()
     else:

@@ -117,17 +117,17 @@ def train(accelerator, model, train_dataset, collate_fn: Callable, cfg: TrainCon
     # The data order: its own generator, which also seeds the loader's workers (never the global RNG,
     # so a resumed run's dropout sees the same random stream as an uninterrupted one).
     generator = torch.Generator().manual_seed(cfg.seed)
+    stream = train_dataset if isinstance(train_dataset, torch.utils.data.IterableDataset) else None
+    if stream is not None:
+        _check_stream(cfg, accelerator)
     loader = _loader(train_dataset, collate_fn, cfg, lengths, generator, pin=accelerator.device.type == "cuda")
     optimizer = build_optimizer(model.to(accelerator.device), cfg.lr, cfg.weight_decay, cfg.discriminative_lr)
     if cfg.compile:
         from nlptl.runtime import compile_model
 
         compile_model(model)
-    # The loader's batches stay on the CPU: the batch transform (MLM masking, with its CPU generator)
-    # runs on them there, then the loop copies them to the device. Masks are thus the same on every
-    # device, and no CPU tensor (special ids, a generator) meets a GPU batch.
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader, device_placement=[True, True, False])
-    steps = total_steps(cfg, len(loader))
+    model, optimizer, loader = _prepare(accelerator, model, optimizer, loader, streamed=stream is not None)
+    steps = cfg.max_steps if stream is not None else total_steps(cfg, len(loader))
     # Stepped by hand once per optimizer update, so its length is exact whatever the number of
     # processes (accelerate's prepared scheduler would step once per process).
     scheduler = build_schedule(optimizer, steps, cfg.warmup_ratio, cfg.schedule, cfg.cut_frac, cfg.stlr_ratio)
@@ -138,7 +138,7 @@ def train(accelerator, model, train_dataset, collate_fn: Callable, cfg: TrainCon
     progress.note(_setting(description, steps, cfg, accelerator))
     loop = _Loop(accelerator, model, optimizer, scheduler, unfreezing, cfg, steps, progress, evaluate_fn=evaluate_fn, eval_every=eval_every, select=select, batch_transform=batch_transform,
                  random_source=random_source or collate_fn, runlog=runlog, checkpoints=checkpoints,
-                 generator=generator, loss_fn=loss_fn, stop_when=stop_when)
+                 generator=generator, stream=stream, loss_fn=loss_fn, stop_when=stop_when)
     loop.state.identity = identity
     if resume_from is not None:
         loop.resume(resume_from)
@@ -167,7 +167,30 @@ def train(accelerator, model, train_dataset, collate_fn: Callable, cfg: TrainCon
                 loop.state.batches_done = 0
     finally:
         stop.uninstall()
-    return loop.finish(len(train_dataset))
+    return loop.finish(len(train_dataset) if stream is None else 0)
+
+
+def _prepare(accelerator, model, optimizer, loader, streamed: bool):
+    if streamed:
+        # A stream's loader is not prepared: accelerate's reads one batch ahead, and the stream's position
+        # saved at a step boundary must be that of the batches trained on.
+        model, optimizer = accelerator.prepare(model, optimizer)
+        return model, optimizer, loader
+    # The loader's batches stay on the CPU: the batch transform (MLM masking, with its CPU generator)
+    # runs on them there, then the loop copies them to the device. Masks are thus the same on every
+    # device, and no CPU tensor (special ids, a generator) meets a GPU batch.
+    return accelerator.prepare(model, optimizer, loader, device_placement=[True, True, False])
+
+
+def _check_stream(cfg: TrainConfig, accelerator) -> None:
+    """What a run on a stream (a corpus of unknown length, read as it goes) cannot do."""
+    if not cfg.max_steps:
+        raise UsageError("--streaming reads a corpus of unknown length: pass --max-steps N")
+    if cfg.gradual_unfreeze and not cfg.unfreeze_every:
+        raise UsageError("--gradual-unfreeze on a stream has no epochs to unfreeze by: pass --unfreeze-every N")
+    if accelerator.num_processes > 1:
+        raise UsageError("--streaming runs on one process (each would read the whole stream); drop --streaming "
+                         "for torchrun/accelerate launch, after `nlptl preprocess`")
 
 
 def _setting(description: str, steps: int, cfg: TrainConfig, accelerator) -> str:
@@ -181,8 +204,13 @@ def _setting(description: str, steps: int, cfg: TrainConfig, accelerator) -> str
 
 
 def _loader(dataset, collate_fn, cfg: TrainConfig, lengths, generator, pin: bool):
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, IterableDataset
 
+    if isinstance(dataset, IterableDataset):
+        # Read in its own order; no worker, so nothing is read ahead. The generator: each epoch's loader
+        # draws a seed from it, which must not come from the global RNG (dropout's stream).
+        return DataLoader(dataset, batch_size=cfg.batch_size, collate_fn=collate_fn, pin_memory=pin,
+                          generator=generator)
     sampler = None
     if lengths is not None:
         from transformers.trainer_pt_utils import LengthGroupedSampler
@@ -201,7 +229,7 @@ class _Loop:
 
     def __init__(self, accelerator, model, optimizer, scheduler, unfreezing, cfg: TrainConfig, steps: int,
                  progress: Progress, *, evaluate_fn, eval_every, select, batch_transform, random_source, runlog,
-                 checkpoints, generator, loss_fn=None, stop_when=None):
+                 checkpoints, generator, stream=None, loss_fn=None, stop_when=None):
         import torch
 
         self.accelerator, self.model, self.optimizer, self.scheduler = accelerator, model, optimizer, scheduler
@@ -209,6 +237,7 @@ class _Loop:
         self.evaluate_fn, self.eval_every, self.select = evaluate_fn, eval_every, select
         self.batch_transform, self.random_source, self.runlog = batch_transform, random_source, runlog
         self.checkpoints, self.generator = checkpoints, generator
+        self.stream = stream  # a BlockStream (--streaming): its position is saved with each checkpoint
         self.loss_fn, self.stop_when, self.stopped = loss_fn, stop_when, False
         from accelerate.utils import send_to_device
 
@@ -249,6 +278,8 @@ class _Loop:
         restored.identity = self.state.identity or restored.identity
         self.state = restored
         self.epoch_sampler_state = rng["epoch_sampler"]
+        if self.stream is not None:
+            self.stream.load_state_dict(rng["stream"])
         self.accelerator.step = restored.micro_step
         per_process = rng["per_process"]
         if len(per_process) != self.accelerator.num_processes:
@@ -275,6 +306,9 @@ class _Loop:
     def epoch_batches(self, loader):
         """This epoch's batches. After a resume, the interrupted epoch's order minus the batches it had
         done: the sampler skips them; nothing is loaded or run for them."""
+        if self.stream is not None:  # a stream continues from its own saved position
+            self.restored_rng = None
+            return loader
         if self.restored_rng is not None and self.state.batches_done:
             self.generator.set_state(self.epoch_sampler_state)
             batches = self.accelerator.skip_first_batches(loader, self.state.batches_done)
@@ -381,6 +415,8 @@ class _Loop:
         mine = [rng_states(self.random_source)]
         rng = {"epoch_sampler": self.epoch_sampler_state,
                "per_process": gather_object(mine) if accelerator.num_processes > 1 else mine}
+        if self.stream is not None:
+            rng["stream"] = self.stream.state_dict()
         if accelerator.is_main_process:
             path = save_training(self.checkpoints, state.step, accelerator.unwrap_model(self.model), self.optimizer,
                                  self.scheduler, rng, state.to_dict(), self.best_state, self.cfg.keep_last)

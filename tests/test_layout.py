@@ -17,7 +17,7 @@ COMMAND_LINE = {"nlptl.cli", "nlptl.__main__"}
 BASE = {"nlptl", "nlptl.config", "nlptl.console", "nlptl.errors"}
 # The commands of `nlptl`: a stage module never imports another. `run` and `demo` run a chain of stages,
 # which is what they are for; the other modules of stages/ are the stages' shared parts.
-STAGES = {"pretrain", "adapt", "finetune", "evaluate", "predict", "report"}
+STAGES = {"pretrain", "adapt", "preprocess", "finetune", "evaluate", "predict", "report"}
 CHAINS = {"run", "demo"}
 MAX_LINES = 80
 

@@ -113,6 +113,10 @@ def test_adapt_auto_and_where_it_is_refused(checkpoints, corpus_file, tmp_path):
     assert result["lr_found"] == json.loads((tmp_path / "a" / lr_find.FILE).read_text())["lr"] > 0
     with pytest.raises(UsageError, match="--lr auto .* is offered by finetune and adapt"):
         PretrainConfig(corpus="x", lr="auto")
+    from nlptl.config import AdaptConfig
+
+    with pytest.raises(UsageError, match="--lr auto runs a range test on the training blocks"):
+        AdaptConfig(corpus="x", lr="auto", streaming=True, max_steps=5)
 
 
 def test_learning_curve_searches_once_per_model(checkpoints, task_files, tmp_path, monkeypatch):

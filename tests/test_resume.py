@@ -1,5 +1,7 @@
 """Exact resume: a run killed with SIGKILL (or stopped with Ctrl-C) and resumed ends with the same
-weights and metrics as an uninterrupted run, bitwise, for adapt and finetune, with gradient accumulation."""
+weights and metrics as an uninterrupted run, bitwise, for adapt and finetune, with gradient accumulation;
+also for adapt on a streamed corpus (read over many times: the stream's position and pass are in the
+checkpoint) and on a mixture of corpora."""
 
 from __future__ import annotations
 
@@ -25,15 +27,23 @@ def base(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     pretrain.run(PretrainConfig(arch="gpt", size="tiny", corpus="sample-reviews", out=str(root / "base"), max_steps=2,
                                 block_size=32, vocab_size=400, precision="fp32"))
+    from conftest import general_sentences
+
+    # Small: a streamed run of 300 steps reads it many times over.
+    (root / "small.txt").write_text("\n".join(general_sentences(300, seed=9)) + "\n", encoding="utf-8")
     return root
 
 
 def command(stage: str, base: Path, out: Path, *extra: str) -> list[str]:
     common = ["--out", str(out), "--save-every", "20", "--grad-accum", "2", "--batch-size", "4", "--precision", "fp32",
               "--json", "--quiet", "--seed", "3"]
-    if stage == "adapt":
-        args = ["adapt", "--from", str(base / "base"), "--corpus", "sample-reviews", "--block-size", "32",
+    if stage.startswith("adapt"):
+        corpus = {"adapt": "sample-reviews", "adapt-streaming": str(base / "small.txt"),
+                  "adapt-mixture": f"sample-reviews:0.8,{base / 'small.txt'}:0.2"}[stage]
+        args = ["adapt", "--from", str(base / "base"), "--corpus", corpus, "--block-size", "32",
                 "--max-steps", "300", "--lr", "1e-3"]
+        if stage == "adapt-streaming":
+            args += ["--streaming", "--max-eval-blocks", "8"]
     else:
         args = ["finetune", "--from", str(base / "base"), "--task", "sample-sentiment", "--max-length", "24",
                 "--max-steps", "240", "--eval-every", "60", "--lr", "1e-3"]
@@ -80,7 +90,8 @@ def same_weights(a: Path, b: Path) -> None:
         assert torch.equal(wa[k], wb[k]), k
 
 
-@pytest.mark.parametrize("stage", ["adapt", "finetune"])
+@pytest.mark.parametrize("stage", ["adapt", "finetune", "adapt-streaming",
+                                   pytest.param("adapt-mixture", marks=pytest.mark.slow)])
 def test_kill_9_then_resume_equals_uninterrupted(stage, base):
     whole = run(command(stage, base, base / f"{stage}-whole"))
     out = base / f"{stage}-killed"
@@ -89,7 +100,7 @@ def test_kill_9_then_resume_equals_uninterrupted(stage, base):
     assert not (out / "nlptl-run.json").exists()  # no half-written run that looks complete
     resumed = run(command(stage, base, out, "--resume"))
     same_weights(base / f"{stage}-whole", out)
-    keys = ["perplexity", "perplexity_before", "loss", "steps", "train_tokens"] if stage == "adapt" else \
+    keys = ["perplexity", "perplexity_before", "loss", "steps", "train_tokens"] if stage.startswith("adapt") else \
         ["accuracy", "f1_macro", "loss", "steps", "best_step", "train_tokens"]
     assert {k: resumed[k] for k in keys} == {k: whole[k] for k in keys}
     # metrics.csv: the same rows as the uninterrupted run, none repeated (throughput aside: timing).

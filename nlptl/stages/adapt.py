@@ -4,6 +4,11 @@
     nlptl adapt --from runs/pretrain-... --corpus reviews.txt --out runs/adapted
     nlptl adapt --from DIR --corpus task:sentiment --train train.csv   # task-adaptive (TAPT)
     nlptl adapt --from DIR --corpus reviews --lora --merge              # LoRA adapters, merged at the end
+    nlptl adapt --from DIR --corpus reviews:0.95,wikitext-103:0.05      # replay 5% general text
+    nlptl adapt --from DIR --corpus big/ --streaming --max-steps 12500  # read as it goes, nothing cached
+    nlptl adapt --from DIR --corpus hf:Salesforce/wikitext:wikitext-2-raw-v1@train --streaming --max-steps 100
+
+A corpus is tokenized once, on every core, and cached (`nlptl preprocess` does it ahead, without a GPU).
 
 The objective follows the model (MLM for encoders, CLM for decoders). A checkpoint without an LM head
 (a bare BertModel such as all-MiniLM-L6-v2) gets one; its other weights (BERT's pooler) are kept.
@@ -13,7 +18,7 @@ from __future__ import annotations
 
 from nlptl.checkpoint import default_from, lineage_of
 from nlptl.config import AdaptConfig
-from nlptl.data.corpora import resolve_corpus
+from nlptl.data.corpora import mixture_key, resolve_corpora
 from nlptl.errors import UsageError
 from nlptl.models import inspect_model, positions_of, require_peft
 from nlptl.stages.common import check_block_size, locked, open_stage, start
@@ -32,8 +37,8 @@ def run(cfg: AdaptConfig) -> dict:
         )
     if ref.config:
         check_block_size(cfg.block_size, positions_of(ref.config))
-    corpus = resolve_corpus(cfg.corpus, cfg.text_column, cfg.train_file)
-    out = open_stage(cfg, "adapt", ref.path if ref.local else None, {"--corpus": corpus.sha256 or corpus.spec})
+    corpora = resolve_corpora(cfg.corpus, cfg.text_column, cfg.train_file)
+    out = open_stage(cfg, "adapt", ref.path if ref.local else None, {"--corpus": mixture_key(corpora)})
 
     from nlptl.stages.lm import lm_from, lm_stage
 
@@ -43,5 +48,5 @@ def run(cfg: AdaptConfig) -> dict:
         kept = model["kept"]
         model["notes"].append(f"keeping {len(kept)} tensors the LM class does not use ({', '.join(sorted(kept)[:2])}...) "
                               "for finetune")
-    return lm_stage("adapt", cfg, accelerator=accelerator, corpus=corpus, out=out, lineage=lineage_of("adapt", ref),
+    return lm_stage("adapt", cfg, accelerator=accelerator, corpora=corpora, out=out, lineage=lineage_of("adapt", ref),
                     **model)

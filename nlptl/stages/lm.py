@@ -16,10 +16,12 @@ from nlptl.stages.common import check_block_size, resume_args, write_stage
 log = logging.getLogger("nlptl")
 
 
-def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, objective: str, corpus,
+def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, objective: str, corpora: list,
              lineage: dict, out: Path, kept: dict | None = None, notes: list[str] | None = None,
              head_added: bool = False) -> dict:
-    """Train `model` on `corpus` with `objective` and write the stage directory."""
+    """Train `model` on `corpora` (one, or a mixture) with `objective` and write the stage directory.
+    Perplexity is measured on the first corpus's held-out blocks (a mixture's domain corpus comes first);
+    with a mixture, also on each corpus's at the end."""
     from nlptl.data.collate import lm_collators
     from nlptl.evaluation import lm_loss
     from nlptl.models import apply_lora, positions_of
@@ -28,12 +30,13 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
     check_block_size(cfg.block_size, positions_of(model.config))
     for note in notes or []:
         log.info(note)
-    train_blocks, held_out, preprocess_seconds = blocks_of(cfg, corpus, tokenizer, objective, accelerator)
+    train_blocks, held_outs, preprocess_seconds = blocks_of(cfg, corpora, tokenizer, objective, accelerator)
+    held_out = next(iter(held_outs.values()))
     train_collate, eval_collate = lm_collators(tokenizer, objective, cfg.mlm_probability, cfg.seed,
                                                objective == "mlm" and cfg.whole_word_mask)
 
-    def score(m):
-        return lm_loss(accelerator, m, held_out, eval_collate(), cfg.batch_size)
+    def score(m, blocks=held_out):
+        return lm_loss(accelerator, m, blocks, eval_collate(), cfg.batch_size)
 
     peft_model = None
     if cfg.lora:
@@ -53,6 +56,7 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
         model, result = fit_lm(train_cfg, stage, accelerator, model, objective, train_blocks, train_collate, runlog,
                                train_args)
         after = score(model)
+        by_corpus = {name: score(model, blocks)["perplexity"] for name, blocks in held_outs.items()} if len(corpora) > 1 else None
         runlog.log({"step": result.steps, "eval_loss": after["loss"], "eval_perplexity": after["perplexity"]})
     metrics = {
         "perplexity": after["perplexity"],
@@ -60,7 +64,7 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
         "lm_head_added": head_added,
         "loss": after["loss"],
         "steps": result.steps,
-        "n_train": result.n_train,
+        "n_train": result.n_train if not cfg.streaming else None,  # a stream's length is not known
         "n_eval": len(held_out),
         "train_tokens": result.train_tokens,
         "train_seconds": round(result.train_seconds, 3),
@@ -69,9 +73,13 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
         **({"lr_found": train_cfg.lr} if lr_found is not None else {}),
         "output_dir": str(out),
     }
-    lineage.update(objective=objective, corpus=corpus.record(), block_size=cfg.block_size,
+    if by_corpus:
+        metrics["perplexity_by_corpus"] = by_corpus
+    if len(corpora) > 1:  # `corpus` stays the one perplexity is measured on (the first: the domain)
+        lineage["mixture"] = [c.record() for c in corpora]
+    lineage.update(objective=objective, corpus=corpora[0].record(), block_size=cfg.block_size,
                    masking=(("whole-word" if cfg.whole_word_mask else "token") if objective == "mlm" else None),
-                   steps=result.steps,
+                   steps=result.steps, **({"streaming": True} if cfg.streaming else {}),
                    tokens_seen=result.train_tokens, **({"lr": {"auto": lr_found}} if lr_found is not None else {}))
 
     def write(w) -> dict:
@@ -105,27 +113,61 @@ def lm_from(cfg: LMConfig, ref) -> dict:
             "notes": [note] if note else [], "head_added": note is not None}
 
 
-def blocks_of(cfg: LMConfig, corpus, tokenizer, objective: str, accelerator):
-    """(training blocks, held-out blocks, seconds it took): read, tokenize, pack and split the corpus.
-    Seconds on an unchanged corpus, whose blocks come from the cache."""
-    from nlptl.data.corpora import load_corpus
-    from nlptl.data.lm import pack_blocks, split_blocks
+def blocks_of(cfg: LMConfig, corpora: list, tokenizer, objective: str, accelerator):
+    """(training blocks, held-out blocks of each corpus, seconds it took). Cached: read, tokenize, pack
+    and split each corpus (seconds on an unchanged corpus, whose blocks come from the cache). Streamed:
+    the first --max-eval-blocks blocks of each corpus are held out, the rest is a BlockStream. Several
+    corpora are mixed in their shares."""
+    from nlptl.data.lm import mix
 
     started = time.perf_counter()
+    word_starts = objective == "mlm" and cfg.whole_word_mask
+    parts = [(_streamed if cfg.streaming else _cached)(cfg, c, tokenizer, word_starts, accelerator) for c in corpora]
+    held_out = {c.name or c.spec: held for c, (_, held) in zip(corpora, parts, strict=True)}
+    trains = [train for train, _ in parts]
+    weights = [c.weight for c in corpora]
+    if cfg.streaming:
+        from nlptl.data.stream import BlockStream
+
+        train = BlockStream(trains[0] if len(trains) == 1 else lambda: mix([t() for t in trains], weights, cfg.seed))
+    else:
+        train = trains[0] if len(trains) == 1 else mix(trains, weights, cfg.seed)
+    if len(corpora) > 1:
+        log.info("mixing %s", ", ".join(f"{c.name or c.spec} {c.weight:.0%}" for c in corpora)
+                 + ("" if cfg.streaming else f": {len(train)} blocks an epoch"))
+    return train, held_out, time.perf_counter() - started
+
+
+def _cached(cfg: LMConfig, corpus, tokenizer, word_starts: bool, accelerator):
+    from nlptl.data.lm import corpus_blocks, split_blocks
+
     with accelerator.main_process_first():
-        texts = load_corpus(corpus)
-        # The key names the column too: one file can hold several text columns (the cache must tell them apart).
-        blocks = pack_blocks(texts, tokenizer, cfg.block_size, corpus_key=f"{corpus.sha256 or corpus.spec}|{corpus.text_column}",
-                             word_starts=objective == "mlm" and cfg.whole_word_mask)
+        blocks, where = corpus_blocks(corpus, tokenizer, cfg.block_size, word_starts, cfg.num_proc)
     if len(blocks) < 2:
         raise UsageError(
             f"--corpus {corpus.spec} gives {len(blocks)} block(s) of --block-size {cfg.block_size}; "
             "pass more text or a smaller --block-size"
         )
     train_blocks, held_out = split_blocks(blocks, cfg.validation_percentage, cfg.max_eval_blocks)
-    log.info("%s: %d documents -> %d blocks of %d tokens (%d held out), objective %s",
-             corpus.spec, len(texts), len(blocks), cfg.block_size, len(held_out), objective)
-    return train_blocks, held_out, time.perf_counter() - started
+    log.info("%s: %d blocks of %d tokens (%d held out), from %s", corpus.spec, len(blocks), cfg.block_size,
+             len(held_out), where)
+    return train_blocks, held_out
+
+
+def _streamed(cfg: LMConfig, corpus, tokenizer, word_starts: bool, accelerator):
+    """(a function that opens the training stream, the held-out blocks): the first --max-eval-blocks."""
+    import datasets
+
+    from nlptl.data.lm import packer, stream_blocks
+
+    pack = packer(tokenizer, cfg.block_size, word_starts)
+    held_out = datasets.Dataset.from_list(list(stream_blocks(corpus, pack).take(cfg.max_eval_blocks)))
+    if len(held_out) < cfg.max_eval_blocks:
+        raise UsageError(f"--corpus {corpus.spec} gives only {len(held_out)} block(s) of --block-size {cfg.block_size}, "
+                         f"all of them needed for the held-out sample (--max-eval-blocks {cfg.max_eval_blocks}); "
+                         "lower --max-eval-blocks, or drop --streaming for a small corpus")
+    log.info("%s: streamed, %d blocks of %d tokens held out (the first ones)", corpus.spec, len(held_out), cfg.block_size)
+    return (lambda: stream_blocks(corpus, pack).skip(cfg.max_eval_blocks)), held_out
 
 
 def auto_lr(cfg: LMConfig, stage: str, accelerator, model, objective: str, blocks, collate, out: Path):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from nlptl.checkpoint import lineage_of
 from nlptl.config import PretrainConfig, runs_root
-from nlptl.data.corpora import resolve_corpus
+from nlptl.data.corpora import mixture_key, resolve_corpora
 from nlptl.errors import UsageError
 from nlptl.models import inspect_model, positions_of, require_peft, scratch_positions
 from nlptl.stages.common import check_block_size, locked, open_stage, start, write_stage
@@ -41,10 +41,14 @@ def run(cfg: PretrainConfig) -> dict:
         check_block_size(cfg.block_size, scratch_positions(cfg.arch, cfg.size))
     elif ref.config:
         check_block_size(cfg.block_size, positions_of(ref.config))
-    corpus = resolve_corpus(cfg.corpus, cfg.text_column, cfg.train_file) if cfg.corpus else None
+    corpora = resolve_corpora(cfg.corpus, cfg.text_column, cfg.train_file) if cfg.corpus else None
+    if ref is None and (cfg.streaming or len(corpora) > 1):
+        # The new tokenizer is trained on the whole of one corpus, read ahead.
+        raise UsageError(f"{'--streaming' if cfg.streaming else 'a mixture of corpora'} needs --from MODEL (a model "
+                         "with its tokenizer); to train from scratch, pass one corpus without --streaming")
     out = open_stage(cfg, "pretrain", ref.path if ref and ref.local else None,
-                     {"--corpus": corpus.sha256 or corpus.spec} if corpus else None)
-    if ref is not None and corpus is None:
+                     {"--corpus": mixture_key(corpora)} if corpora else None)
+    if ref is not None and corpora is None:
         return take_checkpoint(cfg, ref, out)
 
     from nlptl.stages.lm import lm_from, lm_stage
@@ -53,8 +57,8 @@ def run(cfg: PretrainConfig) -> dict:
     if ref is not None:  # an existing checkpoint, continued on the corpus
         model = {**lm_from(cfg, ref), "lineage": lineage_of("pretrain", ref, source="checkpoint, continued")}
     else:
-        model = _scratch(cfg, corpus, accelerator)
-    return lm_stage("pretrain", cfg, accelerator=accelerator, corpus=corpus, out=out, **model)
+        model = _scratch(cfg, corpora[0], accelerator)
+    return lm_stage("pretrain", cfg, accelerator=accelerator, corpora=corpora, out=out, **model)
 
 
 def _scratch(cfg: PretrainConfig, corpus, accelerator) -> dict:
