@@ -53,8 +53,7 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
     with RunLog(accelerator, out, stage, to_dict(cfg), resume=train_args["resume_from"] is not None) as runlog:
         before = score(model.to(accelerator.device))
         runlog.log({"step": 0, "eval_loss": before["loss"], "eval_perplexity": before["perplexity"]})
-        model, result = fit_lm(train_cfg, stage, accelerator, model, objective, train_blocks, train_collate, runlog,
-                               train_args)
+        model, result = fit_lm(train_cfg, stage, accelerator, model, objective, train_blocks, train_collate, runlog, train_args)
         after = score(model)
         by_corpus = {name: score(model, blocks)["perplexity"] for name, blocks in held_outs.items()} if len(corpora) > 1 else None
         runlog.log({"step": result.steps, "eval_loss": after["loss"], "eval_perplexity": after["perplexity"]})
