@@ -4,9 +4,13 @@
     nlptl adapt --from runs/pretrain-... --corpus reviews.txt --out runs/adapted
     nlptl adapt --from DIR --corpus task:sentiment --train train.csv   # task-adaptive (TAPT)
     nlptl adapt --from DIR --corpus reviews --lora --merge              # LoRA adapters, merged at the end
+    nlptl adapt --from DIR --objective contrastive --corpus task:sentiment --train train.csv  # label pairs (SetFit)
 
 The objective follows the model (MLM for encoders, CLM for decoders). A checkpoint without an LM head
 (a bare BertModel such as all-MiniLM-L6-v2) gets one; its other weights (BERT's pooler) are kept.
+`--objective contrastive` trains the encoder on pairs of the task's labelled examples instead
+(stages/contrastive.py): an adapt stage because it adapts the encoder, not a classifier, and composes
+like one (general -> domain MLM/CLM -> contrastive -> finetune).
 """
 
 from __future__ import annotations
@@ -34,6 +38,10 @@ def run(cfg: AdaptConfig) -> dict:
         check_block_size(cfg.block_size, positions_of(ref.config))
     corpus = resolve_corpus(cfg.corpus, cfg.text_column, cfg.train_file)
     out = open_stage(cfg, "adapt", ref.path if ref.local else None, {"--corpus": corpus.sha256 or corpus.spec})
+    if cfg.objective == "contrastive":
+        from nlptl.stages.contrastive import contrastive_stage
+
+        return contrastive_stage(cfg, ref, accelerator=start(cfg, out), out=out, lineage=lineage_of("adapt", ref))
 
     from nlptl.stages.lm import lm_from, lm_stage
 
