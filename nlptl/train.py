@@ -92,7 +92,7 @@ def train(accelerator, model, train_dataset, collate_fn: Callable, cfg: TrainCon
           evaluate_fn: Callable[[object], dict] | None = None, select: tuple[str, str] | None = None,
           default_evals: int = 0, lengths: list[int] | None = None, checkpoints=None, resume_from=None,
           resume_hint: str = "", batch_transform: Callable[[dict], dict] | None = None, random_source=None,
-          runlog=None, identity: dict | None = None) -> tuple[object, TrainResult]:
+          runlog=None, identity: dict | None = None, head_lr: float | None = None) -> tuple[object, TrainResult]:
     """Train `model` on `train_dataset`; returns the unwrapped model (the best one when `select` names a
     metric and mode, e.g. ("accuracy", "max")) and what happened.
 
@@ -104,7 +104,8 @@ def train(accelerator, model, train_dataset, collate_fn: Callable, cfg: TrainCon
     draws from (default `collate_fn`), checkpointed with the other random states. `runlog`: a
     tracking.RunLog that gets every row of the history (metrics.csv, --report-to trackers). `identity`:
     the run's config and input hashes (checkpoint.run_identity), kept in each checkpoint; a resumed run
-    records the options it changed (those allowed to change) in its history.
+    records the options it changed (those allowed to change) in its history. `head_lr`: the top layer
+    group's peak rate (finetune's --head-lr; default `cfg.lr`).
     """
     import torch
 
@@ -114,7 +115,8 @@ def train(accelerator, model, train_dataset, collate_fn: Callable, cfg: TrainCon
     # so a resumed run's dropout sees the same random stream as an uninterrupted one).
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = _loader(train_dataset, collate_fn, cfg, lengths, generator, pin=accelerator.device.type == "cuda")
-    optimizer = build_optimizer(model.to(accelerator.device), cfg.lr, cfg.weight_decay, cfg.discriminative_lr)
+    optimizer = build_optimizer(model.to(accelerator.device), cfg.lr, cfg.weight_decay, cfg.discriminative_lr,
+                                head_lr=head_lr)
     if cfg.compile:
         from nlptl.runtime import compile_model
 

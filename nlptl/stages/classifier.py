@@ -24,6 +24,7 @@ class TaskData:
     eval: object
     eval_from: dict
     max_length: int
+    pooling: str = "auto"  # --pooling, with auto resolved from the checkpoint where it says (trained_pooling)
 
 
 def prepare(cfg: FinetuneConfig, ref, spec, accelerator) -> TaskData:
@@ -56,7 +57,8 @@ def prepare(cfg: FinetuneConfig, ref, spec, accelerator) -> TaskData:
     load_metric("accuracy"), load_metric("f1")  # fail before training, not after, if metrics cannot load
     log.info("%s: %d labels (%s), %d train / %d eval examples, max length %d",
              cfg.task, len(names), ", ".join(names[:6]), len(train_tok), len(eval_tok), max_length)
-    return TaskData(config, tokenizer, names, train_tok, eval_tok, eval_from, max_length)
+    pooling = cfg.pooling if cfg.pooling != "auto" else (models.trained_pooling(ref) or "auto")
+    return TaskData(config, tokenizer, names, train_tok, eval_tok, eval_from, max_length, pooling)
 
 
 def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator, out: Path | None = None, runlog=None):
@@ -70,7 +72,8 @@ def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator, out: Pa
     from nlptl.evaluation import classification_metrics, classify
     from nlptl.train import train
 
-    model = models.load_classifier(ref, copy.deepcopy(data.config), data.names, data.tokenizer, cfg.pooling)
+    cfg = with_min_steps(cfg, len(train_ds), accelerator.num_processes)
+    model = models.load_classifier(ref, copy.deepcopy(data.config), data.names, data.tokenizer, data.pooling)
     peft_model = models.apply_lora(model, cfg) if cfg.lora else None
     collate = classification_collator(data.tokenizer)
 
@@ -80,11 +83,31 @@ def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator, out: Pa
 
     model, result = train(accelerator, model, train_ds, collate, cfg, description="finetune",
                           evaluate_fn=evaluate_fn, select=("accuracy", "max"), default_evals=4,
-                          lengths=[len(ids) for ids in train_ds["input_ids"]], runlog=runlog, **resume_args(cfg, out))
+                          lengths=[len(ids) for ids in train_ds["input_ids"]], runlog=runlog, head_lr=cfg.head_lr,
+                          **resume_args(cfg, out))
     best = result.best or evaluate_fn(model)
     # With LoRA, train() trained the model inside the PeftModel (the adapters live in it, in place);
     # the PeftModel is what saves the adapter and merges.
     return (peft_model if peft_model is not None else model), result, best
+
+
+def with_min_steps(cfg: FinetuneConfig, n_train: int, processes: int = 1) -> FinetuneConfig:
+    """`cfg` with --max-steps raised to --min-steps when --epochs would give fewer steps: the step count
+    must not collapse with the label count (3 epochs of 64 labels at batch 32 are 6 updates, too few for
+    any head to learn). An explicit --max-steps wins."""
+    import dataclasses
+    import math
+
+    from nlptl.train import total_steps
+
+    if cfg.max_steps or not cfg.min_steps:
+        return cfg
+    batches = math.ceil(n_train / (cfg.batch_size * processes))
+    if total_steps(cfg, batches) >= cfg.min_steps:
+        return cfg
+    log.info("%d examples give %d steps in %g epoch(s); training --min-steps %d", n_train, total_steps(cfg, batches),
+             cfg.epochs, cfg.min_steps)
+    return dataclasses.replace(cfg, max_steps=cfg.min_steps)
 
 
 def held_out_slice(ds, names: list[str], fraction: float, seed: int):
