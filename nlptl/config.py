@@ -248,7 +248,7 @@ class FinetuneConfig(TrainConfig):
     compare: list[str] = many("Learning curve: more models to compare with --from (repeatable).", panel=CURVE)
     pooling: str = opt("auto", "Classifier pooling: cls, mean, last (token), concat ([last, max, mean], ULMFiT); auto = the pooling the checkpoint was trained with where it says so (sentence encoders, contrastive adapt runs: 1_Pooling), else cls for encoders, last for decoders.", choices=POOLINGS)
     min_steps: int = opt(100, "Train at least this many optimizer steps, whatever --epochs gives (few labels: 3 epochs of 64 examples would be 6 steps); --max-steps overrides it; 0 = off. 100: measured on validation data (docs/results.md, few labels).")
-    head_lr: float | None = opt(None, "Peak learning rate of the head (classifier, pooler, final norm); default: --lr. Chosen on validation data (docs/results.md).")
+    head_lr: float | None = opt(None, "Peak learning rate of the head (classifier, pooler, final norm); default: --lr (1e-3 for the head measured no better on validation: docs/results.md, few labels).")
     batch_size: int = again(TrainConfig, "batch_size", 32)
     epochs: float = again(TrainConfig, "epochs", 3.0)
     lr: float = again(TrainConfig, "lr", 1e-4)
