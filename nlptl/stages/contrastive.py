@@ -111,13 +111,39 @@ def pair_encoder(encoder, pooling: str, loss: str):
     return PairEncoder()
 
 
+def labelled_texts(cfg: AdaptConfig, tokenizer, accelerator):
+    """The task's --train file: (task spec, label names, token ids per text, label id per text)."""
+    from nlptl.data.tasks import encode, label_names, read_labelled, resolve_task
+
+    spec = resolve_task(cfg.corpus.split(":", 1)[1], cfg.train_file, None, cfg.text_column, cfg.label_column)
+    with accelerator.main_process_first():
+        raw = read_labelled(spec.train, spec)
+        names = label_names(spec, raw["label"])
+        ds = encode(raw, names, spec, "--train", spec.train.spec)
+    input_ids = tokenizer(list(ds["text"]), truncation=True, max_length=cfg.block_size)["input_ids"]
+    return spec, names, input_ids, list(ds["label"])
+
+
+def mean_pair_loss(model, pairs, collate, batch_size: int, device) -> float:
+    """The pair loss of `model` over `pairs`, without training (dropout off)."""
+    import torch
+
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start:start + batch_size]
+            batch = {k: v.to(device) for k, v in collate(chunk).items()}
+            total += model(**batch).loss.item() * len(chunk)
+    model.train()
+    return total / len(pairs)
+
+
 def contrastive_stage(cfg: AdaptConfig, ref, *, accelerator, out, lineage: dict) -> dict:
     """Train `ref`'s encoder on label pairs of the task's --train file and write the stage directory."""
-    import torch
     from transformers import AutoModel
 
     from nlptl import models
-    from nlptl.data.tasks import encode, label_names, read_labelled, resolve_task
     from nlptl.tracking import RunLog
     from nlptl.train import train
 
@@ -126,13 +152,7 @@ def contrastive_stage(cfg: AdaptConfig, ref, *, accelerator, out, lineage: dict)
     tokenizer = models.load_tokenizer(ref, config)
     pooling = (cfg.pooling if cfg.pooling != "auto" else
                models.trained_pooling(ref) or ("mean" if models.family(config) == "encoder" else "last"))
-    spec = resolve_task(cfg.corpus.split(":", 1)[1], cfg.train_file, None, cfg.text_column, cfg.label_column)
-    with accelerator.main_process_first():
-        raw = read_labelled(spec.train, spec)
-        names = label_names(spec, raw["label"])
-        ds = encode(raw, names, spec, "--train", spec.train.spec)
-    input_ids = tokenizer(list(ds["text"]), truncation=True, max_length=cfg.block_size)["input_ids"]
-    labels = list(ds["label"])
+    spec, names, input_ids, labels = labelled_texts(cfg, tokenizer, accelerator)
     pairs = draw_pairs(labels, cfg.pairs_per_example, cfg.seed)
     # Held-out scoring: other pairs of the same examples (another seed), the same before and after.
     scored = draw_pairs(labels, 2, cfg.seed + 1_000_003)[:N_SCORED_PAIRS]
@@ -152,15 +172,7 @@ def contrastive_stage(cfg: AdaptConfig, ref, *, accelerator, out, lineage: dict)
     collate = PairCollator(tokenizer, input_ids)
 
     def score(m) -> float:
-        m.eval()
-        total = 0.0
-        with torch.no_grad():
-            for start in range(0, len(scored), cfg.batch_size):
-                chunk = scored[start:start + cfg.batch_size]
-                batch = {k: v.to(accelerator.device) for k, v in collate(chunk).items()}
-                total += m(**batch).loss.item() * len(chunk)
-        m.train()
-        return total / len(scored)
+        return mean_pair_loss(m, scored, collate, cfg.batch_size, accelerator.device)
 
     with RunLog(accelerator, out, "adapt", to_dict(cfg), resume=cfg.resuming) as runlog:
         before = score(model.to(accelerator.device))
