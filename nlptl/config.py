@@ -21,6 +21,8 @@ from nlptl.errors import UsageError, did_you_mean
 ARCHS = ("gpt", "bert")
 SIZES = ("tiny", "mini", "small", "base")
 OBJECTIVES = ("auto", "mlm", "clm")
+ADAPT_OBJECTIVES = (*OBJECTIVES, "contrastive")
+PAIR_LOSSES = ("cosine", "contrastive")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("linear", "stlr", "one-cycle", "cosine", "constant")
 POOLINGS = ("auto", "cls", "mean", "last", "concat")
@@ -41,6 +43,7 @@ SERVER = "Server"
 
 LR_HELP = ("Peak learning rate, or auto: a learning-rate range test on the training data picks it "
            "(fastai's lr_find; the curve and the choice are kept in the run directory).")
+CONTRASTIVE = "Contrastive (--objective contrastive)"
 
 
 def opt(default: Any, help: str, *, panel: str = TRAINING, short: str | None = None, negatable: bool = False,
@@ -219,11 +222,40 @@ class AdaptConfig(LMConfig):
     lr: float | str = opt(1e-4, LR_HELP)
     lr_find_steps: int = opt(100, "--lr auto: steps of the learning-rate range test.")
     LR_AUTO = True
+    objective: str = opt("auto", "auto (MLM for encoders, CLM for decoders), mlm, clm, or contrastive (SetFit-style: "
+                         "sentence pairs from the labels of --corpus task:NAME --train FILE; same label = similar).",
+                         choices=ADAPT_OBJECTIVES)
+    label_column: str = opt("label", "--objective contrastive: the label column of --train.", panel=DATA)
+    pairs_per_example: int = opt(20, "--objective contrastive: sentence pairs drawn per labelled example, half "
+                                 "positive (same label), half negative (SetFit 0.x: num_iterations 10 = 20 pairs).",
+                                 panel=CONTRASTIVE)
+    pair_loss: str = opt("cosine", "--objective contrastive: cosine (SetFit's CosineSimilarityLoss: MSE between the "
+                         "cosine of the pair and 1/0) or contrastive (Hadsell et al., margin 0.5 on the cosine "
+                         "distance).", choices=PAIR_LOSSES, panel=CONTRASTIVE)
+    pooling: str = opt("auto", "--objective contrastive: how a sentence is pooled: cls, mean, last; auto = what the "
+                       "checkpoint says (sentence-transformers' 1_Pooling), else mean for encoders, last for decoders. "
+                       "Recorded in the output, so finetune pools the same way.", choices=POOLINGS,
+                       panel=CONTRASTIVE)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.corpus is None:
             raise UsageError("adapt needs --corpus CORPUS (a name such as 'reviews', or a file)")
+        positive(self, "pairs_per_example")
+        choice(self, "pair_loss")
+        choice(self, "pooling")
+        if self.objective == "contrastive":
+            if self.lr == "auto":
+                raise UsageError("--lr auto is offered for the LM objectives and finetune; --objective contrastive "
+                                 "takes a number (SetFit's 2e-5 is a good start)")
+            if not self.corpus.startswith("task:"):
+                raise UsageError(f"--objective contrastive draws pairs from labels: pass --corpus task:NAME --train "
+                                 f"FILE (got --corpus {self.corpus})")
+            if self.pooling == "concat":
+                raise UsageError("--objective contrastive: --pooling concat has no sentence-embedding form; use cls, "
+                                 "mean or last")
+            if self.lora:
+                raise UsageError("--objective contrastive trains the whole encoder; drop --lora")
 
 
 @dataclass
@@ -280,7 +312,9 @@ class FinetuneConfig(TrainConfig):
     n_labels: str | None = opt(None, "Learning curve: train on these numbers of labels, e.g. 100,500,1000,all (stratified subsets, fixed by seed).", panel=CURVE)
     seeds: int = opt(1, "Learning curve: repeat each point with this many seeds (seed, seed+1, ...); reports mean and std.", panel=CURVE)
     compare: list[str] = many("Learning curve: more models to compare with --from (repeatable).", panel=CURVE)
-    pooling: str = opt("auto", "Classifier pooling: cls, mean, last (token), concat ([last, max, mean], ULMFiT); auto = cls for encoders, last for decoders.", choices=POOLINGS)
+    pooling: str = opt("auto", "Classifier pooling: cls, mean, last (token), concat ([last, max, mean], ULMFiT); auto = the pooling the checkpoint was trained with where it says so (sentence encoders, contrastive adapt runs: 1_Pooling), else cls for encoders, last for decoders.", choices=POOLINGS)
+    min_steps: int = opt(100, "Train at least this many optimizer steps, whatever --epochs gives (few labels: 3 epochs of 64 examples would be 6 steps); --max-steps overrides it; 0 = off. 100: measured on validation data (docs/results.md, few labels).")
+    head_lr: float | None = opt(None, "Peak learning rate of the head (classifier, pooler, final norm); default: --lr (1e-3 for the head measured no better on validation: docs/results.md, few labels).")
     batch_size: int = again(TrainConfig, "batch_size", 32)
     epochs: float = again(TrainConfig, "epochs", 3.0)
     warmup_ratio: float = again(TrainConfig, "warmup_ratio", 0.1)
@@ -307,6 +341,8 @@ class FinetuneConfig(TrainConfig):
             raise UsageError(f"--text-column takes one column, or two for sentence pairs (got {self.text_column})")
         class_weights(self.class_weights)
         positive(self, "seeds")
+        bounded(self, "min_steps", lambda v: v >= 0, ">= 0")
+        bounded(self, "head_lr", lambda v: v > 0, "positive")
         if self.learning_curve and self.push_to_hub:
             raise UsageError("--push-to-hub uploads a model; a learning curve (--n-labels, --seeds, --compare) keeps "
                              "none: drop one of them")
@@ -502,13 +538,14 @@ COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
                  "whole_word_mask", "streaming", "num_proc", *TRAINING_FLAGS, *LORA_FLAGS, *OUTPUT_FLAGS),
     "adapt": ("corpus", "from_model", "out", "objective", "block_size", "validation_percentage", "max_eval_blocks",
               "mlm_probability",
-              "whole_word_mask", "text_column", "train_file", "streaming", "num_proc", *TRAINING_FLAGS, *LORA_FLAGS, *OUTPUT_FLAGS),
+              "whole_word_mask", "text_column", "train_file", "streaming", "num_proc", "label_column", "pairs_per_example",
+              "pair_loss", "pooling", *TRAINING_FLAGS, *LORA_FLAGS, *OUTPUT_FLAGS),
     "preprocess": ("from_model", "corpus", "block_size", "num_proc", "text_column", "train_file", "objective",
                    "whole_word_mask"),
     "finetune": ("task", "from_model", "train_file", "eval_file", "eval_fraction", "text_column", "label_column",
                  "label_separator", "numeric_classes", "max_length", "long_docs", "window", "stride", "doc_pooling",
                  "threshold", "tune_threshold", "class_weights",
-                 "pooling", "n_labels", "seeds", "compare", "out", *TRAINING_FLAGS, *LORA_FLAGS, *OUTPUT_FLAGS),
+                 "pooling", "min_steps", "head_lr", "n_labels", "seeds", "compare", "out", *TRAINING_FLAGS, *LORA_FLAGS, *OUTPUT_FLAGS),
     "evaluate": ("data", "model", "text_column", "label_column", "batch_size", "max_length", "block_size",
                  "mlm_probability", "seed"),
     "predict": ("model", "input", "batch_size", "max_length", "backend"),

@@ -93,7 +93,7 @@ def train(accelerator, model, train_dataset, collate_fn: Callable, cfg: TrainCon
           default_evals: int = 0, lengths: list[int] | None = None, checkpoints=None, resume_from=None,
           resume_hint: str = "", batch_transform: Callable[[dict], dict] | None = None, random_source=None,
           runlog=None, identity: dict | None = None, loss_fn: Callable | None = None,
-          stop_when: Callable | None = None) -> tuple[object, TrainResult]:
+          stop_when: Callable | None = None, head_lr: float | None = None) -> tuple[object, TrainResult]:
     """Train `model` on `train_dataset`; returns the unwrapped model (the best one when `select` names a
     metric and mode, e.g. ("accuracy", "max")) and what happened.
 
@@ -109,6 +109,7 @@ def train(accelerator, model, train_dataset, collate_fn: Callable, cfg: TrainCon
     the loss, where the model's own (`model(**batch).loss`) is not the one to train on (class weights).
     `stop_when(step, loss)`: called after each optimizer step with that step's loss; True ends training
     there (the learning-rate range test stops when the loss diverges).
+    `head_lr`: the top layer group's peak rate (finetune's --head-lr; default `cfg.lr`).
     """
     import torch
 
@@ -121,7 +122,8 @@ def train(accelerator, model, train_dataset, collate_fn: Callable, cfg: TrainCon
     if stream is not None:
         _check_stream(cfg, accelerator)
     loader = _loader(train_dataset, collate_fn, cfg, lengths, generator, pin=accelerator.device.type == "cuda")
-    optimizer = build_optimizer(model.to(accelerator.device), cfg.lr, cfg.weight_decay, cfg.discriminative_lr)
+    optimizer = build_optimizer(model.to(accelerator.device), cfg.lr, cfg.weight_decay, cfg.discriminative_lr,
+                                head_lr=head_lr)
     if cfg.compile:
         from nlptl.runtime import compile_model
 

@@ -52,7 +52,8 @@ def test_help_shows_each_stage_its_own_defaults_and_the_choices(tmp_path):
     assert "[default: 32]" in option("finetune", "--batch-size") and "[default: 16]" in option("adapt", "--batch-size")
     assert option("pretrain", "--size").startswith("--size [tiny|mini|small|base]")
     assert "[default: tiny]" in option("pretrain", "--size")
-    assert option("adapt", "--objective").startswith("--objective [auto|mlm|clm]")
+    assert option("adapt", "--objective").startswith("--objective [auto|mlm|clm|contrastive]")
+    assert option("pretrain", "--objective").startswith("--objective [auto|mlm|clm] ")  # no pairs to pretrain on
     assert "[default: no-compile]" in option("adapt", "--compile")
 
 

@@ -22,6 +22,8 @@ from nlptl.models.loading import (
     load_trained_classifier,
     resolve_pooling,
     save_head_code,
+    save_sentence_pooling,
+    trained_pooling,
     uses_stock_head,
 )
 from nlptl.models.lora import (
@@ -59,5 +61,5 @@ __all__ = [
     "count_parameters", "default_max_length", "default_objective", "family", "hub_guard", "inspect_model",
     "load_classifier", "load_config", "load_error", "load_lm", "load_tokenizer", "load_trained_classifier",
     "lora_targets", "masked_only", "mlm_head", "positions_of", "require_peft", "resolve_pooling", "save_head_code",
-    "save_lora", "scratch_positions", "train_tokenizer", "uses_stock_head",
+    "save_lora", "save_sentence_pooling", "trained_pooling", "scratch_positions", "train_tokenizer", "uses_stock_head",
 ]

@@ -125,6 +125,44 @@ def resolve_pooling(config, pooling: str) -> str:
     return "cls" if family(config) == "encoder" else "last"
 
 
+# sentence-transformers' Pooling modes (1_Pooling/config.json) and nlptl's names for them.
+SENTENCE_POOLINGS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls",
+                     "pooling_mode_lasttoken": "last"}
+
+
+def trained_pooling(ref: ModelRef) -> str | None:
+    """The pooling a sentence encoder was trained with, where the checkpoint says so: sentence-transformers'
+    `1_Pooling/config.json` (all-MiniLM-L6-v2: mean), which nlptl's contrastive adapt also writes. A
+    classifier should pool as the encoder was trained: a mean-pooled encoder's first token is no summary."""
+    import json
+
+    if not ref.local:
+        return None
+    path = Path(ref.path) / "1_Pooling" / "config.json"
+    try:
+        modes = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    chosen = [name for key, name in SENTENCE_POOLINGS.items() if modes.get(key)]
+    return chosen[0] if len(chosen) == 1 else None
+
+
+def save_sentence_pooling(directory, pooling: str, width: int, max_length: int) -> None:
+    """Write the sentence-transformers files (modules.json, 1_Pooling/) that say how the encoder in
+    `directory` pools: `trained_pooling` reads them, and `SentenceTransformer(directory)` loads it."""
+    import json
+
+    directory = Path(directory)
+    (directory / "1_Pooling").mkdir(exist_ok=True)
+    modes = {key: name == pooling for key, name in SENTENCE_POOLINGS.items()}
+    (directory / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": width, **modes}, indent=2), encoding="utf-8")
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    (directory / "modules.json").write_text(json.dumps(modules, indent=2), encoding="utf-8")
+    (directory / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_length}), encoding="utf-8")
+
+
 def uses_stock_head(config, pooling: str) -> bool:
     """Whether transformers' own sequence-classification class implements this pooling."""
     return (family(config), pooling) in (("encoder", "cls"), ("decoder", "last"))

@@ -8,10 +8,15 @@
     nlptl adapt --from DIR --corpus big/ --streaming --max-steps 12500  # read as it goes, nothing cached
     nlptl adapt --from DIR --corpus hf:Salesforce/wikitext:wikitext-2-raw-v1@train --streaming --max-steps 100
 
+    nlptl adapt --from DIR --objective contrastive --corpus task:sentiment --train train.csv  # label pairs (SetFit)
+
 A corpus is tokenized once, on every core, and cached (`nlptl preprocess` does it ahead, without a GPU).
 
 The objective follows the model (MLM for encoders, CLM for decoders). A checkpoint without an LM head
 (a bare BertModel such as all-MiniLM-L6-v2) gets one; its other weights (BERT's pooler) are kept.
+`--objective contrastive` trains the encoder on pairs of the task's labelled examples instead
+(stages/contrastive.py): an adapt stage because it adapts the encoder, not a classifier, and composes
+like one (general -> domain MLM/CLM -> contrastive -> finetune).
 """
 
 from __future__ import annotations
@@ -39,6 +44,10 @@ def run(cfg: AdaptConfig) -> dict:
         check_block_size(cfg.block_size, positions_of(ref.config))
     corpora = resolve_corpora(cfg.corpus, cfg.text_column, cfg.train_file)
     out = open_stage(cfg, "adapt", ref.path if ref.local else None, {"--corpus": mixture_key(corpora)})
+    if cfg.objective == "contrastive":
+        from nlptl.stages.contrastive import contrastive_stage
+
+        return contrastive_stage(cfg, ref, accelerator=start(cfg, out), out=out, lineage=lineage_of("adapt", ref))
 
     from nlptl.stages.lm import lm_from, lm_stage
 

@@ -32,6 +32,7 @@ class TaskData:
     # What the classifier's config records of the task's shape (pairs, threshold, windows): what
     # `pipeline()`, `nlptl predict` and a server need to use it as it was trained.
     shape: dict = None
+    pooling: str = "auto"  # --pooling, with auto resolved from the checkpoint where it says (trained_pooling)
 
 
 def prepare(cfg: FinetuneConfig, ref, spec, accelerator) -> TaskData:
@@ -82,7 +83,8 @@ def prepare(cfg: FinetuneConfig, ref, spec, accelerator) -> TaskData:
             f"({', '.join(names[:6])})")
     log.info("%s: %s%s, %d train / %d eval examples, max length %d", cfg.task, what,
              ", sentence pairs" if spec.pairs else "", len(train_tok), len(eval_tok), max_length)
-    return TaskData(config, tokenizer, names, train_tok, eval_tok, eval_from, max_length, problem, shape)
+    pooling = cfg.pooling if cfg.pooling != "auto" else (models.trained_pooling(ref) or "auto")
+    return TaskData(config, tokenizer, names, train_tok, eval_tok, eval_from, max_length, problem, shape, pooling)
 
 
 def check_variety(ds, names: list[str], problem: str, spec) -> None:
@@ -153,6 +155,7 @@ def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator, out: Pa
     from nlptl.evaluation import SELECT, classification_metrics, classify
     from nlptl.train import train
 
+    cfg = with_min_steps(cfg, len(train_ds), accelerator.num_processes)
     model = new_classifier(cfg, ref, data)
     peft_model = models_lora(model, cfg)
     collate = classification_collator(data.tokenizer)
@@ -165,7 +168,7 @@ def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator, out: Pa
     loss_fn = weighted_loss(cfg, data, train_ds)
     model, result = train(accelerator, model, train_ds, collate, cfg, description="finetune",
                           evaluate_fn=evaluate_fn, select=SELECT[data.problem], default_evals=4,
-                          lengths=[len(ids) for ids in train_ds["input_ids"]], runlog=runlog, loss_fn=loss_fn,
+                          lengths=[len(ids) for ids in train_ds["input_ids"]], runlog=runlog, loss_fn=loss_fn, head_lr=cfg.head_lr,
                           **resume_args(cfg, out))
     best = result.best or evaluate_fn(model)
     if data.problem == "multi_label_classification":
@@ -212,7 +215,7 @@ def new_classifier(cfg: FinetuneConfig, ref, data: TaskData):
     config = copy.deepcopy(data.config)
     for key, value in (data.shape or {}).items():
         setattr(config, key, value)
-    return models.load_classifier(ref, config, data.names, data.tokenizer, cfg.pooling)
+    return models.load_classifier(ref, config, data.names, data.tokenizer, data.pooling)
 
 
 def models_lora(model, cfg: FinetuneConfig):
@@ -262,6 +265,25 @@ def weighted_loss(cfg: FinetuneConfig, data: TaskData, train_ds):
         return classification_loss(logits, batch["labels"], config, tensor.to(logits.device))
 
     return loss_fn
+
+
+def with_min_steps(cfg: FinetuneConfig, n_train: int, processes: int = 1) -> FinetuneConfig:
+    """`cfg` with --max-steps raised to --min-steps when --epochs would give fewer steps: the step count
+    must not collapse with the label count (3 epochs of 64 labels at batch 32 are 6 updates, too few for
+    any head to learn). An explicit --max-steps wins."""
+    import dataclasses
+    import math
+
+    from nlptl.train import total_steps
+
+    if cfg.max_steps or not cfg.min_steps:
+        return cfg
+    batches = math.ceil(n_train / (cfg.batch_size * processes))
+    if total_steps(cfg, batches) >= cfg.min_steps:
+        return cfg
+    log.info("%d examples give %d steps in %g epoch(s); training --min-steps %d", n_train, total_steps(cfg, batches),
+             cfg.epochs, cfg.min_steps)
+    return dataclasses.replace(cfg, max_steps=cfg.min_steps)
 
 
 def held_out_slice(ds, names: list[str], fraction: float, seed: int, stratify: bool = True):

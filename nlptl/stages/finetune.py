@@ -75,7 +75,7 @@ def run(cfg: FinetuneConfig) -> dict:
     lineage = lineage_of("finetune", ref, task=cfg.task, labels=data.names, train=spec.train.record(),
                          eval=data.eval_from, max_length=data.max_length, **shape,
                          **({"lr": {"auto": lr_found}} if lr_found is not None else {}),
-                         pooling=models.resolve_pooling(data.config, cfg.pooling), steps=result.steps,
+                         pooling=models.resolve_pooling(data.config, data.pooling), steps=result.steps,
                          tokens_seen=result.train_tokens)
 
     def write(w) -> dict:
