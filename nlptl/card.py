@@ -210,7 +210,7 @@ def _body(record: dict, directory: Path, out: Path, objective, base, sources: li
                   "your own held-out data before relying on it, and do not use it for decisions about people "
                   "without human review. It inherits the biases of its training text and labels.",
                   "", *usage(lineage, out.name, (Path(directory) / "modeling_nlptl.py").exists())]
-        lines += serve_and_export(directory, out)
+        lines += serve_and_export(directory, out, lineage)
     else:
         lines += ["A starting point for the next nlptl stage (`nlptl adapt --from` / `nlptl finetune --from`) or "
                   "for further training with transformers. It is not instruction-tuned and not meant to generate "
@@ -223,9 +223,9 @@ def _body(record: dict, directory: Path, out: Path, objective, base, sources: li
     return "\n".join(lines)
 
 
-def serve_and_export(directory: Path, out: Path) -> list[str]:
+def serve_and_export(directory: Path, out: Path, lineage: dict | None = None) -> list[str]:
     """How to put the classifier to work: `nlptl serve` and `nlptl export` (after `nlptl merge` for a LoRA
-    run whose adapter is not merged)."""
+    run whose adapter is not merged), with a request of the classifier's own shape (pairs)."""
     lines = ["", "## Serve and export", ""]
     model = str(out)
     if not (Path(directory) / "config.json").is_file():
@@ -236,9 +236,12 @@ def serve_and_export(directory: Path, out: Path) -> list[str]:
     return lines + [
         "```bash",
         f"nlptl serve {quoted}   # HTTP on 127.0.0.1:8000, dynamic batching",
-        """curl -s localhost:8000/predict -d '{"texts": ["first text", "second text"]}'""",
-        f"nlptl export {quoted} --format onnx --out {shlex.quote(model + '-onnx')}   # onnxruntime; --quantize int8",
-        f"nlptl serve {shlex.quote(model + '-onnx')}   # the ONNX model, same API",
+        ("""curl -s localhost:8000/predict -d '{"texts": ["A man sleeps."], "text_pairs": ["Somebody rests."]}'"""
+         if (lineage or {}).get("text_pair") else
+         """curl -s localhost:8000/predict -d '{"texts": ["first text", "second text"]}'"""),
+        *([] if (lineage or {}).get("window") else [
+            f"nlptl export {quoted} --format onnx --out {shlex.quote(model + '-onnx')}   # onnxruntime; --quantize int8",
+            f"nlptl serve {shlex.quote(model + '-onnx')}   # the ONNX model, same API"]),
         "```"]
 
 

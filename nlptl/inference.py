@@ -17,6 +17,7 @@ from __future__ import annotations
 SINGLE, MULTI, REGRESSION = "single_label_classification", "multi_label_classification", "regression"
 PROBLEM_TYPES = (SINGLE, MULTI, REGRESSION)
 DEFAULT_THRESHOLD = 0.5
+WHOLE_DOCUMENT = 10**7  # tokens: no cut, in effect, for a classifier that windows its input
 
 
 def problem_type(config) -> str:
@@ -69,8 +70,8 @@ ONNX_FILE = "model.onnx"
 class Classifier:
     """A fine-tuned classifier loaded once, answering batches of texts (or pairs) in input order.
 
-    `ref`: a models.ModelRef of a classifier; `max_length`: input cut (default: what it was trained with).
-    Subclasses (OnnxClassifier) change only where the logits come from (`logits`)."""
+    `ref`: a models.ModelRef of a classifier; `max_length`: input cut (default: what it was trained with;
+    a long-document classifier reads whole documents, as `pipeline()` gives them to it). Subclasses (OnnxClassifier) change only where the logits come from (`logits`)."""
 
     backend = "torch"
 
@@ -79,7 +80,9 @@ class Classifier:
 
         self.model, self.tokenizer, self.names, trained_length = models.load_trained_classifier(ref)
         self.config = self.model.config
-        self.max_length = max_length or trained_length
+        # A long-document classifier cuts its input into windows itself (heads.py): the whole text goes in.
+        whole = WHOLE_DOCUMENT if getattr(self.config, "nlptl_window", None) else None
+        self.max_length = max_length or whole or trained_length
         self.device = device or runtime.inference_device()
         self.model.to(self.device).eval()
         self.problem = problem_type(self.config)

@@ -4,8 +4,8 @@ ULMFiT's own way to set the rate).
 A short run on a copy of the model, on the training data only, with a rate that grows exponentially
 from 1e-7 to 10 (`--set lr_find_steps=N` steps, 100 by default, as fastai); it stops once the loss
 diverges (the smoothed loss above 4x its minimum). The rate is then picked from the smoothed loss
-curve by the rule "divergence/100": the rate at which the smoothed loss first rises 25% above where
-it started, divided by 100 (when it never rises that far, fastai's "valley"). fastai's own rules
+curve by the rule "divergence/100": the rate from which the smoothed loss stays more than 25% above
+where it started, divided by 100 (when it never rises that far, fastai's "valley"). fastai's own rules
 ("valley": two thirds down the longest fall of the curve; "minimum/10"; "steepest") are computed
 and recorded too. Why this rule: a fine-tuning run of a hundred steps sees too little of each rate
 for the loss to fall visibly at the rates that train best, so the curve's fall (which fastai's rules
@@ -113,7 +113,13 @@ def suggest(lrs: list[float], smoothed: list[float], losses: list[float] | None 
             max_start = max_end - lds[max_end]
     sections = (max_end - max_start) / 3
     valley = max(0, min(n - 1, max_start + int(sections) + int(sections / 2)))
-    risen = next((i for i in range(head, n) if smoothed[i] > RISEN * start), None)
+    # Divergence: where the smoothed loss rises above RISEN x its start for good (a noisy loss, such as a
+    # regression's, crosses that line early and falls back; the blow-up at the end stays above it).
+    risen = None
+    for i in range(n - 1, head - 1, -1):
+        if smoothed[i] <= RISEN * start:
+            break
+        risen = i
     return {"divergence/100": lrs[risen] / MARGIN if risen is not None else lrs[valley], "valley": lrs[valley],
             "minimum/10": lrs[lowest] / 10, "steepest": lrs[steepest]}
 

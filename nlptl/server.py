@@ -137,9 +137,20 @@ class Batcher:
                 log.error("batch of %d texts failed: %s: %s", len(texts), type(e).__name__, str(e).splitlines()[0] if str(e) else "")
                 if os.environ.get("NLPTL_DEBUG", "") not in ("", "0"):
                     log.exception("traceback")
+                if len(items) == 1:
+                    if not items[0].future.done():
+                        items[0].future.set_exception(e)
+                    continue
+                # One caller's request must not fail the others gathered with it: each runs again alone.
                 for i in items:
-                    if not i.future.done():
-                        i.future.set_exception(e)
+                    try:
+                        alone = await loop.run_in_executor(self.executor, self._run, i.texts, i.pairs)
+                    except Exception as err:  # noqa: BLE001
+                        if not i.future.done():
+                            i.future.set_exception(err)
+                    else:
+                        if not i.future.done():
+                            i.future.set_result(alone)
                 continue
             self.batches += 1
             done = time.perf_counter()
@@ -196,7 +207,12 @@ def _strings(value, name: str, max_texts: int) -> list[str]:
         raise BadRequest(f'{len(value)} texts in one request; the limit is {max_texts} (--max-texts)', 413)
     for i, v in enumerate(value):
         if not isinstance(v, str):
-            raise BadRequest(f'"{name}"[{i}] is not a string (got {type(v).__name__})')
+            got = "null" if v is None else type(v).__name__
+            raise BadRequest(f'"{name}"[{i}] is not a string (got {got})')
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:  # valid JSON ("\ud800") that no tokenizer takes
+            raise BadRequest(f'"{name}"[{i}] is not valid Unicode text (it holds a lone surrogate such as \\ud800)') from None
     return value
 
 

@@ -220,7 +220,7 @@ def test_unmerged_run_fails_clearly_as_from(checkpoints, corpus_file, task_files
     adapt.run(adapt_cfg(from_model=str(checkpoints[DECODER]), corpus=str(corpus_file), out=str(out), lora=True))
     assert (out / "adapter" / "adapter_model.safetensors").is_file() and not (out / "model.safetensors").exists()
     assert json.loads((out / "nlptl-run.json").read_text())["lora"]["merged"] is False
-    with pytest.raises(UsageError, match="LoRA adapter without a merged model; rerun that stage with --lora --merge"):
+    with pytest.raises(UsageError, match="LoRA adapter without a merged model; merge it first: nlptl merge"):
         finetune.run(finetune_cfg(from_model=str(out), train_file=str(task_files["train"]), out=str(tmp_path / "ft")))
     with pytest.raises(UsageError, match="--merge"):
         evaluate.run(EvaluateConfig(model=str(out), data=str(corpus_file)))

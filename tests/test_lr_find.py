@@ -33,6 +33,9 @@ def test_rules_on_a_known_curve():
     assert 1e-4 < s["valley"] < 1e-2  # inside the fall, not at its bottom
     assert s["minimum/10"] == pytest.approx(lrs[min(range(100), key=lambda i: loss(lrs[i]))] / 10)
     assert 1e-4 <= s["steepest"] <= 1e-2
+    # A noisy loss that jumps above the line early and falls back is not a divergence: the blow-up is.
+    noisy = [loss(lr) * (1.6 if 20 <= i < 24 else 1.0) for i, lr in enumerate(lrs)]
+    assert lr_find.suggest(lrs, noisy)["divergence/100"] == s["divergence/100"]
     flat = lr_find.suggest(lrs, [1.0 - 0.001 * i for i in range(100)])  # never diverges: fastai's valley
     assert flat["divergence/100"] == flat["valley"]
     with pytest.raises(ValueError):

@@ -133,7 +133,8 @@ def test_long_text_is_truncated_and_says_so(server):
     (b'{"texts": "a"}', 400, "must be a list of strings"),
     (b'{"texts": []}', 400, "is empty"),
     (b'{"texts": ["a", 3]}', 400, '"texts"[1] is not a string'),
-    (b'{"texts": [null]}', 400, "is not a string"),
+    (b'{"texts": [null]}', 400, "is not a string (got null)"),
+    (b'{"texts": ["ok", "\\ud800"]}', 400, '"texts"[1] is not valid Unicode text'),
     (b'{"texts": ["a"], "text_pairs": ["b"]}', 400, "single texts"),
     (json.dumps({"texts": ["a"] * 21}).encode(), 413, "limit is 20 (--max-texts)"),
     (json.dumps({"texts": ["a" * 5000]}).encode(), 413, "--max-request-bytes"),
@@ -425,3 +426,18 @@ def test_flags_are_checked(tmp_path):
                         ({"backend": "tf"}, "unknown --backend 'tf'"), ({"model": ""}, "serve needs MODEL")]:
         with pytest.raises(UsageError, match=message):
             ServeConfig(**{"model": str(tmp_path), **kw})
+
+
+def test_a_failing_request_does_not_fail_the_others_in_its_batch(in_thread):
+    """Requests gathered into one batch with a request that breaks the model get their answers."""
+    classifier = Recording(delay=0.05)
+    port = in_thread(classifier, max_wait_ms=300.0)
+    texts = ["fine 1", "boom", "fine 2", "fine 3"]
+    with ThreadPoolExecutor(len(texts)) as pool:
+        answers = list(pool.map(lambda t: call(port, "/predict", {"texts": [t]}), texts))
+    assert any(len(b) > 1 for b in classifier.batches), "the requests were not gathered into one batch"
+    for text, (status, body) in zip(texts, answers, strict=True):
+        if text == "boom":
+            assert status == 500
+        else:
+            assert (status, body) == (200, {"results": [{"text": text, "label": text.upper()}]})

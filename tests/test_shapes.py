@@ -108,6 +108,7 @@ def test_multilabel_end_to_end(family, trained, data):
     assert "Micro/macro-F1" in (out / "README.md").read_text()
     scored = evaluate.run(EvaluateConfig(model=str(out), data=str(data["multi"]), label_column="tags"))
     assert {"f1_micro", "subset_accuracy", "f1_per_label"} <= set(scored)
+    assert scored["threshold"] == 0.5 and len(scored["labels"]) == len(scored["f1_per_label"]) == 3
     texts = texts_of(data["multi"])
     results = predict.run(PredictConfig(model=str(out), texts=texts))
     piped = pipe(out, top_k=None)(texts)
@@ -173,6 +174,11 @@ def test_long_documents_end_to_end(family, trained, data):
     assert not any(r.get("truncated") for r in results)
     # Past the model's positions is fine for a model that cuts windows (not for the others).
     assert predict.run(PredictConfig(model=str(out), texts=docs, max_length=512)) == results
+    # A document longer than the training cut (128 tokens) is read whole, as pipeline() reads it.
+    longest = " ".join(docs) + " " + docs[0]
+    whole = predict.run(PredictConfig(model=str(out), texts=[longest]))[0]
+    assert "truncated" not in whole
+    assert {d["label"]: d["score"] for d in pipe(out, top_k=None)([longest])[0]} == pytest.approx(whole["scores"], abs=1e-5)
     piped = pipe(out, top_k=None)(docs)  # whole documents: the model cuts the windows itself
     for res, p in zip(results, piped, strict=True):
         assert {d["label"]: d["score"] for d in p} == pytest.approx(res["scores"], abs=1e-5)
@@ -384,6 +390,12 @@ def test_bad_data_of_each_shape(checkpoints, data, tmp_path):
     cols = write_rows(tmp_path / "cols.csv", ["text", "a", "b"], [["x y", 1, 0], ["z w", 2, 1]])
     with pytest.raises(UsageError, match="column 'a' holds '2'; label columns of --task multilabel hold 0 or 1"):
         run(task="multilabel", train_file=str(cols), label_column="a,b")
+    with pytest.raises(UsageError, match="--text-column text,text names 'text' twice"):
+        run(train_file=str(data["multi"]), text_column="text,text", label_column="tags")
+    with pytest.raises(UsageError, match="--tune-threshold sets the decision threshold of --task multilabel"):
+        run(task="regression", train_file=str(data["reg"]), label_column="score", tune_threshold=True)
+    with pytest.raises(UsageError, match="--doc-pooling pools the windows of --long-docs chunk"):
+        run(train_file=str(data["long"]), doc_pooling="max")
 
 
 def test_bad_input_at_use_time(trained, data):
@@ -392,6 +404,9 @@ def test_bad_input_at_use_time(trained, data):
         predict.run(PredictConfig(model=str(out), texts=["only one text"]))
     with pytest.raises(UsageError, match="trained on text pairs: pass their two columns"):
         evaluate.run(EvaluateConfig(model=str(out), data=str(data["pair"]), text_column="premise"))
+    cols, _ = trained["gpt2", "multi_cols"]
+    with pytest.raises(UsageError, match="name a 0/1 column for each \\(missing: food\\)"):
+        evaluate.run(EvaluateConfig(model=str(cols), data=str(data["multi_cols"]), label_column="positive,negative"))
     single, _ = trained["bert", "reg"]
     with pytest.raises(UsageError, match="not a finite number"):
         evaluate.run(EvaluateConfig(model=str(single), data=str(data["multi"]), label_column="tags"))

@@ -64,6 +64,10 @@ def columns(value: str) -> list[str]:
 
 
 def labelled_source(path: str, flag: str, text_column: str, label_column: str | None) -> LabelledSource:
+    for name, value in (("--text-column", text_column), ("--label-column", label_column or "")):
+        twice = sorted({c for c in columns(value) if columns(value).count(c) > 1})
+        if twice:
+            raise UsageError(f"{name} {value} names '{twice[0]}' twice; give each column once")
     cols = {c: "--text-column" for c in columns(text_column)}
     cols.update({c: "--label-column" for c in columns(label_column or "")})
     files, fmt, sha = check_data_file(path, flag, cols)

@@ -43,7 +43,7 @@ def inspect_model(spec: str, flag: str = "--from") -> ModelRef:
         adapter = next((a for a in (p / "adapter", p) if (a / "adapter_config.json").is_file()), None)
         if not cfg_path.is_file() and adapter is not None:
             raise UsageError(
-                f"{flag} {spec}: is a LoRA adapter without a merged model; rerun that stage with --lora --merge "
+                f"{flag} {spec}: is a LoRA adapter without a merged model; merge it first: nlptl merge {spec} --out DIR "
                 f"(or load it with peft: PeftModel.from_pretrained(base_model, '{adapter}'))"
             )
         if not cfg_path.is_file():

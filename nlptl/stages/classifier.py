@@ -57,6 +57,11 @@ def prepare(cfg: FinetuneConfig, ref, spec, accelerator) -> TaskData:
         shape["nlptl_threshold"] = cfg.threshold
     if cfg.class_weights != "none" and problem == "regression":
         raise UsageError("--class-weights weighs classes; --task regression has none: drop it")
+    if problem != "multi_label_classification" and (cfg.tune_threshold or cfg.threshold != 0.5):
+        raise UsageError(f"{'--tune-threshold' if cfg.tune_threshold else '--threshold'} sets the decision threshold "
+                         f"of --task multilabel; --task {cfg.task} takes the most likely label: drop it")
+    if cfg.long_docs != "chunk" and cfg.doc_pooling != "mean":
+        raise UsageError("--doc-pooling pools the windows of --long-docs chunk: add --long-docs chunk, or drop it")
     max_length = cfg.max_length or models.default_max_length(config)
     if cfg.long_docs == "chunk":
         shape.update(window_shape(cfg, config, tokenizer))
@@ -78,8 +83,8 @@ def prepare(cfg: FinetuneConfig, ref, spec, accelerator) -> TaskData:
         eval_tok = tokenize(eval_ds, tokenizer, max_length, "--eval")
     for name in METRICS[problem]:
         load_metric(name)  # fail before training, not after, if metrics cannot load
-    what = (f"regression on '{names[0]}'" if problem == "regression" else
-            f"{len(names)} labels{' (multi-label)' if problem == 'multi_label_classification' else ''} "
+    what = (f"a number ('{names[0]}')" if problem == "regression" else
+            f"{len(names)} labels{', any number per text' if problem == 'multi_label_classification' else ''} "
             f"({', '.join(names[:6])})")
     log.info("%s: %s%s, %d train / %d eval examples, max length %d", cfg.task, what,
              ", sentence pairs" if spec.pairs else "", len(train_tok), len(eval_tok), max_length)
@@ -183,9 +188,10 @@ def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator, out: Pa
         best["threshold"] = threshold
         model.config.nlptl_threshold = threshold
     elif data.problem == "single_label_classification" and best.get("top_prediction_share", 0) > 0.95:
+        tries = "another --lr (or --lr auto), or more epochs" if cfg.class_weights != "none" else \
+            "--class-weights auto, another --lr (or --lr auto), or more epochs"
         log.warning("the classifier predicts one class for %.0f%% of the eval set: it may have learned only the "
-                    "majority class (try --class-weights auto, another --lr, or more epochs)",
-                    100 * best["top_prediction_share"])
+                    "majority class (try %s)", 100 * best["top_prediction_share"], tries)
     # With LoRA, train() trained the model inside the PeftModel (the adapters live in it, in place);
     # the PeftModel is what saves the adapter and merges.
     return (peft_model if peft_model is not None else model), result, best

@@ -75,6 +75,11 @@ def _classifier(cfg: EvaluateConfig, ref, spec) -> dict:
         raw = read_labelled(spec.train, spec)
         if spec.pairs:
             check_pairs(raw, spec, "--data", cfg.data)
+        if problem == MULTI and len(spec.label_columns) > 1 and set(spec.label_columns) != set(names):
+            missing = [n for n in names if n not in spec.label_columns]
+            raise UsageError(f"--label-column {cfg.label_column}: the classifier's labels are {', '.join(names)}; "
+                             + (f"name a 0/1 column for each (missing: {', '.join(missing)})" if missing else
+                                "it does not know " + ", ".join(c for c in spec.label_columns if c not in names)))
         if problem == SINGLE:
             ds = encode_by_name_or_id(raw, names, cfg.data, spec.entry.aliases)
         else:
@@ -83,6 +88,9 @@ def _classifier(cfg: EvaluateConfig, ref, spec) -> dict:
     logits, labels = classify(accelerator, model.to(accelerator.device), tok, classification_collator(tokenizer),
                               cfg.batch_size)
     metrics = classification_metrics(logits, labels, problem, threshold_of(model.config), per_label=True)
+    if problem == MULTI:
+        metrics["threshold"] = threshold_of(model.config)
+        metrics["labels"] = names  # the order of f1_per_label
     return {**metrics, "n_eval": len(tok), "config": to_dict(cfg),
             "lineage": (ref.run or {}).get("lineage", {"base_model": ref.spec})}
 
