@@ -105,11 +105,9 @@ def train(accelerator, model, train_dataset, collate_fn: Callable, cfg: TrainCon
     draws from (default `collate_fn`), checkpointed with the other random states. `runlog`: a
     tracking.RunLog that gets every row of the history (metrics.csv, --report-to trackers). `identity`:
     the run's config and input hashes (checkpoint.run_identity), kept in each checkpoint; a resumed run
-    records the options it changed (those allowed to change) in its history. `loss_fn(model, batch)`:
-    the loss, where the model's own (`model(**batch).loss`) is not the one to train on (class weights).
-    `stop_when(step, loss)`: called after each optimizer step with that step's loss; True ends training
-    there (the learning-rate range test stops when the loss diverges).
-    `head_lr`: the top layer group's peak rate (finetune's --head-lr; default `cfg.lr`).
+    records the options it changed (those allowed to change) in its history. `loss_fn(model, batch)`: the
+    loss where the model's own is not the one to train on (class weights). `stop_when(step, loss)`: True
+    ends training after that step (the range test stops at divergence). `head_lr`: the head's peak rate.
     """
     import torch
 
