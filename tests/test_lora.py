@@ -222,7 +222,7 @@ def test_unmerged_run_fails_clearly_as_from(checkpoints, corpus_file, task_files
     assert json.loads((out / "nlptl-run.json").read_text())["lora"]["merged"] is False
     with pytest.raises(UsageError, match="LoRA adapter without a merged model; merge it first: nlptl merge"):
         finetune.run(finetune_cfg(from_model=str(out), train_file=str(task_files["train"]), out=str(tmp_path / "ft")))
-    with pytest.raises(UsageError, match="--merge"):
+    with pytest.raises(UsageError, match="merge it first: nlptl merge"):
         evaluate.run(EvaluateConfig(model=str(out), data=str(corpus_file)))
 
 
