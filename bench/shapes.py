@@ -199,7 +199,7 @@ def cells(files: dict, root: Path, env: dict) -> list[tuple[str, dict]]:
                                                "--max-length", "128", "--lr", "1e-4", "--precision", "fp32",
                                                "--save-every", "0"]}))
     long = files["long"]
-    base = ["--task", "classification", "--train", long["train"], "--eval", long["validation"], "--epochs", "2",
+    base = ["--task", "classification", "--train", long["train"], "--eval", long["validation"], "--max-steps", "100",
             "--batch-size", "16", "--lr", "1e-4", "--precision", "fp32", "--save-every", "0", "--pooling", "mean"]
     out.append(("long/truncate", {"group": "long", "model": "minilm", "mode": "truncate 128", "test": long["test"],
                                   "args": base + ["--max-length", "128"]}))
