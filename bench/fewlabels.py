@@ -255,7 +255,9 @@ def run_cell(cell: dict, splits, subs, work: Path, data_root: Path) -> dict:
     elif row in ("contrastive", "contrastive-slowbody", "contrastive-slowbody-kpairs", "chain", "chain-slowbody"):
         base = str(dapt_model(work, data_root)) if row.startswith("chain") else minilm
         rec = contrastive_run(base, train, tmp / "c", seed, pairs_per_example=k if row.endswith("kpairs") else 20)
-        head = SLOW_BODY if "slowbody" in row else {}
+        # The default-rate rows keep finetune's old default (1e-4 everywhere), which is no longer its
+        # default after a contrastive stage: the slow body is (stages/classifier.py rates_for).
+        head = SLOW_BODY if "slowbody" in row else {"lr": 1e-4}
         rec.update(finetune_cell(str(tmp / "c"), train, splits, tmp / "ft", seed, **head))
     else:
         rec = setfit_cell(train, splits, seed, tmp / "setfit")

@@ -118,10 +118,12 @@ class TrainConfig:
     LR_AUTO = False
 
     def __post_init__(self) -> None:
+        if self.lr is None and "None" not in str(type(self).__dataclass_fields__["lr"].type):
+            raise UsageError("--lr expects a number" + (" or auto" if self.LR_AUTO else ""))
         self.lr = learning_rate(self.lr, self.LR_AUTO)
         finite(self)
         positive(self, "epochs", "batch_size", "grad_accum", "log_every")
-        if self.lr != "auto":
+        if self.lr not in ("auto", None):
             positive(self, "lr")
         self.report_to = ",".join(report_targets(self.report_to))
         if self.push_to_hub is not None and not REPO_ID.fullmatch(self.push_to_hub):
@@ -303,7 +305,11 @@ class FinetuneConfig(TrainConfig):
                                negatable=True)
     class_weights: str = opt("none", "Loss weights per class: none, auto (inverse frequency; multilabel: negatives/positives "
                              "per label) or w1,w2,... in label order.")
-    lr: float | str = opt(1e-4, LR_HELP)
+    # None: the rates below, chosen by what --from was trained for (stages/classifier.py rates_for).
+    lr: float | str | None = opt(None, "Peak learning rate. Default: 1e-4; after a contrastive adapt stage, 1e-5 for the "
+                                 "body and 1e-2 for the head, which keeps what the pairs taught (docs/results.md, few "
+                                 "labels). auto: a learning-rate range test on the training data picks it (fastai's "
+                                 "lr_find; the curve and the choice are kept in the run directory).")
     lr_find_steps: int = opt(100, "--lr auto: steps of the learning-rate range test.")
     LR_AUTO = True
     eval_fraction: float = opt(0.1, "Without --eval: fraction of the training data held out for model selection.", panel=DATA)
@@ -314,7 +320,7 @@ class FinetuneConfig(TrainConfig):
     compare: list[str] = many("Learning curve: more models to compare with --from (repeatable).", panel=CURVE)
     pooling: str = opt("auto", "Classifier pooling: cls, mean, last (token), concat ([last, max, mean], ULMFiT); auto = the pooling the checkpoint was trained with where it says so (sentence encoders, contrastive adapt runs: 1_Pooling), else cls for encoders, last for decoders.", choices=POOLINGS)
     min_steps: int = opt(100, "Train at least this many optimizer steps, whatever --epochs gives (few labels: 3 epochs of 64 examples would be 6 steps); --max-steps overrides it; 0 = off. 100: measured on validation data (docs/results.md, few labels).")
-    head_lr: float | None = opt(None, "Peak learning rate of the head (classifier, pooler, final norm); default: --lr (1e-3 for the head measured no better on validation: docs/results.md, few labels).")
+    head_lr: float | None = opt(None, "Peak learning rate of the head (classifier, pooler, final norm); default: --lr, or 1e-2 after a contrastive adapt stage (1e-3 for the head measured no better on validation from a plain encoder: docs/results.md, few labels).")
     batch_size: int = again(TrainConfig, "batch_size", 32)
     epochs: float = again(TrainConfig, "epochs", 3.0)
     warmup_ratio: float = again(TrainConfig, "warmup_ratio", 0.1)
@@ -604,8 +610,11 @@ def changed(cfg: Any) -> dict[str, Any]:
     return out
 
 
-def learning_rate(value: Any, auto_ok: bool) -> float | str:
-    """--lr as a number, or 'auto' where the stage offers the range test."""
+def learning_rate(value: Any, auto_ok: bool) -> float | str | None:
+    """--lr as a number, or 'auto' where the stage offers the range test; None is finetune's default
+    (a rate chosen by the checkpoint, stages/classifier.py rates_for)."""
+    if value is None:
+        return None
     if isinstance(value, str):
         if value.strip().lower() == "auto":
             if not auto_ok:

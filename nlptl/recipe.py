@@ -245,7 +245,11 @@ def comparable(cfg: Any) -> dict:
 def config_changes(recorded: dict, current: dict) -> list[str]:
     missing = object()
     keys = sorted((set(recorded) | set(current)) - set(IGNORED))
-    return [f"{k} {recorded.get(k)!r} -> {current.get(k)!r}" for k in keys
+
+    def shown(value: Any) -> str:
+        return "(not set)" if value is None else repr(value)  # None: the stage's default, or none at all
+
+    return [f"{k} {shown(recorded.get(k))} -> {shown(current.get(k))}" for k in keys
             if recorded.get(k, missing) != current.get(k, missing)]
 
 

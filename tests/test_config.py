@@ -43,6 +43,10 @@ def test_stage_defaults_differ_where_the_recipe_does():
     assert PretrainConfig(corpus="x").lr == 5e-4
     assert AdaptConfig(corpus="x").lr == 1e-4 and AdaptConfig(corpus="x").warmup_ratio == 0.05
     assert FinetuneConfig().batch_size == 32 and FinetuneConfig().epochs == 3.0
+    # finetune's --lr, not given, is chosen by the checkpoint (stages/classifier.py rates_for); only there.
+    assert FinetuneConfig().lr is None and resolve(FinetuneConfig, sets=["lr=null"]).lr is None
+    with pytest.raises(UsageError, match="--lr expects a number or auto"):
+        AdaptConfig(corpus="x", lr=None)
 
 
 @pytest.mark.parametrize("raw,key,value", [

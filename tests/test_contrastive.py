@@ -144,6 +144,34 @@ def test_finetune_pools_as_the_encoder_was_trained_and_keeps_the_lineage(contras
     assert result["lineage"]["pooling"] == "cls"
 
 
+def test_finetune_after_a_contrastive_stage_defaults_to_a_slow_body_and_a_fast_head(contrastive, checkpoints,
+                                                                                    task_files, tmp_path):
+    """Without --lr, finetune picks its rates by what --from was trained for; a given --lr is kept."""
+    import csv
+
+    from nlptl.config import load_yaml
+    from nlptl.stages import finetune
+
+    def trained(name, from_model, **kw):
+        out = tmp_path / name
+        result = finetune.run(finetune_cfg(**{"from_model": str(from_model), "train_file": str(task_files["train"]),
+                                              "eval_file": str(task_files["eval"]), "out": str(out), "lr": None, **kw}))
+        with (out / "metrics.csv").open() as f:
+            logged = [float(r["lr"]) for r in csv.DictReader(f) if r["loss"]]  # the head's group
+        return result, max(logged), load_yaml(str(out / "config.yaml"))
+
+    after, head_peak, config = trained("after", contrastive["bert"][0])
+    assert (after["lr"], after["head_lr"]) == (1e-5, 1e-2)
+    assert 1e-3 < head_peak <= 1e-2
+    assert config["lr"] is None  # the record keeps "not given": a rerun or a recipe resolves it alike
+    plain, head_peak, _ = trained("plain", checkpoints["bert"])
+    assert plain["lr"] == 1e-4 and "head_lr" not in plain and head_peak <= 1e-4
+    given, _, _ = trained("given", contrastive["bert"][0], lr=3e-4)
+    assert given["lr"] == 3e-4 and "head_lr" not in given
+    head_only, _, _ = trained("head-only", contrastive["bert"][0], head_lr=5e-3)
+    assert (head_only["lr"], head_only["head_lr"]) == (1e-5, 5e-3)
+
+
 def test_chain_domain_then_contrastive_then_head_in_a_recipe(tmp_path):
     """general -> domain MLM/CLM -> contrastive -> finetune as one `nlptl run` recipe."""
     import os

@@ -273,6 +273,27 @@ def weighted_loss(cfg: FinetuneConfig, data: TaskData, train_ds):
     return loss_fn
 
 
+# finetune's rates when --lr is not given. After a contrastive adapt stage the body moves slowly and
+# the head fast, as SetFit trains its differentiable head: at 1e-4 everywhere the body's pair geometry
+# is overwritten (16 labels per class: validation 0.848 against 0.890, docs/results.md, few labels).
+DEFAULT_LR = 1e-4
+AFTER_CONTRASTIVE = {"lr": 1e-5, "head_lr": 1e-2}
+
+
+def rates_for(cfg: FinetuneConfig, ref) -> FinetuneConfig:
+    """`cfg` with --lr (and, after a contrastive stage, --head-lr) resolved for the checkpoint `ref`."""
+    import dataclasses
+
+    if cfg.lr is not None:
+        return cfg
+    if (((ref.run or {}).get("lineage") or {}).get("objective")) == "contrastive":
+        rates = {"lr": AFTER_CONTRASTIVE["lr"], "head_lr": cfg.head_lr or AFTER_CONTRASTIVE["head_lr"]}
+        log.info("--from is a contrastive adapt run: body lr %g, head lr %g (pass --lr to choose)", rates["lr"],
+                 rates["head_lr"])
+        return dataclasses.replace(cfg, **rates)
+    return dataclasses.replace(cfg, lr=DEFAULT_LR)
+
+
 def with_min_steps(cfg: FinetuneConfig, n_train: int, processes: int = 1) -> FinetuneConfig:
     """`cfg` with --max-steps raised to --min-steps when --epochs would give fewer steps: the step count
     must not collapse with the label count (3 epochs of 64 labels at batch 32 are 6 updates, too few for

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from nlptl.config import FinetuneConfig, to_dict
 from nlptl.errors import UsageError
-from nlptl.stages.classifier import auto_lr, fit, prepare
+from nlptl.stages.classifier import auto_lr, fit, prepare, rates_for
 from nlptl.stages.common import start, write_stage
 
 log = logging.getLogger("nlptl")
@@ -66,7 +66,7 @@ def learning_curve(cfg: FinetuneConfig, refs: list, spec, out: Path) -> dict:
     for ref, name in zip(refs, names, strict=True):
         data = prepare(cfg, ref, spec, accelerator)
         keys = CURVE_METRICS[data.problem]
-        model_cfg = cfg
+        model_cfg = rates_for(cfg, ref)  # each model its own default rates (one may be a contrastive run)
         if cfg.lr == "auto":
             # One range test per model, on its whole training split: the points' subsets are too small
             # (and too many) to each get their own.

@@ -21,7 +21,7 @@ from nlptl.checkpoint import default_from, lineage_of
 from nlptl.config import FinetuneConfig, to_dict
 from nlptl.data.tasks import resolve_task
 from nlptl.models import inspect_model, require_peft
-from nlptl.stages.classifier import auto_lr, fit, prepare
+from nlptl.stages.classifier import auto_lr, fit, prepare, rates_for
 from nlptl.stages.common import check_max_length, locked, open_stage, start, write_stage
 
 
@@ -51,8 +51,9 @@ def run(cfg: FinetuneConfig) -> dict:
 
     accelerator = start(cfg, out)
     data = prepare(cfg, ref, spec, accelerator)
-    # The record keeps --lr auto (a recipe or a rerun searches the same way); training gets the rate found.
-    train_cfg, lr_found = auto_lr(cfg, ref, data, accelerator, out) if cfg.lr == "auto" else (cfg, None)
+    # The record keeps --lr as given (auto, or none: a recipe or a rerun resolves it the same way);
+    # training gets the rate found or chosen for the checkpoint.
+    train_cfg, lr_found = auto_lr(cfg, ref, data, accelerator, out) if cfg.lr == "auto" else (rates_for(cfg, ref), None)
     with RunLog(accelerator, out, "finetune", to_dict(cfg), resume=cfg.resuming) as runlog:
         model, result, best = fit(train_cfg, ref, data, data.train, accelerator, out, runlog)
     metrics = {
@@ -65,6 +66,8 @@ def run(cfg: FinetuneConfig) -> dict:
         "train_seconds": round(result.train_seconds, 3),
         **result.device_metrics(),
         **({"lr_found": train_cfg.lr} if lr_found is not None else {}),
+        "lr": train_cfg.lr,
+        **({"head_lr": train_cfg.head_lr} if train_cfg.head_lr is not None else {}),
         "output_dir": str(out),
     }
     shape = {k.removeprefix("nlptl_"): v for k, v in data.shape.items() if k != "nlptl_threshold"}
