@@ -114,13 +114,13 @@ class TrainConfig:
     lora_targets: str | None = opt(None, "Comma-separated module names LoRA adapts (default by architecture: query,value for BERT/RoBERTa, q_lin,v_lin for DistilBERT, c_attn for GPT-2, q_proj,v_proj for Llama-style).", panel=LORA)
     merge: bool = opt(False, "With --lora: also write the merged model (loads without peft; usable as the next stage's --from).", panel=LORA)
 
-    # Whether --lr auto (the learning-rate range test, nlptl/lr_find.py) is offered by this stage.
+    # Whether --lr auto (the learning-rate range test, nlptl/lr_find.py) is offered by this stage, and
+    # whether --lr may stay unset (finetune: the checkpoint chooses, stages/classifier.py rates_for).
     LR_AUTO = False
+    LR_UNSET = False
 
     def __post_init__(self) -> None:
-        if self.lr is None and "None" not in str(type(self).__dataclass_fields__["lr"].type):
-            raise UsageError("--lr expects a number" + (" or auto" if self.LR_AUTO else ""))
-        self.lr = learning_rate(self.lr, self.LR_AUTO)
+        self.lr = learning_rate(self.lr, self.LR_AUTO, self.LR_UNSET)
         finite(self)
         positive(self, "epochs", "batch_size", "grad_accum", "log_every")
         if self.lr not in ("auto", None):
@@ -312,6 +312,7 @@ class FinetuneConfig(TrainConfig):
                                  "lr_find; the curve and the choice are kept in the run directory).")
     lr_find_steps: int = opt(100, "--lr auto: steps of the learning-rate range test.")
     LR_AUTO = True
+    LR_UNSET = True
     eval_fraction: float = opt(0.1, "Without --eval: fraction of the training data held out for model selection.", panel=DATA)
     numeric_classes: bool = opt(False, "Take labels that look like continuous numbers as class names all the same "
                                 "(each distinct value a class).", panel=DATA)
@@ -610,10 +611,12 @@ def changed(cfg: Any) -> dict[str, Any]:
     return out
 
 
-def learning_rate(value: Any, auto_ok: bool) -> float | str | None:
-    """--lr as a number, or 'auto' where the stage offers the range test; None is finetune's default
-    (a rate chosen by the checkpoint, stages/classifier.py rates_for)."""
+def learning_rate(value: Any, auto_ok: bool, unset_ok: bool = False) -> float | str | None:
+    """--lr as a number, or 'auto' where the stage offers the range test; None (unset) where the stage
+    chooses the rate itself (finetune, by the checkpoint: stages/classifier.py rates_for)."""
     if value is None:
+        if not unset_ok:
+            raise UsageError("--lr expects a number" + (" or auto" if auto_ok else ""))
         return None
     if isinstance(value, str):
         if value.strip().lower() == "auto":

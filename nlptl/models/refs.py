@@ -26,6 +26,11 @@ class ModelRef:
     run: dict | None  # nlptl-run.json when it is an nlptl run dir
 
     @property
+    def lineage(self) -> dict:
+        """What the nlptl run that made this checkpoint records of how it was made ({} for any other)."""
+        return (self.run or {}).get("lineage") or {}
+
+    @property
     def is_classifier(self) -> bool:
         c = self.config or {}
         archs = c.get("architectures") or []

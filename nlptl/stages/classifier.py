@@ -277,7 +277,7 @@ def weighted_loss(cfg: FinetuneConfig, data: TaskData, train_ds):
 # the head fast, as SetFit trains its differentiable head: at 1e-4 everywhere the body's pair geometry
 # is overwritten (16 labels per class: validation 0.848 against 0.890, docs/results.md, few labels).
 DEFAULT_LR = 1e-4
-AFTER_CONTRASTIVE = {"lr": 1e-5, "head_lr": 1e-2}
+BODY_LR_AFTER_CONTRASTIVE, HEAD_LR_AFTER_CONTRASTIVE = 1e-5, 1e-2
 
 
 def rates_for(cfg: FinetuneConfig, ref) -> FinetuneConfig:
@@ -286,12 +286,12 @@ def rates_for(cfg: FinetuneConfig, ref) -> FinetuneConfig:
 
     if cfg.lr is not None:
         return cfg
-    if (((ref.run or {}).get("lineage") or {}).get("objective")) == "contrastive":
-        rates = {"lr": AFTER_CONTRASTIVE["lr"], "head_lr": cfg.head_lr or AFTER_CONTRASTIVE["head_lr"]}
-        log.info("--from is a contrastive adapt run: body lr %g, head lr %g (pass --lr to choose)", rates["lr"],
-                 rates["head_lr"])
-        return dataclasses.replace(cfg, **rates)
-    return dataclasses.replace(cfg, lr=DEFAULT_LR)
+    if ref.lineage.get("objective") != "contrastive":
+        return dataclasses.replace(cfg, lr=DEFAULT_LR)
+    head_lr = cfg.head_lr or HEAD_LR_AFTER_CONTRASTIVE
+    log.info("--from is a contrastive adapt run: body lr %g, head lr %g (pass --lr to choose)",
+             BODY_LR_AFTER_CONTRASTIVE, head_lr)
+    return dataclasses.replace(cfg, lr=BODY_LR_AFTER_CONTRASTIVE, head_lr=head_lr)
 
 
 def with_min_steps(cfg: FinetuneConfig, n_train: int, processes: int = 1) -> FinetuneConfig:
@@ -350,7 +350,7 @@ def trained_task(ref):
     finetune accepted (sentiment's pos/neg, 0/1...); plain classification when unknown."""
     from nlptl.data.registry import task_entry
 
-    name = (((ref.run or {}).get("lineage") or {}).get("task")) or "classification"
+    name = ref.lineage.get("task") or "classification"
     try:
         return task_entry(name)
     except UsageError:  # a task registered on another machine

@@ -35,7 +35,7 @@ def run(cfg: EvaluateConfig) -> dict:
         check_max_length(cfg.max_length, ref.config)
         src = labelled_source(cfg.data, "--data", cfg.text_column, cfg.label_column)
         spec = TaskSpec(trained_task(ref), src, None, cfg.text_column, cfg.label_column,
-                        ((ref.run or {}).get("lineage") or {}).get("label_separator", ";"))
+                        ref.lineage.get("label_separator", ";"))
         return _classifier(cfg, ref, spec)
     block_size = cfg.block_size or ((ref.run or {}).get("config") or {}).get("block_size") or 128
     if ref.config:
