@@ -133,7 +133,8 @@ def _only_live_files(out: Path) -> bool:
     if METRICS_FILE not in names or not names <= set(LIVE):
         return False
     with open(out / METRICS_FILE, encoding="utf-8", errors="replace") as f:
-        return f.readline().strip() == ",".join(COLUMNS)
+        header = f.readline().strip()
+    return header == ",".join(COLUMNS) or header.startswith(",".join(COLUMNS) + ",eval_")
 
 
 def _staging(out: Path) -> Path:

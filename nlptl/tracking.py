@@ -6,8 +6,10 @@
     MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri runs/lm/logs/mlruns
 
 metrics.csv has one row per logged training step and one per evaluation, always with the columns
-of `COLUMNS` (empty where a row has no value), so that scripts can rely on them. It is rewritten
-from the run's history whenever training (re)starts, so a resumed run never repeats a row.
+of `COLUMNS` (empty where a row has no value), so that scripts can rely on them, then every other
+evaluation metric the stage logs (a regression's eval_pearson, a contrastive run's eval_pair_loss),
+in the order they first come. It is rewritten from the run's history whenever training (re)starts,
+so a resumed run never repeats a row.
 """
 
 from __future__ import annotations
@@ -63,6 +65,16 @@ def accelerator_args(report_to: str, out: Path | None) -> dict:
     return {"log_with": names, "project_dir": str(Path(out) / LOGS_DIR)}
 
 
+def columns_of(rows: list[dict]) -> list[str]:
+    """`COLUMNS`, then the other evaluation metrics of `rows` in the order they first come: a fixed set
+    would silently drop what a task shape or objective scores beyond accuracy and perplexity."""
+    columns = list(COLUMNS)
+    for row in rows:
+        columns += [k for k, v in row.items() if k.startswith("eval_") and k not in columns
+                    and isinstance(v, int | float) and not isinstance(v, bool)]
+    return columns
+
+
 def _tracker_key(key: str) -> str:
     # TensorBoard and W&B group "train/..." and "eval/..." into sections.
     return "eval/" + key[5:] if key.startswith("eval_") else "train/" + key
@@ -75,6 +87,7 @@ class RunLog:
     def __init__(self, accelerator, out: Path, stage: str, config: dict, resume: bool = False):
         self.accelerator, self.out, self.stage = accelerator, Path(out), stage
         self.rows: list[dict] = []
+        self.columns = list(COLUMNS)  # those of the metrics.csv written so far
         self.main = accelerator.is_main_process
         self.tracking = bool(accelerator.log_with)
         self.created_out = not self.out.exists()
@@ -129,19 +142,23 @@ class RunLog:
         self.rows.append(row)
         if not self.main:
             return
-        with open(self.out / METRICS_FILE, "a", newline="", encoding="utf-8") as f:
-            csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore").writerow(row)
+        if not set(columns_of([row])) <= set(self.columns):
+            self._rewrite()  # a metric new to this run: the header grows, so the file is written anew
+        else:
+            with open(self.out / METRICS_FILE, "a", newline="", encoding="utf-8") as f:
+                csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore").writerow(row)
         if self.tracking:
             values = {_tracker_key(k): v for k, v in row.items() if k != "step" and isinstance(v, int | float)}
             self.accelerator.log(values, step=row["step"])
 
     def write(self, directory: Path) -> None:
         """The complete metrics.csv, into the stage directory being written."""
+        self.columns = columns_of(self.rows)
         with open(Path(directory) / METRICS_FILE, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+            writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
             writer.writeheader()
             # Rows that are notes (a resume's changed options) have no metric column to fill.
-            writer.writerows(r for r in self.rows if any(k in r for k in COLUMNS if k != "step"))
+            writer.writerows(r for r in self.rows if any(k in r for k in self.columns if k != "step"))
 
     def close(self) -> None:
         if self.tracking:

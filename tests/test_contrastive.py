@@ -130,6 +130,21 @@ def test_run_directory_and_lineage(contrastive, checkpoints, task_files, family,
     assert trained_pooling(inspect_model(str(out))) == pooling
 
 
+def test_held_out_pair_loss_is_in_metrics_csv_and_the_report(contrastive, tmp_path, monkeypatch):
+    """The pair loss before and after training reaches metrics.csv (it was dropped: not one of the fixed
+    columns) and the report plots it under the name of the loss trained on, not cross-entropy."""
+    import csv
+
+    from test_shapes import plotted_labels
+
+    for family, name in (("bert", "cosine pair loss (MSE)"), ("gpt2", "contrastive pair loss")):
+        out, result = contrastive[family]
+        with (out / "metrics.csv").open(newline="") as f:
+            held_out = [(int(r["step"]), float(r["eval_pair_loss"])) for r in csv.DictReader(f) if r["eval_pair_loss"]]
+        assert held_out == [(0, pytest.approx(result["pair_loss_before"])), (30, pytest.approx(result["pair_loss"]))]
+        assert plotted_labels(out, tmp_path / family, monkeypatch)[0] == name
+
+
 def test_finetune_pools_as_the_encoder_was_trained_and_keeps_the_lineage(contrastive, task_files, tmp_path):
     from nlptl.stages import finetune
 

@@ -139,3 +139,19 @@ def test_a_failed_run_releases_its_lock(interrupted):
 
     out, _, _ = interrupted
     assert not _locks and not (out.parent / ".run.lock").exists()
+
+
+def test_what_a_run_stopped_before_its_first_checkpoint_leaves_may_be_written_over(tmp_path):
+    """A run stopped before its first checkpoint leaves metrics.csv alone; the next run may replace it,
+    whatever metrics it had (a contrastive run logs eval_pair_loss at step 0), but not a stranger's CSV."""
+    from nlptl.checkpoint import check_out
+    from nlptl.tracking import COLUMNS
+
+    out = tmp_path / "run"
+    out.mkdir()
+    for header in (",".join(COLUMNS), ",".join(COLUMNS) + ",eval_pair_loss"):
+        (out / "metrics.csv").write_text(header + "\n0,,,,,,,,0.3\n")
+        assert check_out(out, overwrite=False) is None
+    (out / "metrics.csv").write_text("date,sales\n")
+    with pytest.raises(UsageError, match="non-empty directory"):
+        check_out(out, overwrite=False)

@@ -410,3 +410,41 @@ def test_bad_input_at_use_time(trained, data):
     single, _ = trained["bert", "reg"]
     with pytest.raises(UsageError, match="not a finite number"):
         evaluate.run(EvaluateConfig(model=str(single), data=str(data["multi"]), label_column="tags"))
+
+
+def plotted_labels(run_dir: Path, tmp_path: Path, monkeypatch) -> list[str]:
+    """The y-axis labels of `nlptl report`'s plots of a copy of `run_dir`."""
+    import shutil
+
+    from matplotlib.axes import Axes
+
+    from nlptl.config import ReportConfig
+    from nlptl.stages import report
+
+    labels = []
+    original = Axes.set_ylabel
+    monkeypatch.setattr(Axes, "set_ylabel", lambda ax, label, *a, **kw: (labels.append(label), original(ax, label, *a, **kw))[1])
+    copy = tmp_path / run_dir.name
+    shutil.copytree(run_dir, copy)
+    report.run(ReportConfig(run_dir=str(copy)))
+    return labels
+
+
+@pytest.mark.parametrize("shape,loss,scores", [("reg", "mean squared error", ("eval_pearson", "eval_rmse")),
+                                               ("multi", "binary cross-entropy", ("eval_f1_micro", "eval_subset_accuracy"))])
+def test_metrics_csv_and_report_follow_the_task_shape(trained, shape, loss, scores, tmp_path, monkeypatch):
+    """metrics.csv keeps every score the shape is evaluated by (it once kept only accuracy and
+    macro-F1), and the report names the loss the head minimised (it once said cross-entropy for all)."""
+    from nlptl.tracking import COLUMNS
+
+    out, result = trained["bert", shape]
+    with open(out / "metrics.csv", newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert tuple(reader.fieldnames[:len(COLUMNS)]) == COLUMNS
+    for key in scores:
+        logged = [float(r[key]) for r in rows if r[key]]
+        assert logged and logged == pytest.approx([r[key] for r in json.loads((out / "nlptl-run.json").read_text())
+                                                   ["history"] if key in r])
+    labels = plotted_labels(out, tmp_path, monkeypatch)
+    assert labels[0] == loss and "score on eval data" in labels

@@ -152,10 +152,35 @@ def _rows(node: dict) -> list[dict]:
     return (node["record"] or {}).get("history") or []
 
 
+# The loss each stage minimises, by what it trained: the y label of its loss panel (short: it is
+# written along a panel 2.4 inches high).
+LOSS_NAMES = {"cosine": "cosine pair loss (MSE)", "contrastive": "contrastive pair loss",
+              "regression": "mean squared error", "multi_label_classification": "binary cross-entropy",
+              None: "cross-entropy loss (nats)"}
+
+
+def loss_axis(node: dict, history: list[dict]) -> tuple[str, str]:
+    """(the name of the loss the stage minimised, the key of its held-out value in the history): a pair
+    loss for a contrastive run, by task shape for a classifier, token cross-entropy for the LM stages."""
+    config = (node["record"] or {}).get("config") or {}
+    if config.get("objective") == "contrastive":
+        return LOSS_NAMES[config.get("pair_loss", "cosine")], "eval_pair_loss"
+    problem = None
+    found = Path(node["dir"]) / "config.json" if node["dir"] else None
+    if found is not None and found.is_file():
+        problem = json.loads(found.read_text(encoding="utf-8")).get("problem_type")
+    elif any("eval_pearson" in r for r in history):  # the directory is gone: its history tells the shape
+        problem = "regression"
+    elif any("eval_f1_micro" in r for r in history):
+        problem = "multi_label_classification"
+    return LOSS_NAMES.get(problem, LOSS_NAMES[None]), "eval_loss"
+
+
 def _training_plot(plt, node: dict, history: list[dict], path: Path) -> None:
     """Training loss (with evaluation loss), learning rate and, for a classifier, accuracy, against steps."""
+    loss_name, eval_key = loss_axis(node, history)
     train = [r for r in history if "loss" in r]
-    evals = [r for r in history if "eval_loss" in r]
+    evals = [r for r in history if eval_key in r]
     # The scores of the classifier's task shape: one label, multi-label, regression.
     scores = next(([(k, n) for k, n in pair if any(f"eval_{k}" in r for r in evals)]
                    for pair in ((("accuracy", "accuracy"), ("f1_macro", "macro-F1")),
@@ -168,8 +193,8 @@ def _training_plot(plt, node: dict, history: list[dict], path: Path) -> None:
     ax = axes[0]
     ax.plot([r["step"] for r in train], [r["loss"] for r in train], marker=".", label="training loss (mean since last log)")
     if evals:
-        ax.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o--", label="held-out loss" if node["stage"] != "finetune" else "evaluation loss")
-    ax.set_ylabel("cross-entropy loss (nats)")
+        ax.plot([r["step"] for r in evals], [r[eval_key] for r in evals], "o--", label="held-out loss" if node["stage"] != "finetune" else "evaluation loss")
+    ax.set_ylabel(loss_name)
     ax.legend(fontsize=8)
     ax.grid(True, alpha=0.3)
     ax = axes[1]
