@@ -133,8 +133,8 @@ def _only_live_files(out: Path) -> bool:
     if METRICS_FILE not in names or not names <= set(LIVE):
         return False
     with open(out / METRICS_FILE, encoding="utf-8", errors="replace") as f:
-        header = f.readline().strip()
-    return header == ",".join(COLUMNS) or header.startswith(",".join(COLUMNS) + ",eval_")
+        # nlptl's columns first; any after them are the stage's other metrics (tracking.columns_of).
+        return f.readline().strip().split(",")[: len(COLUMNS)] == list(COLUMNS)
 
 
 def _staging(out: Path) -> Path:

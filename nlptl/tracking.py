@@ -142,7 +142,7 @@ class RunLog:
         self.rows.append(row)
         if not self.main:
             return
-        if not set(columns_of([row])) <= set(self.columns):
+        if any(k not in self.columns for k in columns_of([row])):
             self._rewrite()  # a metric new to this run: the header grows, so the file is written anew
         else:
             with open(self.out / METRICS_FILE, "a", newline="", encoding="utf-8") as f:

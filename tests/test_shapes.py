@@ -423,7 +423,12 @@ def plotted_labels(run_dir: Path, tmp_path: Path, monkeypatch) -> list[str]:
 
     labels = []
     original = Axes.set_ylabel
-    monkeypatch.setattr(Axes, "set_ylabel", lambda ax, label, *a, **kw: (labels.append(label), original(ax, label, *a, **kw))[1])
+
+    def set_ylabel(ax, label, *args, **kwargs):
+        labels.append(label)
+        return original(ax, label, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "set_ylabel", set_ylabel)
     copy = tmp_path / run_dir.name
     shutil.copytree(run_dir, copy)
     report.run(ReportConfig(run_dir=str(copy)))

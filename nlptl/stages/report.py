@@ -159,26 +159,22 @@ LOSS_NAMES = {"cosine": "cosine pair loss (MSE)", "contrastive": "contrastive pa
               None: "cross-entropy loss (nats)"}
 
 
-def loss_axis(node: dict, history: list[dict]) -> tuple[str, str]:
+def loss_axis(node: dict) -> tuple[str, str]:
     """(the name of the loss the stage minimised, the key of its held-out value in the history): a pair
-    loss for a contrastive run, by task shape for a classifier, token cross-entropy for the LM stages."""
+    loss for a contrastive run, by the head's problem_type for a classifier, token cross-entropy for
+    the LM stages."""
     config = (node["record"] or {}).get("config") or {}
     if config.get("objective") == "contrastive":
         return LOSS_NAMES[config.get("pair_loss", "cosine")], "eval_pair_loss"
-    problem = None
-    found = Path(node["dir"]) / "config.json" if node["dir"] else None
-    if found is not None and found.is_file():
-        problem = json.loads(found.read_text(encoding="utf-8")).get("problem_type")
-    elif any("eval_pearson" in r for r in history):  # the directory is gone: its history tells the shape
-        problem = "regression"
-    elif any("eval_f1_micro" in r for r in history):
-        problem = "multi_label_classification"
+    model_config = Path(node["dir"]) / "config.json" if node["dir"] else None
+    problem = (json.loads(model_config.read_text(encoding="utf-8")).get("problem_type")
+               if model_config is not None and model_config.is_file() else None)
     return LOSS_NAMES.get(problem, LOSS_NAMES[None]), "eval_loss"
 
 
 def _training_plot(plt, node: dict, history: list[dict], path: Path) -> None:
     """Training loss (with evaluation loss), learning rate and, for a classifier, accuracy, against steps."""
-    loss_name, eval_key = loss_axis(node, history)
+    loss_name, eval_key = loss_axis(node)
     train = [r for r in history if "loss" in r]
     evals = [r for r in history if eval_key in r]
     # The scores of the classifier's task shape: one label, multi-label, regression.
