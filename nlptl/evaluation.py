@@ -142,6 +142,14 @@ def classification_metrics(logits, labels, problem: str = "single_label_classifi
     }
 
 
+def label_set_shares(logits, threshold: float) -> tuple[float, float]:
+    """The share of texts for which a multi-label classifier predicts every label, and the share for
+    which it predicts none: micro-F1 can look fine on either (a low threshold gives recall 1)."""
+    preds = logits.sigmoid() >= threshold
+    n = max(len(preds), 1)
+    return float(preds.all(-1).sum().item() / n), float((~preds.any(-1)).sum().item() / n)
+
+
 def tune_threshold(logits, labels) -> tuple[float, dict]:
     """The decision threshold (0.05 ... 0.95) with the best micro-F1 on these (eval) logits; ties go
     to the one nearest 0.5."""

@@ -294,6 +294,22 @@ def test_majority_class_trap_is_reported(checkpoints, tmp_path, caplog):
     assert "predicts one class" in caplog.text and "--class-weights auto" in caplog.text
 
 
+def test_degenerate_multilabel_threshold_is_reported(checkpoints, data, tmp_path, caplog):
+    import torch
+
+    from nlptl.evaluation import label_set_shares
+
+    logits = torch.logit(torch.tensor([[0.6, 0.7], [0.55, 0.2], [0.1, 0.2]]))
+    assert label_set_shares(logits, 0.5) == (1 / 3, 1 / 3)
+    assert label_set_shares(logits, 0.05) == (1.0, 0.0) and label_set_shares(logits, 0.95) == (0.0, 1.0)
+    # A threshold so low that every label is predicted for every text: micro-F1 can still look fine
+    # (recall 1), so the user is told what the classifier does.
+    with caplog.at_level("WARNING", logger="nlptl"):
+        finetune.run(finetune_cfg(from_model=str(checkpoints["bert"]), train_file=str(data["multi"]), task="multilabel",
+                                  label_column="tags", threshold=0.001, max_steps=2, out=str(tmp_path / "all")))
+    assert "predicts every label for 100% of the eval set" in caplog.text and "--threshold" in caplog.text
+
+
 def test_threshold_tuning(checkpoints, data, tmp_path):
     import torch
 

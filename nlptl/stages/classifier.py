@@ -187,6 +187,7 @@ def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator, out: Pa
         best = classification_metrics(logits, labels, data.problem, threshold, per_label=True)
         best["threshold"] = threshold
         model.config.nlptl_threshold = threshold
+        warn_degenerate_label_sets(logits, threshold, cfg)
     elif data.problem == "single_label_classification" and best.get("top_prediction_share", 0) > 0.95:
         tries = "another --lr (or --lr auto), or more epochs" if cfg.class_weights != "none" else \
             "--class-weights auto, another --lr (or --lr auto), or more epochs"
@@ -195,6 +196,19 @@ def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator, out: Pa
     # With LoRA, train() trained the model inside the PeftModel (the adapters live in it, in place);
     # the PeftModel is what saves the adapter and merges.
     return (peft_model if peft_model is not None else model), result, best
+
+
+def warn_degenerate_label_sets(logits, threshold: float, cfg: FinetuneConfig) -> None:
+    """The multi-label twin of the majority-class warning: a classifier that predicts every label (or
+    none) for nearly every text has learned nothing a threshold can use."""
+    from nlptl.evaluation import label_set_shares
+
+    every, none = label_set_shares(logits, threshold)
+    source = "--tune-threshold chose it" if cfg.tune_threshold else "--threshold"
+    for share, what in ((every, "every label"), (none, "no label")):
+        if share > 0.95 and logits.shape[-1] > 1:
+            log.warning("at threshold %.2f (%s) the classifier predicts %s for %.0f%% of the eval set: try another "
+                        "--threshold, more epochs or --class-weights auto", threshold, source, what, 100 * share)
 
 
 SHAPE_KEYS = ("problem_type", "nlptl_text_pair", "nlptl_threshold", "nlptl_window", "nlptl_stride",
