@@ -104,9 +104,17 @@ def test_directory_and_glob_expansion(tmp_path):
         expand(str(empty), "--corpus")
 
 
-def test_read_lines_for_predict(tmp_path):
+def test_read_lines_for_predict(tmp_path, caplog):
     (tmp_path / "in.txt").write_bytes(b"one\r\n\r\ntwo\n  \nthree")
-    assert read_lines(str(tmp_path / "in.txt")) == ["one", "two", "three"]
+    with caplog.at_level("WARNING", logger="nlptl"):
+        assert read_lines(str(tmp_path / "in.txt")) == ["one", "two", "three"]
+    # Output row i is no longer input line i: a script pasting results beside its lines must be told.
+    assert "skipped 2 blank lines (2, 4)" in caplog.text
+    caplog.clear()
+    (tmp_path / "end.txt").write_bytes(b"one\ntwo\n")
+    with caplog.at_level("WARNING", logger="nlptl"):
+        assert read_lines(str(tmp_path / "end.txt")) == ["one", "two"]
+    assert caplog.text == ""  # the newline that ends the last line is no blank line
     (tmp_path / "bad.txt").write_bytes(b"ok\n\xff\n")
     with pytest.raises(UsageError, match="line 2 is not valid UTF-8"):
         read_lines(str(tmp_path / "bad.txt"))

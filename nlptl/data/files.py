@@ -11,9 +11,12 @@ import glob
 import hashlib
 import io
 import json
+import logging
 from pathlib import Path
 
 from nlptl.errors import UsageError, did_you_mean
+
+log = logging.getLogger("nlptl")
 
 FORMATS = {".txt": "text", ".text": "text", ".csv": "csv", ".tsv": "tsv", ".jsonl": "json", ".json": "json",
            ".parquet": "parquet"}
@@ -193,5 +196,14 @@ def read_lines(spec: str) -> list[str]:
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         raise UsageError(f"--input {name}: line {line} is not valid UTF-8; re-encode it as UTF-8") from None
-    return [line for line in io.StringIO(text, newline=None).read().split("\n") if line.strip()]
+    lines = io.StringIO(text, newline=None).read().split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
+    blank = [i + 1 for i, line in enumerate(lines) if not line.strip()]
+    if blank:
+        # Skipped, not classified: but then result i is no longer line i (each result carries its text).
+        shown = ", ".join(map(str, blank[:5])) + (", ..." if len(blank) > 5 else "")
+        log.warning("--input %s: skipped %d blank line%s (%s); results follow the other lines in order, each "
+                    "with its text", spec, len(blank), "" if len(blank) == 1 else "s", shown)
+    return [line for line in lines if line.strip()]
 
