@@ -44,6 +44,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ablation  # noqa: E402 - the split protocol is ablation.py's, reused as is
 
+from nlptl.errors import Interrupted  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "fewlabels.jsonl"
 PER_CLASS = (16, 32, 64, 128)
@@ -292,6 +294,9 @@ def run(args) -> int:
         except Exception as e:  # noqa: BLE001 - a failed cell is recorded, the grid goes on
             traceback.print_exc()
             append({**cell, "ok": False, "error": f"{type(e).__name__}: {e}", "finished": ablation.now()})
+            if isinstance(e, Interrupted):  # Ctrl-C or SIGTERM stops this worker, not only its cell
+                say(f"STOP  {cell['id']} interrupted: stopping")
+                return e.exit_code
             continue
         append(rec)
         say(f"DONE  {cell['id']}: " + ", ".join(f"{k}={rec[k]}" for k in ("val_accuracy", "test_accuracy", "wall_seconds")
