@@ -155,3 +155,17 @@ def test_what_a_run_stopped_before_its_first_checkpoint_leaves_may_be_written_ov
     (out / "metrics.csv").write_text("date,sales\n")
     with pytest.raises(UsageError, match="non-empty directory"):
         check_out(out, overwrite=False)
+
+
+def test_weights_are_as_readable_as_the_other_files(interrupted, checkpoints, corpus_file, tmp_path):
+    # safetensors >= 0.8 writes through a 0600 temporary file whatever the umask (safetensors issue
+    # 782): a model trained by one user and served by another (a container) could not be read.
+    def modes(root):
+        return {str(p.relative_to(root)): oct(p.stat().st_mode & 0o777) for p in root.rglob("*.safetensors")}
+
+    out = tmp_path / "finished"
+    adapt.run(adapt_cfg(from_model=str(checkpoints["gpt2"]), corpus=str(corpus_file), out=str(out)))
+    readable = oct((out / "config.json").stat().st_mode & 0o777)
+    assert modes(out) == {"model.safetensors": readable}
+    step = interrupted[0] / "checkpoints" / "step-000002"
+    assert modes(step) == {"model.safetensors": readable}

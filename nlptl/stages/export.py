@@ -21,6 +21,7 @@ import os
 import shutil
 from pathlib import Path
 
+from nlptl.checkpoint import umask_modes
 from nlptl.config import ExportConfig, to_dict
 from nlptl.errors import NlptlError, UsageError
 from nlptl.inference import EXPORT_RECORD, ONNX_FILE, ONNX_MISSING, is_onnx_export
@@ -80,6 +81,7 @@ def run(cfg: ExportConfig) -> dict:
         if cfg.quantize:
             record |= quantize(stage, torch_model, fp32, texts, pairs, gold, cfg.max_length)
         (stage / EXPORT_RECORD).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
+        umask_modes(stage)
         if out.exists():
             shutil.rmtree(out)
         stage.rename(out)

@@ -18,7 +18,7 @@ import os
 import shutil
 from pathlib import Path
 
-from nlptl.checkpoint import read_record
+from nlptl.checkpoint import read_record, umask_modes
 from nlptl.config import MergeConfig
 from nlptl.errors import NlptlError, UsageError
 
@@ -51,6 +51,7 @@ def run(cfg: MergeConfig) -> dict:
         record["lora"] = {**record.get("lora", {}), "merged": True, "merged_by": "nlptl merge", "merged_from": str(src)}
         (stage / RECORD).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
         card.write(stage, record, out)
+        umask_modes(stage)
         if out.exists():
             shutil.rmtree(out)
         stage.rename(out)
