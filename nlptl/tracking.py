@@ -26,7 +26,7 @@ from nlptl.errors import UsageError
 METRICS_FILE = "metrics.csv"
 LOGS_DIR = "logs"
 # Stable: the same columns for every stage (finetune leaves eval_perplexity empty, the LM stages the
-# classification metrics). step = optimizer updates so far; lr = the first parameter group's.
+# classification metrics). step = optimizer updates so far; lr = the rate --lr sets.
 COLUMNS = ("step", "loss", "lr", "tokens_per_s", "eval_loss", "eval_perplexity", "eval_accuracy", "eval_f1_macro")
 # The Python module that must be importable, and what to pip install for it.
 PACKAGES = {"tensorboard": (("tensorboard", "tensorboardX"), "tensorboard"), "mlflow": (("mlflow",), "mlflow-skinny"),
@@ -66,11 +66,12 @@ def accelerator_args(report_to: str, out: Path | None) -> dict:
 
 
 def columns_of(rows: list[dict]) -> list[str]:
-    """`COLUMNS`, then the other evaluation metrics of `rows` in the order they first come: a fixed set
-    would silently drop what a task shape or objective scores beyond accuracy and perplexity."""
+    """`COLUMNS`, then the other evaluation metrics of `rows` in the order they first come (a fixed set
+    would silently drop what a task shape or objective scores beyond accuracy and perplexity), and the
+    head's own learning rate where it has one."""
     columns = list(COLUMNS)
     for row in rows:
-        columns += [k for k, v in row.items() if k.startswith("eval_") and k not in columns
+        columns += [k for k, v in row.items() if (k.startswith("eval_") or k == "head_lr") and k not in columns
                     and isinstance(v, int | float) and not isinstance(v, bool)]
     return columns
 

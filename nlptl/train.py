@@ -359,7 +359,12 @@ class _Loop:
         """The mean loss since the last log line, with the learning rate and throughput."""
         import torch
 
-        state, lr = self.state, self.scheduler.get_last_lr()[0]
+        state = self.state
+        # The rate --lr sets (every group follows one schedule): the first group is the head's, which
+        # has its own rate with --head-lr (or after a contrastive stage), logged beside it.
+        top, top_peak = self.scheduler.get_last_lr()[0], self.scheduler.base_lrs[0]
+        lr = self.cfg.lr * top / top_peak
+        rates = {"lr": lr} | ({"head_lr": top} if top_peak != self.cfg.lr else {})
         mean_loss = (state.running / state.running_n).item()  # a device sync point: only every log_every steps
         state.running = torch.zeros((), device=self.accelerator.device)
         state.running_n = 0
@@ -373,7 +378,7 @@ class _Loop:
             )
         state.final_loss = mean_loss
         tokens_per_s = state.tokens.item() * self.accelerator.num_processes / max(self.elapsed(), 1e-9)
-        self.record({"step": state.step, "loss": mean_loss, "lr": lr, "tokens_per_s": tokens_per_s})
+        self.record({"step": state.step, "loss": mean_loss, **rates, "tokens_per_s": tokens_per_s})
         self.progress.update(state.step, {"loss": mean_loss, "lr": lr, "tok/s": tokens_per_s})
 
     def record(self, row: dict) -> None:

@@ -207,7 +207,7 @@ def warn_degenerate_label_sets(logits, threshold: float, cfg: FinetuneConfig) ->
     source = "--tune-threshold chose it" if cfg.tune_threshold else "--threshold"
     for share, what in ((every, "every label"), (none, "no label")):
         if share > 0.95 and logits.shape[-1] > 1:
-            log.warning("at threshold %.2f (%s) the classifier predicts %s for %.0f%% of the eval set: try another "
+            log.warning("at threshold %g (%s) the classifier predicts %s for %.0f%% of the eval set: try another "
                         "--threshold, more epochs or --class-weights auto", threshold, source, what, 100 * share)
 
 

@@ -195,9 +195,14 @@ def _training_plot(plt, node: dict, history: list[dict], path: Path) -> None:
     ax.grid(True, alpha=0.3)
     ax = axes[1]
     ax.plot([r["step"] for r in train], [r["lr"] for r in train], color="tab:green", marker=".",
-            label="learning rate (first parameter group)")
+            label="learning rate (--lr)")
+    if any(r.get("head_lr") is not None for r in train):
+        ax.plot([r["step"] for r in train], [r.get("head_lr") for r in train], color="tab:olive", marker=".",
+                label="head's learning rate (--head-lr)")
+        ax.set_yscale("log")  # a head at 1e-2 beside a body at 1e-5
+    else:
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     ax.set_ylabel("learning rate")
-    ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     ax.legend(fontsize=8)
     ax.grid(True, alpha=0.3)
     if classify:
