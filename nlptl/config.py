@@ -115,7 +115,8 @@ class TrainConfig:
     merge: bool = opt(False, "With --lora: also write the merged model (loads without peft; usable as the next stage's --from).", panel=LORA)
 
     # Whether --lr auto (the learning-rate range test, nlptl/lr_find.py) is offered by this stage, and
-    # whether --lr may stay unset (finetune: the checkpoint chooses, stages/classifier.py rates_for).
+    # whether --lr may stay unset (finetune: the checkpoint chooses, stages/classifier.py rates_for;
+    # adapt: the objective, AdaptConfig.with_default_lr).
     LR_AUTO = False
     LR_UNSET = False
 
@@ -221,15 +222,28 @@ class AdaptConfig(LMConfig):
 
     from_model: str | None = opt(None, "Language model to adapt: run dir, local checkpoint or hub id (default: latest pretrain run).")
     corpus: str | None = opt(None, "Domain corpus: a name (see `nlptl corpora`), task:NAME, hf:NAME[:CONFIG][@SPLIT], or a file/dir/glob; a mixture as NAME:SHARE,NAME:SHARE (e.g. reviews:0.95,wikitext-103:0.05 replays general text).", panel=DATA)
-    lr: float | str = opt(1e-4, LR_HELP)
+    lr: float | str | None = opt(None, "Peak learning rate. Default: 1e-4 for MLM and CLM; 2e-5 for --objective "
+                                 "contrastive (SetFit's body rate, the one docs/results.md measured). Or auto (MLM, "
+                                 "CLM): a learning-rate range test on the training data picks it (fastai's lr_find; "
+                                 "the curve and the choice are kept in the run directory).")
     lr_find_steps: int = opt(100, "--lr auto: steps of the learning-rate range test.")
     LR_AUTO = True
+    LR_UNSET = True  # the objective chooses: with_default_lr
+
+    def with_default_lr(self) -> AdaptConfig:
+        """This config with --lr, when not given, chosen by the objective: SetFit's body rate for the
+        contrastive stage (every few-label cell of docs/results.md ran at it), 1e-4 for MLM and CLM. The
+        record keeps it unset, as finetune's, so a recipe or a rerun resolves it alike."""
+        if self.lr is not None:
+            return self
+        return dataclasses.replace(self, lr=2e-5 if self.objective == "contrastive" else 1e-4)
     objective: str = opt("auto", "auto (MLM for encoders, CLM for decoders), mlm, clm, or contrastive (SetFit-style: "
                          "sentence pairs from the labels of --corpus task:NAME --train FILE; same label = similar).",
                          choices=ADAPT_OBJECTIVES)
     label_column: str = opt("label", "--objective contrastive: the label column of --train.", panel=DATA)
-    pairs_per_example: int = opt(20, "--objective contrastive: sentence pairs drawn per labelled example, half "
-                                 "positive (same label), half negative (SetFit 0.x: num_iterations 10 = 20 pairs).",
+    pairs_per_example: int = opt(20, "--objective contrastive: sentence pairs drawn per labelled example, "
+                                 "alternately positive (same label) and negative, so an odd count gives one more "
+                                 "positive (SetFit 0.x: num_iterations 10 = 20 pairs).",
                                  panel=CONTRASTIVE)
     pair_loss: str = opt("cosine", "--objective contrastive: cosine (SetFit's CosineSimilarityLoss: MSE between the "
                          "cosine of the pair and 1/0) or contrastive (Hadsell et al., margin 0.5 on the cosine "
@@ -249,7 +263,7 @@ class AdaptConfig(LMConfig):
         if self.objective == "contrastive":
             if self.lr == "auto":
                 raise UsageError("--lr auto is offered for the LM objectives and finetune; --objective contrastive "
-                                 "takes a number (SetFit's 2e-5 is a good start)")
+                                 "takes a number (its default, 2e-5, is SetFit's)")
             if not self.corpus.startswith("task:"):
                 raise UsageError(f"--objective contrastive draws pairs from labels: pass --corpus task:NAME --train "
                                  f"FILE (got --corpus {self.corpus})")
@@ -613,7 +627,7 @@ def changed(cfg: Any) -> dict[str, Any]:
 
 def learning_rate(value: Any, auto_ok: bool, unset_ok: bool = False) -> float | str | None:
     """--lr as a number, or 'auto' where the stage offers the range test; None (unset) where the stage
-    chooses the rate itself (finetune, by the checkpoint: stages/classifier.py rates_for)."""
+    chooses the rate itself (finetune by the checkpoint, adapt by the objective)."""
     if value is None:
         if not unset_ok:
             raise UsageError("--lr expects a number" + (" or auto" if auto_ok else ""))

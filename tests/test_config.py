@@ -41,12 +41,14 @@ def test_precedence_defaults_file_flags_sets(tmp_path):
 
 def test_stage_defaults_differ_where_the_recipe_does():
     assert PretrainConfig(corpus="x").lr == 5e-4
-    assert AdaptConfig(corpus="x").lr == 1e-4 and AdaptConfig(corpus="x").warmup_ratio == 0.05
+    assert AdaptConfig(corpus="x").warmup_ratio == 0.05
     assert FinetuneConfig().batch_size == 32 and FinetuneConfig().epochs == 3.0
-    # finetune's --lr, not given, is chosen by the checkpoint (stages/classifier.py rates_for); only there.
+    # --lr, not given, is chosen by the checkpoint in finetune (stages/classifier.py rates_for) and by
+    # the objective in adapt (stages/adapt.py ADAPT_LR; tests/test_contrastive.py); only there.
     assert FinetuneConfig().lr is None and resolve(FinetuneConfig, sets=["lr=null"]).lr is None
-    with pytest.raises(UsageError, match="--lr expects a number or auto"):
-        AdaptConfig(corpus="x", lr=None)
+    assert AdaptConfig(corpus="x").lr is None
+    with pytest.raises(UsageError, match="--lr expects a number"):
+        PretrainConfig(corpus="x", lr=None)
 
 
 @pytest.mark.parametrize("raw,key,value", [

@@ -227,6 +227,46 @@ def test_chain_domain_then_contrastive_then_head_in_a_recipe(tmp_path):
     assert lineage["parent"]["parent"]["parent"]["stage"] == "pretrain"
 
 
+def test_one_label_is_named_before_the_model_loads(checkpoints, tmp_path, monkeypatch):
+    from conftest import labelled_rows, write_csv
+
+    import nlptl.stages.contrastive
+    from nlptl.stages import adapt
+
+    rows = [(t, "positive") for t, _ in labelled_rows(12)]
+    monkeypatch.setattr(nlptl.stages.contrastive, "pair_encoder", lambda *a: pytest.fail("the model was built"))
+    with pytest.raises(UsageError, match=r"at least two labels in --train; .*one\.csv has 12 examples, all labelled "
+                                         r"'positive'"):
+        adapt.run(adapt_cfg(from_model=str(checkpoints["bert"]), objective="contrastive", corpus="task:classification",
+                            train_file=str(write_csv(tmp_path / "one.csv", rows)), out=str(tmp_path / "r")))
+
+
+def test_adapt_rate_follows_the_objective_and_is_recorded(checkpoints, task_files, corpus_file, tmp_path, monkeypatch):
+    """Without --lr, the contrastive stage trains at SetFit's body rate (what docs/results.md measured),
+    the LM objectives at 1e-4; the result says the rate used, and the run resumes under it."""
+    import csv
+
+    import nlptl.stages.contrastive
+    from nlptl.config import load_yaml
+    from nlptl.stages import adapt
+
+    kw = {"from_model": str(checkpoints["bert"]), "objective": "contrastive", "corpus": "task:classification",
+          "train_file": str(task_files["train"]), "pairs_per_example": 2, "lr": None, "save_every": 2}
+    out = tmp_path / "pairs"
+    with monkeypatch.context() as m:
+        m.setattr(nlptl.stages.contrastive, "write_stage", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+        with pytest.raises(OSError):
+            adapt.run(adapt_cfg(out=str(out), **kw))
+    result = adapt.run(adapt_cfg(out=str(out), resume=True, **kw))  # the same unset --lr: the same run
+    # The record keeps "not given" (a recipe compares it with its own unset --lr); the result says the rate.
+    assert result["lr"] == 2e-5 and load_yaml(str(out / "config.yaml"))["lr"] is None
+    with (out / "metrics.csv").open() as f:
+        assert 0 < max(float(r["lr"]) for r in csv.DictReader(f) if r["lr"]) <= 2e-5
+    mlm = adapt.run(adapt_cfg(from_model=str(checkpoints["bert"]), corpus=str(corpus_file), out=str(tmp_path / "m"),
+                              lr=None))
+    assert mlm["lr"] == 1e-4
+
+
 @pytest.mark.slow
 def test_kill_9_then_resume_equals_uninterrupted(checkpoints, task_files, tmp_path):
     import sys

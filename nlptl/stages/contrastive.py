@@ -120,6 +120,11 @@ def labelled_texts(cfg: AdaptConfig, tokenizer, accelerator):
         raw = read_labelled(spec.train, spec)
         names = label_names(spec, raw["label"])
         ds = encode(raw, names, spec, "--train", spec.train.spec)
+    if len(set(ds["label"])) < 2:
+        found = sorted({names[y] for y in ds["label"]})
+        raise UsageError(f"--objective contrastive needs examples of at least two labels in --train; "
+                         f"{spec.train.spec} has {len(ds)} examples, all labelled {found[0]!r}" if found else
+                         f"--objective contrastive: --train {spec.train.spec} has no labelled examples")
     input_ids = tokenizer(list(ds["text"]), truncation=True, max_length=cfg.block_size)["input_ids"]
     return spec, names, input_ids, list(ds["label"])
 
@@ -177,7 +182,8 @@ def contrastive_stage(cfg: AdaptConfig, ref, *, accelerator, out, lineage: dict)
     with RunLog(accelerator, out, "adapt", to_dict(cfg), resume=cfg.resuming) as runlog:
         before = score(model.to(accelerator.device))
         runlog.log({"step": 0, "eval_pair_loss": before})
-        model, result = train(accelerator, model, pairs, collate, cfg, description="adapt (contrastive)",
+        # The record keeps --lr as given; training gets the objective's default where it was not.
+        model, result = train(accelerator, model, pairs, collate, cfg.with_default_lr(), description="adapt (contrastive)",
                               runlog=runlog, **resume_args(cfg, out))
         after = score(model)
         runlog.log({"step": result.steps, "eval_pair_loss": after})
@@ -188,6 +194,7 @@ def contrastive_stage(cfg: AdaptConfig, ref, *, accelerator, out, lineage: dict)
         "steps": result.steps,
         "n_train": len(labels),
         "n_pairs": len(pairs),
+        "lr": cfg.with_default_lr().lr,
         "train_tokens": result.train_tokens,
         "train_seconds": round(result.train_seconds, 3),
         **result.device_metrics(),

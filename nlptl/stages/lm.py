@@ -47,9 +47,10 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
             log.warning("the %s head is new and LoRA leaves it at its random initialisation; "
                         "a full adapt (without --lora) trains it", "masked-LM" if objective == "mlm" else "causal-LM")
     train_args = resume_args(cfg, out)
-    # The record keeps --lr auto (a recipe or a rerun searches the same way); training gets the rate found.
+    # The record keeps --lr as given (auto, or none: a recipe or a rerun resolves it the same way);
+    # training gets the rate found or the objective's default.
     train_cfg, lr_found = (auto_lr(cfg, stage, accelerator, model, objective, train_blocks, train_collate, out)
-                           if cfg.lr == "auto" else (cfg, None))
+                           if cfg.lr == "auto" else (cfg.with_default_lr() if cfg.lr is None else cfg, None))
     with RunLog(accelerator, out, stage, to_dict(cfg), resume=train_args["resume_from"] is not None) as runlog:
         before = score(model.to(accelerator.device))
         runlog.log({"step": 0, "eval_loss": before["loss"], "eval_perplexity": before["perplexity"]})
@@ -70,6 +71,7 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
         **result.device_metrics(),
         "preprocess_seconds": round(preprocess_seconds, 3),
         **({"lr_found": train_cfg.lr} if lr_found is not None else {}),
+        "lr": train_cfg.lr,
         "output_dir": str(out),
     }
     if by_corpus:
