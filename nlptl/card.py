@@ -14,6 +14,13 @@ CARD_FILE = "README.md"
 PIPELINE = {"clm": "text-generation", "mlm": "fill-mask"}
 # Keys that change nothing in the model: not part of the command that rebuilds it.
 NOT_REPRODUCED = ("overwrite", "resume", "resume_from", "report_to", "push_to_hub", "hub_private")
+# Options an objective does not read (the card's hyperparameters name only what the run used).
+UNUSED = {
+    "contrastive": ("mlm_probability", "whole_word_mask", "validation_percentage", "max_eval_blocks", "streaming",
+                    "num_proc", "lr_find_steps"),
+    "mlm": ("label_column", "pairs_per_example", "pair_loss", "pooling"),
+    "clm": ("label_column", "pairs_per_example", "pair_loss", "pooling", "mlm_probability", "whole_word_mask"),
+}
 
 
 def is_hub_id(value: str | None) -> bool:
@@ -143,9 +150,11 @@ def build(record: dict, directory: Path, out: Path):
                                        metric_type="perplexity", metric_value=metrics["perplexity"]))
         metric_names = ["perplexity"]
     command = reproduce_command(stage, config, out, lineage)
+    encoder = objective == "contrastive"  # a sentence encoder: it carries sentence-transformers' pooling files
     data = ModelCardData(
-        library_name="transformers",
-        pipeline_tag="text-classification" if stage == "finetune" else PIPELINE.get(objective),
+        library_name="sentence-transformers" if encoder else "transformers",
+        pipeline_tag="text-classification" if stage == "finetune" else
+        "sentence-similarity" if encoder else PIPELINE.get(objective),
         tags=["nlptl", "ulmfit", "transfer-learning", stage] + ([objective] if objective in PIPELINE else []),
         # The hub only accepts hub ids here; a local base model is named in the text and under `nlptl`.
         base_model=base if is_hub_id(base) else None,
@@ -166,6 +175,8 @@ def _body(record: dict, directory: Path, out: Path, objective, base, sources: li
     stage, config, metrics, lineage = record["stage"], record["config"], record.get("metrics") or {}, record["lineage"]
     what = {"pretrain": "a general language model", "adapt": "a language model adapted to domain text",
             "finetune": "a sequence classifier"}[stage]
+    if objective == "contrastive":
+        what = "a sentence encoder trained on pairs of a task's labelled examples (same label = similar)"
     lines = [f"# {out.name}", "",
              f"{what[0].upper() + what[1:]}, made by `nlptl {stage}` (ULMFiT-style transfer "
              f"learning: pretrain -> adapt -> finetune)" + (f", objective **{objective}**." if objective else "."), "",
@@ -188,7 +199,8 @@ def _body(record: dict, directory: Path, out: Path, objective, base, sources: li
     if not sources:
         lines.append("| | | (no training data: an existing checkpoint taken as it is) | |")
     lines += ["", "## Hyperparameters", "", "| key | value |", "|---|---|"]
-    lines += [f"| {k} | `{_fmt(v)}` |" for k, v in config.items() if v not in (None, [], "") and k not in NOT_REPRODUCED]
+    unused = NOT_REPRODUCED + UNUSED.get(objective, ())
+    lines += [f"| {k} | `{_fmt(v)}` |" for k, v in config.items() if v not in (None, [], "") and k not in unused]
     lines += ["", "## Results", ""]
     if metrics.get("learning_curve"):
         lines += ["Learning curve (mean over seeds, on the evaluation data): see `learning_curve.csv`.", ""]
@@ -199,6 +211,9 @@ def _body(record: dict, directory: Path, out: Path, objective, base, sources: li
             scores = SHAPE_SCORES.get(lineage.get("problem_type"), "accuracy and macro-F1")
             lines += ["", f"{scores[0].upper() + scores[1:]} on the evaluation data that selected the checkpoint "
                       "(not a test set)."]
+        elif objective == "contrastive":
+            lines += ["", f"pair_loss: the {config.get('pair_loss', 'cosine')} pair loss on pairs of the labelled "
+                      "examples drawn apart from the training pairs (before training: pair_loss_before)."]
         else:
             lines += ["", "perplexity on held-out blocks of the training corpus (before training: perplexity_before)."]
     else:
@@ -211,6 +226,12 @@ def _body(record: dict, directory: Path, out: Path, objective, base, sources: li
                   "without human review. It inherits the biases of its training text and labels.",
                   "", *usage(lineage, out.name, (Path(directory) / "modeling_nlptl.py").exists())]
         lines += serve_and_export(directory, out, lineage)
+    elif objective == "contrastive":
+        lines += ["A sentence encoder for `nlptl finetune --from` (which then trains the body slowly and the head "
+                  "fast) or for sentence-transformers (`SentenceTransformer(path)`: it carries its pooling, "
+                  f"{lineage.get('pooling')}). Its embeddings place texts of one label of its task close together; "
+                  "for other tasks or domains they are untested. It inherits the biases of its training text and "
+                  "labels."]
     else:
         lines += ["A starting point for the next nlptl stage (`nlptl adapt --from` / `nlptl finetune --from`) or "
                   "for further training with transformers. It is not instruction-tuned and not meant to generate "

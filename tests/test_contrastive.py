@@ -145,6 +145,28 @@ def test_held_out_pair_loss_is_in_metrics_csv_and_the_report(contrastive, tmp_pa
         assert plotted_labels(out, tmp_path / family, monkeypatch)[0] == name
 
 
+def test_report_table_shows_the_pair_loss(contrastive, tmp_path, capsys):
+    import shutil
+
+    from cli_helpers import call_main
+
+    out, result = contrastive["bert"]
+    shutil.copytree(out, tmp_path / "run")  # the report writes into the run directory: not the shared one
+    capsys.readouterr()
+    assert call_main(["report", str(tmp_path / "run")], tmp_path) == 0
+    text = capsys.readouterr().out
+    assert "pair_loss_before" in text and f"{result['pair_loss']:.4g}" in text
+
+
+def test_model_card_describes_a_sentence_encoder(contrastive):
+    card = (contrastive["bert"][0] / "README.md").read_text(encoding="utf-8")
+    meta, body = card.split("\n---\n", 1)
+    assert "library_name: sentence-transformers" in meta and "pipeline_tag: sentence-similarity" in meta
+    assert "perplexity" not in card and "pair_loss_before" in body and "sentence encoder" in body
+    # Only the options the contrastive stage used: none of MLM's.
+    assert "mlm_probability" not in card and "validation_percentage" not in card and "| pairs_per_example |" in body
+
+
 def test_finetune_pools_as_the_encoder_was_trained_and_keeps_the_lineage(contrastive, task_files, tmp_path):
     from nlptl.stages import finetune
 
