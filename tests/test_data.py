@@ -67,6 +67,11 @@ def test_missing_column_suggests_the_closest(tmp_path):
     (tmp_path / "t.jsonl").write_text(json.dumps({"sentence": "a", "label": 1}) + "\n")
     with pytest.raises(UsageError, match="no column 'text'.*columns are sentence, label"):
         check(tmp_path / "t.jsonl", columns={"text": "--text-column"})
+    # Every missing column at once: one run to learn them all, not one run per column.
+    (tmp_path / "both.csv").write_text("sentence,sentiment\nhello,1\n")
+    with pytest.raises(UsageError, match="no column 'text'; no column 'label'; columns are sentence, sentiment; "
+                                         "pass --text-column NAME and --label-column NAME"):
+        check(tmp_path / "both.csv", columns={"text": "--text-column", "label": "--label-column"})
 
 
 def test_unsupported_and_missing(tmp_path):

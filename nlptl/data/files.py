@@ -131,12 +131,13 @@ def columns_of(path: Path, fmt: str, flag: str) -> list[str]:
 def require_columns(path: Path, fmt: str, flag: str, needed: dict[str, str]) -> None:
     """`needed` maps a column name to the flag that names it (for the message)."""
     cols = columns_of(path, fmt, flag)
-    for col, col_flag in needed.items():
-        if col not in cols:
-            raise UsageError(
-                f"{flag} {path}: no column '{col}'{did_you_mean(col, cols)}; columns are {', '.join(cols) or '(none)'}; "
-                f"pass {col_flag} NAME"
-            )
+    missing = {col: col_flag for col, col_flag in needed.items() if col not in cols}
+    if missing:  # all of them at once: one run to learn every fix
+        raise UsageError(
+            f"{flag} {path}: " + "; ".join(f"no column '{col}'{did_you_mean(col, cols)}" for col in missing)
+            + f"; columns are {', '.join(cols) or '(none)'}; pass "
+            + " and ".join(f"{col_flag} NAME" for col_flag in dict.fromkeys(missing.values()))
+        )
 
 
 def check_data_file(spec: str, flag: str, columns: dict[str, str] | None = None) -> tuple[list[Path], str, str]:
