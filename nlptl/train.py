@@ -364,7 +364,8 @@ class _Loop:
         # has its own rate with --head-lr (or after a contrastive stage), logged beside it.
         top, top_peak = self.scheduler.get_last_lr()[0], self.scheduler.base_lrs[0]
         lr = self.cfg.lr * top / top_peak
-        rates = {"lr": lr} | ({"head_lr": top} if top_peak != self.cfg.lr else {})
+        own_head = self.scheduler.optimizer.param_groups[0].get("group_name") == "head" and top_peak != self.cfg.lr
+        rates = {"lr": lr} | ({"head_lr": top} if own_head else {})
         mean_loss = (state.running / state.running_n).item()  # a device sync point: only every log_every steps
         state.running = torch.zeros((), device=self.accelerator.device)
         state.running_n = 0
