@@ -47,8 +47,7 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
             log.warning("the %s head is new and LoRA leaves it at its random initialisation; "
                         "a full adapt (without --lora) trains it", "masked-LM" if objective == "mlm" else "causal-LM")
     train_args = resume_args(cfg, out)
-    # The record keeps --lr as given (auto, or none: a recipe or a rerun resolves it the same way);
-    # training gets the rate found or the objective's default.
+    # The record keeps --lr as given (auto, or unset: a rerun resolves it alike); training gets the rate.
     train_cfg, lr_found = (auto_lr(cfg, stage, accelerator, model, objective, train_blocks, train_collate, out)
                            if cfg.lr == "auto" else (cfg.with_default_lr() if cfg.lr is None else cfg, None))
     with RunLog(accelerator, out, stage, to_dict(cfg), resume=train_args["resume_from"] is not None) as runlog:
@@ -70,8 +69,7 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
         "train_seconds": round(result.train_seconds, 3),
         **result.device_metrics(),
         "preprocess_seconds": round(preprocess_seconds, 3),
-        **({"lr_found": train_cfg.lr} if lr_found is not None else {}),
-        "lr": train_cfg.lr,
+        **({"lr_found": train_cfg.lr} if lr_found is not None else {}), "lr": train_cfg.lr,
         "output_dir": str(out),
     }
     if by_corpus:
@@ -90,7 +88,6 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
             from nlptl import lr_find
 
             lr_find.save(w.path, lr_found)
-
         if peft_model is not None:
             return {"lora": save_lora(w, peft_model, tokenizer, cfg.merge, kept), "history": result.history}
         w.save_model(model, tokenizer, kept)
