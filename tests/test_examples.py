@@ -98,3 +98,14 @@ def test_scale_out_script_with_two_processes(tmp_path):
     assert result["steps"] == 2 and result["n_eval"] == 300
     record = json.loads((tmp_path / "work" / "domain" / "nlptl-run.json").read_text())
     assert record["metrics"]["train_tokens"] == 2 * 2 * 4 * 32  # steps x processes x batch x block
+
+
+def test_few_labels_script(tmp_path):
+    proc = run_script("06-few-labels.sh", tmp_path, STEPS="2", PER_CLASS="8")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    chain, plain = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert chain["n_eval"] == plain["n_eval"] == 300
+    record = json.loads((tmp_path / "work" / "classifier" / "nlptl-run.json").read_text())
+    assert record["lineage"]["parent"]["objective"] == "contrastive" and record["metrics"]["head_lr"] == 1e-2
+    pairs = json.loads((tmp_path / "work" / "pairs" / "nlptl-run.json").read_text())
+    assert pairs["metrics"]["n_train"] == 16  # 8 per class
