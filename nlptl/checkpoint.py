@@ -184,22 +184,23 @@ class StageWriter:
         for name in LIVE if read_record(self.out) is None else ():
             if (self.out / name).exists() and not (self.staging / name).exists():
                 os.replace(self.out / name, self.staging / name)
-        umask_modes(self.staging)
-        if self.out.exists():
-            shutil.rmtree(self.out)
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self.staging, self.out)
+        publish(self.staging, self.out)
         return self.out
 
 
-def umask_modes(directory: Path) -> None:
-    """Give the weights written under `directory` the mode any other file there gets (0o666 less the
-    umask): safetensors >= 0.8 writes through a temporary file created 0600 whatever the umask
-    (safetensors issue 782), so a model trained by one user could not be read by the one serving it."""
+def publish(staging: Path, final: Path) -> None:
+    """Make the finished directory `staging` be `final` in one rename (replacing what was there).
+    Its weights first get the mode any other file gets (0o666 less the umask): safetensors >= 0.8
+    writes through a temporary file created 0600 whatever the umask (safetensors issue 782), so a
+    model trained by one user could not be read by the one serving it."""
     umask = os.umask(0)
     os.umask(umask)
-    for path in directory.rglob("*.safetensors"):
+    for path in staging.rglob("*.safetensors"):
         path.chmod(0o666 & ~umask)
+    if final.exists():
+        shutil.rmtree(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staging, final)
 
 
 def resume_hint(out: Path, command: list[str] | None) -> str:
@@ -268,10 +269,7 @@ def save_training_state(root: Path, step: int, files: dict[str, object], state: 
     (tmp / "trainer_state.json").write_text(json.dumps(state, default=str), encoding="utf-8")
     manifest = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(tmp.iterdir())}
     (tmp / CKPT_MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-    umask_modes(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    publish(tmp, final)
     for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final

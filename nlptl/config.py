@@ -120,6 +120,11 @@ class TrainConfig:
     LR_AUTO = False
     LR_UNSET = False
 
+    def with_default_lr(self):
+        """This config with --lr resolved where the stage may leave it unset (AdaptConfig); finetune
+        resolves its own by the checkpoint (stages/classifier.py rates_for)."""
+        return self
+
     def __post_init__(self) -> None:
         self.lr = learning_rate(self.lr, self.LR_AUTO, self.LR_UNSET)
         finite(self)

@@ -120,11 +120,9 @@ def labelled_texts(cfg: AdaptConfig, tokenizer, accelerator):
         raw = read_labelled(spec.train, spec)
         names = label_names(spec, raw["label"])
         ds = encode(raw, names, spec, "--train", spec.train.spec)
-    if len(set(ds["label"])) < 2:
-        found = sorted({names[y] for y in ds["label"]})
+    if len(set(ds["label"])) < 2:  # (encode refused a file without rows)
         raise UsageError(f"--objective contrastive needs examples of at least two labels in --train; "
-                         f"{spec.train.spec} has {len(ds)} examples, all labelled {found[0]!r}" if found else
-                         f"--objective contrastive: --train {spec.train.spec} has no labelled examples")
+                         f"{spec.train.spec} has {len(ds)} examples, all labelled {names[ds['label'][0]]!r}")
     input_ids = tokenizer(list(ds["text"]), truncation=True, max_length=cfg.block_size)["input_ids"]
     return spec, names, input_ids, list(ds["label"])
 
@@ -179,11 +177,11 @@ def contrastive_stage(cfg: AdaptConfig, ref, *, accelerator, out, lineage: dict)
     def score(m) -> float:
         return mean_pair_loss(m, scored, collate, cfg.batch_size, accelerator.device)
 
+    train_cfg = cfg.with_default_lr()  # the record keeps --lr as given; training gets the rate
     with RunLog(accelerator, out, "adapt", to_dict(cfg), resume=cfg.resuming) as runlog:
         before = score(model.to(accelerator.device))
         runlog.log({"step": 0, "eval_pair_loss": before})
-        # The record keeps --lr as given; training gets the objective's default where it was not.
-        model, result = train(accelerator, model, pairs, collate, cfg.with_default_lr(), description="adapt (contrastive)",
+        model, result = train(accelerator, model, pairs, collate, train_cfg, description="adapt (contrastive)",
                               runlog=runlog, **resume_args(cfg, out))
         after = score(model)
         runlog.log({"step": result.steps, "eval_pair_loss": after})
@@ -194,7 +192,7 @@ def contrastive_stage(cfg: AdaptConfig, ref, *, accelerator, out, lineage: dict)
         "steps": result.steps,
         "n_train": len(labels),
         "n_pairs": len(pairs),
-        "lr": cfg.with_default_lr().lr,
+        "lr": train_cfg.lr,
         "train_tokens": result.train_tokens,
         "train_seconds": round(result.train_seconds, 3),
         **result.device_metrics(),

@@ -21,7 +21,7 @@ import os
 import shutil
 from pathlib import Path
 
-from nlptl.checkpoint import umask_modes
+from nlptl.checkpoint import publish
 from nlptl.config import ExportConfig, to_dict
 from nlptl.errors import NlptlError, UsageError
 from nlptl.inference import EXPORT_RECORD, ONNX_FILE, ONNX_MISSING, is_onnx_export
@@ -81,10 +81,7 @@ def run(cfg: ExportConfig) -> dict:
         if cfg.quantize:
             record |= quantize(stage, torch_model, fp32, texts, pairs, gold, cfg.max_length)
         (stage / EXPORT_RECORD).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
-        umask_modes(stage)
-        if out.exists():
-            shutil.rmtree(out)
-        stage.rename(out)
+        publish(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     files = sorted(p.name for p in out.iterdir())

@@ -49,7 +49,7 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
     train_args = resume_args(cfg, out)
     # The record keeps --lr as given (auto, or unset: a rerun resolves it alike); training gets the rate.
     train_cfg, lr_found = (auto_lr(cfg, stage, accelerator, model, objective, train_blocks, train_collate, out)
-                           if cfg.lr == "auto" else (cfg.with_default_lr() if cfg.lr is None else cfg, None))
+                           if cfg.lr == "auto" else (cfg.with_default_lr(), None))
     with RunLog(accelerator, out, stage, to_dict(cfg), resume=train_args["resume_from"] is not None) as runlog:
         before = score(model.to(accelerator.device))
         runlog.log({"step": 0, "eval_loss": before["loss"], "eval_perplexity": before["perplexity"]})

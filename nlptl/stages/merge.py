@@ -18,7 +18,7 @@ import os
 import shutil
 from pathlib import Path
 
-from nlptl.checkpoint import read_record, umask_modes
+from nlptl.checkpoint import publish, read_record
 from nlptl.config import MergeConfig
 from nlptl.errors import NlptlError, UsageError
 
@@ -51,10 +51,7 @@ def run(cfg: MergeConfig) -> dict:
         record["lora"] = {**record.get("lora", {}), "merged": True, "merged_by": "nlptl merge", "merged_from": str(src)}
         (stage / RECORD).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
         card.write(stage, record, out)
-        umask_modes(stage)
-        if out.exists():
-            shutil.rmtree(out)
-        stage.rename(out)
+        publish(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     log.info("merged the adapter of %s into %s (base %s)", src, out, base_path)
