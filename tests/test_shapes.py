@@ -307,7 +307,7 @@ def test_degenerate_multilabel_threshold_is_reported(checkpoints, data, tmp_path
     with caplog.at_level("WARNING", logger="nlptl"):
         finetune.run(finetune_cfg(from_model=str(checkpoints["bert"]), train_file=str(data["multi"]), task="multilabel",
                                   label_column="tags", threshold=0.001, max_steps=2, out=str(tmp_path / "all")))
-    assert "predicts every label for 100% of the eval set" in caplog.text and "--threshold" in caplog.text
+    assert "at threshold 0.001 (--threshold) the classifier predicts every label for 100% of the eval set" in caplog.text
 
 
 def test_threshold_tuning(checkpoints, data, tmp_path):
