@@ -461,6 +461,9 @@ class ServeConfig:
     max_texts: int = opt(256, "Most texts in one request; more get 413.", panel=SERVER)
     max_length: int | None = again(PredictConfig, "max_length", None)
     threads: int | None = opt(None, "Torch / onnxruntime threads per worker (default: torch's choice, the cores).")
+    info_paths: bool = opt(False, "Show absolute paths (the model's, the base model's, the training files') in GET "
+                           "/info; by default only their last part, so clients learn nothing of the server's files.",
+                           panel=SERVER)
 
     def __post_init__(self) -> None:
         finite(self)

@@ -4,7 +4,9 @@ Routes:
 - POST /predict  {"texts": [...]} (and "text_pairs": [...] for a pair model) -> {"results": [...]}, one
   result per text in order, each as `nlptl predict --json` writes it (nlptl/inference.py);
 - GET /health    200 {"status": "ok"} once the model is loaded, 503 while it loads or the server drains;
-- GET /info      the model, its labels and task shape, lineage, max length, backend and device.
+- GET /info      the model, its labels and task shape, lineage, max length, backend and device (absolute
+  paths cut to their last part, unless --info-paths);
+- HEAD /health, HEAD /info: the status of GET, for load balancers.
 
 Dynamic batching (`Batcher`): requests wait in a queue; the first one of a batch waits at most
 --max-wait-ms for others, until --max-batch-size texts are gathered; the batch runs in one thread
@@ -24,6 +26,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -32,8 +35,9 @@ from dataclasses import dataclass, field
 # At module level: FastAPI reads the routes' annotations (Request) from this module's globals.
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 log = logging.getLogger("nlptl")
 SETTINGS_ENV = "NLPTL_SERVE_SETTINGS"
@@ -178,6 +182,8 @@ def parse_request(body: bytes, pairs_model: bool, max_texts: int) -> tuple[list[
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadRequest(f"the body is not valid JSON ({e.msg if hasattr(e, 'msg') else 'not UTF-8'}); "
                          'send {"texts": ["..."]}') from None
+    except RecursionError:  # "[[[[..." deeper than the decoder's recursion limit: well under --max-request-bytes
+        raise BadRequest('the body is JSON nested too deeply; send {"texts": ["..."]}') from None
     if not isinstance(data, dict):
         raise BadRequest('the body must be a JSON object: {"texts": ["..."]}')
     unknown = sorted(set(data) - {"texts", "text_pairs"})
@@ -223,12 +229,49 @@ async def read_body(request, limit: int) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BadRequest(f"the request is {declared} bytes; the limit is {limit} (--max-request-bytes)", 413)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BadRequest(f"the request is over {limit} bytes (--max-request-bytes)", 413)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BadRequest(f"the request is over {limit} bytes (--max-request-bytes)", 413)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientGone(size) from None
     return b"".join(chunks)
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its request body was complete: nobody to answer."""
+
+    def __init__(self, received: int):
+        super().__init__(f"a client closed the connection after {received} bytes of its request body; nothing to answer")
+
+
+def error_handlers(app) -> None:
+    """Every failure answered as {"error": "one line"} (a client gone: nobody to answer, one log line)."""
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(request: Request, e: BadRequest):
+        return JSONResponse({"error": str(e)}, status_code=e.status)
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, e: ClientGone):
+        # An ordinary event (a client timed out or was stopped), not a server fault: one line, no traceback.
+        log.info("%s", e)
+        return Response(status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException):  # 404, 405: the same {"error": ...} shape
+        return JSONResponse({"error": str(e.detail)}, status_code=e.status_code, headers=e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, e: RequestValidationError):
+        return JSONResponse({"error": "invalid request"}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, e: Exception):  # anything else (Starlette then re-raises it to uvicorn's log)
+        log.error("internal error on %s: %s", request.url.path, type(e).__name__)
+        return JSONResponse({"error": INTERNAL}, status_code=500)
 
 
 def build_app(settings: dict, classifier=None):
@@ -251,37 +294,23 @@ def build_app(settings: dict, classifier=None):
 
     app = FastAPI(title="nlptl classifier", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
-    @app.exception_handler(BadRequest)
-    async def bad_request(request: Request, e: BadRequest):
-        return JSONResponse({"error": str(e)}, status_code=e.status)
+    error_handlers(app)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, e: HTTPException):  # 404, 405: the same {"error": ...} shape
-        return JSONResponse({"error": str(e.detail)}, status_code=e.status_code, headers=e.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, e: RequestValidationError):
-        return JSONResponse({"error": "invalid request"}, status_code=422)
-
-    @app.exception_handler(Exception)
-    async def internal(request: Request, e: Exception):  # anything else (Starlette then re-raises it to uvicorn's log)
-        log.error("internal error on %s: %s", request.url.path, type(e).__name__)
-        return JSONResponse({"error": INTERNAL}, status_code=500)
-
-    @app.get("/health")
+    # HEAD too, wherever GET is answered: load balancers and uptime checks probe with HEAD.
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health():
         if not state["ready"]:
             return JSONResponse({"status": "loading" if state["classifier"] is None else "stopping"}, status_code=503)
         return {"status": "ok"}
 
-    @app.get("/info")
+    @app.api_route("/info", methods=["GET", "HEAD"])
     async def info():
         if state["classifier"] is None:
             raise BadRequest("the model is still loading", 503)
-        return state["classifier"].info() | {"max_batch_size": settings["max_batch_size"],
-                                             "max_wait_ms": settings["max_wait_ms"],
-                                             "max_texts": settings["max_texts"],
-                                             "max_request_bytes": settings["max_request_bytes"]}
+        shown = state["classifier"].info()
+        if not settings.get("info_paths"):
+            shown = without_paths(shown)
+        return shown | {k: settings[k] for k in ("max_batch_size", "max_wait_ms", "max_texts", "max_request_bytes")}
 
     @app.post("/predict")
     async def predict(request: Request):
@@ -295,6 +324,22 @@ def build_app(settings: dict, classifier=None):
             return JSONResponse({"error": INTERNAL}, status_code=500)
 
     return app
+
+
+def without_paths(value):
+    """`value` (GET /info's answer) with every absolute path cut to its last part: a model or a data file
+    keeps its name, and a client learns nothing of the server's file layout (--info-paths keeps them)."""
+    if isinstance(value, dict):
+        return {k: without_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_paths(v) for v in value]
+    if isinstance(value, str):  # a path alone, or inside a sentence ("... /data/base records no pooling")
+        return ABSOLUTE_PATH.sub(lambda m: os.path.basename(m[0].rstrip("/")) or m[0], value)
+    return value
+
+
+# An absolute path (or ~/...): from a / or ~ that does not continue a word, a URL or a relative path.
+ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])[/~][^\s\"'<>|;,()]+")
 
 
 def load(settings: dict):

@@ -7,6 +7,7 @@ thread, around a stand-in classifier. Every request has a timeout; every server 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -441,3 +443,99 @@ def test_a_failing_request_does_not_fail_the_others_in_its_batch(in_thread):
             assert status == 500
         else:
             assert (status, body) == (200, {"results": [{"text": text, "label": text.upper()}]})
+
+
+# --------------------------------------------------------------------------- hostile clients, probes, what /info tells
+
+
+class _Records(logging.Handler):
+    """Every record of nlptl's and uvicorn's loggers while it is attached (`with _Records() as logs:`)."""
+
+    names = ("nlptl", "uvicorn", "uvicorn.error")
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+    def __enter__(self):
+        self.levels = {}
+        for name in self.names:
+            logger = logging.getLogger(name)
+            self.levels[name] = logger.level
+            logger.setLevel(logging.INFO)  # as `nlptl serve` logs (console.configure)
+            logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        for name in self.names:
+            logging.getLogger(name).removeHandler(self)
+            logging.getLogger(name).setLevel(self.levels[name])
+
+
+@pytest.mark.parametrize("body", [b"[" * 200_000, b'{"texts": ' + b"[" * 100_000, b'{"texts": [' + b'{"a": ' * 50_000])
+def test_deeply_nested_json_is_a_400(in_thread, body):
+    """JSON nested deeper than the decoder's recursion limit, under --max-request-bytes: one 400 line,
+    no traceback in the log, and the server goes on."""
+    with _Records() as logs:
+        port = in_thread(Recording(), max_request_bytes=1_000_000, max_wait_ms=0.0)
+        status, answer = call(port, "/predict", raw=body)
+        assert status == 400 and list(answer) == ["error"] and "nested too deeply" in answer["error"]
+        assert call(port, "/predict", {"texts": ["fine"]})[0] == 200
+    assert not any(r.exc_info for r in logs.records)
+    assert not [r for r in logs.records if r.levelno >= logging.ERROR]
+
+
+def test_head_is_answered_wherever_get_is(in_thread):
+    """Load balancers probe with HEAD: the status of GET, no body."""
+    port = in_thread(Recording(), max_wait_ms=0.0)
+    for path in ("/health", "/info"):
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method="HEAD")
+        with urllib.request.urlopen(req, timeout=TIMEOUT) as r:
+            assert r.status == 200 and r.read() == b""
+
+
+def test_client_gone_mid_body_is_one_quiet_line(in_thread):
+    port = in_thread(Recording(), max_wait_ms=0.0)
+    with _Records() as logs:
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as s:
+            s.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 5000\r\n\r\n" + b'{"texts": ["half a bo')
+            time.sleep(0.3)
+        end = time.monotonic() + 10
+        while time.monotonic() < end and not logs.records:
+            time.sleep(0.05)
+        time.sleep(0.3)  # anything else it would log about the same request
+        assert call(port, "/health")[0] == 200
+    assert not any(r.exc_info for r in logs.records), "a traceback was logged"
+    lines = [r.getMessage() for r in logs.records]
+    assert len(lines) == 1 and "closed the connection" in lines[0] and logs.records[0].levelno <= logging.INFO
+
+
+def _strings_in(value) -> list[str]:
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (k, *_strings_in(v))]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings_in(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_info_keeps_paths_out_unless_asked(server, trained_classifier, checkpoints, task_files, in_thread):
+    """GET /info names the model, the base model and the training files without the server's absolute
+    paths; --info-paths shows them."""
+    status, info = call(server["port"], "/info")
+    assert status == 200
+    text = json.dumps(info)
+    for path in (server["run_dir"], checkpoints["gpt2"], task_files["train"]):
+        assert str(path) not in text and str(Path(path).resolve()) not in text
+    assert not [s for s in _strings_in(info) if os.path.isabs(s)]
+    assert info["model"] == Path(server["run_dir"]).name  # the name is still there, to tell models apart
+    assert info["lineage"]["base_model"] == Path(checkpoints["gpt2"]).name
+
+    from nlptl.inference import load_classifier
+
+    port = in_thread(load_classifier(str(server["run_dir"])), info_paths=True)
+    info = call(port, "/info")[1]
+    assert info["model"] == str(server["run_dir"]) and os.path.isabs(info["lineage"]["base_model"])
