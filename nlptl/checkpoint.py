@@ -81,6 +81,42 @@ def default_out(stage: str, n: int = 1) -> Path:
     return out
 
 
+def resolve_out(out: str | Path) -> Path:
+    """--out as a real absolute path. `.` and a symbolic link name the directory they stand for, so its
+    staging directory and its lock lie next to that directory, never inside it, and a run through a link
+    excludes a run on the directory itself (one lock). A file on the way is refused before anything runs."""
+    try:
+        path = Path(out).expanduser().resolve()
+    except (OSError, RuntimeError):  # a loop of symbolic links
+        raise UsageError(f"--out {out}: the path cannot be resolved (a loop of symbolic links?); pass another --out") from None
+    if path.parent == path:
+        raise UsageError(f"--out {out} is the root directory; pass a directory for the run")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"--out {out}: {parent} is a file, not a directory; pass another --out")
+            break
+    return path
+
+
+def check_writable(out: Path, fix: str = "choose another --out") -> None:
+    """Refuse an --out where the run could not write: the lock and the staging directory are made next
+    to it, its logs and checkpoints inside it. Tried with a file: permission bits alone say nothing for
+    root or on read-only mounts."""
+    import tempfile
+
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    for where in (parent, out) if out.is_dir() else (parent,):
+        try:
+            fd, probe = tempfile.mkstemp(dir=where, prefix=".nlptl-write-test-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError:
+            raise UsageError(f"--out {out}: {where} is not writable; {fix}") from None
+
+
 def check_out(out: Path, overwrite: bool, from_path: str | None = None, resume: bool = False,
               resume_from: str | None = None) -> Path | None:
     """Refuse an --out we must not write to, before anything heavy runs. With `resume`: the checkpoint
@@ -110,18 +146,6 @@ def check_out(out: Path, overwrite: bool, from_path: str | None = None, resume: 
                 f"--out {out} already holds a {rec.get('stage', '?')} run from {rec.get('created', '?')}; "
                 "pass --overwrite to replace it, or choose another --out"
             )
-    parent = out.parent if not out.exists() else out
-    while not parent.exists():
-        parent = parent.parent
-    # Try a write: permission bits alone say nothing for root or on read-only mounts.
-    import tempfile
-
-    try:
-        fd, probe = tempfile.mkstemp(dir=parent, prefix=".nlptl-write-test-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError:
-        raise UsageError(f"--out {out}: {parent} is not writable; choose another --out") from None
 
 
 def _only_live_files(out: Path) -> bool:

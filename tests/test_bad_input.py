@@ -252,6 +252,8 @@ LIGHT = {
         lambda w: ["predict", "--model", w.clf, "--max-length", "-5", "text"], 2, ["--max-length", "at least 2"]),
     "evaluate-zero-max-length": (
         lambda w: ["evaluate", "--model", w.clf, "--data", w.train, "--max-length", "0"], 2, ["--max-length", "at least 2"]),
+    "out-under-a-file": (lambda w: adapt(w, "--out", w.good_txt / "sub"), 2, ["--out", "good.txt", "is a file"]),
+    "out-not-writable": (lambda w: adapt(w, "--out", "/sys/nlptl-out"), 2, ["--out /sys/nlptl-out", "not writable"]),
     "header-only-csv": (
         lambda w: ["finetune", "--from", w.lm, "--task", "classification", "--train", w.header_only],
         2,
@@ -273,6 +275,13 @@ def test_fails_before_torch(w, tmp_path, case):
     assert not res.torch, f"{case}: torch was imported before the check failed"
     assert_nothing_written(out)
     assert res.seconds < 15, f"{case}: took {res.seconds:.1f} s"
+
+
+def test_a_home_that_is_not_writable_is_one_line(w, tmp_path):
+    """Runs go under $NLPTL_HOME by default: a read-only one is refused before the lock is taken."""
+    res = run_light(adapt(w), tmp_path, env=cli_env(tmp_path, NLPTL_HOME="/sys/nlptl-home"))
+    assert_one_line_error(res, 2, "/sys", "not writable", "--out")
+    assert not res.torch
 
 
 def test_refused_out_is_left_as_it_was(w, tmp_path):

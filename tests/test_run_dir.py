@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -169,3 +170,45 @@ def test_weights_are_as_readable_as_the_other_files(interrupted, checkpoints, co
     assert modes(out) == {"model.safetensors": readable}
     step = interrupted[0] / "checkpoints" / "step-000002"
     assert modes(step) == {"model.safetensors": readable}
+
+
+# --------------------------------------------------------------------------- --out named as `.` or by a link
+
+
+def test_out_dot_overwrites_the_finished_run_it_is_run_from(adapted, checkpoints, corpus_file, tmp_path, monkeypatch):
+    """`--out . --overwrite` inside a finished run: the new run replaces the old one, and nothing of
+    its staging or lock is left inside (they lie next to the directory, never in it)."""
+    run = tmp_path / "run"
+    shutil.copytree(adapted["gpt2"][0], run)
+    monkeypatch.chdir(run)
+    result = adapt.run(adapt_cfg(from_model=str(checkpoints["gpt2"]), corpus=str(corpus_file), out=".", overwrite=True,
+                                 max_steps=2))
+    assert result["output_dir"] == str(run) and result["steps"] == 2
+    assert json.loads((run / "nlptl-run.json").read_text())["metrics"]["steps"] == 2
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nlptl-home", "run"]
+
+
+def test_out_dot_in_an_empty_directory_is_written(checkpoints, corpus_file, tmp_path, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(tmp_path / "empty")
+    result = adapt.run(adapt_cfg(from_model=str(checkpoints["gpt2"]), corpus=str(corpus_file), out=".", max_steps=2))
+    assert result["output_dir"] == str(tmp_path / "empty")
+    assert (tmp_path / "empty" / "nlptl-run.json").is_file()
+
+
+def test_out_through_a_symlink_writes_the_directory_it_points_to(checkpoints, corpus_file, tmp_path):
+    real, link = tmp_path / "real", tmp_path / "link"
+    real.mkdir()
+    link.symlink_to(real, target_is_directory=True)
+    holder = hold_lock(real)  # a run on the directory itself excludes one on the link
+    try:
+        with pytest.raises(UsageError, match=r"is in use by another nlptl run"):
+            adapt.run(adapt_cfg(from_model=str(checkpoints["gpt2"]), corpus=str(corpus_file), out=str(link)))
+    finally:
+        holder.kill()
+        holder.wait()
+    result = adapt.run(adapt_cfg(from_model=str(checkpoints["gpt2"]), corpus=str(corpus_file), out=str(link),
+                                 max_steps=2))
+    assert result["steps"] == 2 and (real / "nlptl-run.json").is_file()
+    assert link.is_symlink() and link.resolve() == real

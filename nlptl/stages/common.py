@@ -51,15 +51,19 @@ def open_stage(cfg: TrainConfig, stage: str, from_path: str | None, inputs: dict
     hash of each data input, which a resumed run must share with the interrupted one, like its config."""
     from nlptl.checkpoint import (
         check_resume_identity,
+        check_writable,
         lock_out,
+        resolve_out,
         run_identity,
         try_lock,
     )
 
     if cfg.out:
-        out = Path(cfg.out)
+        out = resolve_out(cfg.out)
+        check_writable(out)  # before the lock, which is a file next to --out
         lock_out(out)
     else:
+        check_writable(default_out(stage), "pass --out, or set NLPTL_HOME to a writable directory")
         # Two runs started in the same second get different names: a name locked by another is skipped.
         n = 1
         while try_lock(out := default_out(stage, n)) is not None:

@@ -21,7 +21,7 @@ import os
 import shutil
 from pathlib import Path
 
-from nlptl.checkpoint import publish
+from nlptl.checkpoint import publish, resolve_out
 from nlptl.config import ExportConfig, to_dict
 from nlptl.errors import NlptlError, UsageError
 from nlptl.inference import EXPORT_RECORD, ONNX_FILE, ONNX_MISSING, is_onnx_export
@@ -44,7 +44,7 @@ def run(cfg: ExportConfig) -> dict:
         # to the example's, and texts of other lengths would be wrong.
         raise UsageError(f"MODEL {ref.spec}: a long-document model (windowed head) cannot be exported to ONNX yet; "
                          "serve it with torch (nlptl serve MODEL)")
-    out = check_export_out(Path(cfg.out), cfg.overwrite, ref.path)
+    out = check_export_out(resolve_out(cfg.out), cfg.overwrite, ref.path)
     for module in ("onnx", "onnxruntime"):
         if importlib.util.find_spec(module) is None:
             raise UsageError(ONNX_MISSING.replace("onnxruntime)", "onnx onnxruntime)"))

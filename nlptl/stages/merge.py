@@ -18,7 +18,7 @@ import os
 import shutil
 from pathlib import Path
 
-from nlptl.checkpoint import publish, read_record
+from nlptl.checkpoint import publish, read_record, resolve_out
 from nlptl.config import MergeConfig
 from nlptl.errors import NlptlError, UsageError
 
@@ -31,7 +31,7 @@ def run(cfg: MergeConfig) -> dict:
 
     src = Path(cfg.model)
     record = check_source(src)
-    out = check_merge_out(Path(cfg.out), cfg.overwrite, src)
+    out = check_merge_out(resolve_out(cfg.out), cfg.overwrite, src)
     require_peft()
     from nlptl import runtime
 
