@@ -464,12 +464,15 @@ class ServeConfig:
     info_paths: bool = opt(False, "Show absolute paths (the model's, the base model's, the training files') in GET "
                            "/info; by default only their last part, so clients learn nothing of the server's files.",
                            panel=SERVER)
+    drain_seconds: float = opt(30.0, "On SIGTERM or Ctrl-C: how long the requests in flight may take to be answered "
+                               "before the server exits; those still waiting then get 503 (0: at once).", panel=SERVER)
 
     def __post_init__(self) -> None:
         finite(self)
         positive(self, "workers", "max_batch_size", "max_batch_tokens", "max_request_bytes", "max_texts")
         at_least_two(self, "max_length")
         bounded(self, "max_wait_ms", lambda v: v >= 0, "0 or more")
+        bounded(self, "drain_seconds", lambda v: v >= 0, "0 or more")
         bounded(self, "port", lambda v: 1 <= v <= 65535, "a port number (1 to 65535)")
         bounded(self, "threads", lambda v: v >= 1, "positive")
         choice(self, "backend")
@@ -579,7 +582,7 @@ COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
                  "mlm_probability", "seed"),
     "predict": ("model", "input", "batch_size", "max_length", "backend"),
     "serve": ("backend", "host", "port", "workers", "max_batch_size", "max_wait_ms", "max_batch_tokens",
-              "max_request_bytes", "max_texts", "max_length", "threads"),
+              "max_request_bytes", "max_texts", "max_length", "threads", "drain_seconds", "info_paths"),
     "export": ("out", "format", "quantize", "data", "text_column", "label_column", "max_length", "overwrite"),
     "merge": ("out", "overwrite"),
 }

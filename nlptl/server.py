@@ -17,6 +17,9 @@ under torch.inference_mode(); each caller gets its own results back.
 
 Every bad request is a 4xx with {"error": "one line"}; an unexpected failure is a 500 with a short
 message (the traceback goes to the server's log, with NLPTL_DEBUG=1), and the server keeps serving.
+
+Stopping (SIGTERM, Ctrl-C): no new connections; /health says 503 "stopping"; the requests in flight are
+answered for up to --drain-seconds, then those still waiting get a 503 saying so (`watch_stop_signals`).
 Only this module and stages/serve.py import fastapi.
 """
 
@@ -27,6 +30,8 @@ import json
 import logging
 import os
 import re
+import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -40,8 +45,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 log = logging.getLogger("nlptl")
-SETTINGS_ENV = "NLPTL_SERVE_SETTINGS"
-INTERNAL = "internal error while classifying; the server logged it"  # how the settings reach worker processes (--workers > 1)
+SETTINGS_ENV = "NLPTL_SERVE_SETTINGS"  # how the settings reach worker processes (--workers > 1)
+INTERNAL = "internal error while classifying; the server logged it"
+DRAIN_SECONDS = 30.0  # ServeConfig's default: how long a stopping server answers the requests in flight
 
 
 class BadRequest(Exception):
@@ -72,6 +78,7 @@ class Batcher:
         self.carry: _Item | None = None  # a request that did not fit into the last batch: it opens the next
         self.task: asyncio.Task | None = None
         self.batches = 0
+        self.pending: set[asyncio.Future] = set()  # the futures of the requests not answered yet
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._loop())
@@ -87,8 +94,20 @@ class Batcher:
 
     async def submit(self, texts: list[str], pairs: list[str] | None) -> list[dict]:
         item = _Item(texts, pairs, asyncio.get_running_loop().create_future())
-        await self.queue.put(item)
-        return await item.future
+        self.pending.add(item.future)
+        try:
+            await self.queue.put(item)
+            return await item.future
+        finally:
+            self.pending.discard(item.future)
+
+    def cut_off(self, error: Exception) -> int:
+        """Fail every request not answered yet with `error` (the end of a drain); how many there were.
+        A batch already in the model finishes in its thread, and its results are dropped."""
+        waiting = [f for f in self.pending if not f.done()]
+        for f in waiting:
+            f.set_exception(error)
+        return len(waiting)
 
     async def _gather(self) -> list[_Item]:
         first = self.carry or await self.queue.get()
@@ -240,6 +259,52 @@ async def read_body(request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+class Draining(Exception):
+    """The server is stopping (SIGTERM, Ctrl-C) and --drain-seconds are over: this request was cut off."""
+
+
+def stopping(drain_seconds: float, cut: bool) -> JSONResponse:
+    """The answer to a request the stopping server does not classify: 503, to send again elsewhere."""
+    why = (f"it was not answered within --drain-seconds {drain_seconds:g}" if cut
+           else "it takes no new requests")
+    return JSONResponse({"error": f"the server is stopping (SIGTERM) and {why}; send the request again, to "
+                                  "another instance or once it is back"}, status_code=503,
+                        headers={"Retry-After": "1", "Connection": "close"})
+
+
+def watch_stop_signals(state: dict, drain_seconds: float) -> None:
+    """On SIGTERM or SIGINT, uvicorn (whose handler still runs first) stops accepting and waits for the
+    requests in flight; here /health turns 503 "stopping", and once `drain_seconds` are over the requests
+    still waiting are answered 503 (`stopping`), so uvicorn's own timeout, a little later, finds none left
+    to cancel (it would answer them with a bare 500 and log a traceback)."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # signals reach only the main thread: an app run in another thread (tests) is stopped directly
+    loop = asyncio.get_running_loop()
+
+    def cut_off() -> None:
+        n = state["batcher"].cut_off(Draining())
+        if n:
+            log.warning("--drain-seconds %g over: %d request(s) not answered in time got 503", drain_seconds, n)
+
+    def begin(signum: int) -> None:
+        if state.get("draining"):
+            return
+        state["draining"], state["ready"] = True, False
+        log.info("stopping (%s): answering the requests in flight, for up to %g s (--drain-seconds)",
+                 signal.Signals(signum).name, drain_seconds)
+        loop.call_later(drain_seconds, cut_off)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+
+        def handler(signum, frame, previous=previous) -> None:
+            if callable(previous):
+                previous(signum, frame)
+            loop.call_soon_threadsafe(begin, signum)
+
+        signal.signal(sig, handler)
+
+
 class ClientGone(Exception):
     """The client closed the connection before its request body was complete: nobody to answer."""
 
@@ -286,6 +351,7 @@ def build_app(settings: dict, classifier=None):
         state["batcher"] = Batcher(state["classifier"], settings["max_batch_size"], settings["max_wait_ms"],
                                    settings.get("max_batch_tokens"))
         state["batcher"].start()
+        watch_stop_signals(state, settings.get("drain_seconds", DRAIN_SECONDS))
         state["ready"] = True
         yield
         # uvicorn calls this after the in-flight requests are answered (SIGTERM / SIGINT: drain, then exit).
@@ -314,16 +380,33 @@ def build_app(settings: dict, classifier=None):
 
     @app.post("/predict")
     async def predict(request: Request):
-        if not state["ready"]:
-            raise BadRequest("the model is still loading; retry when GET /health says ok", 503)
-        body = await read_body(request, settings["max_request_bytes"])
-        texts, pairs = parse_request(body, state["classifier"].pairs, settings["max_texts"])
-        try:
-            return {"results": await state["batcher"].submit(texts, pairs)}
-        except Exception:  # noqa: BLE001 - the batcher logged it; answered here, so uvicorn logs no traceback
-            return JSONResponse({"error": INTERNAL}, status_code=500)
+        return await answer(request, state, settings)
 
     return app
+
+
+async def answer(request, state: dict, settings: dict):
+    """POST /predict: the results of the request's texts, or the one-line error of a request refused."""
+    drain = settings.get("drain_seconds", DRAIN_SECONDS)
+    if state.get("draining"):
+        return stopping(drain, cut=False)
+    if not state["ready"]:
+        raise BadRequest("the model is still loading; retry when GET /health says ok", 503)
+    try:
+        body = await read_body(request, settings["max_request_bytes"])
+        texts, pairs = parse_request(body, state["classifier"].pairs, settings["max_texts"])
+        return {"results": await state["batcher"].submit(texts, pairs)}
+    except Draining:
+        return stopping(drain, cut=True)
+    except asyncio.CancelledError:
+        if not state.get("draining"):
+            raise
+        # uvicorn's timeout after the drain (a body still arriving): answered, not a bare 500.
+        return stopping(drain, cut=True)
+    except (BadRequest, ClientGone):
+        raise
+    except Exception:  # noqa: BLE001 - the batcher logged it; answered here, so uvicorn logs no traceback
+        return JSONResponse({"error": INTERNAL}, status_code=500)
 
 
 def without_paths(value):

@@ -202,6 +202,41 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(trained_classifier):
     assert "batch 1: 4 texts from 1 requests" in err and "Traceback" not in err
 
 
+def test_what_the_drain_cuts_off_gets_a_clear_503(trained_classifier):
+    """--drain-seconds: after SIGTERM, a request still waiting when the drain time is over is answered 503
+    with one line naming the flag (not a 500), and the server exits 0 without a traceback."""
+    run_dir, _ = trained_classifier
+    port = free_port()
+    # The batching wait (20 s) outlasts the drain (1 s): the request is still queued when the drain ends.
+    proc = start([str(run_dir), "--max-wait-ms", "20000", "--max-batch-size", "64", "--drain-seconds", "1"], port)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(call, port, "/predict", {"texts": TEXTS})
+            time.sleep(0.5)
+            signalled = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            status, body = pending.result(timeout=TIMEOUT)
+        assert time.monotonic() - signalled < 10
+        assert status == 503 and list(body) == ["error"] and "--drain-seconds" in body["error"]
+    finally:
+        code, err = stop(proc)
+    assert code == 0, err
+    assert "Traceback" not in err and "1 request" in err
+
+
+def test_drain_and_info_flags(tmp_path):
+    from cli_helpers import run_light
+
+    from nlptl.config import ServeConfig
+    from nlptl.errors import UsageError
+
+    res = run_light(["serve", "--help"], tmp_path)
+    assert res.code == 0 and "--drain-seconds" in res.stdout and "--info-paths" in res.stdout
+    assert ServeConfig(model="m").drain_seconds == 30 and ServeConfig(model="m").info_paths is False
+    with pytest.raises(UsageError, match="--drain-seconds must be 0 or more"):
+        ServeConfig(model="m", drain_seconds=-1)
+
+
 def test_sigint_exits_0_with_json_logs(trained_classifier):
     run_dir, _ = trained_classifier
     port = free_port()

@@ -6,8 +6,8 @@
     curl -s localhost:8000/health; curl -s localhost:8000/info
 
 The routes and the batching are described in nlptl/server.py. SIGTERM or Ctrl-C: the server stops
-accepting, answers the requests it holds, and exits 0. One log line per batch on stderr (--json: JSON
-Lines).
+accepting, answers the requests it holds for up to --drain-seconds (30), answers those still waiting
+with a 503, and exits 0. One log line per batch on stderr (--json: JSON Lines).
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from nlptl.errors import UsageError
 
 log = logging.getLogger("nlptl")
 SERVE_MISSING = "nlptl serve needs fastapi and uvicorn: pip install 'nlptl[serve]'"
-# How long a drain (SIGTERM) may take before uvicorn closes what is left.
-GRACEFUL_SECONDS = 30
+# uvicorn's own drain limit is this much longer than --drain-seconds: by then the server has answered
+# what was left with a 503 (server.watch_stop_signals); uvicorn's limit only catches what it could not reach.
+GRACEFUL_MARGIN = 2.0
 
 
 def run(cfg: ServeConfig, json_logs: bool = False, quiet: bool = False) -> dict:
@@ -37,7 +38,7 @@ def run(cfg: ServeConfig, json_logs: bool = False, quiet: bool = False) -> dict:
 
     quiet_uvicorn()
     common = {"host": cfg.host, "port": cfg.port, "log_config": None, "access_log": False, "log_level": "warning",
-              "timeout_graceful_shutdown": GRACEFUL_SECONDS, "server_header": False}
+              "timeout_graceful_shutdown": cfg.drain_seconds + GRACEFUL_MARGIN, "server_header": False}
     _check(settings)
     if cfg.workers == 1:
         # Loaded here, before the port opens: a model that does not load is one error line, not a
