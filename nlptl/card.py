@@ -17,7 +17,7 @@ NOT_REPRODUCED = ("overwrite", "resume", "resume_from", "report_to", "push_to_hu
 # Options an objective does not read (the card's hyperparameters name only what the run used).
 UNUSED = {
     "contrastive": ("mlm_probability", "whole_word_mask", "validation_percentage", "max_eval_blocks", "streaming",
-                    "num_proc", "lr_find_steps"),
+                    "num_proc", "lr_find_steps", "probe", "head_warmup"),
     "mlm": ("label_column", "pairs_per_example", "pair_loss", "pooling"),
     "clm": ("label_column", "pairs_per_example", "pair_loss", "pooling", "mlm_probability", "whole_word_mask"),
 }
@@ -201,21 +201,14 @@ def _body(record: dict, directory: Path, out: Path, objective, base, sources: li
     lines += ["", "## Hyperparameters", "", "| key | value |", "|---|---|"]
     unused = NOT_REPRODUCED + UNUSED.get(objective, ())
     lines += [f"| {k} | `{_fmt(v)}` |" for k, v in config.items() if v not in (None, [], "") and k not in unused]
+    lines += choices(lineage)
     lines += ["", "## Results", ""]
     if metrics.get("learning_curve"):
         lines += ["Learning curve (mean over seeds, on the evaluation data): see `learning_curve.csv`.", ""]
     shown = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     if shown:
         lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in shown.items()]
-        if stage == "finetune":
-            scores = SHAPE_SCORES.get(lineage.get("problem_type"), "accuracy and macro-F1")
-            lines += ["", f"{scores[0].upper() + scores[1:]} on the evaluation data that selected the checkpoint "
-                      "(not a test set)."]
-        elif objective == "contrastive":
-            lines += ["", f"pair_loss: the {config.get('pair_loss', 'cosine')} pair loss on pairs of the labelled "
-                      "examples drawn apart from the training pairs (before training: pair_loss_before)."]
-        else:
-            lines += ["", "perplexity on held-out blocks of the training corpus (before training: perplexity_before)."]
+        lines += ["", *scored_on(stage, objective, config, metrics, lineage)]
     else:
         lines.append("No training in this stage.")
     lines += ["", "## Intended use and limits", ""]
@@ -242,6 +235,30 @@ def _body(record: dict, directory: Path, out: Path, objective, base, sources: li
         lines += ["The command as it was typed:", "", "```bash", record["command"], "```", ""]
     lines += ["## Lineage", "", "```json", json.dumps(lineage, indent=2, default=str), "```", ""]
     return "\n".join(lines)
+
+
+def scored_on(stage: str, objective, config: dict, metrics: dict, lineage: dict) -> list[str]:
+    """What the card's metrics were measured on."""
+    if stage == "finetune":
+        scores = SHAPE_SCORES.get(lineage.get("problem_type"), "accuracy and macro-F1")
+        return [f"{scores[0].upper() + scores[1:]} on the evaluation data that selected the checkpoint (not a test set)."]
+    if objective == "contrastive":
+        return [f"pair_loss: the {config.get('pair_loss', 'cosine')} pair loss on pairs of the labelled examples drawn "
+                "apart from the training pairs (before training: pair_loss_before)."]
+    lines = ["perplexity on held-out blocks of the training corpus (before training: perplexity_before)."]
+    if "probe_accuracy" in metrics:
+        lines.append("probe_accuracy: a logistic regression on the frozen, pooled features of the --probe file, "
+                     "cross-validated (before training: probe_accuracy_before); the kept checkpoint is the best by it.")
+    return lines
+
+
+def choices(lineage: dict) -> list[str]:
+    """The options the run left to nlptl (`auto` or unset), what it chose and why (nlptl/handoff.py)."""
+    made = lineage.get("choices") or {}
+    if not made:
+        return []
+    return ["", "## Choices nlptl made", "", "Options left to nlptl (`auto`, or not given), what it chose and why:", "",
+            *[f"- {name}: {_fmt(c['value'])} ({c['why']})" for name, c in made.items()]]
 
 
 def serve_and_export(directory: Path, out: Path, lineage: dict | None = None) -> list[str]:

@@ -177,10 +177,15 @@ class LMConfig(TrainConfig):
     train_file: str | None = opt(None, "With --corpus task:NAME: the task's training file whose texts are the corpus.", panel=DATA)
     lr: float | str = again(TrainConfig, "lr", 1e-4)
     warmup_ratio: float = again(TrainConfig, "warmup_ratio", 0.05)
+    head_warmup: float = opt(0.1, "When the checkpoint has no LM head (a bare encoder such as all-MiniLM-L6-v2) and one is "
+                             "added: the share of the steps in which only the new head trains, the body frozen, "
+                             "before the body joins (ULMFiT's gradual unfreezing at the hand-off; docs/results.md, "
+                             "composing stages); 0 = off.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         positive(self, "block_size", "max_eval_blocks")
+        bounded(self, "head_warmup", lambda v: 0 <= v < 1, "in [0, 1)")
         choice(self, "objective")
         bounded(self, "validation_percentage", lambda v: 0 < v < 50, "in (0, 50)")
         bounded(self, "mlm_probability", lambda v: 0 < v < 1, "in (0, 1)")
@@ -242,6 +247,11 @@ class AdaptConfig(LMConfig):
         if self.lr is not None:
             return self
         return dataclasses.replace(self, lr=2e-5 if self.objective == "contrastive" else 1e-4)
+    probe: str | None = opt(None, "A labelled file (text and label columns: --text-column, --label-column) that guards "
+                            "the adaptation: a logistic regression on the frozen, pooled features is scored on it "
+                            "before training and at each evaluation, the checkpoint kept is the best by probe, and "
+                            "the run warns if it ends below its start. Default: the task's --train with --corpus "
+                            "task:NAME (MLM and CLM).", panel=DATA)
     objective: str = opt("auto", "auto (MLM for encoders, CLM for decoders), mlm, clm, or contrastive (SetFit-style: "
                          "sentence pairs from the labels of --corpus task:NAME --train FILE; same label = similar).",
                          choices=ADAPT_OBJECTIVES)
@@ -567,11 +577,11 @@ OUTPUT_FLAGS = ("overwrite", "report_to", "push_to_hub", "hub_private")
 COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
     "pretrain": ("arch", "size", "corpus", "from_model", "out", "vocab_size", "objective", "block_size",
                  "validation_percentage", "max_eval_blocks", "text_column", "train_file", "mlm_probability",
-                 "whole_word_mask", "streaming", "num_proc", *TRAINING_FLAGS, *LORA_FLAGS, *OUTPUT_FLAGS),
+                 "whole_word_mask", "streaming", "num_proc", "head_warmup", *TRAINING_FLAGS, *LORA_FLAGS, *OUTPUT_FLAGS),
     "adapt": ("corpus", "from_model", "out", "objective", "block_size", "validation_percentage", "max_eval_blocks",
               "mlm_probability",
               "whole_word_mask", "text_column", "train_file", "streaming", "num_proc", "label_column", "pairs_per_example",
-              "pair_loss", "pooling", *TRAINING_FLAGS, *LORA_FLAGS, *OUTPUT_FLAGS),
+              "pair_loss", "pooling", "probe", "head_warmup", *TRAINING_FLAGS, *LORA_FLAGS, *OUTPUT_FLAGS),
     "preprocess": ("from_model", "corpus", "block_size", "num_proc", "text_column", "train_file", "objective",
                    "whole_word_mask"),
     "finetune": ("task", "from_model", "train_file", "eval_file", "eval_fraction", "text_column", "label_column",

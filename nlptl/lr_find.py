@@ -50,9 +50,11 @@ def range_test(accelerator, model, train_dataset, collate_fn, cfg, *, lengths=No
     from nlptl.train import train
 
     steps = cfg.lr_find_steps
+    # Every parameter trains at the tested rate: no freezing of any kind (--head-warmup is the LM stages').
+    frozen_off = {"head_warmup": 0.0} if hasattr(cfg, "head_warmup") else {}
     test_cfg = dataclasses.replace(cfg, lr=END_LR, max_steps=steps, warmup_ratio=0.0, log_every=steps,
                                    save_every=0, gradual_unfreeze=False, unfreeze_every=None, eval_every=None,
-                                   compile=False, resume=False, resume_from=None)
+                                   compile=False, resume=False, resume_from=None, **frozen_off)
     test_cfg.schedule, test_cfg.stlr_ratio = "range-test", END_LR / START_LR  # internal: not a user's schedule
     losses: list[float] = []
     smoothed: list[float] = []  # the bias-corrected moving average, as fastai's Recorder

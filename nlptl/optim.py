@@ -172,3 +172,17 @@ class GradualUnfreezing:
             if g.get("layer_group", 0) < self.trainable_from:
                 for p in g["params"]:
                     p.grad = None
+
+
+class HeadWarmup(GradualUnfreezing):
+    """adapt's warm-up of a new LM head: for the first `steps` optimizer steps only the top layer group
+    (the head) trains, then every group does. A head added at random to a pretrained body (a bare
+    encoder gets a masked-LM head) sends large, meaningless gradients into the body at first; ULMFiT's
+    gradual unfreezing, in two stages, keeps them out until the head has learned something."""
+
+    def __init__(self, optimizer, steps: int):
+        super().__init__(optimizer, every=steps)
+
+    def update(self, step: int) -> None:
+        self.trainable_from = self.n_groups - 1 if step < self.every else 0
+

@@ -111,7 +111,7 @@ def train(accelerator, model, train_dataset, collate_fn: Callable, cfg: TrainCon
     """
     import torch
 
-    from nlptl.optim import GradualUnfreezing, build_optimizer, build_schedule
+    from nlptl.optim import build_optimizer, build_schedule
 
     # The data order: its own generator, which also seeds the loader's workers (never the global RNG,
     # so a resumed run's dropout sees the same random stream as an uninterrupted one).
@@ -131,8 +131,7 @@ def train(accelerator, model, train_dataset, collate_fn: Callable, cfg: TrainCon
     # Stepped by hand once per optimizer update, so its length is exact whatever the number of
     # processes (accelerate's prepared scheduler would step once per process).
     scheduler = build_schedule(optimizer, steps, cfg.warmup_ratio, cfg.schedule, cfg.cut_frac, cfg.stlr_ratio)
-    unfreezing = (GradualUnfreezing(optimizer, cfg.unfreeze_every or steps_per_epoch(cfg, len(loader)))
-                  if cfg.gradual_unfreeze else None)
+    unfreezing = freezing(cfg, optimizer, steps, len(loader))
     eval_every = cfg.eval_every or (max(1, math.ceil(steps / default_evals)) if default_evals else None)
     progress = Progress(description, steps, cfg.log_every)
     progress.note(_setting(description, steps, cfg, accelerator))
@@ -168,6 +167,18 @@ def train(accelerator, model, train_dataset, collate_fn: Callable, cfg: TrainCon
     finally:
         stop.uninstall()
     return loop.finish(len(train_dataset) if stream is None else 0)
+
+
+def freezing(cfg: TrainConfig, optimizer, steps: int, batches_per_epoch: int):
+    """The hook that keeps the lower layer groups frozen for a while, or None: --gradual-unfreeze (one
+    more group every epoch or --unfreeze-every steps), or the LM stages' --head-warmup (only a new head
+    trains for that share of the steps; lm_stage sets it to 0 when the checkpoint had its head)."""
+    from nlptl.optim import GradualUnfreezing, HeadWarmup
+
+    if cfg.gradual_unfreeze:
+        return GradualUnfreezing(optimizer, cfg.unfreeze_every or steps_per_epoch(cfg, batches_per_epoch))
+    warmup = round(getattr(cfg, "head_warmup", 0.0) * steps)
+    return HeadWarmup(optimizer, warmup) if warmup else None
 
 
 def _prepare(accelerator, model, optimizer, loader, streamed: bool):

@@ -35,7 +35,7 @@ from nlptl.models.lora import (
     require_peft,
     save_lora,
 )
-from nlptl.models.mlm import masked_only, mlm_head
+from nlptl.models.mlm import masked_only, mlm_head, unwrap_lm
 from nlptl.models.refs import (
     OFFSET_POSITIONS,
     TOKENIZER_FILES,
@@ -61,5 +61,6 @@ __all__ = [
     "count_parameters", "default_max_length", "default_objective", "family", "hub_guard", "inspect_model",
     "load_classifier", "load_config", "load_error", "load_lm", "load_tokenizer", "load_trained_classifier",
     "lora_targets", "masked_only", "mlm_head", "positions_of", "require_peft", "resolve_pooling", "save_head_code",
-    "save_lora", "save_sentence_pooling", "trained_pooling", "scratch_positions", "train_tokenizer", "uses_stock_head",
+    "save_lora", "save_sentence_pooling", "trained_pooling", "scratch_positions", "train_tokenizer", "unwrap_lm",
+    "uses_stock_head",
 ]

@@ -35,6 +35,8 @@ def masked_only(model):
     class MaskedOnly(nn.Module):
         # A module of its own so that DDP wraps it: the forward below must run inside DDP's forward
         # for gradients to be synchronised across processes.
+        masked_only = True  # what `unwrap_lm` looks for
+
         def __init__(self, lm):
             super().__init__()
             self.lm = lm
@@ -53,6 +55,12 @@ def masked_only(model):
             return _Output(F.cross_entropy(logits.float(), labels[selected]))
 
     return MaskedOnly(model)
+
+
+def unwrap_lm(model):
+    """The language model inside `masked_only`'s wrapper, or `model` itself: what held-out scoring and
+    the probe run on while the loop trains the wrapper."""
+    return model.lm if getattr(model, "masked_only", False) else model
 
 
 class _Output:

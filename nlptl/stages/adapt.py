@@ -49,6 +49,7 @@ def run(cfg: AdaptConfig) -> dict:
 
         return contrastive_stage(cfg, ref, accelerator=start(cfg, out), out=out, lineage=lineage_of("adapt", ref))
 
+    from nlptl import handoff
     from nlptl.stages.lm import lm_from, lm_stage
 
     accelerator = start(cfg, out)
@@ -57,5 +58,31 @@ def run(cfg: AdaptConfig) -> dict:
         kept = model["kept"]
         model["notes"].append(f"keeping {len(kept)} tensors the LM class does not use ({', '.join(sorted(kept)[:2])}...) "
                               "for finetune")
-    return lm_stage("adapt", cfg, accelerator=accelerator, corpora=corpora, out=out, lineage=lineage_of("adapt", ref),
-                    **model)
+    # The pooling the base was trained with goes on to the classifier (all-MiniLM-L6-v2: mean); the
+    # probe pools as that classifier will.
+    config = model["model"].config
+    carried = handoff.carried_pooling(ref)
+    pooling = handoff.pooling(ref, config, cfg.pooling)
+    lineage = lineage_of("adapt", ref, choices=handoff.announce(*adapt_choices(cfg, model, carried)),
+                         handoff=handoff.record(pooling=carried, objective=model["objective"], config=config,
+                                                origin_of=handoff.lm_origin(ref)))
+    return lm_stage("adapt", cfg, accelerator=accelerator, corpora=corpora, out=out, lineage=lineage,
+                    pooling=pooling.value, **model)
+
+
+def adapt_choices(cfg: AdaptConfig, model: dict, carried) -> list:
+    """adapt's `auto` choices, each with its reason (handoff.Choice)."""
+    from nlptl import handoff
+
+    choices = [carried]
+    if cfg.objective == "auto":
+        choices.append(handoff.Choice("objective", model["objective"], "the family's language-model objective "
+                                      "(MLM where transformers has a masked-LM class, else CLM)"))
+    if cfg.lr is None:
+        choices.append(handoff.Choice("lr", cfg.with_default_lr().lr, f"the default for --objective {model['objective']}"))
+    if model["head_added"] and cfg.head_warmup and not cfg.lora:
+        choices.append(handoff.Choice("head_warmup", cfg.head_warmup, "the checkpoint has no LM head: the new one "
+                                      "trains alone for this share of the steps, the body frozen"))
+    if cfg.probe is None and cfg.corpus.startswith("task:") and cfg.train_file:
+        choices.append(handoff.Choice("probe", cfg.train_file, "the task's --train (--corpus task:NAME)"))
+    return choices

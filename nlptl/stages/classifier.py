@@ -32,7 +32,8 @@ class TaskData:
     # What the classifier's config records of the task's shape (pairs, threshold, windows): what
     # `pipeline()`, `nlptl predict` and a server need to use it as it was trained.
     shape: dict = None
-    pooling: str = "auto"  # --pooling, with auto resolved from the checkpoint where it says (trained_pooling)
+    pooling: str = "auto"  # --pooling, with auto resolved by the hand-off (nlptl/handoff.py pooling)
+    pooling_choice: object = None  # handoff.Choice: the pooling and why
 
 
 def prepare(cfg: FinetuneConfig, ref, spec, accelerator) -> TaskData:
@@ -88,8 +89,11 @@ def prepare(cfg: FinetuneConfig, ref, spec, accelerator) -> TaskData:
             f"({', '.join(names[:6])})")
     log.info("%s: %s%s, %d train / %d eval examples, max length %d", cfg.task, what,
              ", sentence pairs" if spec.pairs else "", len(train_tok), len(eval_tok), max_length)
-    pooling = cfg.pooling if cfg.pooling != "auto" else (models.trained_pooling(ref) or "auto")
-    return TaskData(config, tokenizer, names, train_tok, eval_tok, eval_from, max_length, problem, shape, pooling)
+    from nlptl import handoff
+
+    pooling = handoff.pooling(ref, config, cfg.pooling)
+    return TaskData(config, tokenizer, names, train_tok, eval_tok, eval_from, max_length, problem, shape,
+                    pooling.value, pooling)
 
 
 def check_variety(ds, names: list[str], problem: str, spec) -> None:
@@ -152,29 +156,57 @@ def window_shape(cfg: FinetuneConfig, config, tokenizer) -> dict:
             "nlptl_window_specials": [pre, post]}
 
 
-def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator, out: Path | None = None, runlog=None):
+COLLAPSED = 0.95  # a classifier that predicts one class for more than this share of the eval set
+# --lr auto's guard judges the first evaluation only from this many updates on: before, a classifier is
+# still its random head, which predicts one class for everything at any rate.
+GUARD_FROM_STEP = 20
+
+
+class Collapsed(Exception):
+    """The first evaluation of a guarded run (--lr auto) found one class predicted for nearly everything."""
+
+    def __init__(self, step: int, share: float):
+        super().__init__(f"one class for {share:.0%} of the eval set at step {step}")
+        self.step, self.share = step, share
+
+
+def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator, out: Path | None = None, runlog=None,
+        *, lr_source: str = "given", guard: bool = False):
     """A new classifier on `ref`, trained on `train_ds`; returns (best model, TrainResult, best metrics).
     With --lora the model is the PeftModel around the trained classifier. `out`: the run directory
-    its checkpoints go to (none for the points of a learning curve)."""
+    its checkpoints go to (none for the points of a learning curve). `lr_source`: where the rate came
+    from (given, default, auto), for the advice of the one-class warning. `guard`: stop at the first
+    evaluation and raise Collapsed when it predicts one class for nearly the whole eval set."""
     from nlptl.data.collate import classification_collator
     from nlptl.evaluation import SELECT, classification_metrics, classify
     from nlptl.train import train
 
     cfg = with_min_steps(cfg, len(train_ds), accelerator.num_processes)
+    guard = guard and first_evaluation(cfg, len(train_ds), accelerator.num_processes) >= GUARD_FROM_STEP
     model = new_classifier(cfg, ref, data)
     peft_model = models_lora(model, cfg)
     collate = classification_collator(data.tokenizer)
     threshold = cfg.threshold
+    collapsed: list[float] = []  # the top prediction share of a guarded run's first evaluation
 
     def evaluate_fn(m):
         logits, labels = classify(accelerator, m, data.eval, collate, cfg.batch_size * 2)
-        return classification_metrics(logits, labels, data.problem, threshold)
+        metrics = classification_metrics(logits, labels, data.problem, threshold)
+        if guard and not collapsed:
+            collapsed.append(metrics.get("top_prediction_share", 0.0))
+        return metrics
+
+    def stop_when(step: int, loss) -> bool:
+        # Checked at the step after the first evaluation (the loop asks before it evaluates).
+        return bool(collapsed) and collapsed[0] > COLLAPSED
 
     loss_fn = weighted_loss(cfg, data, train_ds)
     model, result = train(accelerator, model, train_ds, collate, cfg, description="finetune",
                           evaluate_fn=evaluate_fn, select=SELECT[data.problem], default_evals=4,
-                          lengths=[len(ids) for ids in train_ds["input_ids"]], runlog=runlog, loss_fn=loss_fn, head_lr=cfg.head_lr,
-                          **resume_args(cfg, out))
+                          lengths=[len(ids) for ids in train_ds["input_ids"]], runlog=runlog, loss_fn=loss_fn,
+                          head_lr=cfg.head_lr, stop_when=stop_when if guard else None, **resume_args(cfg, out))
+    if guard and collapsed and collapsed[0] > COLLAPSED:
+        raise Collapsed(result.best_step or result.steps, collapsed[0])
     best = result.best or evaluate_fn(model)
     if data.problem == "multi_label_classification":
         # One more pass over the eval split: the threshold (--tune-threshold) and the F1 of each label.
@@ -188,14 +220,35 @@ def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator, out: Pa
         best["threshold"] = threshold
         model.config.nlptl_threshold = threshold
         warn_degenerate_label_sets(logits, threshold, cfg)
-    elif data.problem == "single_label_classification" and best.get("top_prediction_share", 0) > 0.95:
-        tries = "another --lr (or --lr auto), or more epochs" if cfg.class_weights != "none" else \
-            "--class-weights auto, another --lr (or --lr auto), or more epochs"
+    elif data.problem == "single_label_classification" and best.get("top_prediction_share", 0) > COLLAPSED:
         log.warning("the classifier predicts one class for %.0f%% of the eval set: it may have learned only the "
-                    "majority class (try %s)", 100 * best["top_prediction_share"], tries)
+                    "majority class (try %s)", 100 * best["top_prediction_share"], remedies(cfg, lr_source))
     # With LoRA, train() trained the model inside the PeftModel (the adapters live in it, in place);
     # the PeftModel is what saves the adapter and merges.
     return (peft_model if peft_model is not None else model), result, best
+
+
+def first_evaluation(cfg: FinetuneConfig, n_train: int, processes: int) -> int:
+    """The step of fit()'s first evaluation (--eval-every, else a quarter of the run)."""
+    import math
+
+    from nlptl.train import total_steps
+
+    steps = total_steps(cfg, math.ceil(n_train / (cfg.batch_size * processes)))
+    return min(steps, cfg.eval_every or math.ceil(steps / 4))
+
+
+def remedies(cfg: FinetuneConfig, lr_source: str) -> str:
+    """What to try after a one-class classifier: never the setting that gave it (--lr auto picked the rate
+    that collapsed a pretrained encoder, and the warning used to suggest --lr auto)."""
+    tries = ["--class-weights auto"] if cfg.class_weights == "none" else []
+    if lr_source == "auto":
+        tries.append(f"a --lr below the {cfg.lr:.3g} the range test chose")
+    elif lr_source == "given":
+        tries.append("another --lr")
+    else:
+        tries.append(f"another --lr than the default {cfg.lr:g} (or --lr auto)")
+    return ", ".join(tries + ["or more epochs"])
 
 
 def warn_degenerate_label_sets(logits, threshold: float, cfg: FinetuneConfig) -> None:
@@ -287,25 +340,14 @@ def weighted_loss(cfg: FinetuneConfig, data: TaskData, train_ds):
     return loss_fn
 
 
-# finetune's rates when --lr is not given. After a contrastive adapt stage the body moves slowly and
-# the head fast, as SetFit trains its differentiable head: at 1e-4 everywhere the body's pair geometry
-# is overwritten (16 labels per class: validation 0.848 against 0.890, docs/results.md, few labels).
-DEFAULT_LR = 1e-4
-BODY_LR_AFTER_CONTRASTIVE, HEAD_LR_AFTER_CONTRASTIVE = 1e-5, 1e-2
-
-
 def rates_for(cfg: FinetuneConfig, ref) -> FinetuneConfig:
-    """`cfg` with --lr (and, after a contrastive stage, --head-lr) resolved for the checkpoint `ref`."""
-    import dataclasses
+    """`cfg` with --lr (and --head-lr) resolved for the checkpoint `ref` (handoff.finetune_rates: the rule
+    by where the body comes from), the choice logged."""
+    from nlptl import handoff
 
-    if cfg.lr is not None:
-        return cfg
-    if ref.lineage.get("objective") != "contrastive":
-        return dataclasses.replace(cfg, lr=DEFAULT_LR)
-    head_lr = cfg.head_lr or HEAD_LR_AFTER_CONTRASTIVE
-    log.info("--from is a contrastive adapt run: body lr %g, head lr %g (pass --lr to choose)",
-             BODY_LR_AFTER_CONTRASTIVE, head_lr)
-    return dataclasses.replace(cfg, lr=BODY_LR_AFTER_CONTRASTIVE, head_lr=head_lr)
+    cfg, choice = handoff.finetune_rates(cfg, ref)
+    handoff.announce(choice)
+    return cfg
 
 
 def with_min_steps(cfg: FinetuneConfig, n_train: int, processes: int = 1) -> FinetuneConfig:
@@ -343,20 +385,79 @@ def held_out_slice(ds, names: list[str], fraction: float, seed: int, stratify: b
     return parts["train"], parts["test"]
 
 
+def choose_rates(cfg: FinetuneConfig, ref, data: TaskData, accelerator, out: Path | None):
+    """finetune's rates: --lr as given, the range test's (--lr auto, capped for a pretrained body) or the
+    default for the body's origin. Returns (config with them, the range test's record or None, the
+    handoff.Choice or None when --lr was given)."""
+    from nlptl import handoff
+
+    if cfg.lr != "auto":
+        train_cfg, choice = handoff.finetune_rates(cfg, ref)
+        return train_cfg, None, choice
+    train_cfg, record = auto_lr(cfg, ref, data, accelerator, out)
+    return train_cfg, record, handoff.capped_auto_rate(record.get("found", record["lr"]), ref)[1]
+
+
 def auto_lr(cfg: FinetuneConfig, ref, data: TaskData, accelerator, out: Path | None):
     """--lr auto: the rate a range test on the training split picks, on a new classifier like the one the
-    stage then trains (lr_find.rate_for: a resumed run reuses it). Returns (config with it, record)."""
-    from nlptl import lr_find
+    stage then trains, capped for a pretrained body (handoff.capped_auto_rate); lr_find.rate_for: a resumed
+    run reuses it. Returns (config with it, record)."""
+    from nlptl import handoff, lr_find
     from nlptl.data.collate import classification_collator
 
     def search() -> dict:
         model = new_classifier(cfg, ref, data)
         models_lora(model, cfg)
-        return lr_find.range_test(accelerator, model, data.train, classification_collator(data.tokenizer), cfg,
-                                  lengths=[len(ids) for ids in data.train["input_ids"]],
-                                  loss_fn=weighted_loss(cfg, data, data.train))
+        record = lr_find.range_test(accelerator, model, data.train, classification_collator(data.tokenizer), cfg,
+                                    lengths=[len(ids) for ids in data.train["input_ids"]],
+                                    loss_fn=weighted_loss(cfg, data, data.train))
+        capped, _ = handoff.capped_auto_rate(record["lr"], ref)
+        if capped != record["lr"]:
+            record.update(found=record["lr"], lr=capped)
+        return record
 
     return lr_find.rate_for(cfg, out, accelerator, search)
+
+
+AUTO_RETRIES = 2  # --lr auto: a collapsed run is retried at a tenth of its rate, this many times at most
+
+
+def train_classifier(cfg: FinetuneConfig, train_cfg: FinetuneConfig, ref, data: TaskData, accelerator, out: Path,
+                     lr_found: dict | None):
+    """fit() inside the run's log. Under --lr auto, a run whose first evaluation predicts one class for
+    nearly the whole eval set stops there and starts again at a tenth of the rate (the record in
+    lr_find.json says so, and a resumed run takes the lower rate). Returns (train_cfg, model, result,
+    best, runlog)."""
+    import dataclasses
+    import shutil
+
+    from nlptl import lr_find
+    from nlptl.checkpoint import checkpoints_dir
+    from nlptl.config import to_dict
+    from nlptl.runtime import seed_everything
+    from nlptl.tracking import RunLog
+
+    source = "auto" if lr_found is not None else ("given" if cfg.lr is not None else "default")
+    while True:  # ends: the run after the last retry is not guarded
+        # A resumed run is past its first evaluation, or gets it with the rate it was resumed with.
+        guard = source == "auto" and not cfg.resuming and len(lr_found.get("retries", [])) < AUTO_RETRIES
+        try:
+            with RunLog(accelerator, out, "finetune", to_dict(cfg), resume=cfg.resuming) as runlog:
+                model, result, best = fit(train_cfg, ref, data, data.train, accelerator, out, runlog,
+                                          lr_source=source, guard=guard)
+            return train_cfg, model, result, best, runlog
+        except Collapsed as e:
+            lower = train_cfg.lr / 10
+            log.warning("--lr auto: at lr %.3g the classifier predicts one class for %.0f%% of the eval set at its "
+                        "first evaluation (step %d); starting again at %.3g", train_cfg.lr, 100 * e.share, e.step, lower)
+            lr_found.setdefault("retries", []).append({"lr": train_cfg.lr, "step": e.step, "top_prediction_share": e.share})
+            lr_found["lr"] = lower
+            if accelerator.is_main_process:
+                lr_find.save(out, lr_found)
+                shutil.rmtree(checkpoints_dir(out), ignore_errors=True)  # the collapsed attempt's
+            accelerator.wait_for_everyone()
+            train_cfg = dataclasses.replace(train_cfg, lr=lower)
+            seed_everything(cfg.seed)
 
 
 def trained_task(ref):

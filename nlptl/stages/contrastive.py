@@ -146,15 +146,16 @@ def contrastive_stage(cfg: AdaptConfig, ref, *, accelerator, out, lineage: dict)
     """Train `ref`'s encoder on label pairs of the task's --train file and write the stage directory."""
     from transformers import AutoModel
 
-    from nlptl import models
+    from nlptl import handoff, models
     from nlptl.tracking import RunLog
     from nlptl.train import train
 
     models.hub_guard(ref)
     config = models.load_config(ref)
     tokenizer = models.load_tokenizer(ref, config)
-    pooling = (cfg.pooling if cfg.pooling != "auto" else
-               models.trained_pooling(ref) or ("mean" if models.family(config) == "encoder" else "last"))
+    pooling_choice = handoff.pooling(ref, config, cfg.pooling, sentence=True)
+    choices = handoff.announce(pooling_choice)
+    pooling = pooling_choice.value
     spec, names, input_ids, labels = labelled_texts(cfg, tokenizer, accelerator)
     pairs = draw_pairs(labels, cfg.pairs_per_example, cfg.seed)
     # Held-out scoring: other pairs of the same examples (another seed), the same before and after.
@@ -200,7 +201,10 @@ def contrastive_stage(cfg: AdaptConfig, ref, *, accelerator, out, lineage: dict)
     }
     lineage.update(objective="contrastive", task=spec.entry.name, train=spec.train.record(), labels=names,
                    pairs=len(pairs), pairs_per_example=cfg.pairs_per_example, pair_loss=cfg.pair_loss,
-                   pooling=pooling, steps=result.steps, tokens_seen=result.train_tokens)
+                   pooling=pooling, steps=result.steps, tokens_seen=result.train_tokens,
+                   choices=choices,
+                   handoff=handoff.record(pooling=pooling, origin_of=handoff.CONTRASTIVE, objective="contrastive",
+                                          config=config))
 
     def write(w) -> dict:
         w.save_model(model.encoder, tokenizer)

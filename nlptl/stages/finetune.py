@@ -18,10 +18,10 @@ micro-F1 (multi-label) or RMSE (regression).
 from __future__ import annotations
 
 from nlptl.checkpoint import default_from, lineage_of
-from nlptl.config import FinetuneConfig, to_dict
+from nlptl.config import FinetuneConfig
 from nlptl.data.tasks import resolve_task
 from nlptl.models import inspect_model, require_peft
-from nlptl.stages.classifier import auto_lr, fit, prepare, rates_for
+from nlptl.stages.classifier import choose_rates, prepare, train_classifier
 from nlptl.stages.common import check_max_length, locked, open_stage, start, write_stage
 
 
@@ -46,16 +46,15 @@ def run(cfg: FinetuneConfig) -> dict:
         return learning_curve(cfg, refs, spec, out)
     ref = refs[0]
 
-    from nlptl import models
-    from nlptl.tracking import RunLog
+    from nlptl import handoff, models
 
     accelerator = start(cfg, out)
     data = prepare(cfg, ref, spec, accelerator)
     # The record keeps --lr as given (auto, or none: a recipe or a rerun resolves it the same way);
-    # training gets the rate found or chosen for the checkpoint.
-    train_cfg, lr_found = auto_lr(cfg, ref, data, accelerator, out) if cfg.lr == "auto" else (rates_for(cfg, ref), None)
-    with RunLog(accelerator, out, "finetune", to_dict(cfg), resume=cfg.resuming) as runlog:
-        model, result, best = fit(train_cfg, ref, data, data.train, accelerator, out, runlog)
+    # training gets the rate found or chosen for the checkpoint. Each `auto` choice is logged and recorded.
+    train_cfg, lr_found, lr_choice = choose_rates(cfg, ref, data, accelerator, out)
+    choices = handoff.announce(data.pooling_choice, lr_choice)
+    train_cfg, model, result, best, runlog = train_classifier(cfg, train_cfg, ref, data, accelerator, out, lr_found)
     metrics = {
         **best,
         "n_eval": len(data.eval),
@@ -79,7 +78,9 @@ def run(cfg: FinetuneConfig) -> dict:
                          eval=data.eval_from, max_length=data.max_length, **shape,
                          **({"lr": {"auto": lr_found}} if lr_found is not None else {}),
                          pooling=models.resolve_pooling(data.config, data.pooling), steps=result.steps,
-                         tokens_seen=result.train_tokens)
+                         tokens_seen=result.train_tokens, choices=choices,
+                         handoff=handoff.record(pooling=data.pooling_choice, origin_of=handoff.origin(ref).value,
+                                                objective="classification", config=data.config))
 
     def write(w) -> dict:
         if lr_found is not None:

@@ -5,6 +5,7 @@ different model source.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -18,13 +19,15 @@ log = logging.getLogger("nlptl")
 
 def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, objective: str, corpora: list,
              lineage: dict, out: Path, kept: dict | None = None, notes: list[str] | None = None,
-             head_added: bool = False) -> dict:
+             head_added: bool = False, pooling: str | None = None) -> dict:
     """Train `model` on `corpora` (one, or a mixture) with `objective` and write the stage directory.
     Perplexity is measured on the first corpus's held-out blocks (a mixture's domain corpus comes first);
-    with a mixture, also on each corpus's at the end."""
+    with a mixture, also on each corpus's at the end. `head_added`: the LM head is new (--head-warmup
+    trains it alone first). `pooling`: how the probe (--probe) pools the body's features. `lineage`
+    carries the stage's `handoff` entry; this adds what training decided."""
     from nlptl.data.collate import lm_collators
     from nlptl.evaluation import lm_loss
-    from nlptl.models import apply_lora, positions_of
+    from nlptl.models import positions_of
     from nlptl.tracking import RunLog
 
     check_block_size(cfg.block_size, positions_of(model.config))
@@ -38,56 +41,42 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
     def score(m, blocks=held_out):
         return lm_loss(accelerator, m, blocks, eval_collate(), cfg.batch_size)
 
-    peft_model = None
-    if cfg.lora:
-        # The adapters are injected into `model` in place (LoRA's B starts at zero, so the "before"
-        # score is the base model's): everything below trains `model` as usual.
-        peft_model = apply_lora(model, cfg)
-        if head_added:
-            log.warning("the %s head is new and LoRA leaves it at its random initialisation; "
-                        "a full adapt (without --lora) trains it", "masked-LM" if objective == "mlm" else "causal-LM")
+    probe = make_probe(cfg, tokenizer, pooling or "mean", accelerator)
+    peft_model = lora(cfg, model, objective, head_added)
     train_args = resume_args(cfg, out)
     # The record keeps --lr as given (auto, or unset: a rerun resolves it alike); training gets the rate.
     train_cfg, lr_found = (auto_lr(cfg, stage, accelerator, model, objective, train_blocks, train_collate, out)
                            if cfg.lr == "auto" else (cfg.with_default_lr(), None))
+    # A new head trains alone first (not under LoRA, which leaves the head as it is).
+    warmup = cfg.head_warmup if head_added and peft_model is None else 0.0
+    train_cfg = dataclasses.replace(train_cfg, head_warmup=warmup)
     with RunLog(accelerator, out, stage, to_dict(cfg), resume=train_args["resume_from"] is not None) as runlog:
-        before = score(model.to(accelerator.device))
-        runlog.log({"step": 0, "eval_loss": before["loss"], "eval_perplexity": before["perplexity"]})
-        model, result = fit_lm(train_cfg, stage, accelerator, model, objective, train_blocks, train_collate, runlog, train_args)
-        after = score(model)
+        before = scores(score, probe, model.to(accelerator.device), accelerator)
+        runlog.log({"step": 0, **{f"eval_{k}": v for k, v in before.items()}})
+        evaluate = (lambda m: scores(score, probe, m, accelerator)) if probe is not None else None
+        model, result = fit_lm(train_cfg, stage, accelerator, model, objective, train_blocks, train_collate, runlog,
+                               train_args, evaluate)
+        after = scores(score, probe, model, accelerator)
         by_corpus = {name: score(model, blocks)["perplexity"] for name, blocks in held_outs.items()} if len(corpora) > 1 else None
-        runlog.log({"step": result.steps, "eval_loss": after["loss"], "eval_perplexity": after["perplexity"]})
-    metrics = {
-        "perplexity": after["perplexity"],
-        "perplexity_before": before["perplexity"],  # with a newly added LM head this is no baseline
-        "lm_head_added": head_added,
-        "loss": after["loss"],
-        "steps": result.steps,
-        "n_train": result.n_train if not cfg.streaming else None,  # a stream's length is not known
-        "n_eval": len(held_out),
-        "train_tokens": result.train_tokens,
-        "train_seconds": round(result.train_seconds, 3),
-        **result.device_metrics(),
-        "preprocess_seconds": round(preprocess_seconds, 3),
-        **({"lr_found": train_cfg.lr} if lr_found is not None else {}), "lr": train_cfg.lr,
-        "output_dir": str(out),
-    }
+        runlog.log({"step": result.steps, **{f"eval_{k}": v for k, v in after.items()}})
+    metrics = lm_metrics(before, after, result, head_added, train_cfg, lr_found, n_eval=len(held_out),
+                         streaming=cfg.streaming, preprocess_seconds=preprocess_seconds, out=out)
     if by_corpus:
         metrics["perplexity_by_corpus"] = by_corpus
-    if len(corpora) > 1:  # `corpus` stays the one perplexity is measured on (the first: the domain)
-        lineage["mixture"] = [c.record() for c in corpora]
-    lineage.update(objective=objective, corpus=corpora[0].record(), block_size=cfg.block_size,
-                   masking=(("whole-word" if cfg.whole_word_mask else "token") if objective == "mlm" else None),
-                   steps=result.steps, **({"streaming": True} if cfg.streaming else {}),
-                   tokens_seen=result.train_tokens, **({"lr": {"auto": lr_found}} if lr_found is not None else {}))
+    if probe is not None:
+        metrics.update(probe_results(before, after, result, probe))
+    record_training(lineage, cfg, corpora, objective, result, lr_found, warmup)
 
     def write(w) -> dict:
-        from nlptl.models import save_lora
+        from nlptl.models import save_lora, save_sentence_pooling
 
         if lr_found is not None:
             from nlptl import lr_find
 
             lr_find.save(w.path, lr_found)
+        carried = (lineage.get("handoff") or {}).get("pooling")
+        if carried:  # a sentence encoder's pooling, kept in the files that say it (SentenceTransformer(path))
+            save_sentence_pooling(w.path, carried["value"], model.config.hidden_size, cfg.block_size)
         if peft_model is not None:
             return {"lora": save_lora(w, peft_model, tokenizer, cfg.merge, kept), "history": result.history}
         w.save_model(model, tokenizer, kept)
@@ -95,6 +84,92 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
 
     return write_stage(cfg, out, stage, metrics=metrics, lineage=lineage, write=write, runlog=runlog,
                        accelerator=accelerator)
+
+
+def lora(cfg: LMConfig, model, objective: str, head_added: bool):
+    """--lora: the adapters injected into `model` in place (LoRA's B starts at zero, so the "before" score
+    is the base model's; everything trains `model` as usual); returns the PeftModel, or None."""
+    if not cfg.lora:
+        return None
+    from nlptl.models import apply_lora
+
+    if head_added:
+        log.warning("the %s head is new and LoRA leaves it at its random initialisation; "
+                    "a full adapt (without --lora) trains it", "masked-LM" if objective == "mlm" else "causal-LM")
+    return apply_lora(model, cfg)
+
+
+def make_probe(cfg: LMConfig, tokenizer, pooling: str, accelerator):
+    """The --probe of an adapt run (nlptl/probe.py), or None."""
+    from nlptl.probe import Probe, probe_spec
+
+    spec = probe_spec(cfg) if hasattr(cfg, "probe") else None
+    if spec is None:
+        return None
+    probe = Probe(spec, tokenizer, pooling, cfg.block_size, cfg.seed, accelerator)
+    log.info("probe: %s, %d examples of %d labels, %s pooling, %d-fold logistic regression on frozen features",
+             spec.train.spec, len(probe.labels), len(probe.names), pooling, probe.folds)
+    return probe
+
+
+def scores(score, probe, model, accelerator) -> dict:
+    """Held-out loss and perplexity, and with a probe its accuracy on the model's frozen features (`model`:
+    the LM, or inside the loop the model it trains, which may wrap it)."""
+    from nlptl.models import unwrap_lm
+
+    lm = unwrap_lm(accelerator.unwrap_model(model))
+    out = {k: v for k, v in score(lm).items() if k != "tokens"}
+    if probe is not None:
+        out["probe_accuracy"] = probe.score(lm, accelerator.device)
+    return out
+
+
+def lm_metrics(before: dict, after: dict, result, head_added: bool, train_cfg, lr_found, *, n_eval: int,
+               streaming: bool, preprocess_seconds: float, out: Path) -> dict:
+    """The LM stage's result (--json) and recorded metrics."""
+    return {
+        "perplexity": after["perplexity"],
+        "perplexity_before": before["perplexity"],  # with a newly added LM head this is no baseline
+        "lm_head_added": head_added,
+        "loss": after["loss"],
+        "steps": result.steps,
+        "n_train": result.n_train if not streaming else None,  # a stream's length is not known
+        "n_eval": n_eval,
+        "train_tokens": result.train_tokens,
+        "train_seconds": round(result.train_seconds, 3),
+        **result.device_metrics(),
+        "preprocess_seconds": round(preprocess_seconds, 3),
+        **({"lr_found": train_cfg.lr} if lr_found is not None else {}), "lr": train_cfg.lr,
+        **({"head_warmup_steps": round(train_cfg.head_warmup * result.steps)} if train_cfg.head_warmup else {}),
+        "output_dir": str(out),
+    }
+
+
+def probe_results(before: dict, after: dict, result, probe) -> dict:
+    """The probe's scores: before, at each evaluation (the curve), the kept checkpoint's; with a warning
+    when adapting ended below where it started."""
+    curve = [{"step": 0, "probe_accuracy": before["probe_accuracy"], "perplexity": before["perplexity"]}]
+    curve += [{"step": r["step"], "probe_accuracy": r["eval_probe_accuracy"], "perplexity": r.get("eval_perplexity")}
+              for r in result.history if "eval_probe_accuracy" in r]
+    if curve[-1]["step"] != result.steps:
+        curve.append({"step": result.steps, "probe_accuracy": after["probe_accuracy"], "perplexity": after["perplexity"]})
+    if after["probe_accuracy"] < before["probe_accuracy"]:
+        log.warning("adapting lowered the probe's accuracy on %s: %.3f before, %.3f for the kept checkpoint (step %s); "
+                    "the task may be better served by the model adapt started from", probe.spec.train.spec,
+                    before["probe_accuracy"], after["probe_accuracy"], result.best_step)
+    return {"probe_accuracy_before": before["probe_accuracy"], "probe_accuracy": after["probe_accuracy"],
+            "best_step": result.best_step, "probe_curve": curve}
+
+
+def record_training(lineage: dict, cfg: LMConfig, corpora: list, objective: str, result, lr_found, warmup: float) -> None:
+    """What the LM stage's lineage records of its training."""
+    if len(corpora) > 1:  # `corpus` stays the one perplexity is measured on (the first: the domain)
+        lineage["mixture"] = [c.record() for c in corpora]
+    lineage.update(objective=objective, corpus=corpora[0].record(), block_size=cfg.block_size,
+                   masking=(("whole-word" if cfg.whole_word_mask else "token") if objective == "mlm" else None),
+                   steps=result.steps, **({"streaming": True} if cfg.streaming else {}),
+                   tokens_seen=result.train_tokens, **({"lr": {"auto": lr_found}} if lr_found is not None else {}),
+                   **({"head_warmup": warmup} if warmup else {}))
 
 
 def lm_from(cfg: LMConfig, ref) -> dict:
@@ -186,16 +261,22 @@ def auto_lr(cfg: LMConfig, stage: str, accelerator, model, objective: str, block
     return lr_find.rate_for(cfg, out, accelerator, search)
 
 
-def fit_lm(cfg: LMConfig, stage: str, accelerator, model, objective: str, blocks, collate, runlog, train_args: dict):
-    """train() with the objective's collator; returns (the trained LM, TrainResult)."""
+def fit_lm(cfg: LMConfig, stage: str, accelerator, model, objective: str, blocks, collate, runlog, train_args: dict,
+           evaluate=None):
+    """train() with the objective's collator; returns (the trained LM, TrainResult). `evaluate(model)`:
+    the probe's scores at each evaluation; the kept checkpoint is the best by probe accuracy."""
     from nlptl.models import masked_only
     from nlptl.train import train
 
+    selection = ({"evaluate_fn": evaluate, "select": ("probe_accuracy", "max"), "default_evals": 4}
+                 if evaluate is not None else {})
     if objective != "mlm":
-        return train(accelerator, model, blocks, collate, cfg, description=stage, runlog=runlog, **train_args)
+        return train(accelerator, model, blocks, collate, cfg, description=stage, runlog=runlog, **selection,
+                     **train_args)
     # MLM trains on the masked positions only (same loss, a fraction of the vocabulary projection), and
     # masks in the loop: the loader stacks the blocks, the collator's `transform` masks them.
     sparse = masked_only(model)
     trained, result = train(accelerator, sparse or model, blocks, collate.stack, cfg, description=stage,
-                            batch_transform=collate.transform, random_source=collate, runlog=runlog, **train_args)
+                            batch_transform=collate.transform, random_source=collate, runlog=runlog, **selection,
+                            **train_args)
     return (trained.lm if sparse is not None else trained), result

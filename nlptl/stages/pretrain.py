@@ -51,13 +51,19 @@ def run(cfg: PretrainConfig) -> dict:
     if ref is not None and corpora is None:
         return take_checkpoint(cfg, ref, out)
 
+    from nlptl import handoff
     from nlptl.stages.lm import lm_from, lm_stage
 
     accelerator = start(cfg, out)
     if ref is not None:  # an existing checkpoint, continued on the corpus
-        model = {**lm_from(cfg, ref), "lineage": lineage_of("pretrain", ref, source="checkpoint, continued")}
+        model = lm_from(cfg, ref)
+        model["lineage"] = lineage_of("pretrain", ref, source="checkpoint, continued", handoff=handoff.record(
+            pooling=handoff.carried_pooling(ref), origin_of=handoff.lm_origin(ref),
+            objective=model["objective"], config=model["model"].config))
     else:
         model = _scratch(cfg, corpora[0], accelerator)
+        model["lineage"]["handoff"] = handoff.record(pooling=None, origin_of=handoff.SCRATCH, objective=model["objective"],
+                                                     config=model["model"].config)
     return lm_stage("pretrain", cfg, accelerator=accelerator, corpora=corpora, out=out, **model)
 
 
@@ -127,5 +133,16 @@ def take_checkpoint(cfg: PretrainConfig, ref, out: Path) -> dict:
 
     metrics = {"steps": 0, "n_train": 0, "train_tokens": 0, "train_seconds": 0.0, "perplexity": None,
                "perplexity_before": None, "loss": None, "output_dir": str(out)}
-    return write_stage(cfg, out, "pretrain", metrics=metrics, lineage=lineage_of("pretrain", ref, source="checkpoint"),
+    return write_stage(cfg, out, "pretrain", metrics=metrics, lineage=taken_lineage(ref),
                        write=write, recorded={})
+
+
+def taken_lineage(ref) -> dict:
+    """The lineage of a checkpoint taken as it is: its origin and the pooling it was trained with go on
+    (a sentence encoder's 1_Pooling is not among the files copied)."""
+    from nlptl import handoff
+
+    return lineage_of("pretrain", ref, source="checkpoint", handoff=handoff.record(
+        pooling=handoff.carried_pooling(ref), origin_of=handoff.lm_origin(ref),
+        objective=None, config=ref.config or {}))
+

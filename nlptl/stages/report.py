@@ -122,7 +122,11 @@ def _lr_find_plot(plt, record: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     ax.plot(record["lrs"], record["losses"], color="lightgrey", label="loss per step")
     ax.plot(record["lrs"], record["smoothed"], label="smoothed loss")
-    ax.axvline(record["lr"], color="tab:red", ls="--", label=f"chosen ({record['rule']}): {record['lr']:.2g}")
+    # The rate trained with: the rule's, or lower where it was capped for a pretrained body or retried
+    # after a one-class start (stages/classifier.py).
+    found = record["found"] if "found" in record else (record.get("retries") or [{}])[0].get("lr")
+    how = record["rule"] if found is None else f"{record['rule']} found {found:.2g}, then lowered"
+    ax.axvline(record["lr"], color="tab:red", ls="--", label=f"chosen ({how}): {record['lr']:.2g}")
     for rule, lr in record.get("suggestions", {}).items():
         if rule != record["rule"]:
             ax.axvline(lr, color="grey", ls=":", alpha=0.6)
@@ -181,7 +185,9 @@ def _training_plot(plt, node: dict, history: list[dict], path: Path) -> None:
     scores = next(([(k, n) for k, n in pair if any(f"eval_{k}" in r for r in evals)]
                    for pair in ((("accuracy", "accuracy"), ("f1_macro", "macro-F1")),
                                 (("f1_micro", "micro-F1"), ("f1_macro", "macro-F1")),
-                                (("pearson", "Pearson r"), ("spearman", "Spearman rho")))
+                                (("pearson", "Pearson r"), ("spearman", "Spearman rho")),
+                                # adapt --probe: the frozen-feature probe beside the held-out loss
+                                (("probe_accuracy", "probe accuracy (frozen features)"),))
                    if any(f"eval_{pair[0][0]}" in r for r in evals)), [])
     classify = bool(scores)
     n = 3 if classify else 2
