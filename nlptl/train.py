@@ -143,7 +143,7 @@ def train(accelerator, model, train_dataset, collate_fn: Callable, cfg: TrainCon
         loop.resume(resume_from)
     if checkpoints is not None:
         check_disk_space(checkpoints, accelerator.unwrap_model(model), cfg.keep_last if cfg.save_every else 1)
-    stop = _StopFlag()
+    stop = _StopFlag(resume_hint)
     model.train()
     loop.start_clock()
     try:
@@ -153,10 +153,10 @@ def train(accelerator, model, train_dataset, collate_fn: Callable, cfg: TrainCon
                 loop.state.batches_done += 1
                 if not loop.train_step(batch):
                     continue  # a micro-batch of gradient accumulation
-                if stop.signal is not None and loop.state.step < steps:
+                if stop.boundary() is not None and loop.state.step < steps:
                     loop.save("interrupted: saved {path}")
                     raise Interrupted(f"interrupted at step {loop.state.step}; checkpoint saved. {resume_hint}".strip(),
-                                      130 if stop.signal == signal.SIGINT else 143)
+                                      128 + stop.signal)
                 if loop.checkpoint_due():
                     loop.save()
                 if loop.state.step >= steps or loop.stopped:
@@ -480,25 +480,101 @@ def check_disk_space(checkpoints, model, keep: int) -> None:
         )
 
 
-class _StopFlag:
-    """Ctrl-C and SIGTERM only set a flag; the loop saves a checkpoint at the next step boundary."""
+# A stop signal's exit code is 128 + its number, as a shell reports a process it killed: HUP 129, INT 130, TERM 143.
+STOP_SIGNALS = ("SIGHUP", "SIGINT", "SIGTERM")
+STOP_GRACE_S = 60.0  # how long a stop signal waits for a step boundary; NLPTL_STOP_GRACE overrides it
+HARD_STOP_S = 10.0  # then how long the interpreter gets to unwind before the process exits regardless
 
-    def __init__(self):
+
+class _StopFlag:
+    """A stop signal (HUP: a closed terminal or ssh session; INT: Ctrl-C; TERM: a scheduler) sets a flag;
+    the loop saves a checkpoint at the next step boundary and exits with the resume hint. Within bounded
+    time, whatever the loop is doing: a second signal, or no step boundary within the grace (a stalled
+    loader, a long evaluation), stops at once without a new checkpoint (the last one is kept)."""
+
+    def __init__(self, resume_hint: str = ""):
         self.signal = None
+        self.hint = resume_hint
         self.previous: dict = {}
+        self.reached = threading.Event()  # the loop got to a step boundary: the watchdog stands down
+        self.main = threading.main_thread()
 
     def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
+        if threading.current_thread() is not self.main:
             return
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self.previous[sig] = signal.signal(sig, self._handle)
+        for name in STOP_SIGNALS:
+            if hasattr(signal, name):  # no SIGHUP on Windows
+                sig = getattr(signal, name)
+                self.previous[sig] = signal.signal(sig, self._handle)
+
+    def boundary(self) -> int | None:
+        """At a step boundary: the signal to stop for (the watchdog stands down), or None."""
+        if self.signal is not None:
+            self.reached.set()
+        return self.signal
 
     def _handle(self, signum, frame) -> None:
-        if self.signal is not None:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.signal = signum
+        if self.signal is None:
+            self.signal = signum
+            threading.Thread(target=self._watch, name="nlptl-stop", daemon=True).start()
+            return
+        raise Interrupted(self._at_once(), 128 + self.signal)  # a second signal, or the grace ran out
+
+    def _at_once(self) -> str:
+        name = signal.Signals(self.signal).name
+        return (f"stopped by {name} at once: no checkpoint was saved now, the last one (if any) is kept. "
+                f"{self.hint}").strip()
+
+    def _watch(self) -> None:
+        import logging
+        import os
+        import sys
+
+        name = signal.Signals(self.signal).name
+        grace = _stop_grace()
+        if name == "SIGHUP":
+            _detach_from_terminal()
+        log = logging.getLogger("nlptl")
+        log.warning("%s: stopping at the next step boundary with a checkpoint (at most %g s); signal again to stop "
+                    "at once", name, grace)
+        if self.reached.wait(grace):
+            return
+        log.warning("%s: no step boundary within %g s; stopping without a checkpoint", name, grace)
+        signal.pthread_kill(self.main.ident, self.signal)  # to the main thread: a blocked call there is interrupted
+        if self.reached.wait(HARD_STOP_S):
+            return
+        # Still running: blocked where Python cannot interrupt it. The kernel releases --out's lock.
+        try:
+            print(f"error: {self._at_once()}", file=sys.stderr, flush=True)
+        finally:
+            os._exit(128 + self.signal)
 
     def uninstall(self) -> None:
+        self.reached.set()
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
         self.previous.clear()
+
+
+def _stop_grace() -> float:
+    import os
+
+    try:
+        return max(0.0, float(os.environ.get("NLPTL_STOP_GRACE", STOP_GRACE_S)))
+    except ValueError:
+        return STOP_GRACE_S
+
+
+def _detach_from_terminal() -> None:
+    """After SIGHUP the terminal is gone: writing to it fails (EIO). Output to it goes nowhere instead, so
+    the checkpoint and the exit are not cut short by a failed write; a pipe or a file is kept."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        try:
+            if os.isatty(fd):
+                os.dup2(devnull, fd)
+        except OSError:
+            pass
+    os.close(devnull)

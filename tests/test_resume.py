@@ -165,6 +165,63 @@ def test_sigterm_saves_and_exits_143(base):
     assert latest.name >= "step-000020"
 
 
+def test_sighup_saves_and_exits_129(base):
+    """A closed terminal or a dropped ssh session (SIGHUP) stops a run as SIGTERM does: a checkpoint at
+    the step boundary, the resume hint, exit 128 + 1."""
+    out = base / "adapt-hung-up"
+    stopped = start_and_stop(command("adapt", base, out), out, signal.SIGHUP)
+    assert stopped.returncode == 129, stopped.stderr[-2000:]
+    message = stopped.stderr.strip().splitlines()[-1]
+    assert message.startswith("error: interrupted at step") and "--resume" in message
+    from nlptl.checkpoint import find_resume_checkpoint
+
+    assert find_resume_checkpoint(out, None).name >= "step-000020"
+
+
+# A run whose data loader stalls after step 4 (a hung network file system, a dead worker): no step
+# boundary comes after a stop signal.
+STALL = """
+import sys, time
+import nlptl.train
+from nlptl.cli import main
+
+original = nlptl.train._Loop.epoch_batches
+
+def stalled(self, loader):
+    for batch in original(self, loader):
+        if self.state.step >= 4:
+            print("stalled", flush=True)
+            while True:
+                time.sleep(0.05)
+        yield batch
+
+nlptl.train._Loop.epoch_batches = stalled
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_a_stop_signal_ends_a_stalled_run_within_the_grace(base, tmp_path, sig):
+    out = tmp_path / "stalled"
+    args = command("adapt", base, out)[3:]  # the arguments after `python -m nlptl`
+    args.remove("--json")
+    args[args.index("--save-every") + 1] = "2"
+    proc = subprocess.Popen([sys.executable, "-c", STALL, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**ENV, "NLPTL_STOP_GRACE": "1"})
+    assert proc.stdout.readline().strip() == "stalled", proc.communicate()[1][-2000:]
+    t0 = time.time()
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, stderr[-2000:]
+    assert time.time() - t0 < 15
+    message = stderr.strip().splitlines()[-1]
+    assert message.startswith(f"error: stopped by {signal.Signals(sig).name} at once"), message
+    assert "the last one (if any) is kept" in message and "--resume" in message
+    from nlptl.checkpoint import find_resume_checkpoint
+
+    assert find_resume_checkpoint(out, None).name == "step-000004"
+
+
 def test_a_corrupted_latest_checkpoint_is_skipped_with_a_warning(tmp_path, caplog):
     import logging
 
