@@ -130,6 +130,8 @@ def start_server(args, port: int) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     cmd = [sys.executable, "-m", "nlptl", "serve", args.model, "--port", str(port), "--threads", str(args.threads),
            "--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms), "--max-batch-tokens", str(args.max_batch_tokens), "--json"]
+    if args.int8:
+        cmd.append("--int8")  # the export's model_quantized.onnx (serve runs model.onnx by default)
     log = open(args.server_log, "w")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env)
     end = time.monotonic() + 180
@@ -158,6 +160,7 @@ def main() -> None:
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--max-batch-tokens", type=int, default=256)
     p.add_argument("--no-baseline", action="store_true")
+    p.add_argument("--int8", action="store_true", help="serve an ONNX export's int8 model (nlptl serve --int8)")
     p.add_argument("--baseline-model", default=None, help="the model the pipeline() baseline loads (default: --model; "
                    "an ONNX export needs the finetune run it came from)")
     p.add_argument("--label", default="torch")

@@ -447,6 +447,8 @@ class PredictConfig:
     max_length: int | None = opt(None, "Truncate texts to this many tokens (default: the length the classifier was trained with).")
     backend: str = opt("auto", "Run the model with torch, or with onnxruntime (a directory written by `nlptl export "
                        "--format onnx`); auto: onnx for such a directory, torch otherwise.", choices=BACKENDS)
+    int8: bool = opt(False, "With an export made with --quantize int8: run its int8 model (model_quantized.onnx, "
+                     "faster, its labels may differ a little) instead of the fp32 model.onnx.")
 
     def __post_init__(self) -> None:
         positive(self, "batch_size")
@@ -460,6 +462,7 @@ class ServeConfig:
 
     model: str = opt("", "Classifier to serve: a finetune run, a checkpoint or an `nlptl export` directory.")
     backend: str = again(PredictConfig, "backend", "auto")
+    int8: bool = again(PredictConfig, "int8", False)
     host: str = opt("127.0.0.1", "Address to listen on (0.0.0.0: every interface; put a proxy with TLS and auth in front).", panel=SERVER)
     port: int = opt(8000, "Port to listen on.", panel=SERVER)
     workers: int = opt(1, "Server processes, each with its own copy of the model (on a CPU: cores / threads per worker).", panel=SERVER)
@@ -497,8 +500,8 @@ class ExportConfig:
     model: str = opt("", "Classifier run dir or checkpoint to export.")
     out: str = opt("", "Directory to write the export to.", panel=OUTPUT, short="-o")
     format: str = opt("onnx", "Export format.", choices=("onnx",))
-    quantize: str | None = opt(None, "Also write a dynamically quantized model (int8 weights), used by default "
-                               "by predict and serve; its accuracy change on --data is reported.", choices=("int8",))
+    quantize: str | None = opt(None, "Also write a dynamically quantized model (int8 weights), which predict and "
+                               "serve run with --int8; its accuracy change on --data is reported.", choices=("int8",))
     data: str | None = opt(None, "Labelled file for the parity check and the int8 accuracy change (default: a "
                            "few built-in sentences); for a pair model each text is 'first<TAB>second', as predict "
                            "reads them.", panel=DATA)
@@ -590,8 +593,8 @@ COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
                  "pooling", "min_steps", "head_lr", "n_labels", "seeds", "compare", "out", *TRAINING_FLAGS, *LORA_FLAGS, *OUTPUT_FLAGS),
     "evaluate": ("data", "model", "text_column", "label_column", "batch_size", "max_length", "block_size",
                  "mlm_probability", "seed"),
-    "predict": ("model", "input", "batch_size", "max_length", "backend"),
-    "serve": ("backend", "host", "port", "workers", "max_batch_size", "max_wait_ms", "max_batch_tokens",
+    "predict": ("model", "input", "batch_size", "max_length", "backend", "int8"),
+    "serve": ("backend", "int8", "host", "port", "workers", "max_batch_size", "max_wait_ms", "max_batch_tokens",
               "max_request_bytes", "max_texts", "max_length", "threads", "drain_seconds", "info_paths"),
     "export": ("out", "format", "quantize", "data", "text_column", "label_column", "max_length", "overwrite"),
     "merge": ("out", "overwrite"),

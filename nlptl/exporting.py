@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import logging
 
-from nlptl.inference import EXPORT_RECORD, ONNX_FILE
+from nlptl.inference import EXPORT_RECORD, ONNX_FILE, QUANTIZED_FILE
 
 log = logging.getLogger("nlptl")
 
-QUANTIZED_FILE = "model_quantized.onnx"  # optimum's name for a quantized model
 PARITY_TOLERANCE = 1e-4  # max |logit difference| between onnxruntime (fp32) and torch
 OPSET = 17
 # Texts a parity check runs on when no --data is given: lengths from a word to past --max-length.

@@ -65,6 +65,7 @@ def outputs(logits, config, threshold: float | None = None) -> list[dict]:
 
 EXPORT_RECORD = "nlptl-export.json"  # what `nlptl export` writes next to model.onnx
 ONNX_FILE = "model.onnx"
+QUANTIZED_FILE = "model_quantized.onnx"  # optimum's name for a quantized model (`nlptl export --quantize int8`)
 
 
 class Classifier:
@@ -183,7 +184,9 @@ def onnx_session(path, threads: int | None = None):
 
 class OnnxClassifier(Classifier):
     """A classifier exported by `nlptl export --format onnx`, run by onnxruntime on the CPU. Same
-    tokenizer, same results (`outputs`), other engine: `onnx_file` picks model.onnx or the int8 one."""
+    tokenizer, same results (`outputs`), other engine: `onnx_file` picks the int8 file instead of
+    model.onnx. (Never the record's choice: an int8 model answers a little differently from torch, so it
+    runs only when asked for, with --int8.)"""
 
     backend = "onnx"
 
@@ -200,7 +203,7 @@ class OnnxClassifier(Classifier):
         self.tokenizer = models.load_tokenizer(ref, self.config)
         self.names = label_names(self.config)
         self.max_length = max_length or record["max_length"]
-        self.file = onnx_file or record.get("default_file", ONNX_FILE)
+        self.file = onnx_file or ONNX_FILE
         self.session = onnx_session(directory / self.file)
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.device = "cpu"
@@ -219,19 +222,39 @@ class OnnxClassifier(Classifier):
         return super().info() | {"onnx_file": self.file}
 
 
-def load_classifier(spec: str, backend: str = "auto", max_length: int | None = None, flag: str = "--model"):
-    """A Classifier of a finetune run / checkpoint (torch) or of an ONNX export (onnxruntime).
-    backend auto: onnx for an export directory, torch otherwise."""
+def onnx_file(spec: str, int8: bool, flag: str = "--model") -> str | None:
+    """The .onnx file of `spec` to run: model.onnx, or with `int8` the quantized one, which must exist
+    (None: `spec` is no ONNX export, and --int8 was not asked for)."""
+    from pathlib import Path
+
+    from nlptl.errors import UsageError
+
+    if not is_onnx_export(spec):
+        if int8:
+            raise UsageError(f"{flag} {spec}: --int8 needs an ONNX export made with `nlptl export --format onnx "
+                             "--quantize int8`")
+        return None
+    if int8 and not (Path(spec) / QUANTIZED_FILE).is_file():
+        raise UsageError(f"{flag} {spec}: --int8, but the export has no {QUANTIZED_FILE}; export it again with "
+                         "--quantize int8 (or leave out --int8 for the fp32 model)")
+    return QUANTIZED_FILE if int8 else ONNX_FILE
+
+
+def load_classifier(spec: str, backend: str = "auto", max_length: int | None = None, flag: str = "--model",
+                    int8: bool = False):
+    """A Classifier of a finetune run / checkpoint (torch) or of an ONNX export (onnxruntime, fp32 unless
+    `int8`). backend auto: onnx for an export directory, torch otherwise."""
     from nlptl.errors import UsageError
 
     exported = is_onnx_export(spec)
+    file = onnx_file(spec, int8, flag)
     if backend == "onnx" and not exported:
         raise UsageError(f"{flag} {spec}: --backend onnx needs a directory written by `nlptl export --format onnx` "
                          f"(model.onnx and {EXPORT_RECORD}); export it first")
     if backend == "torch" and exported:
         raise UsageError(f"{flag} {spec}: is an ONNX export; use --backend onnx (or pass the finetune run it came from)")
     if exported:
-        return OnnxClassifier(spec, max_length)
+        return OnnxClassifier(spec, max_length, onnx_file=file)
     from nlptl.models import inspect_model
 
     # (The stages check --max-length against the model's positions before they get here.)

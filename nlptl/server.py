@@ -435,7 +435,8 @@ def load(settings: dict):
 
         torch.set_num_threads(settings["threads"])
     runtime.quiet_libraries()
-    return load_classifier(settings["model"], settings["backend"], settings["max_length"], "MODEL")
+    return load_classifier(settings["model"], settings["backend"], settings["max_length"], "MODEL",
+                           int8=settings.get("int8", False))
 
 
 def app_from_env():

@@ -57,6 +57,11 @@ def test_pooled_heads_export(family, pooling, adapted, task_files, tmp_path):
     out = tmp_path / "onnx"
     export.run(ExportConfig(model=str(run_dir), out=str(out)))
     _same_predictions(run_dir, out)
+    # The head is in the graph: the export's config is the backbone's (with the labels), which onnxruntime
+    # users load with stock transformers; the run's own is nlptl's head config.
+    exported = json.loads((out / "config.json").read_text())
+    assert exported["model_type"] == family and "auto_map" not in exported
+    assert json.loads((run_dir / "config.json").read_text())["model_type"] == "nlptl"
 
 
 def _hand_built(tmp_path: Path, checkpoints, problem: str, num_labels: int, pairs: bool = False) -> Path:
@@ -95,7 +100,11 @@ def test_pair_model_exports(checkpoints, tmp_path):
     _same_predictions(run_dir, out, texts=["A man sleeps\tA person rests", "The sky is green\tIt rains today"])
 
 
-def test_int8_reports_accuracy_change_and_is_the_default(finetuned, task_files, tmp_path):
+def test_int8_reports_accuracy_change_and_runs_only_when_asked(finetuned, task_files, tmp_path):
+    """--quantize int8 adds model_quantized.onnx: predict and serve keep the fp32 model.onnx (what torch
+    says, within 1e-4) unless --int8 picks the int8 one."""
+    from nlptl.inference import load_classifier
+
     run_dir, _ = finetuned["bert"]
     out = tmp_path / "int8"
     result = export.run(ExportConfig(model=str(run_dir), out=str(out), quantize="int8", data=str(task_files["eval"])))
@@ -104,9 +113,22 @@ def test_int8_reports_accuracy_change_and_is_the_default(finetuned, task_files, 
     assert 0 <= int8["accuracy_onnx_int8"] <= 1 and int8["texts"] > 0
     assert "model_quantized.onnx" in result["files"]
     record = json.loads((out / "nlptl-export.json").read_text())
-    assert record["default_file"] == "model_quantized.onnx" and record["int8"] == int8
-    rows = predict.run(PredictConfig(model=str(out), texts=TEXTS))
+    assert record["default_file"] == "model.onnx" and record["int8"] == int8
+    assert load_classifier(str(out)).file == "model.onnx"
+    _same_predictions(run_dir, out)
+    assert load_classifier(str(out), int8=True).file == "model_quantized.onnx"
+    rows = predict.run(PredictConfig(model=str(out), texts=TEXTS, int8=True))
     assert [r["text"] for r in rows] == TEXTS
+
+
+def test_int8_flag_needs_an_int8_export(finetuned, tmp_path):
+    run_dir, _ = finetuned["bert"]
+    with pytest.raises(UsageError, match="--int8 needs an ONNX export"):
+        predict.run(PredictConfig(model=str(run_dir), texts=["x"], int8=True))
+    out = tmp_path / "fp32"
+    export.run(ExportConfig(model=str(run_dir), out=str(out)))
+    with pytest.raises(UsageError, match="no model_quantized.onnx.*--quantize int8"):
+        predict.run(PredictConfig(model=str(out), texts=["x"], int8=True))
 
 
 def test_onnxruntime_loads_it_alone(finetuned, tmp_path):

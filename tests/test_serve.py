@@ -273,6 +273,15 @@ def test_model_that_does_not_load_is_one_line(tmp_path):
     assert res.stderr.strip().splitlines() == [f"error: MODEL {tmp_path / 'nothing'}: no such directory"]
 
 
+def test_int8_of_a_model_that_is_no_export_is_one_line(trained_classifier):
+    run_dir, _ = trained_classifier
+    res = subprocess.run([sys.executable, "-m", "nlptl", "serve", str(run_dir), "--int8", "--port", str(free_port())],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [f"error: MODEL {run_dir}: --int8 needs an ONNX export made with "
+                                               "`nlptl export --format onnx --quantize int8`"]
+
+
 # --------------------------------------------------------------------------- the app, in a thread
 
 

@@ -2,11 +2,12 @@
 
     nlptl export runs/finetune-... --format onnx --out exported/
     nlptl export runs/finetune-... --format onnx --quantize int8 --data test.csv --out exported-int8/
+    nlptl predict --model exported-int8/ --int8 "What a lovely film"  # the int8 model (fp32 without --int8)
     nlptl predict --model exported/ "What a lovely film"          # onnxruntime instead of torch
     nlptl serve exported/                                         # the same, over HTTP
 
-The directory holds model.onnx (fp32; with --quantize int8 also model_quantized.onnx, which predict
-and serve then use), config.json (labels, task shape), the tokenizer, and nlptl-export.json: where the
+The directory holds model.onnx (fp32, what predict and serve run; with --quantize int8 also
+model_quantized.onnx, which they run with --int8), config.json (labels, task shape), the tokenizer, and nlptl-export.json: where the
 model came from and what the parity check found. The check runs after every export: logits of
 onnxruntime and torch on the same texts (--data's, else a built-in sample) must agree within 1e-4,
 and every predicted label must be the same; with --quantize int8 the accuracy on --data of the int8
@@ -52,6 +53,7 @@ def run(cfg: ExportConfig) -> dict:
 
     from nlptl import exporting, runtime
     from nlptl.inference import Classifier, OnnxClassifier
+    from nlptl.models.loading import backbone_config
 
     runtime.quiet_libraries()
     torch_model = Classifier(ref, cfg.max_length, device="cpu")
@@ -63,7 +65,8 @@ def run(cfg: ExportConfig) -> dict:
     stage.mkdir(parents=True)
     try:
         exporting.export_onnx(torch_model, stage / ONNX_FILE)
-        torch_model.config.save_pretrained(stage)
+        # The backbone's config with the labels: the head is in the graph, and its code is not shipped here.
+        backbone_config(torch_model.config).save_pretrained(stage)
         torch_model.tokenizer.save_pretrained(stage)
         record = {"format": "onnx", "source": ref.path, "max_length": torch_model.max_length,
                   "labels": torch_model.names, "problem_type": torch_model.problem, "text_pairs": torch_model.pairs,
@@ -89,8 +92,9 @@ def run(cfg: ExportConfig) -> dict:
 
 
 def quantize(stage: Path, torch_model, fp32, texts, pairs, gold, max_length) -> dict:
-    """model_quantized.onnx next to the fp32 one, made the default; its agreement with fp32 and, with
-    labelled --data, the accuracy change."""
+    """model_quantized.onnx next to the fp32 one (run by predict and serve with --int8: never the default,
+    as its labels may differ from torch's); its agreement with fp32 and, with labelled --data, the
+    accuracy change."""
     from nlptl import exporting
     from nlptl.inference import OnnxClassifier
 
@@ -106,7 +110,7 @@ def quantize(stage: Path, torch_model, fp32, texts, pairs, gold, max_length) -> 
         log.info("int8: accuracy %.4f (torch fp32 %.4f, change %+.4f) on %d labelled texts",
                  report["accuracy_onnx_int8"], report["accuracy_torch_fp32"], report["accuracy_change"], len(gold))
     log.info("int8: same result as fp32 on %d of %d texts", check["same_decision"], check["texts"])
-    return {"int8": report, "default_file": exporting.QUANTIZED_FILE}
+    return {"int8": report}
 
 
 def parity_texts(cfg: ExportConfig, ref) -> tuple[list[str] | None, list[str] | None, list[str] | None]:

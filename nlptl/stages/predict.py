@@ -5,6 +5,7 @@
     cat texts.txt | nlptl predict --model DIR --input - --json      # JSON Lines, one object per text
     printf 'A man sleeps\tA person rests\n' | nlptl predict --model NLI_DIR --input -   # a pair model
     nlptl predict --model EXPORT_DIR "Great"      # an `nlptl export --format onnx` directory (onnxruntime)
+    nlptl predict --model EXPORT_DIR --int8 "Great"   # its int8 model (`export --quantize int8`), not model.onnx
 
 Each result has the form nlptl/inference.py describes for the model's task shape.
 """
@@ -15,13 +16,14 @@ from nlptl.checkpoint import default_from
 from nlptl.config import PredictConfig
 from nlptl.data.files import read_lines
 from nlptl.errors import UsageError
-from nlptl.inference import is_onnx_export
+from nlptl.inference import is_onnx_export, onnx_file
 from nlptl.models import inspect_model
 from nlptl.stages.common import check_max_length
 
 
 def run(cfg: PredictConfig) -> list[dict]:
     spec = cfg.model or default_from("predict")
+    onnx_file(spec, cfg.int8)  # --int8 checked before the texts are read
     if not is_onnx_export(spec):
         # Checked before the texts are read, without torch (an export is checked as it loads).
         ref = inspect_model(spec, "--model")
@@ -36,7 +38,7 @@ def run(cfg: PredictConfig) -> list[dict]:
     from nlptl.inference import load_classifier
 
     runtime.quiet_libraries()
-    classifier = load_classifier(spec, cfg.backend, cfg.max_length)
+    classifier = load_classifier(spec, cfg.backend, cfg.max_length, int8=cfg.int8)
     pairs = None
     if classifier.pairs:
         # A pair model: each text is "first<TAB>second" (one line of a file, or one argument).

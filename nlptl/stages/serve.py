@@ -1,7 +1,8 @@
 """Serve a classifier over HTTP (FastAPI on uvicorn), with dynamic batching.
 
     nlptl serve runs/finetune-...                         # http://127.0.0.1:8000
-    nlptl serve exported/ --port 9000 --max-batch-size 64 --max-wait-ms 10   # an ONNX export
+    nlptl serve exported/ --port 9000 --max-batch-size 64 --max-wait-ms 10   # an ONNX export (model.onnx)
+    nlptl serve exported/ --int8                          # its int8 model (`nlptl export --quantize int8`)
     curl -s localhost:8000/predict -d '{"texts": ["What a lovely film", "Dull and far too long"]}'
     curl -s localhost:8000/health; curl -s localhost:8000/info
 
@@ -58,11 +59,11 @@ def run(cfg: ServeConfig, json_logs: bool = False, quiet: bool = False) -> dict:
 
 def _check(settings: dict) -> None:
     """The model and --max-length checked from config.json, before anything heavy loads."""
-    from nlptl.inference import is_onnx_export
+    from nlptl.inference import onnx_file
     from nlptl.models import inspect_model
     from nlptl.stages.common import check_max_length
 
-    if is_onnx_export(settings["model"]):
+    if onnx_file(settings["model"], settings.get("int8", False), "MODEL"):
         return
     ref = inspect_model(settings["model"], "MODEL")
     if not ref.is_classifier:
