@@ -118,6 +118,7 @@ def _predict(given: dict[str, Any]) -> None:
     from nlptl.stages import predict as stage
 
     console.configure(quiet=given["quiet"], json_mode=given["json_"])
+    console.require_stdout()
     rows = stage.run(cfgmod.resolve(STAGE_CONFIGS["predict"], flags=_flags({**given, "texts": given["texts"] or None})))
     if given["json_"]:
         for row in rows:
@@ -330,6 +331,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # What the user typed: run records and resume hints quote it (a stage called from Python has none).
     console.set_command_line(sys.argv[1:] if argv is None else argv)
+    console.guard_stdout()
     try:
         # Not standalone: typer returns the code of an Exit (--help, --version, Ctrl-C is 130) instead of raising it.
         code = app(args=argv, prog_name="nlptl", standalone_mode=False)

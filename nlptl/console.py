@@ -20,6 +20,40 @@ log = logging.getLogger("nlptl")
 _state: dict[str, Any] = {"quiet": False, "json": False, "configured": False, "header": None, "command": None}
 
 
+CLOSED_STDOUT = ("standard output is closed, so the results have nowhere to go; redirect it instead (> FILE, "
+                 "or > /dev/null)")
+
+
+class _ClosedStdout:
+    """sys.stdout when file descriptor 1 was closed (`nlptl predict ... >&-`): Python leaves None there,
+    and the first result written would fail with an AttributeError. Writing a result says why, in one line."""
+
+    def write(self, text: str) -> int:
+        from nlptl.errors import UsageError
+
+        raise UsageError(CLOSED_STDOUT)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def guard_stdout() -> None:
+    """Called first by the CLI: a closed standard output becomes `_ClosedStdout`."""
+    if sys.stdout is None:
+        sys.stdout = _ClosedStdout()
+
+
+def require_stdout() -> None:
+    """A command whose whole point is its output (predict) checks before any work that it can write it."""
+    if sys.stdout is None or isinstance(sys.stdout, _ClosedStdout):
+        from nlptl.errors import UsageError
+
+        raise UsageError(CLOSED_STDOUT)
+
+
 def set_command_line(args: list[str] | None) -> None:
     """The arguments of the running `nlptl` command (cli.main), or None once it is done."""
     _state["command"] = None if args is None else list(args)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from nlptl.config import PredictConfig
@@ -97,3 +101,30 @@ def test_token_budget_batches(trained_classifier):
     budget = classifier(texts, batch_size=3, max_tokens=16)
     assert [r["label"] for r in plain] == [r["label"] for r in budget]
     assert [r["score"] for r in plain] == pytest.approx([r["score"] for r in budget], abs=1e-5)
+
+
+def _nlptl(args: list[str], **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "nlptl", *map(str, args)], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, **kw)
+
+
+@pytest.mark.parametrize("args", [["predict", "--model", "CLF", "great"], ["predict", "--model", "CLF", "--json", "great"],
+                                  ["corpora"]])
+def test_closed_stdout_is_one_line(args, trained_classifier):
+    """`nlptl predict ... >&-`: Python leaves sys.stdout None; the results have nowhere to go: one line
+    saying so, exit 2 (predict before it loads the model), for every command that writes results there."""
+    args = [str(trained_classifier[0]) if a == "CLF" else a for a in args]
+    proc = _nlptl(args, preexec_fn=lambda: os.close(1))  # the child's fd 1, after subprocess set it up
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    assert err.strip().splitlines() == ["error: standard output is closed, so the results have nowhere to go; "
+                                        "redirect it instead (> FILE, or > /dev/null)"]
+
+
+def test_reader_gone_is_quiet(trained_classifier):
+    """`nlptl predict ... | head -1`: the reader leaves after one line; no traceback, no error line."""
+    proc = _nlptl(["predict", "--model", trained_classifier[0], "--json", *["great"] * 3000], stdout=subprocess.PIPE)
+    assert proc.stdout.readline().startswith("{")
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert err.strip() == "" and proc.returncode in (0, 1)
