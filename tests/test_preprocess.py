@@ -183,6 +183,49 @@ def test_streaming_a_tiny_corpus_says_what_to_do(checkpoints, tmp_path):
                             streaming=True, max_eval_blocks=500))
 
 
+@pytest.mark.parametrize("mixture", [False, True], ids=["one-corpus", "mixture"])
+def test_a_stream_whose_blocks_are_all_held_out_is_refused(checkpoints, corpus_file, tmp_path, mixture):
+    """A corpus of exactly --max-eval-blocks blocks leaves nothing to train on: one line and exit 2, not a
+    loop waiting forever for a first batch (alone) or a StopIteration (in a mixture). In a process of its
+    own, with a time limit: the failure was a hang."""
+    import re
+
+    from cli_helpers import assert_one_line_error, run_cli
+
+    from nlptl.stages import adapt
+
+    small = tmp_path / "small.txt"
+    small.write_text("\n".join(general_sentences(20)) + "\n", encoding="utf-8")
+    with pytest.raises(UsageError) as e:
+        adapt.run(adapt_cfg(from_model=str(checkpoints["gpt2"]), corpus=str(small), out=str(tmp_path / "s"),
+                            streaming=True, max_eval_blocks=500))
+    n = int(re.search(r"gives only (\d+) block", str(e.value)).group(1))
+    corpus = f"{corpus_file}:0.5,{small}:0.5" if mixture else str(small)
+    res = run_cli(["adapt", "--from", checkpoints["gpt2"], "--corpus", corpus, "--streaming", "--max-eval-blocks", n,
+                   "--block-size", "32", "--max-steps", "2", "--batch-size", "4", "--precision", "fp32", "--quiet",
+                   "--out", tmp_path / "s"], tmp_path, timeout=120)
+    assert_one_line_error(res, 2, f"--corpus {small}", f"--max-eval-blocks {n}", "nothing left to train on")
+
+
+def test_a_block_stream_that_gives_nothing_fails_instead_of_looping():
+    """A pass from the top with no block fails; a resumed pass that starts at the end of the stream is
+    only the end of that pass."""
+    from nlptl.data.stream import BlockStream
+
+    class Stream(list):
+        def load_state_dict(self, state):
+            del self[state["at"]:]
+
+        def state_dict(self):
+            return {"at": len(self)}
+
+    with pytest.raises(NlptlError, match="no training block in a whole pass"):
+        list(BlockStream(Stream))
+    stream = BlockStream(lambda: Stream([1, 2]))
+    stream.load_state_dict({"epoch": 3, "position": {"at": 0}})
+    assert list(stream) == [] and list(stream) == [1, 2] and stream.epoch == 5
+
+
 def test_mixed_adapt_records_the_mixture_and_each_perplexity(checkpoints, corpus_file, repetitive_corpus, tmp_path):
     from nlptl.stages import adapt
 

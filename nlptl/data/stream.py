@@ -26,11 +26,19 @@ class BlockStream(torch.utils.data.IterableDataset):
 
     def __iter__(self):
         stream = self.make()
+        from_top, empty = self.restart_at is None, True
         if self.restart_at is not None:
             stream.load_state_dict(self.restart_at)
             self.restart_at = None
         self.current = stream
-        yield from stream
+        for block in stream:
+            empty = False
+            yield block
+        if empty and from_top:  # a pass from the top with no block: the loop would wait forever for a batch
+            from nlptl.errors import NlptlError
+
+            raise NlptlError("the streamed corpus gave no training block in a whole pass; check --corpus "
+                             "(and --max-eval-blocks, which takes the first blocks)")
         self.epoch += 1
 
     def state_dict(self) -> dict:

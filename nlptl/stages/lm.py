@@ -234,11 +234,13 @@ def _streamed(cfg: LMConfig, corpus, tokenizer, word_starts: bool, accelerator):
     from nlptl.data.lm import packer, stream_blocks
 
     pack = packer(tokenizer, cfg.block_size, word_starts)
-    held_out = datasets.Dataset.from_list(list(stream_blocks(corpus, pack).take(cfg.max_eval_blocks)))
-    if len(held_out) < cfg.max_eval_blocks:
-        raise UsageError(f"--corpus {corpus.spec} gives only {len(held_out)} block(s) of --block-size {cfg.block_size}, "
-                         f"all of them needed for the held-out sample (--max-eval-blocks {cfg.max_eval_blocks}); "
-                         "lower --max-eval-blocks, or drop --streaming for a small corpus")
+    # One block past the held-out sample: a stream with none would leave the loop waiting for a first batch.
+    first = list(stream_blocks(corpus, pack).take(cfg.max_eval_blocks + 1))
+    if len(first) <= cfg.max_eval_blocks:
+        raise UsageError(f"--corpus {corpus.spec} gives only {len(first)} block(s) of --block-size {cfg.block_size}, "
+                         f"all of them needed for the held-out sample (--max-eval-blocks {cfg.max_eval_blocks}): "
+                         "nothing left to train on; lower --max-eval-blocks, or drop --streaming for a small corpus")
+    held_out = datasets.Dataset.from_list(first[: cfg.max_eval_blocks])
     log.info("%s: streamed, %d blocks of %d tokens held out (the first ones)", corpus.spec, len(held_out), cfg.block_size)
     return (lambda: stream_blocks(corpus, pack).skip(cfg.max_eval_blocks)), held_out
 
