@@ -130,6 +130,8 @@ def _predict(given: dict[str, Any]) -> None:
 def _prediction(r: dict) -> list:
     """A table row of one result, whatever the task shape (nlptl/inference.py): label, labels or value."""
     text = r["text"] + (f" | {r['text_pair']}" if "text_pair" in r else "")
+    if "error" in r:  # a blank text (inference.BLANK)
+        return [f"({r['error']})", "", text[:80]]
     if "value" in r:
         return [f"{r['value']:.4g}", "", text[:80]]
     if "labels" in r:

@@ -442,7 +442,7 @@ class PredictConfig:
 
     model: str | None = opt(None, "Classifier run dir or checkpoint (default: latest finetune run).")
     texts: list[str] = many("Texts to classify.")
-    input: str | None = opt(None, "File of texts, one per line (blank lines are skipped), or - for standard input.", short="-i")
+    input: str | None = opt(None, "File of texts, one per line (a blank line is answered as blank, not classified), or - for standard input.", short="-i")
     batch_size: int = opt(32, "Texts per batch.")
     max_length: int | None = opt(None, "Truncate texts to this many tokens (default: the length the classifier was trained with).")
     backend: str = opt("auto", "Run the model with torch, or with onnxruntime (a directory written by `nlptl export "

@@ -113,7 +113,7 @@ def quantize_int8(src, dst) -> None:
 
 def accuracy(classifier, texts: list[str], pairs: list[str] | None, gold: list[str], batch_size: int = 32) -> float:
     results = classifier(texts, pairs, batch_size)
-    return sum(r["label"] == g for r, g in zip(results, gold, strict=True)) / max(1, len(gold))
+    return sum(r.get("label") == g for r, g in zip(results, gold, strict=True)) / max(1, len(gold))
 
 
 __all__ = ["EXPORT_RECORD", "ONNX_FILE", "PARITY_TOLERANCE", "QUANTIZED_FILE", "SAMPLE_TEXTS", "accuracy",

@@ -9,7 +9,8 @@ The task shape is the checkpoint's `config.problem_type`, as transformers names 
 - regression: the number itself: {"value"}
 
 A model trained on text pairs (`config.nlptl_text_pair`) takes (text, text_pair) and its results carry
-both. A result has "truncated": true when the text was longer than the model's input and was cut.
+both. A result has "truncated": true when the text was longer than the model's input and was cut. A
+blank text is not classified: its result is {"text": ..., "error": "blank text: nothing to classify"}.
 """
 
 from __future__ import annotations
@@ -61,6 +62,16 @@ def outputs(logits, config, threshold: float | None = None) -> list[dict]:
         best = max(range(len(row)), key=row.__getitem__)
         out.append({"label": names[best], "score": row[best], "scores": dict(zip(names, row, strict=True))})
     return out
+
+
+# The one rule for blank texts, in `nlptl predict` (arguments and every line of --input) and in `nlptl
+# serve`: a text that is empty or only whitespace (with its pair, for a pair model) is not classified (a
+# label for nothing would look like an answer); its result, in its place, is {"text", "error": BLANK}.
+BLANK = "blank text: nothing to classify"
+
+
+def is_blank(text: str, text_pair: str | None = None) -> bool:
+    return not text.strip() and not (text_pair or "").strip()
 
 
 EXPORT_RECORD = "nlptl-export.json"  # what `nlptl export` writes next to model.onnx
@@ -123,13 +134,22 @@ class Classifier:
 
         self.check_pairs(text_pairs)
         results: list = [None] * len(texts)
+
+        def head(i: int) -> dict:
+            return {"text": texts[i]} | ({"text_pair": text_pairs[i]} if text_pairs else {})
+
+        # A blank text is answered, in its place, without the model (see BLANK).
+        todo = [i for i in range(len(texts)) if not is_blank(texts[i], text_pairs[i] if text_pairs else None)]
+        for i in set(range(len(texts))) - set(todo):
+            results[i] = head(i) | {"error": BLANK}
+        sub, sub_pairs = [texts[i] for i in todo], [text_pairs[i] for i in todo] if text_pairs else None
         with torch.inference_mode():
-            for idx in self.batches(texts, text_pairs, batch_size, max_tokens):
+            for idx in self.batches(sub, sub_pairs, batch_size, max_tokens):
+                idx = [todo[j] for j in idx]
                 enc, cut = self.encode([texts[i] for i in idx], [text_pairs[i] for i in idx] if text_pairs else None)
                 logits = self.logits(enc)
                 for i, res, was_cut in zip(idx, outputs(logits, self.config, threshold), cut, strict=True):
-                    head = {"text": texts[i]} | ({"text_pair": text_pairs[i]} if text_pairs else {})
-                    results[i] = head | res | ({"truncated": True} if was_cut else {})
+                    results[i] = head(i) | res | ({"truncated": True} if was_cut else {})
         return results
 
     def batches(self, texts: list[str], text_pairs: list[str] | None, batch_size: int, max_tokens: int | None):

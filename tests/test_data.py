@@ -111,11 +111,8 @@ def test_directory_and_glob_expansion(tmp_path):
 
 def test_read_lines_for_predict(tmp_path, caplog):
     (tmp_path / "in.txt").write_bytes(b"one\r\n\r\ntwo\n  \nthree")
-    with caplog.at_level("WARNING", logger="nlptl"):
-        assert read_lines(str(tmp_path / "in.txt")) == ["one", "two", "three"]
-    # Output row i is no longer input line i: a script pasting results beside its lines must be told.
-    assert "skipped 2 blank lines (2, 4)" in caplog.text
-    caplog.clear()
+    # Blank lines are kept (predict answers each as blank): output row i is input line i.
+    assert read_lines(str(tmp_path / "in.txt")) == ["one", "", "two", "  ", "three"]
     (tmp_path / "end.txt").write_bytes(b"one\ntwo\n")
     with caplog.at_level("WARNING", logger="nlptl"):
         assert read_lines(str(tmp_path / "end.txt")) == ["one", "two"]

@@ -12,6 +12,8 @@ from nlptl.config import PredictConfig
 from nlptl.errors import UsageError
 from nlptl.stages import predict
 
+BLANK = "blank text: nothing to classify"
+
 TEXTS = ["Everyone agreed the bakery was great by any measure.", "awful",
          "Last week the camera was awful, and the lens was awful too, and the strap was awful as well.",
          "To be fair, the jacket was great.", "In the end the podcast was awful if you ask me."]
@@ -43,9 +45,11 @@ def test_from_file_and_texts(trained_classifier, tmp_path):
     path = tmp_path / "texts.txt"
     path.write_bytes(("\r\n".join(TEXTS[1:]) + "\r\n\r\n   \n").encode())  # CRLF, blank lines at the end
     results = predict.run(PredictConfig(model=str(out), texts=TEXTS[:1], input=str(path)))
-    assert [r["text"] for r in results] == TEXTS  # arguments first, then the file's lines in order
+    # Arguments first, then the file's lines in order, blank ones too (each answered as blank).
+    assert [r["text"] for r in results] == [*TEXTS, "", "   "]
     reference = predict.run(PredictConfig(model=str(out), texts=TEXTS))
-    assert [r["label"] for r in results] == [r["label"] for r in reference]
+    assert [r["label"] for r in results[: len(TEXTS)]] == [r["label"] for r in reference]
+    assert [r.get("error") for r in results[len(TEXTS) :]] == [BLANK, BLANK]
 
 
 def test_stdin(trained_classifier, monkeypatch):
@@ -128,3 +132,36 @@ def test_reader_gone_is_quiet(trained_classifier):
     proc.stdout.close()
     _, err = proc.communicate(timeout=120)
     assert err.strip() == "" and proc.returncode in (0, 1)
+
+
+def test_blank_texts_get_their_own_answer(trained_classifier, tmp_path):
+    """The one rule of predict (arguments, every line of --input) and serve: a blank text (empty or only
+    whitespace) is not classified; its result, in its place, says so. So result N is line N."""
+    out, _ = trained_classifier
+    path = tmp_path / "texts.txt"
+    path.write_text("great\n\n  \t \nawful\n", encoding="utf-8")
+    results = predict.run(PredictConfig(model=str(out), texts=["", "great"], input=str(path)))
+    assert [r["text"] for r in results] == ["", "great", "great", "", "  \t ", "awful"]
+    for r in results:
+        if r["text"].strip():
+            assert r["label"] in {"negative", "positive"} and "error" not in r
+        else:
+            assert r == {"text": r["text"], "error": BLANK}
+    alone = predict.run(PredictConfig(model=str(out), texts=["great", "awful"]))
+    assert [results[i]["scores"] for i in (2, 5)] == [alone[0]["scores"], alone[1]["scores"]]
+
+
+def test_blank_line_of_a_pair_model(checkpoints, tmp_path):
+    from test_export import _hand_built
+
+    run_dir = _hand_built(tmp_path, checkpoints, "single_label_classification", 2, pairs=True)
+    results = predict.run(PredictConfig(model=str(run_dir), texts=["A man sleeps\tA person rests", "  "]))
+    assert "label" in results[0] and results[1] == {"text": "  ", "text_pair": "", "error": BLANK}
+
+
+def test_blank_texts_in_the_table(trained_classifier, tmp_path, capsys):
+    from cli_helpers import call_main
+
+    assert call_main(["predict", "--model", trained_classifier[0], "great", " "], tmp_path) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(BLANK in line for line in lines), lines

@@ -583,3 +583,18 @@ def test_info_keeps_paths_out_unless_asked(server, trained_classifier, checkpoin
     port = in_thread(load_classifier(str(server["run_dir"])), info_paths=True)
     info = call(port, "/info")[1]
     assert info["model"] == str(server["run_dir"]) and os.path.isabs(info["lineage"]["base_model"])
+
+
+def test_blank_texts_are_answered_as_predict_answers_them(trained_classifier, in_thread):
+    """One rule with `nlptl predict`: a blank text is not classified, its result says so, in its place."""
+    from nlptl.inference import load_classifier
+
+    run_dir, _ = trained_classifier
+    port = in_thread(load_classifier(str(run_dir)), max_wait_ms=0.0)
+    texts = ["great", "", " \t\n", "awful"]
+    status, body = call(port, "/predict", {"texts": texts})
+    assert status == 200 and [r["text"] for r in body["results"]] == texts
+    assert body["results"][1] == body["results"][2] | {"text": ""} == {"text": "", "error": "blank text: nothing to classify"}
+    want = predict.run(PredictConfig(model=str(run_dir), texts=texts))
+    for got, exp in zip(body["results"], want, strict=True):
+        assert got.keys() == exp.keys() and got.get("label") == exp.get("label")

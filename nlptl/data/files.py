@@ -177,7 +177,7 @@ def first_bad_json_line(path: Path) -> tuple[int, str] | None:
 
 
 def read_lines(spec: str) -> list[str]:
-    """Texts for predict: one per non-blank line of a file, or of standard input for '-'."""
+    """Texts for predict: one per line of a file, or of standard input for '-' (blank lines included)."""
     import sys
 
     if spec == "-":
@@ -200,11 +200,6 @@ def read_lines(spec: str) -> list[str]:
     lines = io.StringIO(text, newline=None).read().split("\n")
     if lines and lines[-1] == "":
         lines.pop()  # the newline that ends the last line
-    blank = [i + 1 for i, line in enumerate(lines) if not line.strip()]
-    if blank:
-        # Skipped, not classified: but then result i is no longer line i (each result carries its text).
-        shown = ", ".join(map(str, blank[:5])) + (", ..." if len(blank) > 5 else "")
-        log.warning("--input %s: skipped %d blank line%s (%s); results follow the other lines in order, each "
-                    "with its text", spec, len(blank), "" if len(blank) == 1 else "s", shown)
-    return [line for line in lines if line.strip()]
+    # Blank lines too: predict answers each as blank (inference.BLANK), so result N is line N.
+    return lines
 

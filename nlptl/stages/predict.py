@@ -7,7 +7,9 @@
     nlptl predict --model EXPORT_DIR "Great"      # an `nlptl export --format onnx` directory (onnxruntime)
     nlptl predict --model EXPORT_DIR --int8 "Great"   # its int8 model (`export --quantize int8`), not model.onnx
 
-Each result has the form nlptl/inference.py describes for the model's task shape.
+Each result has the form nlptl/inference.py describes for the model's task shape. A blank text (an
+empty argument, a blank line) is not classified: its result, in its place, says so (as `nlptl serve`
+answers it), so with --input result N is line N.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ def run(cfg: PredictConfig) -> list[dict]:
     pairs = None
     if classifier.pairs:
         # A pair model: each text is "first<TAB>second" (one line of a file, or one argument).
-        split = [t.split("\t", 1) for t in texts]
+        # A blank line is a blank pair (answered as blank, like a blank text).
+        split = [t.split("\t", 1) if t.strip() else [t, ""] for t in texts]
         bad = [i for i, parts in enumerate(split) if len(parts) != 2]
         if bad:
             raise UsageError(f"--model {spec} was trained on text pairs; text {bad[0] + 1} has no tab between "
