@@ -128,6 +128,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.lr = learning_rate(self.lr, self.LR_AUTO, self.LR_UNSET)
         finite(self)
+        seed_range(self)
         positive(self, "epochs", "batch_size", "grad_accum", "log_every")
         if self.lr not in ("auto", None):
             positive(self, "lr")
@@ -377,6 +378,9 @@ class FinetuneConfig(TrainConfig):
             raise UsageError(f"--text-column takes one column, or two for sentence pairs (got {self.text_column})")
         class_weights(self.class_weights)
         positive(self, "seeds")
+        if self.seed + self.seeds - 1 > SEED_MAX:
+            raise UsageError(f"--seed {self.seed} with --seeds {self.seeds} runs seeds past {SEED_MAX} (the largest "
+                             "seed NumPy takes); lower --seed")
         bounded(self, "min_steps", lambda v: v >= 0, ">= 0")
         bounded(self, "head_lr", lambda v: v > 0, "positive")
         if self.learning_curve and self.push_to_hub:
@@ -432,6 +436,7 @@ class EvaluateConfig:
         finite(self)
         positive(self, "batch_size")
         at_least_two(self, "max_length", "block_size")
+        seed_range(self)
         if self.data is None:
             raise UsageError("evaluate needs --data FILE")
 
@@ -709,6 +714,13 @@ def finite(cfg: Any) -> None:
         value = getattr(cfg, f.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise UsageError(f"{flag_name(f.name)} must be a finite number (got {value})")
+
+
+SEED_MAX = 2**32 - 1  # NumPy's seeds are 32-bit unsigned integers
+
+
+def seed_range(cfg: Any) -> None:
+    bounded(cfg, "seed", lambda v: 0 <= v <= SEED_MAX, f"a whole number from 0 to {SEED_MAX}")
 
 
 def bounded(cfg: Any, name: str, ok: Any, must: str, hint: str = "") -> None:

@@ -254,6 +254,11 @@ LIGHT = {
         lambda w: ["evaluate", "--model", w.clf, "--data", w.train, "--max-length", "0"], 2, ["--max-length", "at least 2"]),
     "out-under-a-file": (lambda w: adapt(w, "--out", w.good_txt / "sub"), 2, ["--out", "good.txt", "is a file"]),
     "out-not-writable": (lambda w: adapt(w, "--out", "/sys/nlptl-out"), 2, ["--out /sys/nlptl-out", "not writable"]),
+    "negative-seed": (lambda w: adapt(w, "--seed", "-1"), 2, ["--seed", "0 to 4294967295", "-1"]),
+    "seed-past-32-bits": (lambda w: finetune(w, "--seed", "4294967296"), 2, ["--seed", "0 to 4294967295"]),
+    "seeds-past-32-bits": (lambda w: finetune(w, "--seed", "4294967295", "--seeds", "2"), 2, ["--seed", "--seeds"]),
+    "evaluate-negative-seed": (
+        lambda w: ["evaluate", "--model", w.clf, "--data", w.train, "--seed", "-3"], 2, ["--seed", "0 to 4294967295"]),
     "header-only-csv": (
         lambda w: ["finetune", "--from", w.lm, "--task", "classification", "--train", w.header_only],
         2,
