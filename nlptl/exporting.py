@@ -12,6 +12,7 @@ files; not tested here, for the reason above) plus nlptl's record (nlptl-export.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 
 from nlptl.inference import EXPORT_RECORD, ONNX_FILE, QUANTIZED_FILE
 
@@ -108,7 +109,30 @@ def quantize_int8(src, dst) -> None:
     recipe for transformer encoders on CPUs."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    with _without_preprocessing_advice():
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+
+
+@contextmanager
+def _without_preprocessing_advice():
+    """quantize_dynamic advises, with `logging.warning` on the root logger, to pre-process the model first
+    (shape inference for static quantization; nothing dynamic int8 needs, and the agreement check after it
+    is what tells whether the int8 model is fine). Only that record is dropped, only during the call; a
+    handler is held on the root logger meanwhile, because `logging.warning` on a root logger without one
+    calls basicConfig(), which would print this and every later root record on stderr for good."""
+    root = logging.getLogger()
+
+    def advice(record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+    hold = logging.NullHandler()
+    root.addHandler(hold)
+    root.addFilter(advice)
+    try:
+        yield
+    finally:
+        root.removeFilter(advice)
+        root.removeHandler(hold)
 
 
 def accuracy(classifier, texts: list[str], pairs: list[str] | None, gold: list[str], batch_size: int = 32) -> float:

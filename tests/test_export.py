@@ -213,3 +213,26 @@ def test_missing_extra_is_one_line_with_the_pip_command(missing, finetuned, monk
     with pytest.raises(UsageError, match=r"pip install 'nlptl\[onnx\]'"):
         export.run(ExportConfig(model=str(run_dir), out=str(tmp_path / "o")))
     assert not (tmp_path / "o").exists()
+
+
+def test_quantize_advice_does_not_leak(finetuned, tmp_path, capfd):
+    """onnxruntime's quantize_dynamic advises pre-processing with logging.warning() on the root logger,
+    which in a process without logging set up (nlptl's CLI) also installs a stderr handler for good:
+    neither the line nor the handler reaches the user, and the root logger is left as it was."""
+    import logging
+
+    from nlptl import exporting
+
+    run_dir, _ = finetuned["bert"]
+    out = tmp_path / "fp32"
+    export.run(ExportConfig(model=str(run_dir), out=str(out)))
+    root = logging.getLogger()
+    handlers, filters = root.handlers[:], root.filters[:]
+    root.handlers = []  # as in `nlptl export`: nothing set up on the root logger
+    capfd.readouterr()
+    try:
+        exporting.quantize_int8(out / "model.onnx", tmp_path / "q.onnx")
+        assert root.handlers == [] and root.filters == filters
+    finally:
+        root.handlers = handlers
+    assert "pre-processing" not in capfd.readouterr().err
