@@ -805,25 +805,63 @@ def _check_keys(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
-def load_yaml(path: str) -> dict[str, Any]:
+def load_yaml(path: str, what: str = "--config") -> dict[str, Any]:
+    """A config or recipe file: a mapping, each key once. Not only a regular file: `<(...)` is a pipe,
+    /dev/null an empty config."""
     import yaml
 
     p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"--config {path}: no such file")
+    if p.is_dir():
+        raise UsageError(f"{what} {path} is a directory; pass a YAML file")
+    if not p.exists():
+        raise UsageError(f"{what} {path}: no such file")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=unique_keys_loader())
+    except DuplicateKey as e:
+        raise UsageError(f"{what} {path}: {e}; keep one") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" (line {mark.line + 1})" if mark is not None else ""
-        raise UsageError(f"--config {path}: malformed YAML{at}; fix the file or check it with a YAML linter") from None
+        raise UsageError(f"{what} {path}: malformed YAML{at}; fix the file or check it with a YAML linter") from None
     except UnicodeDecodeError:
-        raise UsageError(f"--config {path}: not a UTF-8 text file") from None
+        raise UsageError(f"{what} {path}: not a UTF-8 text file") from None
+    except OSError as e:
+        raise UsageError(f"{what} {path}: cannot be read ({e.strerror})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UsageError(f"--config {path}: expected a mapping of key: value at the top level")
+        raise UsageError(f"{what} {path}: expected a mapping of key: value at the top level")
     return data
+
+
+class DuplicateKey(Exception):
+    """A key given twice in one YAML mapping: PyYAML keeps the last one without a word."""
+
+
+def unique_keys_loader():
+    """PyYAML's safe loader, refusing a mapping that holds a key twice (config files, recipes, registry)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: overriding is its purpose
+                continue
+            key = loader.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise DuplicateKey(f"'{key}' appears twice (lines {seen[key]} and {line})")
+                seen[key] = line
+            except TypeError:  # an unhashable key: the safe loader refuses it itself
+                continue
+        return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return Loader
 
 
 def parse_sets(sets: list[str] | None) -> dict[str, Any]:

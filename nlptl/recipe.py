@@ -172,9 +172,7 @@ def _check_order(steps: list[Step]) -> None:
 
 def _read(path: str, where: str) -> tuple[list[dict], dict, Any]:
     """The recipe file's stages, defaults and out, checked for shape."""
-    if not Path(path).is_file():
-        raise UsageError(f"recipe {path}: no such file")
-    data = load_yaml(path)
+    data = load_yaml(path, "recipe")
     for k in data:
         if k not in TOP_KEYS:
             raise UsageError(f"{where}: unknown top-level key '{k}'{did_you_mean(str(k), TOP_KEYS)}; a recipe has "

@@ -259,6 +259,22 @@ LIGHT = {
     "seeds-past-32-bits": (lambda w: finetune(w, "--seed", "4294967295", "--seeds", "2"), 2, ["--seed", "--seeds"]),
     "evaluate-negative-seed": (
         lambda w: ["evaluate", "--model", w.clf, "--data", w.train, "--seed", "-3"], 2, ["--seed", "0 to 4294967295"]),
+    "config-is-a-directory": (lambda w: adapt(w, "--config", w.root), 2, ["--config", "is a directory", "YAML file"]),
+    "config-empty-device-is-an-empty-config": (  # read (nothing in it), not 'no such file': the next check speaks
+        lambda w: adapt(w, "--config", "/dev/null", "--max-steps", "0"), 2, ["--max-steps", "positive"]),
+    "config-duplicate-key": (
+        lambda w: adapt(w, "--config", write_lines(w.root / "dup.yaml", ["lr: 0.001", "max_steps: 3", "lr: 0.01"])),
+        2,
+        ["dup.yaml", "'lr' appears twice", "lines 1 and 3"],
+    ),
+    "recipe-is-a-directory": (lambda w: ["run", w.root, "--dry-run"], 2, ["recipe", "is a directory"]),
+    "recipe-duplicate-key-in-a-stage": (
+        lambda w: ["run", write_lines(w.root / "dup-recipe.yaml", [
+            "stages:", "  - stage: adapt", f"    from: {w.lm}", f"    corpus: {w.good_txt}", "    max_steps: 2",
+            "    max_steps: 20"]), "--dry-run"],
+        2,
+        ["dup-recipe.yaml", "'max_steps' appears twice", "lines 5 and 6"],
+    ),
     "header-only-csv": (
         lambda w: ["finetune", "--from", w.lm, "--task", "classification", "--train", w.header_only],
         2,

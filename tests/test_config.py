@@ -247,3 +247,12 @@ def test_every_key_a_message_names_can_be_set_as_named():
             named = flag_name(f.name)
             assert named == f"--set {f.name}" or named in names, (stage, f.name, named)
     assert flag_name("cut_frac") == "--cut-frac" and flag_name("max_eval_blocks") == "--max-eval-blocks"
+
+
+def test_a_registry_with_a_name_twice_is_refused(nlptl_home):
+    """registry.yaml naming a corpus twice: PyYAML would keep the last one without a word."""
+    from nlptl.data import registry
+
+    (nlptl_home / "registry.yaml").write_text("corpora:\n  reviews: a.txt\n  reviews: b.txt\n", encoding="utf-8")
+    with pytest.raises(UsageError, match=r"registry.yaml: 'reviews' appears twice \(lines 2 and 3\)"):
+        registry.corpora()

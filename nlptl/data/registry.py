@@ -113,8 +113,12 @@ def _user_registry() -> dict:
         return {}
     import yaml
 
+    from nlptl.config import DuplicateKey, unique_keys_loader
+
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=unique_keys_loader()) or {}
+    except DuplicateKey as e:
+        raise UsageError(f"{path}: {e}; keep one") from None
     except yaml.YAMLError:
         raise UsageError(f"{path}: malformed YAML; fix or remove the file") from None
     if not isinstance(data, dict):
