@@ -30,13 +30,30 @@ PREVIOUS = {"adapt": ("pretrain",), "finetune": ("adapt", "pretrain"), "evaluate
 
 
 def read_record(path: str | Path) -> dict | None:
+    """The run's record, or None when it has none or it cannot be read (`record_problem` says which)."""
     f = Path(path) / RUN_FILE
     if not f.is_file():
         return None
     try:
-        return json.loads(f.read_text(encoding="utf-8"))
+        record = json.loads(f.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
+    return record if isinstance(record, dict) else None
+
+
+def record_problem(path: str | Path) -> str | None:
+    """Why the nlptl-run.json in `path` cannot be read (truncated by a full disk or a bad copy...), or
+    None when it is fine or absent: a run with a corrupt record is not a plain checkpoint."""
+    f = Path(path) / RUN_FILE
+    if not f.is_file() or read_record(path) is not None:
+        return None
+    try:
+        json.loads(f.read_text(encoding="utf-8"))
+    except OSError as e:
+        return f"{RUN_FILE} cannot be read ({e.strerror})"
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return f"{RUN_FILE} is corrupt (not valid JSON: truncated?)"
+    return f"{RUN_FILE} is corrupt (not a JSON object)"
 
 
 def latest_run(stages: tuple[str, ...]) -> Path | None:

@@ -7,6 +7,13 @@ as `modeling_nlptl.py` and names it in `auto_map`, so it loads anywhere with
     AutoModelForSequenceClassification.from_pretrained(DIR, trust_remote_code=True)
     pipeline("text-classification", model=DIR, trust_remote_code=True)
 
+Its config (`NlptlConfig`) has a model type of its own, "nlptl", and carries the backbone's keys flat
+with the backbone's type in `backbone_model_type`. Saved under the backbone's type (as nlptl did before
+issue 24), stock transformers without trust_remote_code loaded the directory as the backbone's stock
+classifier with a new random pooler and head, and only logged it; a type it does not know makes it
+refuse, asking for trust_remote_code. nlptl itself loads it without: `register()` tells the Auto
+classes of its own process.
+
 Long documents (`config.nlptl_window`): a text longer than one window is cut, inside `forward`, into
 overlapping windows (each with the model's special tokens), every window is encoded and pooled, and
 the windows are pooled into one document (mean, max or learned attention) before the head: ULMFiT's
@@ -23,11 +30,80 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import AutoModel, PretrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 POOLINGS = ("cls", "mean", "last", "concat")
 DOC_POOLINGS = ("mean", "max", "attention")
+# Where stock transformers finds the head's code, with trust_remote_code=True: this file, shipped as
+# modeling_nlptl.py.
+AUTO_MAP = {"AutoConfig": "modeling_nlptl.NlptlConfig",
+            "AutoModelForSequenceClassification": "modeling_nlptl.NlptlForSequenceClassification"}
+# Keys of the head's config that are not the backbone's.
+HEAD_ONLY = ("model_type", "backbone_model_type", "auto_map", "transformers_version", "_name_or_path")
+
+
+class NlptlConfig(PretrainedConfig):
+    """The pooled classifier's config: the backbone's keys under their own names (GPT-2's n_embd), the
+    backbone's type (`backbone_model_type`), the head's `nlptl_*` settings and the labels."""
+
+    model_type = "nlptl"
+
+    def __init__(self, backbone_model_type: str | None = None, **kwargs):
+        # A backbone's own config dict (peft reads the base model's config.json with this class) names
+        # the backbone in model_type; the instance's own model_type is always the class's.
+        given = kwargs.pop("model_type", None)
+        if backbone_model_type is None and given != self.model_type:
+            backbone_model_type = given
+        kwargs.setdefault("auto_map", dict(AUTO_MAP))
+        super().__init__(**kwargs)
+        self.backbone_model_type = backbone_model_type
+
+    @classmethod
+    def wrap(cls, config: PretrainedConfig) -> NlptlConfig:
+        """The head's config around a backbone's config (one that nlptl's loaders or an older nlptl
+        directory give: the backbone's class with the head's keys); a head's config as it is."""
+        if getattr(config, "model_type", None) == cls.model_type:
+            return config
+        keys = {k: v for k, v in config.to_dict().items() if k not in HEAD_ONLY}
+        return cls(backbone_model_type=config.model_type, attn_implementation=config._attn_implementation, **keys)
+
+    def unwrap(self) -> PretrainedConfig:
+        """The backbone's own config (its class, its defaults), the head's keys riding along."""
+        keys = {k: v for k, v in self.to_dict().items() if k not in HEAD_ONLY}
+        return AutoConfig.for_model(self.backbone_model_type, attn_implementation=self._attn_implementation, **keys)
+
+    def to_diff_dict(self) -> dict:
+        # What the backbone's class saves (the keys that differ from its own defaults), under the head's type.
+        if not self.backbone_model_type:
+            return super().to_diff_dict()  # a bare NlptlConfig(): no backbone to take defaults from
+        out = self.unwrap().to_diff_dict()
+        out.update(model_type=self.model_type, backbone_model_type=self.backbone_model_type,
+                   auto_map=getattr(self, "auto_map", None) or dict(AUTO_MAP))
+        return out
+
+    def __getattr__(self, name: str):
+        # Only for names not set on the config: the backbone's aliases of transformers' common names
+        # (GPT-2's hidden_size is n_embd), which its config class would answer.
+        backbone = self.__dict__.get("backbone_model_type")
+        alias = CONFIG_MAPPING[backbone].attribute_map.get(name) if backbone in CONFIG_MAPPING else None
+        if alias is None or alias not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+        return self.__dict__[alias]
+
+
+def register() -> None:
+    """Let this process's AutoConfig and AutoModelForSequenceClassification load nlptl's head (nlptl's
+    own loaders call it; stock transformers elsewhere needs trust_remote_code=True instead)."""
+    AutoConfig.register(NlptlConfig.model_type, NlptlConfig, exist_ok=True)
+    AutoModelForSequenceClassification.register(NlptlConfig, NlptlForSequenceClassification, exist_ok=True)
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, how: str) -> torch.Tensor:
@@ -54,26 +130,30 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, how: str) ->
 class NlptlForSequenceClassification(PreTrainedModel):
     """Backbone (`AutoModel` of the checkpoint's family) -> pooling (`config.nlptl_pooling`) -> dropout -> linear."""
 
-    config_class = PretrainedConfig
+    config_class = NlptlConfig
     base_model_prefix = "backbone"  # replaced per instance by the family's own prefix (bert, transformer, model...)
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _supports_flash_attn = True
 
     def __init__(self, config: PretrainedConfig):
+        # A backbone's config (an older nlptl directory, or a caller's) becomes the head's own, so that
+        # whatever saves this model saves it under the head's model type.
+        config = NlptlConfig.wrap(config)
         super().__init__(config)
         self.pooling = getattr(config, "nlptl_pooling", "mean")
+        body_config = config.unwrap()
         try:
             # The pooler of BERT-style models is unused here; leaving it out keeps multi-process
             # training free of unused parameters.
-            backbone = AutoModel.from_config(config, add_pooling_layer=False)
+            backbone = AutoModel.from_config(body_config, add_pooling_layer=False)
         except TypeError:
-            backbone = AutoModel.from_config(config)
+            backbone = AutoModel.from_config(body_config)
         # The body sits under the family's own prefix (bert., transformer., model., ...), so language-model
         # checkpoints of that family load into it as they are and saved weights keep the usual names.
         self.base_model_prefix = backbone.base_model_prefix
         setattr(self, self.base_model_prefix, backbone)
-        width = config.hidden_size * (3 if self.pooling == "concat" else 1)
+        width = body_config.hidden_size * (3 if self.pooling == "concat" else 1)
         self.window = getattr(config, "nlptl_window", None)
         self.doc_pooling = getattr(config, "nlptl_doc_pooling", "mean")
         if self.window and self.doc_pooling == "attention":

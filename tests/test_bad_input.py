@@ -51,6 +51,9 @@ def w(tmp_path_factory) -> SimpleNamespace:
     broken.mkdir(parents=True)
     (broken / "model.safetensors").write_bytes(b"torn")
     (broken / "manifest.json").write_text(json.dumps({"model.safetensors": "0" * 64}))
+    truncated = root / "truncated-run"  # a finished run whose record was cut short (a full disk, a bad copy)
+    shutil.copytree(run, truncated)
+    (truncated / "nlptl-run.json").write_text('{"stage": "adapt", "created": "2026-01-')
     d = root / "data"
     d.mkdir()
     (d / "empty.txt").write_bytes(b"")
@@ -63,6 +66,7 @@ def w(tmp_path_factory) -> SimpleNamespace:
         broken=root / "broken-run",
         run=run,
         notmodel=notmodel,
+        truncated=truncated,
         clf=tiny_classifier(lm, root / "classifier"),
         tok=tokenizer_only(lm, root / "tokenizer-only"),
         good_txt=write_lines(d / "good.txt", ["a short line of text"] * 50),
@@ -275,6 +279,9 @@ LIGHT = {
         2,
         ["dup-recipe.yaml", "'max_steps' appears twice", "lines 5 and 6"],
     ),
+    "from-a-run-with-a-truncated-record": (
+        lambda w: ["adapt", "--from", w.truncated, "--corpus", w.good_txt], 2, ["--from", "nlptl-run.json", "corrupt"]),
+    "report-on-a-truncated-record": (lambda w: ["report", w.truncated], 2, ["nlptl-run.json", "corrupt"]),
     "header-only-csv": (
         lambda w: ["finetune", "--from", w.lm, "--task", "classification", "--train", w.header_only],
         2,

@@ -129,6 +129,8 @@ def test_finetune_merged_equals_base_plus_adapter(family, pooling, lora_finetune
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
 
     stock = pooling == "auto"
+    # merged with the stock head: saved as the stock class; with nlptl's, under its own model type
+    assert json.loads((out / "config.json").read_text())["model_type"] == (family if stock else "nlptl")
     merged = AutoModelForSequenceClassification.from_pretrained(out, trust_remote_code=not stock).eval()
     assert merged.config.id2label == {0: "negative", 1: "positive"}
     assert not any("lora" in n for n, _ in merged.named_parameters())

@@ -51,6 +51,9 @@ def test_merged_equals_base_plus_adapter(family, pooling, unmerged, checkpoints,
     assert result["output_dir"] == str(out)
     record = json.loads((out / "nlptl-run.json").read_text())
     assert record["lora"]["merged"] is True and record["lora"]["merged_by"] == "nlptl merge"
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == (family if pooling == "auto" else "nlptl")  # nlptl's head: a type of its own
+    assert (out / "modeling_nlptl.py").is_file() == (pooling != "auto")
     merged = AutoModelForSequenceClassification.from_pretrained(out, trust_remote_code=pooling != "auto").eval()
     assert not any("lora" in n for n, _ in merged.named_parameters())
 

@@ -74,4 +74,6 @@ def test_every_pooling_agrees_with_the_pipeline(classifiers):
         assert (d / "modeling_nlptl.py").exists() != stock  # head code shipped only where needed
         config = json.loads((d / "config.json").read_text())
         assert ("auto_map" in config) != stock
+        # nlptl's head under a model type of its own: stock transformers refuses it without trust_remote_code
+        assert config["model_type"] == ({"gpt": "gpt2", "bert": "bert"}[arch] if stock else "nlptl")
         assert config["id2label"] == {"0": "negative", "1": "positive"}

@@ -21,13 +21,18 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def model_type(config) -> str:
+    """The architecture's model type: for nlptl's head (model type "nlptl"), its backbone's."""
+    return getattr(config, "backbone_model_type", None) or config.model_type
+
+
 def default_objective(config) -> str:
     """MLM for encoders (the model type has a masked-LM class), CLM for decoders."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
     if getattr(config, "is_decoder", False):
         return "clm"
-    return "mlm" if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES else "clm"
+    return "mlm" if model_type(config) in MODEL_FOR_MASKED_LM_MAPPING_NAMES else "clm"
 
 
 def load_tokenizer(ref: ModelRef, config):
@@ -63,12 +68,29 @@ def load_tokenizer(ref: ModelRef, config):
 
 
 def load_config(ref: ModelRef):
+    """The checkpoint's config. For a classifier with nlptl's head, its backbone's config with the head's
+    `nlptl_*` keys (what every loader here takes: the family's classes, positions, LoRA targets), as
+    directories of nlptl before issue 24 stored it; the head's model makes it the head's own again."""
     from transformers import AutoConfig
 
+    if ref.config is None or ref.config.get("model_type") == "nlptl":
+        # nlptl's head has a model type of its own, which transformers does not know until told. (Only
+        # where it may be needed: the head's module imports torch.)
+        from nlptl.heads import register
+
+        register()
     try:
-        return AutoConfig.from_pretrained(ref.path)
+        config = AutoConfig.from_pretrained(ref.path)
     except Exception as e:  # noqa: BLE001
         raise load_error(ref, e) from e
+    return backbone_config(config)
+
+
+def backbone_config(config):
+    """`config` in its backbone's own class: nlptl's head config unwrapped (its `nlptl_*` keys ride along),
+    any other config as it is. What a directory meant for stock transformers without the head's code
+    (an ONNX export: the head is in the graph) saves."""
+    return config.unwrap() if getattr(config, "model_type", None) == "nlptl" else config
 
 
 def load_lm(ref: ModelRef, config, objective: str):
@@ -82,7 +104,7 @@ def load_lm(ref: ModelRef, config, objective: str):
         model, info = cls.from_pretrained(ref.path, config=config, output_loading_info=True)
     except ValueError as e:
         raise NlptlError(
-            f"--from {ref.spec}: a {config.model_type} model has no {'masked' if objective == 'mlm' else 'causal'}-LM class; "
+            f"--from {ref.spec}: a {model_type(config)} model has no {'masked' if objective == 'mlm' else 'causal'}-LM class; "
             f"use --objective {'clm' if objective == 'mlm' else 'mlm'}"
         ) from e
     except Exception as e:  # noqa: BLE001
@@ -174,15 +196,16 @@ def _stock_class(config):
     import transformers
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 
-    name = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.get(config.model_type)
+    name = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.get(model_type(config))
     if name is None or not hasattr(transformers, name):
-        raise NlptlError(f"transformers has no sequence-classification class for {config.model_type}; try --pooling mean")
+        raise NlptlError(f"transformers has no sequence-classification class for {model_type(config)}; try --pooling mean")
     return getattr(transformers, name)
 
 
 def load_classifier(ref: ModelRef, config, labels: list[str], tokenizer, pooling: str = "auto"):
     """A classifier with a new head on the checkpoint's body. Stock transformers classes where they
     implement the pooling; otherwise nlptl's pooled head (nlptl/heads.py, shipped via auto_map)."""
+    config = backbone_config(config)
     id2label = dict(enumerate(labels))
     config.num_labels = len(labels)
     config.id2label = id2label
@@ -197,11 +220,13 @@ def load_classifier(ref: ModelRef, config, labels: list[str], tokenizer, pooling
                 if hasattr(config, attr):
                     delattr(config, attr)
             return _stock_class(config).from_pretrained(ref.path, config=config, ignore_mismatched_sizes=True)
-        from nlptl.heads import NlptlForSequenceClassification
+        from nlptl.heads import NlptlConfig, NlptlForSequenceClassification
 
         config.nlptl_pooling = pooling
-        config.auto_map = {"AutoModelForSequenceClassification": "modeling_nlptl.NlptlForSequenceClassification"}
-        return NlptlForSequenceClassification.from_pretrained(ref.path, config=config, ignore_mismatched_sizes=True)
+        # Its own model type (and auto_map, for trust_remote_code): stock transformers must not take it
+        # for the backbone's stock classifier, whose pooler and head it would make anew.
+        head_config = NlptlConfig.wrap(config)
+        return NlptlForSequenceClassification.from_pretrained(ref.path, config=head_config, ignore_mismatched_sizes=True)
     except NlptlError:
         raise
     except Exception as e:  # noqa: BLE001
@@ -223,9 +248,9 @@ def load_trained_classifier(ref: ModelRef):
     tokenizer = load_tokenizer(ref, config)
     try:
         if getattr(config, "nlptl_pooling", None):
-            from nlptl.heads import NlptlForSequenceClassification
+            from nlptl.heads import NlptlConfig, NlptlForSequenceClassification
 
-            model = NlptlForSequenceClassification.from_pretrained(ref.path, config=config)
+            model = NlptlForSequenceClassification.from_pretrained(ref.path, config=NlptlConfig.wrap(config))
         else:
             model = _stock_class(config).from_pretrained(ref.path, config=config)
     except NlptlError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from nlptl.errors import UsageError
-from nlptl.models.loading import count_parameters, save_head_code
+from nlptl.models.loading import count_parameters, model_type, save_head_code
 
 log = logging.getLogger("nlptl")
 
@@ -60,17 +60,18 @@ def apply_lora(model, cfg):
     import torch.nn as nn
     from peft import LoraConfig, get_peft_model
 
-    targets = lora_targets(model.config.model_type, cfg.lora_targets)
+    family = model_type(model.config)  # nlptl's head: its backbone's
+    targets = lora_targets(family, cfg.lora_targets)
     heads = [n for n in CLASSIFIER_HEADS if isinstance(getattr(model, n, None), nn.Module)]
     config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                         target_modules=targets, modules_to_save=heads or None,
                         # GPT-2 stores its projections as Conv1D, whose weight is transposed.
-                        fan_in_fan_out=model.config.model_type == "gpt2")
+                        fan_in_fan_out=family == "gpt2")
     try:
         peft_model = get_peft_model(model, config)
     except ValueError as e:
         if "not found" in str(e) or "Target modules" in str(e):
-            raise UsageError(f"--lora-targets {','.join(targets)}: no such modules in this {model.config.model_type} model; "
+            raise UsageError(f"--lora-targets {','.join(targets)}: no such modules in this {family} model; "
                              "pass the names of its attention projections (e.g. query,value)") from None
         raise
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -65,13 +65,12 @@ def inspect_model(spec: str, flag: str = "--from") -> ModelRef:
             raise UsageError(f"{flag} {spec}: config.json has no model_type; not a Hugging Face model checkpoint")
         if not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
             raise UsageError(f"{flag} {spec}: holds a config but no weights (*.safetensors or *.bin)")
-        run = None
-        if (p / "nlptl-run.json").is_file():
-            try:
-                run = json.loads((p / "nlptl-run.json").read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                run = None
-        return ModelRef(spec, str(p), True, config, run)
+        from nlptl.checkpoint import read_record, record_problem
+
+        if problem := record_problem(p):  # not a plain checkpoint: its lineage would be lost without a word
+            raise UsageError(f"{flag} {spec}: its {problem}; restore it from a copy of the run, or delete it to use "
+                             "the directory as a plain checkpoint (without its lineage)")
+        return ModelRef(spec, str(p), True, config, read_record(p))
     # Not on disk: a hub id has the form name or org/name.
     if spec.count("/") > 1 or spec.startswith((".", "~")) or "\\" in spec or not spec.strip():
         raise UsageError(f"{flag} {spec}: no such directory")

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 
 from nlptl.card import data_sources, general_model
-from nlptl.checkpoint import read_record
+from nlptl.checkpoint import read_record, record_problem
 from nlptl.config import ReportConfig
 from nlptl.errors import UsageError
 from nlptl.tracking import METRICS_FILE
@@ -27,6 +27,8 @@ REPORT_DIR = "report"
 def chain_of(run_dir: Path) -> list[dict]:
     """The runs of the chain, oldest first: {stage, dir, record or None, lineage}."""
     record = read_record(run_dir)
+    if record is None and record_problem(run_dir):
+        raise UsageError(f"{run_dir}: its {record_problem(run_dir)}; restore it from a copy of the run")
     if record is None:
         raise UsageError(f"{run_dir} is not a completed nlptl run (no nlptl-run.json); pass a run directory")
     chain, seen = [], set()
