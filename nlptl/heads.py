@@ -236,3 +236,27 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config, weig
     if problem == "multi_label_classification":
         return nn.functional.binary_cross_entropy_with_logits(logits, labels.float(), pos_weight=weight)
     return nn.functional.cross_entropy(logits, labels, weight=weight)
+
+
+class _PipelineCheckFilter:
+    """transformers' text-classification pipeline checks the model's class against its list of stock
+    classes and, for a class it was not told about (this one, in a directory whose config names the
+    backbone's type), logs an error listing 100+ class names, then runs the model fine. That record,
+    for this class only, is dropped at its logger; every other record passes."""
+
+    prefix = "The model 'NlptlForSequenceClassification' is not supported for"
+
+    def filter(self, record) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+def _quiet_pipeline_check() -> None:
+    import logging
+
+    logger = logging.getLogger("transformers.pipelines.base")
+    # Once per process, though this file runs again each time a directory's copy loads as remote code.
+    if not any(type(f).__name__ == _PipelineCheckFilter.__name__ for f in logger.filters):
+        logger.addFilter(_PipelineCheckFilter())
+
+
+_quiet_pipeline_check()
