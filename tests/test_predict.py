@@ -165,3 +165,48 @@ def test_blank_texts_in_the_table(trained_classifier, tmp_path, capsys):
     assert call_main(["predict", "--model", trained_classifier[0], "great", " "], tmp_path) == 0
     lines = capsys.readouterr().out.splitlines()
     assert any(BLANK in line for line in lines), lines
+
+
+def test_pipeline_on_a_pooled_head_says_nothing(checkpoints, task_files, tmp_path):
+    """transformers' text-classification pipeline on a classifier with nlptl's own head (heads.py, loaded
+    with trust_remote_code, as each run's model card shows) logged an error listing 100+ stock model
+    classes ("The model 'NlptlForSequenceClassification' is not supported for text-classification"),
+    then ran it fine: that line is gone. A fresh process, as a user's."""
+    from conftest import finetune_cfg
+
+    from nlptl.stages import finetune
+
+    out = tmp_path / "mean"
+    finetune.run(finetune_cfg(from_model=str(checkpoints["bert"]), train_file=str(task_files["train"]), out=str(out),
+                              pooling="mean", max_steps=1))
+    script = ("import sys\nfrom transformers import pipeline\n"
+              "print(pipeline('text-classification', model=sys.argv[1], trust_remote_code=True)('great')[0]['label'])")
+    res = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() in {"negative", "positive"}
+    assert "not supported" not in res.stderr, res.stderr[-2000:]
+
+
+def test_pipeline_check_drops_only_that_line():
+    """The filter heads.py installs (the file a pooled run ships as its remote code): the pipeline's
+    "not supported" record for nlptl's class goes, any other record of that logger stays."""
+    import logging
+
+    import nlptl.heads  # noqa: F401 - installs the filter, as loading the remote code does
+
+    logger = logging.getLogger("transformers.pipelines.base")
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    keep = Keep()
+    logger.addHandler(keep)
+    try:
+        logger.error("The model 'NlptlForSequenceClassification' is not supported for text-classification. "
+                     "Supported models are ['BertForSequenceClassification', ...].")
+        logger.error("The model 'SomeOtherModel' is not supported for text-classification.")
+    finally:
+        logger.removeHandler(keep)
+    assert seen == ["The model 'SomeOtherModel' is not supported for text-classification."]
