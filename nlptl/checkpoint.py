@@ -118,20 +118,28 @@ def resolve_out(out: str | Path) -> Path:
 
 def check_writable(out: Path, fix: str = "choose another --out") -> None:
     """Refuse an --out where the run could not write: the lock and the staging directory are made next
-    to it, its logs and checkpoints inside it. Tried with a file: permission bits alone say nothing for
-    root or on read-only mounts."""
+    to it, its logs and checkpoints inside it."""
+    where = unwritable(out.parent) or (unwritable(out) if out.is_dir() else None)
+    if where is not None:
+        raise UsageError(f"--out {out}: {where} is not writable; {fix}")
+
+
+def unwritable(path: Path) -> Path | None:
+    """None when a file can be made in `path` (or in its nearest existing parent, where `path` would be
+    made), else that directory. Tried with a file: permission bits alone say nothing for root or on
+    read-only mounts."""
     import tempfile
 
-    parent = out.parent
-    while not parent.exists():
-        parent = parent.parent
-    for where in (parent, out) if out.is_dir() else (parent,):
-        try:
-            fd, probe = tempfile.mkstemp(dir=where, prefix=".nlptl-write-test-")
-            os.close(fd)
-            os.unlink(probe)
-        except OSError:
-            raise UsageError(f"--out {out}: {where} is not writable; {fix}") from None
+    where = Path(path)
+    while not where.exists() and where.parent != where:
+        where = where.parent
+    try:
+        fd, probe = tempfile.mkstemp(dir=where, prefix=".nlptl-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError:
+        return where
+    return None
 
 
 def check_out(out: Path, overwrite: bool, from_path: str | None = None, resume: bool = False,

@@ -269,3 +269,16 @@ def test_split_blocks_is_fixed(toks, texts):
     assert capped["idx"] == held["idx"][:3]
     with pytest.raises(UsageError, match="only 1 block"):
         split_blocks(blocks.select([0]), 10.0, 2000)
+
+
+def test_a_datasets_cache_that_is_not_writable_is_named(tmp_path, monkeypatch):
+    """The data file is fine; the cache `datasets` writes it into is not: say so, not 'could not read'."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", "/sys/nlptl-datasets-cache")
+    (tmp_path / "c.txt").write_text("one line\nanother line\n", encoding="utf-8")
+    with pytest.raises(UsageError) as e:
+        read(tmp_path / "c.txt")
+    message = str(e.value)
+    assert "could not read" not in message and "c.txt" not in message
+    assert "datasets cache /sys/nlptl-datasets-cache" in message and "HF_DATASETS_CACHE" in message

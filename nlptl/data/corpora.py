@@ -197,6 +197,12 @@ def read_files(files: list[str], fmt: str, sha256: str | None):
     a restored backup) would be read from the old cache: each content gets a cache directory of its own."""
     import datasets
 
+    from nlptl.checkpoint import unwritable
+
+    cache = Path(datasets.config.HF_DATASETS_CACHE)
+    if unwritable(cache) is not None:  # `datasets` writes every file it reads there first
+        raise UsageError(f"the datasets cache {cache} is not writable (reading data writes it there); set "
+                         "HF_DATASETS_CACHE (or HF_HOME) to a writable directory")
     builder, kwargs = _builder(files, fmt)
     if sha256:
         kwargs["cache_dir"] = str(Path(datasets.config.HF_DATASETS_CACHE) / "nlptl-content" / sha256[:32])
