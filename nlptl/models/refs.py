@@ -119,5 +119,7 @@ def positions_of(config) -> int | None:
     for name in POSITION_KEYS:
         value = get(name)
         if isinstance(value, int) and value > 0:
-            return value - 2 if get("model_type") in OFFSET_POSITIONS else value
+            # nlptl's head has a model type of its own; its backbone's says where positions start
+            family = get("backbone_model_type") or get("model_type")
+            return value - 2 if family in OFFSET_POSITIONS else value
     return None
