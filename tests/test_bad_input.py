@@ -282,6 +282,16 @@ LIGHT = {
     "from-a-run-with-a-truncated-record": (
         lambda w: ["adapt", "--from", w.truncated, "--corpus", w.good_txt], 2, ["--from", "nlptl-run.json", "corrupt"]),
     "report-on-a-truncated-record": (lambda w: ["report", w.truncated], 2, ["nlptl-run.json", "corrupt"]),
+    "csv-duplicate-column": (  # pandas would rename the second one 'text.1' and read the first without a word
+        lambda w: finetune(w, "--train", write_csv(w.root / "dup.csv", [("a", "1", "b")], header=("text", "label", "text"))),
+        2,
+        ["--train", "dup.csv", "column 'text' appears twice", "columns 1 and 3", "rename"],
+    ),
+    "corpus-tsv-duplicate-column": (
+        lambda w: ["adapt", "--from", w.lm, "--corpus", write_lines(w.root / "dup.tsv", ["text\tid\tid", "a\t1\t2"])],
+        2,
+        ["--corpus", "dup.tsv", "column 'id' appears twice"],
+    ),
     "header-only-csv": (
         lambda w: ["finetune", "--from", w.lm, "--task", "classification", "--train", w.header_only],
         2,

@@ -105,7 +105,12 @@ def columns_of(path: Path, fmt: str, flag: str) -> list[str]:
                 header = next(csv.reader(f, delimiter="\t" if fmt == "tsv" else ","))
             except StopIteration:
                 raise UsageError(f"{flag} {path}: the file is empty") from None
-        return [h.strip() for h in header]
+        names = [h.strip() for h in header]
+        for i, name in enumerate(names):
+            if name in names[:i]:  # the reader would rename the second one (name.1) and use the first silently
+                raise UsageError(f"{flag} {path}: column '{name}' appears twice in the header (columns "
+                                 f"{names.index(name) + 1} and {i + 1}); rename one")
+        return names
     if fmt == "json":
         with open(path, encoding="utf-8-sig", errors="replace") as f:
             for line in f:
