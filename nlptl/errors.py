@@ -30,6 +30,9 @@ class Interrupted(NlptlError):
 
 
 def did_you_mean(word: str, choices) -> str:
-    """' (did you mean 'x'?)' for the closest choice, or '' when none is close."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
+    """' (did you mean 'x'?)' for the closest choice, or '' when none is close. A choice the word begins
+    (warmup -> warmup_ratio) comes before one that merely looks alike (head_warmup)."""
+    choices = list(choices)
+    started = sorted((c for c in choices if c.startswith(word) and c != word), key=len)
+    close = started[:1] or difflib.get_close_matches(word, choices, n=1, cutoff=0.5)
     return f" (did you mean '{close[0]}'?)" if close else ""
