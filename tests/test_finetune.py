@@ -176,3 +176,38 @@ def test_gpt2_classifier_batches_with_padding(trained_classifier):
     for a, b in zip(one, many, strict=True):
         assert a["label"] == b["label"]
         assert a["scores"] == pytest.approx(b["scores"], abs=1e-5)
+
+
+def test_the_held_out_slice_leaves_every_class_a_training_example(caplog):
+    """No --eval: a class too small to be split (one example) stays in training, whatever the seed, and
+    the run says so; before, an unstratified fallback could hold out a class's only example."""
+    import logging
+
+    import datasets
+
+    from nlptl.stages.classifier import held_out_slice
+
+    ds = datasets.Dataset.from_dict({"text": [f"t{i}" for i in range(40)], "label": [0] * 20 + [1] * 19 + [2]})
+    for seed in range(30):
+        with caplog.at_level(logging.WARNING, logger="nlptl"):
+            train, held = held_out_slice(ds, ["a", "b", "rare"], 0.1, seed)
+        assert set(train["label"]) == {0, 1, 2}, seed
+        assert len(train) + len(held) == 40 and 2 not in held["label"]
+    assert "'rare' has too few examples to hold any out" in caplog.text
+
+
+def test_labels_that_differ_only_in_case_are_merged_with_a_warning(caplog):
+    """'Sports' and 'sports' are one label (matched ignoring case, the most frequent spelling names it),
+    and the run says so: they may have been meant as two classes."""
+    import logging
+
+    from nlptl.data.registry import task_entry
+    from nlptl.data.tasks import TaskSpec, label_names
+
+    spec = TaskSpec(task_entry("classification"), None, None, "text", "label")
+    with caplog.at_level(logging.WARNING, logger="nlptl"):
+        assert label_names(spec, ["pear", "apple", "pear "]) == ["apple", "pear"]
+    assert not caplog.text  # surrounding spaces are not another spelling worth a word
+    with caplog.at_level(logging.WARNING, logger="nlptl"):
+        assert label_names(spec, ["Sports", "sports", "Sports", "news", "SPORTS"]) == ["Sports", "news"]
+    assert "labels 'Sports' (2), 'SPORTS' (1) and 'sports' (1) differ only in case: one label, 'Sports'" in caplog.text

@@ -170,13 +170,23 @@ def label_names(spec: TaskSpec, train_labels: list[str], numeric_classes: bool =
     for v in train_labels:
         if v is not None and v.strip():  # empty labels: `encode` reports them
             counts[v.strip()] = counts.get(v.strip(), 0) + 1
-    spelling: dict[str, str] = {}
+    spellings: dict[str, list[str]] = {}
     for v in sorted(counts, key=lambda v: (-counts[v], v)):
-        spelling.setdefault(v.lower(), v)
-    values = sorted(spelling.values())
+        spellings.setdefault(v.lower(), []).append(v)
+    merged = [group for group in spellings.values() if len(group) > 1]
+    if merged:  # perhaps meant as different classes: never merged without a word
+        log.warning("--train: %s; rename them in the file if they are different classes",
+                    "; ".join(_merged(group, counts) for group in merged[:5]))
+    values = sorted(group[0] for group in spellings.values())
     if all(_is_int(v) for v in values):
         values = sorted(values, key=lambda v: int(v))
     return values
+
+
+def _merged(group: list[str], counts: dict[str, int]) -> str:
+    listed = [f"'{v}' ({counts[v]})" for v in group]
+    return (f"labels {', '.join(listed[:-1])} and {listed[-1]} differ only in case: one label, '{group[0]}' "
+            "(labels are matched ignoring case)")
 
 
 def split_cell(value: str | None, separator: str) -> list[str]:

@@ -382,7 +382,25 @@ def held_out_slice(ds, names: list[str], fraction: float, seed: int, stratify: b
         parts = ds.train_test_split(test_size=fraction, seed=seed, stratify_by_column="label")
     except ValueError:  # a class too small to stratify
         parts = ds.train_test_split(test_size=fraction, seed=seed)
-    return parts["train"], parts["test"]
+    return every_class_trains(parts["train"], parts["test"], names)
+
+
+def every_class_trains(train, held, names: list[str]):
+    """(train, held-out) with each class in training: a class whose every example fell into the held-out
+    slice (one or two examples: too few to stratify) gets them back, and the run says so."""
+    import datasets
+
+    missing = sorted(set(held["label"]) - set(train["label"]))
+    if not missing:
+        return train, held
+    back = {i for i, label in enumerate(held["label"]) if label in missing}
+    if len(back) == len(held):
+        raise UsageError("no --eval: every held-out example is the only one of its class; pass --eval FILE")
+    log.warning("no --eval: %s %s too few examples to hold any out: kept for training only, not scored; pass "
+                "--eval FILE to score every class", ", ".join(f"'{names[c]}'" for c in missing),
+                "has" if len(missing) == 1 else "have")
+    return (datasets.concatenate_datasets([train, held.select(sorted(back))]),
+            held.select([i for i in range(len(held)) if i not in back]))
 
 
 def choose_rates(cfg: FinetuneConfig, ref, data: TaskData, accelerator, out: Path | None):
