@@ -47,3 +47,25 @@ def test_learning_curve_compares_two_models(tmp_path, monkeypatch):
     assert len(list(csv.DictReader(open(out / "learning_curve.csv")))) == 8
     assert (out / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "nlptl-run.json").read_text())["lineage"]["mode"] == "learning-curve"
+
+
+def test_a_point_past_the_training_set_is_labelled_with_the_count_used(checkpoints, task_files, tmp_path, caplog):
+    """--n-labels 8,100000,200000 on a smaller training set: the big points use all the examples, and are
+    one point labelled with that count (not 100000), in the summary, the runs, the lineage and the plot."""
+    import logging
+
+    from conftest import finetune_cfg
+
+    from nlptl.stages import finetune
+
+    with caplog.at_level(logging.WARNING, logger="nlptl"):
+        result = finetune.run(finetune_cfg(from_model=str(checkpoints["gpt2"]), train_file=str(task_files["train"]),
+                                           eval_file=str(task_files["eval"]), n_labels="8,100000,200000",
+                                           max_steps=1, out=str(tmp_path / "curve")))
+    n = result["learning_curve"][1]["n_train"]
+    assert n < 100000
+    assert [r["n_labels"] for r in result["learning_curve"]] == [8, n]
+    assert [r["n_labels"] for r in result["runs"]] == [8, n]
+    assert result["lineage"]["n_labels"] == [8, n]
+    assert f"--n-labels 100000: only {n} training examples; using all {n}" in caplog.text
+    assert f"--n-labels 200000: only {n} training examples, as for --n-labels 100000" in caplog.text

@@ -33,8 +33,6 @@ def stratified_subset(ds, n: int | None, names: list[str], seed: int, stratify: 
     import datasets
 
     if n is None or n >= len(ds):
-        if n is not None:
-            log.warning("--n-labels %d: only %d training examples; using all of them", n, len(ds))
         return ds
     if not stratify:
         return ds.shuffle(seed=seed).select(range(n))
@@ -72,7 +70,7 @@ def learning_curve(cfg: FinetuneConfig, refs: list, spec, out: Path) -> dict:
             # (and too many) to each get their own.
             model_cfg, record = auto_lr(cfg, ref, data, accelerator, None)
             found[name] = record["lr"]
-        for n in counts:
+        for n in points(counts, len(data.train)):
             for k in range(cfg.seeds):
                 seed = cfg.seed + k
                 subset = stratified_subset(data.train, n, data.names, seed,
@@ -109,6 +107,25 @@ def learning_curve(cfg: FinetuneConfig, refs: list, spec, out: Path) -> dict:
                   [[r["model"], r["n_train"], *(f"{r[f'{k}_mean']:.4f} ± {r[f'{k}_std']:.4f}" for k in keys)]
                    for r in summary])
     return result
+
+
+def points(counts: list[int | None], available: int) -> list[int | None]:
+    """The curve's label counts for a training set of `available` examples: a count past it is all of them
+    and is labelled with the count used (the plot, the CSV and the record say what was trained on); a
+    point that repeats another is dropped. None: all (--n-labels all)."""
+    out: list[int | None] = []
+    asked: dict[int | None, int | None] = {}
+    for n in counts:
+        used = n if n is None else min(n, available)
+        if used in asked:
+            log.warning("--n-labels %s: only %d training examples, as for --n-labels %s; one point", n, available,
+                        asked[used])
+            continue
+        if n is not None and n > available:
+            log.warning("--n-labels %d: only %d training examples; using all %d", n, available, available)
+        asked[used] = n
+        out.append(used)
+    return out
 
 
 # The two scores a learning curve reports per task shape (the first is plotted).
