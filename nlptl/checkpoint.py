@@ -246,10 +246,34 @@ def publish(staging: Path, final: Path) -> None:
     os.umask(umask)
     for path in staging.rglob("*.safetensors"):
         path.chmod(0o666 & ~umask)
+    if _is_working_directory(final):
+        _publish_in_place(staging, final)
+        return
     if final.exists():
         shutil.rmtree(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(staging, final)
+
+
+def _is_working_directory(path: Path) -> bool:
+    try:
+        return path.is_dir() and os.path.samefile(path, os.getcwd())
+    except OSError:  # no working directory any more
+        return False
+
+
+def _publish_in_place(staging: Path, final: Path) -> None:
+    """`--out .`: the directory the user is in is emptied and filled, not replaced by a new one of the same
+    name (their shell would be left in a deleted directory that looks empty). The record that marks a
+    completed run goes in last, so the directory never looks complete while half-written."""
+    for old in final.iterdir():
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
+    for new in sorted(staging.iterdir(), key=lambda p: p.name == RUN_FILE):
+        os.replace(new, final / new.name)
+    staging.rmdir()
 
 
 def resume_hint(out: Path, command: list[str] | None) -> str:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -187,6 +188,9 @@ def test_out_dot_overwrites_the_finished_run_it_is_run_from(adapted, checkpoints
     assert json.loads((run / "nlptl-run.json").read_text())["metrics"]["steps"] == 2
     assert not [p.name for p in run.iterdir() if p.name.startswith(".")]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nlptl-home", "run"]
+    # Written into the directory the user is in, not into a new one of the same name: a shell in `.`
+    # (this process's working directory here) sees the new run, not a deleted directory.
+    assert "nlptl-run.json" in os.listdir(".")
 
 
 def test_out_dot_in_an_empty_directory_is_written(checkpoints, corpus_file, tmp_path, monkeypatch):
@@ -194,7 +198,7 @@ def test_out_dot_in_an_empty_directory_is_written(checkpoints, corpus_file, tmp_
     monkeypatch.chdir(tmp_path / "empty")
     result = adapt.run(adapt_cfg(from_model=str(checkpoints["gpt2"]), corpus=str(corpus_file), out=".", max_steps=2))
     assert result["output_dir"] == str(tmp_path / "empty")
-    assert (tmp_path / "empty" / "nlptl-run.json").is_file()
+    assert (tmp_path / "empty" / "nlptl-run.json").is_file() and "nlptl-run.json" in os.listdir(".")
 
 
 def test_out_through_a_symlink_writes_the_directory_it_points_to(checkpoints, corpus_file, tmp_path):
