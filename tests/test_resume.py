@@ -200,17 +200,22 @@ main(sys.argv[1:])
 """
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
-def test_a_stop_signal_ends_a_stalled_run_within_the_grace(base, tmp_path, sig):
+@pytest.mark.parametrize("sig,signals,grace", [(signal.SIGTERM, 1, "1"), (signal.SIGINT, 2, "600")],
+                         ids=["TERM-then-the-grace", "INT-twice"])
+def test_a_stop_signal_ends_a_stalled_run_at_once(base, tmp_path, sig, signals, grace):
+    """No step boundary after a stop signal: the run ends when the grace is over, or at a second signal,
+    saying that it saved nothing now and keeps its last checkpoint."""
     out = tmp_path / "stalled"
     args = command("adapt", base, out)[3:]  # the arguments after `python -m nlptl`
     args.remove("--json")
     args[args.index("--save-every") + 1] = "2"
     proc = subprocess.Popen([sys.executable, "-c", STALL, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**ENV, "NLPTL_STOP_GRACE": "1"})
+                            text=True, env={**ENV, "NLPTL_STOP_GRACE": grace})
     assert proc.stdout.readline().strip() == "stalled", proc.communicate()[1][-2000:]
     t0 = time.time()
-    proc.send_signal(sig)
+    for _ in range(signals):
+        proc.send_signal(sig)
+        time.sleep(0.5)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 128 + sig, stderr[-2000:]
     assert time.time() - t0 < 15
