@@ -175,31 +175,37 @@ def make_splits(data_root: Path, out: Path) -> dict[str, Path]:
         val += items[nt:nt + nv]
         pool += items[nt + nv:]
 
-    def write(path: Path, items: list[dict]) -> None:
-        with path.open("w", encoding="utf-8", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["text", "label"], extrasaction="ignore")
-            w.writeheader()
-            w.writerows(items)
-
     for name, items in (("test", test), ("val", val), ("pool", pool)):
         random.Random(SPLIT_SEED + 1).shuffle(items)
-        write(files[name], items)
+        write_rows(files[name], items)
+    for n in (100, 500):
+        for s in SEEDS:
+            write_rows(files[f"{n}-{s}"], label_subset(pool, n, s))
+    say(f"splits: {len(rows)} unique sentences -> test {len(test)} / val {len(val)} / train pool {len(pool)} in {sd}")
+    return files
+
+
+def write_rows(path: Path, items: list[dict]) -> None:
+    with path.open("w", encoding="utf-8", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["text", "label"], extrasaction="ignore")
+        w.writeheader()
+        w.writerows(items)
+
+
+def label_subset(pool: list[dict], n: int, seed: int) -> list[dict]:
+    """n rows of the train pool (in its file order), stratified by label, fixed by (n, seed)."""
     by_label: dict[str, list] = {}
     for r in pool:
         by_label.setdefault(r["label"], []).append(r)
-    for n in (100, 500):
-        for s in SEEDS:
-            r2 = random.Random(1000 * n + s)
-            sub = []
-            labels = sorted(by_label)
-            for j, lab in enumerate(labels):
-                items = by_label[lab][:]
-                r2.shuffle(items)
-                sub += items[: n // len(labels) + (1 if j < n % len(labels) else 0)]
-            r2.shuffle(sub)
-            write(files[f"{n}-{s}"], sub)
-    say(f"splits: {len(rows)} unique sentences -> test {len(test)} / val {len(val)} / train pool {len(pool)} in {sd}")
-    return files
+    r2 = random.Random(1000 * n + seed)
+    sub = []
+    labels = sorted(by_label)
+    for j, lab in enumerate(labels):
+        items = by_label[lab][:]
+        r2.shuffle(items)
+        sub += items[: n // len(labels) + (1 if j < n % len(labels) else 0)]
+    r2.shuffle(sub)
+    return sub
 
 
 # --------------------------------------------------------------------------- stages
