@@ -211,3 +211,19 @@ def test_labels_that_differ_only_in_case_are_merged_with_a_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="nlptl"):
         assert label_names(spec, ["Sports", "sports", "Sports", "news", "SPORTS"]) == ["Sports", "news"]
     assert "labels 'Sports' (2), 'SPORTS' (1) and 'sports' (1) differ only in case: one label, 'Sports'" in caplog.text
+
+
+def test_a_held_out_slice_of_only_single_examples_is_kept_with_a_warning(caplog):
+    """Every class with one example (--numeric-classes on distinct numbers): nothing could be moved back
+    without leaving no slice to select with; it stays, and the run says what it lacks."""
+    import logging
+
+    import datasets
+
+    from nlptl.stages.classifier import held_out_slice
+
+    ds = datasets.Dataset.from_dict({"text": [f"t{i}" for i in range(30)], "label": list(range(30))})
+    with caplog.at_level(logging.WARNING, logger="nlptl"):
+        train, held = held_out_slice(ds, [str(i) for i in range(30)], 0.1, 42)
+    assert len(held) == 3 and len(train) == 27
+    assert "3 classes have no training example" in caplog.text

@@ -394,8 +394,10 @@ def every_class_trains(train, held, names: list[str]):
     if not missing:
         return train, held
     back = {i for i, label in enumerate(held["label"]) if label in missing}
-    if len(back) == len(held):
-        raise UsageError("no --eval: every held-out example is the only one of its class; pass --eval FILE")
+    if len(back) == len(held):  # nothing would be left to select with: keep the slice, and say so
+        log.warning("no --eval: %d classes have no training example (each held-out example is the only one of "
+                    "its class); pass --eval FILE", len(missing))
+        return train, held
     log.warning("no --eval: %s %s too few examples to hold any out: kept for training only, not scored; pass "
                 "--eval FILE to score every class", ", ".join(f"'{names[c]}'" for c in missing),
                 "has" if len(missing) == 1 else "have")
