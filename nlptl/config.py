@@ -178,7 +178,7 @@ class LMConfig(TrainConfig):
     train_file: str | None = opt(None, "With --corpus task:NAME: the task's training file whose texts are the corpus.", panel=DATA)
     lr: float | str = again(TrainConfig, "lr", 1e-4)
     warmup_ratio: float = again(TrainConfig, "warmup_ratio", 0.05)
-    head_warmup: float = opt(0.1, "When the checkpoint has no LM head (a bare encoder such as all-MiniLM-L6-v2) and one is "
+    head_warmup: float = opt(0.2, "When the checkpoint has no LM head (a bare encoder such as all-MiniLM-L6-v2) and one is "
                              "added: the share of the steps in which only the new head trains, the body frozen, "
                              "before the body joins (ULMFiT's gradual unfreezing at the hand-off; docs/results.md, "
                              "composing stages); 0 = off.")

@@ -95,7 +95,7 @@ def train(accelerator, model, train_dataset, collate_fn: Callable, cfg: TrainCon
           runlog=None, identity: dict | None = None, loss_fn: Callable | None = None,
           stop_when: Callable | None = None, head_lr: float | None = None) -> tuple[object, TrainResult]:
     """Train `model` on `train_dataset`; returns the unwrapped model (the best one when `select` names a
-    metric and mode, e.g. ("accuracy", "max")) and what happened.
+    metric and mode, e.g. ("accuracy", "max"); "max_latest" keeps the later of equal scores) and what happened.
 
     `default_evals`: evenly spaced evaluations without --eval-every. `lengths`: example lengths, to batch
     similar lengths together (less padding) in a random order. `checkpoints`: where --save-every and
@@ -131,7 +131,7 @@ def train(accelerator, model, train_dataset, collate_fn: Callable, cfg: TrainCon
     # Stepped by hand once per optimizer update, so its length is exact whatever the number of
     # processes (accelerate's prepared scheduler would step once per process).
     scheduler = build_schedule(optimizer, steps, cfg.warmup_ratio, cfg.schedule, cfg.cut_frac, cfg.stlr_ratio)
-    unfreezing = freezing(cfg, optimizer, steps, len(loader))
+    unfreezing = freezing(cfg, optimizer, steps, loader)
     eval_every = cfg.eval_every or (max(1, math.ceil(steps / default_evals)) if default_evals else None)
     progress = Progress(description, steps, cfg.log_every)
     progress.note(_setting(description, steps, cfg, accelerator))
@@ -164,19 +164,22 @@ def train(accelerator, model, train_dataset, collate_fn: Callable, cfg: TrainCon
             else:
                 loop.state.epoch += 1
                 loop.state.batches_done = 0
+    except _StopNow as e:
+        raise Interrupted(str(e), e.exit_code) from None
     finally:
         stop.uninstall()
     return loop.finish(len(train_dataset) if stream is None else 0)
 
 
-def freezing(cfg: TrainConfig, optimizer, steps: int, batches_per_epoch: int):
+def freezing(cfg: TrainConfig, optimizer, steps: int, loader):
     """The hook that keeps the lower layer groups frozen for a while, or None: --gradual-unfreeze (one
     more group every epoch or --unfreeze-every steps), or the LM stages' --head-warmup (only a new head
     trains for that share of the steps; lm_stage sets it to 0 when the checkpoint had its head)."""
     from nlptl.optim import GradualUnfreezing, HeadWarmup
 
     if cfg.gradual_unfreeze:
-        return GradualUnfreezing(optimizer, cfg.unfreeze_every or steps_per_epoch(cfg, batches_per_epoch))
+        # (A stream's loader has no length: --streaming requires --unfreeze-every.)
+        return GradualUnfreezing(optimizer, cfg.unfreeze_every or steps_per_epoch(cfg, len(loader)))
     warmup = round(getattr(cfg, "head_warmup", 0.0) * steps)
     return HeadWarmup(optimizer, warmup) if warmup else None
 
@@ -410,7 +413,10 @@ class _Loop:
         if self.select is None:
             return
         value, mode = metrics[self.select[0]], self.select[1]
-        if state.best_value is None or (value > state.best_value if mode == "max" else value < state.best_value):
+        # "max_latest": a tie goes to the later checkpoint (adapt's probe: equal task features, more adaptation).
+        better = {"max": value > (state.best_value or 0), "min": value < (state.best_value or 0),
+                  "max_latest": value >= (state.best_value or 0)}[mode]
+        if state.best_value is None or better:
             state.best_value, state.best, state.best_step = value, dict(metrics), state.step
             weights = self.accelerator.unwrap_model(self.model).state_dict()
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
@@ -518,7 +524,7 @@ class _StopFlag:
             self.signal = signum
             threading.Thread(target=self._watch, name="nlptl-stop", daemon=True).start()
             return
-        raise Interrupted(self._at_once(), 128 + self.signal)  # a second signal, or the grace ran out
+        raise _StopNow(self._at_once(), 128 + self.signal)  # a second signal, or the grace ran out
 
     def _at_once(self) -> str:
         name = signal.Signals(self.signal).name
@@ -554,6 +560,15 @@ class _StopFlag:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
         self.previous.clear()
+
+
+class _StopNow(KeyboardInterrupt):
+    """Stops the main thread at once. A KeyboardInterrupt, so that no `except Exception` on the way (a
+    data reader's, a library's) swallows it; train() turns it into Interrupted (message, exit code)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def _stop_grace() -> float:

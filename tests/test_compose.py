@@ -203,3 +203,14 @@ def test_lr_auto_retries_lower_after_a_one_class_start(scratch_gpt, task_files, 
                                           eval_file=str(task_files["eval"]), out=str(tmp_path / "early"), lr="auto",
                                           eval_every=2, max_steps=FAST["max_steps"]))
     assert early["lr"] == pytest.approx(5e-3) and not any("starting again" in r.getMessage() for r in caplog.records)
+
+
+def test_probe_ties_keep_the_later_checkpoint(checkpoints, corpus_file, task_files, tmp_path, monkeypatch):
+    """The probe's accuracy moves in steps of 1/n: of equal scores, the more adapted checkpoint is kept."""
+    from nlptl import probe
+    from nlptl.stages import adapt
+
+    monkeypatch.setattr(probe.Probe, "score", lambda self, model, device: 0.75)
+    result = adapt.run(adapt_cfg(from_model=str(checkpoints["distilbert"]), corpus=str(corpus_file),
+                                 out=str(tmp_path / "lm"), probe=str(task_files["train"]), eval_every=2))
+    assert result["best_step"] == 4

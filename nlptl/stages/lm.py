@@ -270,7 +270,9 @@ def fit_lm(cfg: LMConfig, stage: str, accelerator, model, objective: str, blocks
     from nlptl.models import masked_only
     from nlptl.train import train
 
-    selection = ({"evaluate_fn": evaluate, "select": ("probe_accuracy", "max"), "default_evals": 4}
+    # Ties to the later checkpoint: the probe's accuracy moves in steps of 1/n, and of equal task features
+    # the more adapted body is the one to keep.
+    selection = ({"evaluate_fn": evaluate, "select": ("probe_accuracy", "max_latest"), "default_evals": 4}
                  if evaluate is not None else {})
     if objective != "mlm":
         return train(accelerator, model, blocks, collate, cfg, description=stage, runlog=runlog, **selection,
