@@ -66,6 +66,10 @@ def latest_run(stages: tuple[str, ...]) -> Path | None:
         rec = read_record(f.parent)
         if rec and rec.get("stage") in stages:
             found.append((rec.get("created", ""), f.stat().st_mtime, f.parent))
+        elif problem := record_problem(f.parent):  # perhaps the very run meant: never passed over in silence
+            import logging
+
+            logging.getLogger("nlptl").warning("skipped %s: its %s", f.parent, problem)
     return max(found)[2] if found else None
 
 
@@ -162,6 +166,9 @@ def check_out(out: Path, overwrite: bool, from_path: str | None = None, resume: 
         shutil.rmtree(checkpoints_dir(out))
     if out.is_dir() and any(out.iterdir()) and not _only_live_files(out):
         rec = read_record(out)
+        if rec is None and not overwrite and record_problem(out):
+            raise UsageError(f"--out {out} holds a run whose {record_problem(out)}; pass --overwrite to replace it, "
+                             "or choose another --out")
         if rec is None and not overwrite:
             raise UsageError(f"--out {out} is a non-empty directory; choose another --out (or --overwrite)")
         if rec is None and not (out / "config.json").is_file():

@@ -281,6 +281,8 @@ LIGHT = {
     ),
     "from-a-run-with-a-truncated-record": (
         lambda w: ["adapt", "--from", w.truncated, "--corpus", w.good_txt], 2, ["--from", "nlptl-run.json", "corrupt"]),
+    "out-holds-a-run-with-a-truncated-record": (
+        lambda w: adapt(w, "--out", w.truncated), 2, ["--out", "nlptl-run.json is corrupt", "--overwrite"]),
     "report-on-a-truncated-record": (lambda w: ["report", w.truncated], 2, ["nlptl-run.json", "corrupt"]),
     "csv-duplicate-column": (  # pandas would rename the second one 'text.1' and read the first without a word
         lambda w: finetune(w, "--train", write_csv(w.root / "dup.csv", [("a", "1", "b")], header=("text", "label", "text"))),

@@ -216,3 +216,19 @@ def test_out_through_a_symlink_writes_the_directory_it_points_to(checkpoints, co
                                  max_steps=2))
     assert result["steps"] == 2 and (real / "nlptl-run.json").is_file()
     assert link.is_symlink() and link.resolve() == real
+
+
+def test_the_default_from_skips_a_run_with_a_corrupt_record_and_says_so(nlptl_home, caplog):
+    """--from left out: the latest completed run; one whose record is truncated is passed over with a
+    warning, not in silence."""
+    import logging
+
+    from nlptl.checkpoint import default_from
+
+    for name, record in (("adapt-old", '{"stage": "adapt", "created": "2026-01-01T00:00:00+00:00"}'),
+                         ("adapt-new", '{"stage": "adapt", "crea')):
+        (nlptl_home / name).mkdir()
+        (nlptl_home / name / "nlptl-run.json").write_text(record)
+    with caplog.at_level(logging.WARNING, logger="nlptl"):
+        assert default_from("finetune") == str(nlptl_home / "adapt-old")
+    assert f"skipped {nlptl_home / 'adapt-new'}: its nlptl-run.json is corrupt" in caplog.text
