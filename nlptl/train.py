@@ -146,8 +146,7 @@ def train(accelerator, model, train_dataset, collate_fn: Callable, cfg: TrainCon
     stop = _StopFlag(resume_hint)
     model.train()
     loop.start_clock()
-    try:
-        stop.install()
+    with stop:  # HUP, INT, TERM: a checkpoint at the next step boundary, or a bounded stop (_StopFlag)
         while loop.state.step < steps and not loop.stopped:
             for batch in loop.epoch_batches(loader):
                 loop.state.batches_done += 1
@@ -164,10 +163,6 @@ def train(accelerator, model, train_dataset, collate_fn: Callable, cfg: TrainCon
             else:
                 loop.state.epoch += 1
                 loop.state.batches_done = 0
-    except _StopNow as e:
-        raise Interrupted(str(e), e.exit_code) from None
-    finally:
-        stop.uninstall()
     return loop.finish(len(train_dataset) if stream is None else 0)
 
 
@@ -560,6 +555,15 @@ class _StopFlag:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
         self.previous.clear()
+
+    def __enter__(self) -> _StopFlag:
+        self.install()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.uninstall()
+        if isinstance(exc, _StopNow):
+            raise Interrupted(str(exc), exc.exit_code) from None
 
 
 class _StopNow(KeyboardInterrupt):
