@@ -156,8 +156,13 @@ def check_out(out: Path, overwrite: bool, from_path: str | None = None, resume: 
         raise UsageError(f"--out {out} is a file; pass a directory path")
     unfinished = checkpoints_dir(out).is_dir() and read_record(out) is None
     if resume:
-        if read_record(out) is not None:
-            raise UsageError(f"--resume: {out} holds a completed run; nothing to resume")
+        record = read_record(out)
+        if record is not None:
+            # A run that stopped early (--patience) is complete too: resuming it would train no further.
+            metrics = record.get("metrics") or {}
+            early = (f" (stopped early at step {metrics['stopped_at_step']}: {metrics.get('early_stop')})"
+                     if metrics.get("stopped_early") else "")
+            raise UsageError(f"--resume: {out} holds a completed run{early}; nothing to resume")
         return find_resume_checkpoint(out, resume_from)  # "nothing to resume" is an error, not a fresh start
     if unfinished and not overwrite:
         raise UsageError(f"--out {out} holds an unfinished run (checkpoints/); pass --resume to continue it, "
@@ -538,7 +543,7 @@ def release_locks(keep: set[Path] | None = None) -> None:
 # --------------------------------------------------------------------------- what a resumed run must keep
 
 # Options that may change when a run is resumed: how long it trains, what it logs and where it reports.
-RESUME_SAFE = frozenset({"max_steps", "epochs", "log_every", "save_every", "keep_last", "eval_every", "report_to",
+RESUME_SAFE = frozenset({"max_steps", "epochs", "patience", "min_delta", "log_every", "save_every", "keep_last", "eval_every", "report_to",
                          "push_to_hub", "hub_private", "num_proc"})
 # Not settings of the training: how this invocation finds the run.
 _NOT_COMPARED = frozenset({"out", "overwrite", "resume", "resume_from"})

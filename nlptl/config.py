@@ -90,6 +90,8 @@ class TrainConfig:
     max_grad_norm: float = opt(1.0, "Clip gradients to this norm (0 turns clipping off).")
     seed: int = opt(42, "Random seed (data order, initialisation, masking).")
     eval_every: int | None = opt(None, "Evaluate every N steps (default: a few times per run for finetune, at the end for LM stages).")
+    patience: int | None = opt(None, "Early stopping: stop after N evaluations in a row that do not beat the best score (finetune's selection score; adapt's probe accuracy with --probe, else held-out perplexity) by --min-delta; the best checkpoint is kept. Default: off.")
+    min_delta: float = opt(0.0, "With --patience: the improvement of the score that counts as one.")
     log_every: int = opt(10, "Log the training loss every N steps.")
     precision: str = opt("auto", "auto (bf16 where the hardware has it, else fp32), fp32, bf16 or fp16.", choices=PRECISIONS)
     compile: bool = opt(False, "torch.compile the model for training (off by default: on a CPU the compile time "
@@ -148,9 +150,12 @@ class TrainConfig:
         positive(self, "keep_last")
         if self.resuming and not self.out:
             raise UsageError("--resume needs --out DIR: the run directory to continue")
-        for name in ("unfreeze_every", "max_steps", "eval_every"):
+        for name in ("unfreeze_every", "max_steps", "eval_every", "patience"):
             bounded(self, name, lambda v: v > 0, "a positive integer")
         bounded(self, "warmup_ratio", lambda v: 0 <= v < 1, "in [0, 1)")
+        bounded(self, "min_delta", lambda v: v >= 0, ">= 0")
+        if self.min_delta and not self.patience:
+            raise UsageError("--min-delta needs --patience N (early stopping is off without it)")
         if self.weight_decay < 0 or self.max_grad_norm < 0:
             raise UsageError("--weight-decay and --max-grad-norm must be >= 0")
         choice(self, "precision")
@@ -577,7 +582,7 @@ STAGE_CONFIGS: dict[str, type] = {
 # The flags of each command, in --help order: these fields are on the command line, the others are set
 # with --config FILE or --set key=value. Name, type, default and help come from the fields themselves.
 TRAINING_FLAGS = ("max_steps", "epochs", "batch_size", "grad_accum", "lr", "warmup_ratio", "weight_decay", "seed",
-                  "eval_every", "precision", "compile", "schedule", "cut_frac", "stlr_ratio", "max_grad_norm",
+                  "eval_every", "patience", "min_delta", "precision", "compile", "schedule", "cut_frac", "stlr_ratio", "max_grad_norm",
                   "discriminative_lr", "gradual_unfreeze", "unfreeze_every", "log_every", "save_every", "keep_last",
                   "resume", "resume_from")
 LORA_FLAGS = ("lora", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "merge")

@@ -54,7 +54,8 @@ def range_test(accelerator, model, train_dataset, collate_fn, cfg, *, lengths=No
     frozen_off = {"head_warmup": 0.0} if hasattr(cfg, "head_warmup") else {}
     test_cfg = dataclasses.replace(cfg, lr=END_LR, max_steps=steps, warmup_ratio=0.0, log_every=steps,
                                    save_every=0, gradual_unfreeze=False, unfreeze_every=None, eval_every=None,
-                                   compile=False, resume=False, resume_from=None, **frozen_off)
+                                   compile=False, resume=False, resume_from=None, patience=None, min_delta=0.0,
+                                   **frozen_off)
     test_cfg.schedule, test_cfg.stlr_ratio = "range-test", END_LR / START_LR  # internal: not a user's schedule
     losses: list[float] = []
     smoothed: list[float] = []  # the bias-corrected moving average, as fastai's Recorder

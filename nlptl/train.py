@@ -34,6 +34,17 @@ class TrainResult:
     best_step: int | None = None
     device: str = "cpu"  # where the loop ran (cuda, cpu, ...)
     peak_memory_gib: float | None = None  # the accelerator's peak allocated memory (CUDA only)
+    patience: int | None = None  # --patience: early stopping was on
+    stopped_early: dict | None = None  # then where and why it stopped: {"step", "best_step", "reason"}
+
+    def early_stop_metrics(self) -> dict:
+        """With --patience, what a stage's metrics say of early stopping; nothing without it."""
+        if not self.patience:
+            return {}
+        if self.stopped_early is None:
+            return {"stopped_early": False}
+        return {"stopped_early": True, "stopped_at_step": self.stopped_early["step"],
+                "early_stop": self.stopped_early["reason"]}
 
     def device_metrics(self) -> dict:
         """What a stage's metrics say about the hardware it trained on."""
@@ -61,6 +72,8 @@ class TrainState:
     best_value: float | None = None  # the selected metric of the best evaluation
     best: dict | None = None
     best_step: int | None = None
+    stale_evals: int = 0  # --patience: evaluations since the score last beat the best by --min-delta
+    stopped_early: dict | None = None  # set when --patience ended the run (a resumed run stays stopped)
     total_steps: int = 0
     train_seconds: float = 0.0
     identity: dict | None = None  # the run's config and input hashes: a resumed run must share them
@@ -119,6 +132,7 @@ def train(accelerator, model, train_dataset, collate_fn: Callable, cfg: TrainCon
     stream = train_dataset if isinstance(train_dataset, torch.utils.data.IterableDataset) else None
     if stream is not None:
         _check_stream(cfg, accelerator)
+    _check_patience(cfg, evaluate_fn if select else None, cfg.eval_every or default_evals)
     loader = _loader(train_dataset, collate_fn, cfg, lengths, generator, pin=accelerator.device.type == "cuda")
     optimizer = build_optimizer(model.to(accelerator.device), cfg.lr, cfg.weight_decay, cfg.discriminative_lr,
                                 head_lr=head_lr)
@@ -200,6 +214,12 @@ def _check_stream(cfg: TrainConfig, accelerator) -> None:
     if accelerator.num_processes > 1:
         raise UsageError("--streaming runs on one process (each would read the whole stream); drop --streaming "
                          "for torchrun/accelerate launch, after `nlptl preprocess`")
+
+
+def _check_patience(cfg: TrainConfig, evaluate_fn, evaluations) -> None:
+    """--patience counts evaluations of a selection score: a run without them cannot stop early."""
+    if cfg.patience and (evaluate_fn is None or not evaluations):
+        raise UsageError("--patience counts evaluations without improvement, and this run has none; drop --patience")
 
 
 def _setting(description: str, steps: int, cfg: TrainConfig, accelerator) -> str:
@@ -286,6 +306,7 @@ class _Loop:
                 self.progress.note(f"resumed with {text}")
         restored.identity = self.state.identity or restored.identity
         self.state = restored
+        self.stopped = restored.stopped_early is not None  # it stopped early: nothing more to train
         self.epoch_sampler_state = rng["epoch_sampler"]
         if self.stream is not None:
             self.stream.load_state_dict(rng["stream"])
@@ -407,7 +428,7 @@ class _Loop:
                            + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
         if self.select is None:
             return
-        value, mode = metrics[self.select[0]], self.select[1]
+        value, mode, previous = metrics[self.select[0]], self.select[1], state.best_value
         # "max_latest": a tie goes to the later checkpoint (adapt's probe: equal task features, more adaptation).
         better = {"max": value > (state.best_value or 0), "min": value < (state.best_value or 0),
                   "max_latest": value >= (state.best_value or 0)}[mode]
@@ -415,6 +436,24 @@ class _Loop:
             state.best_value, state.best, state.best_step = value, dict(metrics), state.step
             weights = self.accelerator.unwrap_model(self.model).state_dict()
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
+        if self.cfg.patience:
+            self.count_patience(value, previous, lower=mode == "min")
+
+    def count_patience(self, value: float, previous: float | None, lower: bool) -> None:
+        """--patience: count the evaluations that did not beat the best score before them by --min-delta
+        (the best checkpoint is kept whatever the margin); at the limit, stop after this step."""
+        state, cfg = self.state, self.cfg
+        margin = cfg.min_delta
+        improved = previous is None or (value < previous - margin if lower else value > previous + margin)
+        state.stale_evals = 0 if improved else state.stale_evals + 1
+        if state.stale_evals < cfg.patience or state.step >= self.steps:
+            return
+        reason = (f"no improvement of {self.select[0]} beyond {margin:g} in {cfg.patience} evaluations "
+                  f"(best {state.best_value:.4g} at step {state.best_step})")
+        state.stopped_early = {"step": state.step, "best_step": state.best_step, "reason": reason}
+        self.stopped = True
+        self.record({"step": state.step, "early_stop": reason})
+        self.progress.note(f"early stop at step {state.step}: {reason}")
 
     def checkpoint_due(self) -> bool:
         """--save-every: a checkpoint at this step (never at the last one: the stage writes its model)."""
@@ -459,7 +498,8 @@ class _Loop:
             model.load_state_dict(self.best_state)
         return model, TrainResult(steps=state.step, train_seconds=train_seconds, train_tokens=tokens, n_train=n_train,
                                   final_loss=state.final_loss, history=state.history, best=state.best,
-                                  best_step=state.best_step, device=accelerator.device.type, peak_memory_gib=peak)
+                                  best_step=state.best_step, device=accelerator.device.type, peak_memory_gib=peak,
+                                  patience=self.cfg.patience, stopped_early=state.stopped_early)
 
 
 def check_disk_space(checkpoints, model, keep: int) -> None:

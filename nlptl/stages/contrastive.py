@@ -182,8 +182,11 @@ def contrastive_stage(cfg: AdaptConfig, ref, *, accelerator, out, lineage: dict)
     with RunLog(accelerator, out, "adapt", to_dict(cfg), resume=cfg.resuming) as runlog:
         before = score(model.to(accelerator.device))
         runlog.log({"step": 0, "eval_pair_loss": before})
+        # --patience: evaluations on the held-out pairs, the best checkpoint kept (none otherwise).
+        selection = ({"evaluate_fn": lambda m: {"pair_loss": score(accelerator.unwrap_model(m))},
+                      "select": ("pair_loss", "min"), "default_evals": 4} if cfg.patience else {})
         model, result = train(accelerator, model, pairs, collate, train_cfg, description="adapt (contrastive)",
-                              runlog=runlog, **resume_args(cfg, out))
+                              runlog=runlog, **selection, **resume_args(cfg, out))
         after = score(model)
         runlog.log({"step": result.steps, "eval_pair_loss": after})
     metrics = {
@@ -197,6 +200,7 @@ def contrastive_stage(cfg: AdaptConfig, ref, *, accelerator, out, lineage: dict)
         "train_tokens": result.train_tokens,
         "train_seconds": round(result.train_seconds, 3),
         **result.device_metrics(),
+        **({"best_step": result.best_step} if result.patience else {}), **result.early_stop_metrics(),
         "output_dir": str(out),
     }
     lineage.update(objective="contrastive", task=spec.entry.name, train=spec.train.record(), labels=names,

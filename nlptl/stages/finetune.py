@@ -64,6 +64,7 @@ def run(cfg: FinetuneConfig) -> dict:
         "train_tokens": result.train_tokens,
         "train_seconds": round(result.train_seconds, 3),
         **result.device_metrics(),
+        **result.early_stop_metrics(),
         **({"lr_found": train_cfg.lr} if lr_found is not None else {}),
         "lr": train_cfg.lr,
         **({"head_lr": train_cfg.head_lr} if train_cfg.head_lr is not None else {}),

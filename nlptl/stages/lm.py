@@ -53,9 +53,10 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
     with RunLog(accelerator, out, stage, to_dict(cfg), resume=train_args["resume_from"] is not None) as runlog:
         before = scores(score, probe, model.to(accelerator.device), accelerator)
         runlog.log({"step": 0, **{f"eval_{k}": v for k, v in before.items()}})
-        evaluate = (lambda m: scores(score, probe, m, accelerator)) if probe is not None else None
+        # Periodic evaluations for the probe, or for --patience on held-out perplexity (none otherwise).
+        evaluate = (lambda m: scores(score, probe, m, accelerator)) if probe is not None or cfg.patience else None
         model, result = fit_lm(train_cfg, stage, accelerator, model, objective, train_blocks, train_collate, runlog,
-                               train_args, evaluate)
+                               train_args, evaluate, by_probe=probe is not None)
         after = scores(score, probe, model, accelerator)
         by_corpus = {name: score(model, blocks)["perplexity"] for name, blocks in held_outs.items()} if len(corpora) > 1 else None
         runlog.log({"step": result.steps, **{f"eval_{k}": v for k, v in after.items()}})
@@ -141,6 +142,7 @@ def lm_metrics(before: dict, after: dict, result, head_added: bool, train_cfg, l
         "preprocess_seconds": round(preprocess_seconds, 3),
         **({"lr_found": train_cfg.lr} if lr_found is not None else {}), "lr": train_cfg.lr,
         **({"head_warmup_steps": round(train_cfg.head_warmup * result.steps)} if train_cfg.head_warmup else {}),
+        **({"best_step": result.best_step} if result.patience else {}), **result.early_stop_metrics(),
         "output_dir": str(out),
     }
 
@@ -264,16 +266,17 @@ def auto_lr(cfg: LMConfig, stage: str, accelerator, model, objective: str, block
 
 
 def fit_lm(cfg: LMConfig, stage: str, accelerator, model, objective: str, blocks, collate, runlog, train_args: dict,
-           evaluate=None):
+           evaluate=None, by_probe: bool = True):
     """train() with the objective's collator; returns (the trained LM, TrainResult). `evaluate(model)`:
-    the probe's scores at each evaluation; the kept checkpoint is the best by probe accuracy."""
+    the scores at each evaluation; the kept checkpoint is the best by probe accuracy (`by_probe`), else
+    (--patience without a probe) by held-out perplexity."""
     from nlptl.models import masked_only
     from nlptl.train import train
 
     # Ties to the later checkpoint: the probe's accuracy moves in steps of 1/n, and of equal task features
     # the more adapted body is the one to keep.
-    selection = ({"evaluate_fn": evaluate, "select": ("probe_accuracy", "max_latest"), "default_evals": 4}
-                 if evaluate is not None else {})
+    select = ("probe_accuracy", "max_latest") if by_probe else ("perplexity", "min")
+    selection = {"evaluate_fn": evaluate, "select": select, "default_evals": 4} if evaluate is not None else {}
     if objective != "mlm":
         return train(accelerator, model, blocks, collate, cfg, description=stage, runlog=runlog, **selection,
                      **train_args)
