@@ -146,7 +146,7 @@ def train(accelerator, model, train_dataset, collate_fn: Callable, cfg: TrainCon
     # processes (accelerate's prepared scheduler would step once per process).
     scheduler = build_schedule(optimizer, steps, cfg.warmup_ratio, cfg.schedule, cfg.cut_frac, cfg.stlr_ratio)
     unfreezing = freezing(cfg, optimizer, steps, loader)
-    eval_every = cfg.eval_every or (max(1, math.ceil(steps / default_evals)) if default_evals else None)
+    eval_every = cfg.eval_every or default_eval_every(steps, default_evals, unfreezing)
     progress = Progress(description, steps, cfg.log_every)
     progress.note(_setting(description, steps, cfg, accelerator))
     loop = _Loop(accelerator, model, optimizer, scheduler, unfreezing, cfg, steps, progress, evaluate_fn=evaluate_fn, eval_every=eval_every, select=select, batch_transform=batch_transform,
@@ -191,6 +191,19 @@ def freezing(cfg: TrainConfig, optimizer, steps: int, loader):
         return GradualUnfreezing(optimizer, cfg.unfreeze_every or steps_per_epoch(cfg, len(loader)))
     warmup = round(getattr(cfg, "head_warmup", 0.0) * steps)
     return HeadWarmup(optimizer, warmup) if warmup else None
+
+
+def default_eval_every(steps: int, default_evals: int, unfreezing) -> int | None:
+    """Evaluations without --eval-every: `default_evals` evenly spaced ones; after a head warm-up, one at
+    its end and every warm-up length after, so that the first scores the starting body with its trained
+    head (adapt's probe can then keep the body as it was when adapting does not help)."""
+    from nlptl.optim import HeadWarmup
+
+    if not default_evals:
+        return None
+    if isinstance(unfreezing, HeadWarmup):
+        return unfreezing.every
+    return max(1, math.ceil(steps / default_evals))
 
 
 def _prepare(accelerator, model, optimizer, loader, streamed: bool):

@@ -214,3 +214,36 @@ def test_probe_ties_keep_the_later_checkpoint(checkpoints, corpus_file, task_fil
     result = adapt.run(adapt_cfg(from_model=str(checkpoints["distilbert"]), corpus=str(corpus_file),
                                  out=str(tmp_path / "lm"), probe=str(task_files["train"]), eval_every=2))
     assert result["best_step"] == 4
+
+
+def test_the_probe_scores_the_end_of_the_head_warmup(checkpoints, corpus_file, task_files, tmp_path, caplog):
+    """After a head warm-up the first evaluation is at its end: the starting body with its trained head,
+    which the probe keeps when no later checkpoint does better."""
+    from nlptl.stages import adapt
+
+    with caplog.at_level(logging.WARNING, logger="nlptl"):
+        result = adapt.run(adapt_cfg(from_model=str(checkpoints["bert"]), corpus=str(corpus_file),
+                                     out=str(tmp_path / "lm"), probe=str(task_files["train"]), head_warmup=0.5))
+    curve = result["probe_curve"]
+    assert [p["step"] for p in curve] == [0, 2, 4] and result["head_warmup_steps"] == 2
+    assert curve[1]["probe_accuracy"] == curve[0]["probe_accuracy"]  # the body has not moved yet
+
+
+def test_a_probe_that_adapting_does_not_improve_keeps_the_starting_body(checkpoints, corpus_file, task_files,
+                                                                          tmp_path, monkeypatch, caplog):
+    from safetensors.torch import load_file
+
+    from nlptl import probe
+    from nlptl.stages import adapt
+
+    scores = iter([0.8, 0.8, 0.7, 0.6])  # before, warm-up end (step 2), step 4, the kept one rescored
+    monkeypatch.setattr(probe.Probe, "score", lambda self, model, device: next(scores))
+    with caplog.at_level(logging.WARNING, logger="nlptl"):
+        result = adapt.run(adapt_cfg(from_model=str(checkpoints["bert"]), corpus=str(corpus_file),
+                                     out=str(tmp_path / "lm"), probe=str(task_files["train"]), head_warmup=0.5))
+    assert result["best_step"] == 2
+    assert any("end of the head's warm-up" in r.getMessage() for r in caplog.records)
+    base = load_file(str(checkpoints["bert"] / "model.safetensors"))
+    kept = load_file(str(tmp_path / "lm" / "model.safetensors"))
+    name = next(k for k in base if "encoder.layer.0.attention.self.query.weight" in k)
+    assert (kept.get(name, kept.get(f"bert.{name}")) == base[name]).all()  # the body as it was

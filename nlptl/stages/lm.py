@@ -65,7 +65,7 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
     if by_corpus:
         metrics["perplexity_by_corpus"] = by_corpus
     if probe is not None:
-        metrics.update(probe_results(before, after, result, probe))
+        metrics.update(probe_results(before, after, result, probe, metrics.get("head_warmup_steps", 0)))
     record_training(lineage, cfg, corpora, objective, result, lr_found, warmup)
 
     def write(w) -> dict:
@@ -147,15 +147,20 @@ def lm_metrics(before: dict, after: dict, result, head_added: bool, train_cfg, l
     }
 
 
-def probe_results(before: dict, after: dict, result, probe) -> dict:
+def probe_results(before: dict, after: dict, result, probe, warmup_steps: int = 0) -> dict:
     """The probe's scores: before, at each evaluation (the curve), the kept checkpoint's; with a warning
-    when adapting ended below where it started."""
+    when adapting ended below where it started, or when the kept checkpoint is the end of the head's
+    warm-up (the starting body: no evaluation after the body joined did better)."""
     curve = [{"step": 0, "probe_accuracy": before["probe_accuracy"], "perplexity": before["perplexity"]}]
     curve += [{"step": r["step"], "probe_accuracy": r["eval_probe_accuracy"], "perplexity": r.get("eval_perplexity")}
               for r in result.history if "eval_probe_accuracy" in r]
     if curve[-1]["step"] != result.steps:
         curve.append({"step": result.steps, "probe_accuracy": after["probe_accuracy"], "perplexity": after["perplexity"]})
-    if after["probe_accuracy"] < before["probe_accuracy"]:
+    if warmup_steps and result.best_step == warmup_steps and result.steps > warmup_steps:
+        log.warning("adapting did not improve the probe's accuracy on %s (%.3f before): the kept checkpoint is the "
+                    "end of the head's warm-up (step %d), the starting body with its new head", probe.spec.train.spec,
+                    before["probe_accuracy"], warmup_steps)
+    elif after["probe_accuracy"] < before["probe_accuracy"]:
         log.warning("adapting lowered the probe's accuracy on %s: %.3f before, %.3f for the kept checkpoint (step %s); "
                     "the task may be better served by the model adapt started from", probe.spec.train.spec,
                     before["probe_accuracy"], after["probe_accuracy"], result.best_step)
