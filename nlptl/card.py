@@ -208,7 +208,7 @@ def _body(record: dict, directory: Path, out: Path, objective, base, sources: li
     shown = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     if shown:
         lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in shown.items()]
-        lines += ["", *scored_on(stage, objective, config, metrics, lineage)]
+        lines += ["", *scored_on(stage, objective, config, metrics, lineage), *per_class_table(metrics)]
     else:
         lines.append("No training in this stage.")
     lines += ["", "## Intended use and limits", ""]
@@ -250,6 +250,16 @@ def scored_on(stage: str, objective, config: dict, metrics: dict, lineage: dict)
         lines.append("probe_accuracy: a logistic regression on the frozen, pooled features of the --probe file, "
                      "cross-validated (before training: probe_accuracy_before); the kept checkpoint is the best by it.")
     return lines
+
+
+def per_class_table(metrics: dict) -> list[str]:
+    """A classifier's precision, recall, F1 and support of each class on its evaluation data (none before
+    nlptl recorded them, or for regression)."""
+    rows = metrics.get("per_class") or []
+    if not rows:
+        return []
+    return ["", "Per class, on the same data:", "", "| label | precision | recall | F1 | support |", "|---|---|---|---|---|",
+            *[f"| {r['label']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['support']} |" for r in rows]]
 
 
 def choices(lineage: dict) -> list[str]:

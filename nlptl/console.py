@@ -166,6 +166,16 @@ def flush_header() -> None:
 
 
 def results(title: str, rows: dict[str, Any]) -> None:
+    """A command's result: its scalar values, then a classifier's results per class as a table of their own
+    (the confusion matrix is in --json, the record and `nlptl report`)."""
+    by_class = rows.get("per_class") or []
+    _values(title, {k: v for k, v in rows.items() if k not in ("per_class", "confusion_matrix")})
+    if by_class and not _state["json"]:
+        table(f"{title} per class", ["label", "precision", "recall", "F1", "support"],
+              [[r["label"], r["precision"], r["recall"], r["f1"], r["support"]] for r in by_class])
+
+
+def _values(title: str, rows: dict[str, Any]) -> None:
     flush_header()
     if not is_main_process():
         return

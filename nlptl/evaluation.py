@@ -142,6 +142,28 @@ def classification_metrics(logits, labels, problem: str = "single_label_classifi
     }
 
 
+def per_class(logits, labels, problem: str, threshold: float, names: list[str]) -> dict:
+    """Precision, recall, F1 and support of each class (of each label, multi-label: at `threshold`) and the
+    confusion matrix, by scikit-learn, in the order of `names`. One label: rows are the true class,
+    columns the predicted one; multi-label: one [[TN, FP], [FN, TP]] per label. Nothing for regression."""
+    if problem not in ("single_label_classification", "multi_label_classification"):
+        return {}
+    from sklearn.metrics import confusion_matrix, multilabel_confusion_matrix, precision_recall_fscore_support
+
+    ids = list(range(len(names)))
+    if problem == "multi_label_classification":
+        truth, preds = labels.int().numpy(), (logits.sigmoid() >= threshold).int().numpy()
+        matrix = multilabel_confusion_matrix(truth, preds, labels=ids)
+    else:
+        truth, preds = labels.numpy(), logits.argmax(-1).numpy()
+        matrix = confusion_matrix(truth, preds, labels=ids)
+    # zero_division=0: a class absent from both truth and predictions scores 0, without a warning.
+    precision, recall, f1, support = precision_recall_fscore_support(truth, preds, labels=ids, zero_division=0)
+    rows = [{"label": name, "precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+             "support": int(support[i])} for i, name in enumerate(names)]
+    return {"per_class": rows, "confusion_matrix": {"labels": list(names), "matrix": matrix.tolist()}}
+
+
 def label_set_shares(logits, threshold: float) -> tuple[float, float]:
     """The share of texts for which a multi-label classifier predicts every label, and the share for
     which it predicts none: micro-F1 can look fine on either (a low threshold gives recall 1)."""

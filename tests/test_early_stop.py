@@ -173,3 +173,12 @@ def test_lr_auto_range_test_runs_under_patience(checkpoints, task_files, tmp_pat
                                        eval_file=str(task_files["eval"]), out=str(tmp_path / "ft"), lr="auto",
                                        lr_find_steps=10, patience=3))
     assert result["stopped_early"] is False and "lr_found" in result
+
+
+def test_patience_on_the_command_line(checkpoints, corpus_file, tmp_path):
+    """A bad --patience or --min-delta is one line, exit 2, before anything loads."""
+    from cli_helpers import assert_one_line_error, run_light
+
+    res = run_light(["adapt", "--from", str(checkpoints["bert"]), "--corpus", str(corpus_file), "--min-delta", "0.1"],
+                    tmp_path)
+    assert_one_line_error(res, 2, "--min-delta needs --patience")

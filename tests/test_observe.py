@@ -196,7 +196,8 @@ def test_report_shows_the_chain_and_writes_readable_plots(finetuned, adapted, tm
     assert roles[("finetune", "training data")] == result["lineage"]["train"]["sha256"]
     assert roles[("adapt", "corpus")] == adapted["gpt2"][1]["lineage"]["corpus"]["sha256"]
     names = sorted(Path(p).name for p in report["plots"])
-    assert names == ["1-adapt-training.png", "2-finetune-training.png", "perplexity.png"]
+    assert names == ["1-adapt-training.png", "2-finetune-confusion_matrix.png", "2-finetune-training.png",
+                     "perplexity.png"]
     for p in report["plots"]:
         assert Path(p).parent == out / "report" and Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Without --json: the same, as tables on stdout.

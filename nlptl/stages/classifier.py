@@ -171,14 +171,16 @@ class Collapsed(Exception):
 
 
 def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator, out: Path | None = None, runlog=None,
-        *, lr_source: str = "given", guard: bool = False):
+        *, lr_source: str = "given", guard: bool = False, by_class: bool = True):
     """A new classifier on `ref`, trained on `train_ds`; returns (best model, TrainResult, best metrics).
     With --lora the model is the PeftModel around the trained classifier. `out`: the run directory
     its checkpoints go to (none for the points of a learning curve). `lr_source`: where the rate came
     from (given, default, auto), for the advice of the one-class warning. `guard`: stop at the first
-    evaluation and raise Collapsed when it predicts one class for nearly the whole eval set."""
+    evaluation and raise Collapsed when it predicts one class for nearly the whole eval set. `by_class`: the
+    best metrics also hold the kept checkpoint's results per class and its confusion matrix (a learning
+    curve's points need only the scores)."""
     from nlptl.data.collate import classification_collator
-    from nlptl.evaluation import SELECT, classification_metrics, classify
+    from nlptl.evaluation import SELECT, classification_metrics, classify, per_class
     from nlptl.train import train
 
     cfg = with_min_steps(cfg, len(train_ds), accelerator.num_processes)
@@ -208,6 +210,7 @@ def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator, out: Pa
     if guard and collapsed and collapsed[0] > COLLAPSED:
         raise Collapsed(result.best_step or result.steps, collapsed[0])
     best = result.best or evaluate_fn(model)
+    logits = None
     if data.problem == "multi_label_classification":
         # One more pass over the eval split: the threshold (--tune-threshold) and the F1 of each label.
         from nlptl.evaluation import tune_threshold
@@ -223,6 +226,10 @@ def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator, out: Pa
     elif data.problem == "single_label_classification" and best.get("top_prediction_share", 0) > COLLAPSED:
         log.warning("the classifier predicts one class for %.0f%% of the eval set: it may have learned only the "
                     "majority class (try %s)", 100 * best["top_prediction_share"], remedies(cfg, lr_source))
+    if by_class and data.problem != "regression":
+        if logits is None:  # one label: the kept checkpoint's predictions (the loop kept only its scores)
+            logits, labels = classify(accelerator, model, data.eval, collate, cfg.batch_size * 2)
+        best = {**best, **per_class(logits, labels, data.problem, threshold, data.names)}
     # With LoRA, train() trained the model inside the PeftModel (the adapters live in it, in place);
     # the PeftModel is what saves the adapter and merges.
     return (peft_model if peft_model is not None else model), result, best

@@ -9,7 +9,8 @@ language model (text corpus).
 
 A classifier is scored for its task shape (config.problem_type): accuracy and macro-F1 (one label),
 micro/macro-F1, subset accuracy and F1 per label at its threshold (multi-label), RMSE, MAE, Pearson
-and Spearman (regression).
+and Spearman (regression); a classifier also gets precision, recall, F1 and support per class and the
+confusion matrix (evaluation.per_class).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def _classifier(cfg: EvaluateConfig, ref, spec) -> dict:
     from nlptl import models, runtime
     from nlptl.data.collate import classification_collator, tokenize
     from nlptl.data.tasks import check_pairs, read_labelled, targets, with_label_ids
-    from nlptl.evaluation import classification_metrics, classify
+    from nlptl.evaluation import classification_metrics, classify, per_class
     from nlptl.inference import MULTI, SINGLE, problem_type, takes_pairs, threshold_of
 
     runtime.quiet_libraries()
@@ -88,6 +89,7 @@ def _classifier(cfg: EvaluateConfig, ref, spec) -> dict:
     logits, labels = classify(accelerator, model.to(accelerator.device), tok, classification_collator(tokenizer),
                               cfg.batch_size)
     metrics = classification_metrics(logits, labels, problem, threshold_of(model.config), per_label=True)
+    metrics.update(per_class(logits, labels, problem, threshold_of(model.config), names))
     if problem == MULTI:
         metrics["threshold"] = threshold_of(model.config)
         metrics["labels"] = names  # the order of f1_per_label

@@ -96,6 +96,12 @@ def _plots(chain: list[dict], run_dir: Path, out: Path) -> list[Path]:
             path = out / f"{i + 1}-{node['stage']}-training.png"
             _training_plot(plt, node, history, path)
             paths.append(path)
+    for i, node in enumerate(chain):
+        confusion = ((node["record"] or {}).get("metrics") or {}).get("confusion_matrix")
+        if confusion:
+            path = out / f"{i + 1}-{node['stage']}-confusion_matrix.png"
+            _confusion_plot(plt, confusion, node, path)
+            paths.append(path)
     lm = [(i, n) for i, n in enumerate(chain) if (n["record"] or {}).get("metrics", {}).get("perplexity_before") is not None]
     if lm:
         path = out / "perplexity.png"
@@ -117,6 +123,37 @@ def _plots(chain: list[dict], run_dir: Path, out: Path) -> list[Path]:
             _lr_find_plot(plt, json.loads(found.read_text(encoding="utf-8")), path)
             paths.append(path)
     return paths
+
+
+def _confusion_plot(plt, confusion: dict, node: dict, path: Path) -> None:
+    """The kept checkpoint's confusion matrix on the eval data (counts, shaded by the share of each true
+    class); multi-label: one 2x2 matrix per label."""
+    import numpy as np
+
+    names, matrix = confusion["labels"], np.array(confusion["matrix"])
+    pairs = matrix.ndim == 3  # multi-label: [[TN, FP], [FN, TP]] per label
+    panels = [(f"{n}", m, ["not", "is"]) for n, m in zip(names, matrix, strict=True)] if pairs else [("", matrix, names)]
+    size = 2.6 if pairs else max(4.5, 0.6 * len(names) + 2.5)
+    fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels), size + 0.6), dpi=110, squeeze=False)
+    for ax, (title, m, ticks) in zip(axes[0], panels, strict=True):
+        shares = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
+        ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+        for (r, c), count in np.ndenumerate(m):
+            ax.text(c, r, str(count), ha="center", va="center", fontsize=8,
+                    color="white" if shares[r, c] > 0.5 else "black")
+        slanted = len(ticks) > 4  # long label names side by side would overlap
+        ax.set_xticks(range(len(ticks)), ticks, rotation=45 if slanted else 0, ha="right" if slanted else "center",
+                      fontsize=8)
+        ax.set_yticks(range(len(ticks)), ticks, fontsize=8)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(title, fontsize=9)
+    name = Path(node["dir"]).name if node["dir"] else "?"
+    fig.suptitle(f"{node['stage']} ({name}): confusion matrix\nof the kept checkpoint on the eval data (rows: true)",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def _lr_find_plot(plt, record: dict, path: Path) -> None:
