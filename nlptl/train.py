@@ -319,7 +319,10 @@ class _Loop:
                 self.progress.note(f"resumed with {text}")
         restored.identity = self.state.identity or restored.identity
         self.state = restored
-        self.stopped = restored.stopped_early is not None  # it stopped early: nothing more to train
+        self.stopped = restored.stopped_early is not None
+        if self.stopped:  # saved at the step --patience stopped at: the run is over, resuming is a no-op
+            self.progress.note(f"{path} stopped early at step {restored.step} "
+                               f"({restored.stopped_early['reason']}): nothing more to train")
         self.epoch_sampler_state = rng["epoch_sampler"]
         if self.stream is not None:
             self.stream.load_state_dict(rng["stream"])

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from conftest import adapt_cfg, finetune_cfg
-from test_train import Toy, run_cfg, toy_data
+from test_train import Toy, collate, run_cfg, toy_data
 
 from nlptl.errors import UsageError
 
@@ -182,3 +182,28 @@ def test_patience_on_the_command_line(checkpoints, corpus_file, tmp_path):
     res = run_light(["adapt", "--from", str(checkpoints["bert"]), "--corpus", str(corpus_file), "--min-delta", "0.1"],
                     tmp_path)
     assert_one_line_error(res, 2, "--min-delta needs --patience")
+
+
+def test_resuming_the_checkpoint_of_a_stopped_run_trains_no_further(tmp_path, caplog):
+    """A checkpoint written at the step --patience stopped at (a run killed before it wrote its directory)
+    resumes to the same end, and says why."""
+    import logging
+
+    from nlptl.config import TrainConfig
+    from nlptl.runtime import make_accelerator
+    from nlptl.train import train
+
+    cfg = TrainConfig(lr=1e-2, warmup_ratio=0.0, log_every=1, precision="fp32", batch_size=4, max_steps=10,
+                      eval_every=1, save_every=2, patience=2)
+    evaluate_fn, _ = plateau([0.5, 0.7, 0.6, 0.6])
+    _, first = train(make_accelerator("fp32"), Toy(), toy_data(40), collate, cfg, description="t",
+                     evaluate_fn=evaluate_fn, select=("accuracy", "max"), checkpoints=tmp_path)
+    assert first.steps == 4 and (tmp_path / "step-000004").is_dir()
+    calls = []
+    with caplog.at_level(logging.INFO, logger="nlptl"):
+        model, again = train(make_accelerator("fp32"), Toy(), toy_data(40), collate, cfg, description="t",
+                             evaluate_fn=lambda m: calls.append(1) or {"accuracy": 1.0}, select=("accuracy", "max"),
+                             checkpoints=tmp_path, resume_from=tmp_path / "step-000004")
+    assert again.steps == 4 and again.best_step == 2 and not calls and again.stopped_early == first.stopped_early
+    assert any("stopped early at step 4" in r.getMessage() and "nothing more to train" in r.getMessage()
+               for r in caplog.records)
