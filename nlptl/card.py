@@ -36,11 +36,12 @@ def data_sources(lineage: dict) -> list[dict]:
         chain.append(node)
         node = node.get("parent")
     for node in reversed(chain):
-        for role in ("corpus", "train", "eval"):
+        for role in ("corpus", "train", "eval", "probe"):
             src = node.get(role)
             if not isinstance(src, dict) or "spec" not in src:
                 continue
-            name = {"corpus": "corpus", "train": "training data", "eval": "evaluation data"}[role]
+            name = {"corpus": "corpus", "train": "training data", "eval": "evaluation data",
+                    "probe": "probe (checkpoint selection)"}[role]
             out.append({"stage": node.get("stage"), "role": name, "name": src.get("name") or src["spec"],
                         "files": src.get("files") or [], "sha256": src.get("sha256"), "hub": src.get("hub")})
     return out
@@ -193,7 +194,8 @@ def _body(record: dict, directory: Path, out: Path, objective, base, sources: li
                          f"pooled by {lineage.get('doc_pooling')}")
         if lineage.get("threshold") is not None:
             lines.append(f"- decision threshold: {lineage['threshold']}")
-    lines += [f"- steps: {lineage.get('steps', metrics.get('steps'))}, tokens seen: {lineage.get('tokens_seen', '?')}", "",
+    kept = f" (the weights are step {lineage['kept_step']}'s, the best by probe)" if lineage.get("kept_step") else ""
+    lines += [f"- steps: {lineage.get('steps', metrics.get('steps'))}, tokens seen: {lineage.get('tokens_seen', '?')}{kept}", "",
               "## Data", "", "| stage | role | name or path | sha256 |", "|---|---|---|---|"]
     lines += [f"| {s['stage']} | {s['role']} | `{s['name']}` | `{s['sha256'] or 'n/a (hub dataset)'}` |" for s in sources]
     if not sources:

@@ -261,7 +261,8 @@ class AdaptConfig(LMConfig):
     objective: str = opt("auto", "auto (MLM for encoders, CLM for decoders), mlm, clm, or contrastive (SetFit-style: "
                          "sentence pairs from the labels of --corpus task:NAME --train FILE; same label = similar).",
                          choices=ADAPT_OBJECTIVES)
-    label_column: str = opt("label", "--objective contrastive: the label column of --train.", panel=DATA)
+    label_column: str = opt("label", "--objective contrastive: the label column of --train; --probe: that of the probe file.",
+                            panel=DATA)
     pairs_per_example: int = opt(20, "--objective contrastive: sentence pairs drawn per labelled example, "
                                  "alternately positive (same label) and negative, so an odd count gives one more "
                                  "positive (SetFit 0.x: num_iterations 10 = 20 pairs).",
@@ -293,6 +294,9 @@ class AdaptConfig(LMConfig):
                                  "mean or last")
             if self.lora:
                 raise UsageError("--objective contrastive trains the whole encoder; drop --lora")
+            if self.probe:
+                raise UsageError("--probe guards the MLM and CLM objectives; --objective contrastive scores its own "
+                                 "held-out pairs (pair_loss): drop --probe")
 
 
 @dataclass

@@ -144,3 +144,13 @@ def rate_for(cfg, out: Path | None, accelerator, search: Callable[[], dict]):
 def save(out: Path, result: dict) -> None:
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / FILE).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+
+
+def found_before_lowered(record: dict) -> float | None:
+    """The rate the range test found, where the rate trained with is lower (capped for a pretrained body:
+    `found`; retried after a one-class start: the first retry's); None when the test's rate was kept."""
+    if "found" in record:
+        return record["found"]
+    retries = record.get("retries") or []
+    return retries[0]["lr"] if retries else None
+

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 
+from nlptl.errors import UsageError
+
 log = logging.getLogger("nlptl")
 
 FOLDS = 5
@@ -23,19 +25,20 @@ BATCH = 64
 
 def probe_spec(cfg):
     """The labelled file of `adapt --probe` (or, with --corpus task:NAME and no --probe, the task's
-    --train) as a task spec, or None when the run has no probe."""
-    from nlptl.data.tasks import resolve_task
+    --train) as a task spec, or None when the run has no probe. Checked (file, columns) before anything
+    heavy runs."""
+    from nlptl.data import registry
+    from nlptl.data.tasks import TaskSpec, labelled_source
 
     task = cfg.corpus.split(":", 1)[1] if cfg.corpus and cfg.corpus.startswith("task:") else None
     path = cfg.probe or (cfg.train_file if task else None)
     if path is None:
         return None
-    spec = resolve_task(task or "classification", path, None, cfg.text_column, cfg.label_column)
-    if spec.problem != "single":
-        from nlptl.errors import UsageError
-
-        raise UsageError(f"--probe {path}: the probe scores single-label classification; --task {task} is {spec.problem}")
-    return spec
+    entry = registry.task_entry(task or "classification")
+    if entry.problem != "single":
+        raise UsageError(f"--probe {path}: the probe scores one label per text; --corpus task:{task} is {entry.problem}")
+    source = labelled_source(path, "--probe" if cfg.probe else "--train", cfg.text_column, cfg.label_column)
+    return TaskSpec(entry, source, None, cfg.text_column, cfg.label_column)
 
 
 class Probe:
@@ -43,18 +46,24 @@ class Probe:
 
     def __init__(self, spec, tokenizer, pooling: str, max_length: int, seed: int, accelerator):
         from nlptl.data.tasks import encode, label_names, read_labelled
-        from nlptl.errors import UsageError
 
         with accelerator.main_process_first():
             raw = read_labelled(spec.train, spec)
-            self.names = label_names(spec, raw["label"])
-            ds = encode(raw, self.names, spec, "--probe", spec.train.spec)
+            try:
+                self.names = label_names(spec, raw["label"])
+            except UsageError as e:
+                if "--task" not in str(e):
+                    raise
+                # The task's advice (--task multilabel, --numeric-classes) is finetune's; adapt has neither.
+                raise UsageError(f"{spec.train.flag} {spec.train.spec}: the probe takes one label per text, which "
+                                 f"these labels are not ({str(e).split(':', 1)[-1].split(';')[0].strip()})") from None
+            ds = encode(raw, self.names, spec, spec.train.flag, spec.train.spec)
         if len(ds) > MAX_EXAMPLES:
             ds = ds.shuffle(seed=seed).select(range(MAX_EXAMPLES))
         self.labels = list(ds["label"])
         counts = [self.labels.count(k) for k in set(self.labels)]
         if len(counts) < 2 or min(counts) < 2:
-            raise UsageError(f"--probe {spec.train.spec}: needs at least two labels with two examples each "
+            raise UsageError(f"{spec.train.flag} {spec.train.spec}: the probe needs at least two labels with two examples each "
                              f"(has {len(self.labels)} examples of {len(counts)} label(s))")
         self.folds = min(FOLDS, min(counts))
         self.input_ids = tokenizer(list(ds["text"]), truncation=True, max_length=max_length)["input_ids"]

@@ -98,19 +98,26 @@ def test_probe_guards_adaptation(checkpoints, corpus_file, task_files, tmp_path,
     from nlptl import probe
     from nlptl.stages import adapt
 
-    falling = iter([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3])
+    falling = iter([0.9, 0.8, 0.7])
     monkeypatch.setattr(probe.Probe, "score", lambda self, model, device: next(falling))
     with caplog.at_level(logging.WARNING, logger="nlptl"):
         result = adapt.run(adapt_cfg(from_model=str(checkpoints["bert"]), corpus=str(corpus_file),
                                      out=str(tmp_path / "lm"), probe=str(task_files["train"]), eval_every=2))
-    # before 0.9; evaluations at steps 2 (0.8) and 4 (0.7); the kept checkpoint (step 2) rescored: 0.6
+    # before 0.9; evaluations at steps 2 (0.8) and 4 (0.7); the kept checkpoint is step 2's, as scored then
     assert [p["step"] for p in result["probe_curve"]] == [0, 2, 4]
     assert [p["probe_accuracy"] for p in result["probe_curve"]] == [0.9, 0.8, 0.7]
-    assert result["best_step"] == 2 and result["probe_accuracy_before"] == 0.9
+    assert result["best_step"] == 2 and result["probe_accuracy_before"] == 0.9 and result["probe_accuracy"] == 0.8
     assert all(p["perplexity"] is not None for p in result["probe_curve"])
     assert any("lowered the probe's accuracy" in r.getMessage() for r in caplog.records)
-    rows = (tmp_path / "lm" / "metrics.csv").read_text()
-    assert "eval_probe_accuracy" in rows.splitlines()[0]
+    rows = (tmp_path / "lm" / "metrics.csv").read_text().splitlines()
+    assert "eval_probe_accuracy" in rows[0]
+    # One evaluation row per step: the kept checkpoint's scores are not written again under the last step.
+    evaluated = [r.split(",")[0] for r in rows[1:] if r.split(",")[-1]]
+    assert evaluated == ["0", "2", "4"]
+    record = record_of(tmp_path / "lm")
+    assert record["lineage"]["kept_step"] == 2 and record["lineage"]["probe"]["spec"] == str(task_files["train"])
+    card = (tmp_path / "lm" / "README.md").read_text()
+    assert "the weights are step 2's" in card and "probe (checkpoint selection)" in card
 
 
 def test_probe_scores_real_features(checkpoints, task_files, tmp_path):
@@ -124,15 +131,34 @@ def test_probe_scores_real_features(checkpoints, task_files, tmp_path):
     assert record_of(tmp_path / "tapt")["lineage"]["choices"]["probe"]["value"] == str(task_files["train"])
 
 
-def test_bad_probe_is_one_line(checkpoints, corpus_file, tmp_path):
+@pytest.mark.parametrize("content, message", [
+    (None, "--probe .*missing.csv"),
+    ("text,label\na good film,pos\nanother good one,pos\n", "--probe .*needs at least two labels"),
+    ("text,stars\na good film,5\n", "--probe .*'label'"),
+    ("text,label\na good film,pos;fun\nbad,neg\n", "--probe .*one label per text"),
+])
+def test_bad_probe_is_one_line_before_any_work(checkpoints, corpus_file, tmp_path, monkeypatch, content, message):
+    """Named as --probe (it said --train), refused before the model loads or the corpus is read."""
+    from nlptl import models
     from nlptl.errors import UsageError
     from nlptl.stages import adapt
 
-    one_label = tmp_path / "one.csv"
-    one_label.write_text("text,label\na good film,pos\nanother good one,pos\n")
-    with pytest.raises(UsageError, match="--probe"):
+    path = tmp_path / ("missing.csv" if content is None else "probe.csv")
+    if content is not None:
+        path.write_text(content)
+    if content is None or "stars" in content:  # the file and its columns are checked before anything loads
+        monkeypatch.setattr(models, "load_lm", lambda *a, **k: pytest.fail("loaded the model first"))
+    with pytest.raises(UsageError, match=message):
         adapt.run(adapt_cfg(from_model=str(checkpoints["bert"]), corpus=str(corpus_file), out=str(tmp_path / "lm"),
-                            probe=str(one_label)))
+                            probe=str(path)))
+
+
+def test_probe_is_refused_with_the_contrastive_objective(task_files):
+    from nlptl.errors import UsageError
+
+    with pytest.raises(UsageError, match="--probe"):
+        adapt_cfg(objective="contrastive", corpus="task:classification", train_file=str(task_files["train"]),
+                  probe=str(task_files["train"]))
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +194,7 @@ def test_lr_auto_is_capped_for_a_pretrained_body(checkpoints, task_files, tmp_pa
                         lambda *a, **k: {**real(*a, **k), "top_prediction_share": 0.5})
     result = finetune.run(finetune_cfg(from_model=str(checkpoints["bert"]), train_file=str(task_files["train"]),
                                        eval_file=str(task_files["eval"]), out=str(tmp_path / "ft"), lr="auto"))
-    assert result["lr"] == 3e-4
+    assert result["lr"] == result["lr_found"] == 3e-4 and result["lr_range_test"] == 3.5e-3
     saved = json.loads((tmp_path / "ft" / "lr_find.json").read_text())
     assert saved["found"] == 3.5e-3 and saved["lr"] == 3e-4
     choice = record_of(tmp_path / "ft")["lineage"]["choices"]["lr"]
@@ -236,7 +262,7 @@ def test_a_probe_that_adapting_does_not_improve_keeps_the_starting_body(checkpoi
     from nlptl import probe
     from nlptl.stages import adapt
 
-    scores = iter([0.8, 0.8, 0.7, 0.6])  # before, warm-up end (step 2), step 4, the kept one rescored
+    scores = iter([0.8, 0.8, 0.7])  # before, warm-up end (step 2), step 4
     monkeypatch.setattr(probe.Probe, "score", lambda self, model, device: next(scores))
     with caplog.at_level(logging.WARNING, logger="nlptl"):
         result = adapt.run(adapt_cfg(from_model=str(checkpoints["bert"]), corpus=str(corpus_file),

@@ -26,6 +26,7 @@ from nlptl.config import AdaptConfig
 from nlptl.data.corpora import mixture_key, resolve_corpora
 from nlptl.errors import UsageError
 from nlptl.models import inspect_model, positions_of, require_peft
+from nlptl.probe import probe_spec
 from nlptl.stages.common import check_block_size, locked, open_stage, start
 
 
@@ -43,6 +44,7 @@ def run(cfg: AdaptConfig) -> dict:
     if ref.config:
         check_block_size(cfg.block_size, positions_of(ref.config))
     corpora = resolve_corpora(cfg.corpus, cfg.text_column, cfg.train_file)
+    probe = probe_spec(cfg) if cfg.objective != "contrastive" else None  # its file and columns, checked now
     out = open_stage(cfg, "adapt", ref.path if ref.local else None, {"--corpus": mixture_key(corpora)})
     if cfg.objective == "contrastive":
         from nlptl.stages.contrastive import contrastive_stage
@@ -64,10 +66,11 @@ def run(cfg: AdaptConfig) -> dict:
     carried = handoff.carried_pooling(ref)
     pooling = handoff.pooling(ref, config, cfg.pooling)
     lineage = lineage_of("adapt", ref, choices=handoff.announce(*adapt_choices(cfg, model, carried)),
+                         probe=probe.train.record() if probe is not None else None,
                          handoff=handoff.record(pooling=carried, objective=model["objective"], config=config,
                                                 origin_of=handoff.lm_origin(ref)))
     return lm_stage("adapt", cfg, accelerator=accelerator, corpora=corpora, out=out, lineage=lineage,
-                    pooling=pooling.value, **model)
+                    pooling=pooling.value, probe=probe, **model)
 
 
 def adapt_choices(cfg: AdaptConfig, model: dict, carried) -> list:

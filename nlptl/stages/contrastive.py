@@ -154,7 +154,9 @@ def contrastive_stage(cfg: AdaptConfig, ref, *, accelerator, out, lineage: dict)
     config = models.load_config(ref)
     tokenizer = models.load_tokenizer(ref, config)
     pooling_choice = handoff.pooling(ref, config, cfg.pooling, sentence=True)
-    choices = handoff.announce(pooling_choice)
+    lr_choice = (handoff.Choice("lr", cfg.with_default_lr().lr, "the default for --objective contrastive (SetFit's "
+                                "body rate)") if cfg.lr is None else None)
+    choices = handoff.announce(pooling_choice, lr_choice)
     pooling = pooling_choice.value
     spec, names, input_ids, labels = labelled_texts(cfg, tokenizer, accelerator)
     pairs = draw_pairs(labels, cfg.pairs_per_example, cfg.seed)

@@ -66,6 +66,7 @@ def run(cfg: FinetuneConfig) -> dict:
         **result.device_metrics(),
         **result.early_stop_metrics(),
         **({"lr_found": train_cfg.lr} if lr_found is not None else {}),
+        **range_test_rate(lr_found),
         "lr": train_cfg.lr,
         **({"head_lr": train_cfg.head_lr} if train_cfg.head_lr is not None else {}),
         "output_dir": str(out),
@@ -98,4 +99,12 @@ def run(cfg: FinetuneConfig) -> dict:
 
     return write_stage(cfg, out, "finetune", metrics=metrics, lineage=lineage, write=write, runlog=runlog,
                        accelerator=accelerator)
+
+
+def range_test_rate(record: dict | None) -> dict:
+    """`lr_range_test`: what --lr auto's range test found, where the rate trained with is lower."""
+    from nlptl.lr_find import found_before_lowered
+
+    found = found_before_lowered(record) if record is not None else None
+    return {"lr_range_test": found} if found is not None else {}
 

@@ -19,12 +19,13 @@ log = logging.getLogger("nlptl")
 
 def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, objective: str, corpora: list,
              lineage: dict, out: Path, kept: dict | None = None, notes: list[str] | None = None,
-             head_added: bool = False, pooling: str | None = None) -> dict:
+             head_added: bool = False, pooling: str | None = None, probe=None) -> dict:
     """Train `model` on `corpora` (one, or a mixture) with `objective` and write the stage directory.
     Perplexity is measured on the first corpus's held-out blocks (a mixture's domain corpus comes first);
     with a mixture, also on each corpus's at the end. `head_added`: the LM head is new (--head-warmup
-    trains it alone first). `pooling`: how the probe (--probe) pools the body's features. `lineage`
-    carries the stage's `handoff` entry; this adds what training decided."""
+    trains it alone first). `probe`: the task spec of adapt's --probe (probe.probe_spec), or None; `pooling`:
+    how the probe pools the body's features. `lineage` carries the stage's `handoff` entry; this adds what
+    training decided."""
     from nlptl.data.collate import lm_collators
     from nlptl.evaluation import lm_loss
     from nlptl.models import positions_of
@@ -41,7 +42,7 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
     def score(m, blocks=held_out):
         return lm_loss(accelerator, m, blocks, eval_collate(), cfg.batch_size)
 
-    probe = make_probe(cfg, tokenizer, pooling or "mean", accelerator)
+    probe = make_probe(probe, cfg, tokenizer, pooling or "mean", accelerator)
     peft_model = lora(cfg, model, objective, head_added)
     train_args = resume_args(cfg, out)
     # The record keeps --lr as given (auto, or unset: a rerun resolves it alike); training gets the rate.
@@ -57,9 +58,10 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
         evaluate = (lambda m: scores(score, probe, m, accelerator)) if probe is not None or cfg.patience else None
         model, result = fit_lm(train_cfg, stage, accelerator, model, objective, train_blocks, train_collate, runlog,
                                train_args, evaluate, by_probe=probe is not None)
-        after = scores(score, probe, model, accelerator)
+        after = kept_scores(result, probe) or scores(score, probe, model, accelerator)
         by_corpus = {name: score(model, blocks)["perplexity"] for name, blocks in held_outs.items()} if len(corpora) > 1 else None
-        runlog.log({"step": result.steps, **{f"eval_{k}": v for k, v in after.items()}})
+        if probe is None:  # with a probe, the loop evaluated the last step already (the kept one may be earlier)
+            runlog.log({"step": result.steps, **{f"eval_{k}": v for k, v in after.items()}})
     metrics = lm_metrics(before, after, result, head_added, train_cfg, lr_found, n_eval=len(held_out),
                          streaming=cfg.streaming, preprocess_seconds=preprocess_seconds, out=out)
     if by_corpus:
@@ -67,6 +69,7 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
     if probe is not None:
         metrics.update(probe_results(before, after, result, probe, metrics.get("head_warmup_steps", 0)))
     record_training(lineage, cfg, corpora, objective, result, lr_found, warmup)
+    record_kept(lineage, result, probe)
 
     def write(w) -> dict:
         from nlptl.models import save_lora, save_sentence_pooling
@@ -100,11 +103,10 @@ def lora(cfg: LMConfig, model, objective: str, head_added: bool):
     return apply_lora(model, cfg)
 
 
-def make_probe(cfg: LMConfig, tokenizer, pooling: str, accelerator):
-    """The --probe of an adapt run (nlptl/probe.py), or None."""
-    from nlptl.probe import Probe, probe_spec
+def make_probe(spec, cfg: LMConfig, tokenizer, pooling: str, accelerator):
+    """The --probe of an adapt run (nlptl/probe.py) on its task spec, or None."""
+    from nlptl.probe import Probe
 
-    spec = probe_spec(cfg) if hasattr(cfg, "probe") else None
     if spec is None:
         return None
     probe = Probe(spec, tokenizer, pooling, cfg.block_size, cfg.seed, accelerator)
@@ -123,6 +125,16 @@ def scores(score, probe, model, accelerator) -> dict:
     if probe is not None:
         out["probe_accuracy"] = probe.score(lm, accelerator.device)
     return out
+
+
+def kept_scores(result, probe) -> dict | None:
+    """The kept checkpoint's scores as the loop's evaluation of it recorded them (with a probe, the
+    loop evaluated it and scoring it again would repeat a whole held-out pass), or None."""
+    if probe is None or result.best_step is None:
+        return None
+    row = next((r for r in reversed(result.history) if r.get("step") == result.best_step and "eval_probe_accuracy" in r),
+               None)
+    return None if row is None else {k.removeprefix("eval_"): v for k, v in row.items() if k.startswith("eval_")}
 
 
 def lm_metrics(before: dict, after: dict, result, head_added: bool, train_cfg, lr_found, *, n_eval: int,
@@ -160,12 +172,18 @@ def probe_results(before: dict, after: dict, result, probe, warmup_steps: int = 
         log.warning("adapting did not improve the probe's accuracy on %s (%.3f before): the kept checkpoint is the "
                     "end of the head's warm-up (step %d), the starting body with its new head", probe.spec.train.spec,
                     before["probe_accuracy"], warmup_steps)
-    elif after["probe_accuracy"] < before["probe_accuracy"]:
+    elif after["probe_accuracy"] < before["probe_accuracy"] - 1 / len(probe.labels):  # more than one text
         log.warning("adapting lowered the probe's accuracy on %s: %.3f before, %.3f for the kept checkpoint (step %s); "
                     "the task may be better served by the model adapt started from", probe.spec.train.spec,
                     before["probe_accuracy"], after["probe_accuracy"], result.best_step)
     return {"probe_accuracy_before": before["probe_accuracy"], "probe_accuracy": after["probe_accuracy"],
             "best_step": result.best_step, "probe_curve": curve}
+
+
+def record_kept(lineage: dict, result, probe) -> None:
+    """With a probe, the kept checkpoint may be earlier than the last step: the lineage says which."""
+    if probe is not None and result.best_step is not None:
+        lineage["kept_step"] = result.best_step
 
 
 def record_training(lineage: dict, cfg: LMConfig, corpora: list, objective: str, result, lr_found, warmup: float) -> None:

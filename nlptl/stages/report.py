@@ -163,7 +163,9 @@ def _lr_find_plot(plt, record: dict, path: Path) -> None:
     ax.plot(record["lrs"], record["smoothed"], label="smoothed loss")
     # The rate trained with: the rule's, or lower where it was capped for a pretrained body or retried
     # after a one-class start (stages/classifier.py).
-    found = record["found"] if "found" in record else (record.get("retries") or [{}])[0].get("lr")
+    from nlptl.lr_find import found_before_lowered
+
+    found = found_before_lowered(record)
     how = record["rule"] if found is None else f"{record['rule']} found {found:.2g}, then lowered"
     ax.axvline(record["lr"], color="tab:red", ls="--", label=f"chosen ({how}): {record['lr']:.2g}")
     for rule, lr in record.get("suggestions", {}).items():
