@@ -211,6 +211,9 @@ def _body(record: dict, directory: Path, out: Path, objective, base, sources: li
     if shown:
         lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in shown.items()]
         lines += ["", *scored_on(stage, objective, config, metrics, lineage), *per_class_table(metrics)]
+        if metrics.get("stopped_early"):
+            lines += ["", f"Training stopped early (--patience) at step {metrics['stopped_at_step']}: "
+                          f"{metrics['early_stop']}; the checkpoint kept is the best one."]
     else:
         lines.append("No training in this stage.")
     lines += ["", "## Intended use and limits", ""]

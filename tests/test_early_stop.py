@@ -147,6 +147,7 @@ def test_finetune_stops_early(checkpoints, task_files, tmp_path, monkeypatch):
     assert result["stopped_early"] is True and result["stopped_at_step"] == 4
     record = json.loads((out / "nlptl-run.json").read_text())
     assert record["metrics"]["stopped_early"] is True
+    assert "Training stopped early (--patience) at step 4: no improvement of accuracy" in (out / "README.md").read_text()
     with pytest.raises(UsageError, match="stopped early"):
         finetune.run(finetune_cfg(from_model=str(checkpoints["bert"]), train_file=str(task_files["train"]),
                                   eval_file=str(task_files["eval"]), out=str(out), max_steps=10, eval_every=1,
