@@ -93,8 +93,8 @@ def test_adapt_stops_on_held_out_perplexity(checkpoints, corpus_file, tmp_path, 
     --resume on the finished run says it stopped early."""
     from nlptl.stages import adapt
 
-    # before 5; steps 1..3: 4, 3, 3.5 (worse: patience 1 stops at step 3); the kept step-2 model: 3
-    lm_losses(monkeypatch, [5.0, 4.0, 3.0, 3.5, 3.0])
+    # before 5; steps 1..3: 4, 3, 3.5 (worse: patience 1 stops at step 3); the kept step-2 model not rescored
+    lm_losses(monkeypatch, [5.0, 4.0, 3.0, 3.5])
     out = tmp_path / "lm"
     result = adapt.run(adapt_cfg(from_model=str(checkpoints["bert"]), corpus=str(corpus_file), out=str(out),
                                  max_steps=8, eval_every=1, patience=1))
@@ -103,6 +103,11 @@ def test_adapt_stops_on_held_out_perplexity(checkpoints, corpus_file, tmp_path, 
     assert "no improvement of perplexity" in result["early_stop"] and "best 8 at step 2" in result["early_stop"]
     record = json.loads((out / "nlptl-run.json").read_text())
     assert record["metrics"]["stopped_at_step"] == 3 and record["lineage"]["steps"] == 3
+    assert record["lineage"]["kept_step"] == 2
+    # metrics.csv: each evaluation under its own step (the kept step-2 scores are not written under step 3)
+    rows = [r.split(",") for r in (out / "metrics.csv").read_text().splitlines()]
+    at = rows[0].index("eval_perplexity")
+    assert [float(r[at]) for r in rows[1:] if r[at]] == [32.0, 16.0, 8.0, 2.0 ** 3.5]
     assert [r["step"] for r in record["history"] if "early_stop" in r] == [3]
     with pytest.raises(UsageError, match="stopped early at step 3"):
         adapt.run(adapt_cfg(from_model=str(checkpoints["bert"]), corpus=str(corpus_file), out=str(out),

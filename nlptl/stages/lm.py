@@ -58,9 +58,9 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
         evaluate = (lambda m: scores(score, probe, m, accelerator)) if probe is not None or cfg.patience else None
         model, result = fit_lm(train_cfg, stage, accelerator, model, objective, train_blocks, train_collate, runlog,
                                train_args, evaluate, by_probe=probe is not None)
-        after = kept_scores(result, probe) or scores(score, probe, model, accelerator)
+        after = kept_scores(result, evaluate is not None) or scores(score, probe, model, accelerator)
         by_corpus = {name: score(model, blocks)["perplexity"] for name, blocks in held_outs.items()} if len(corpora) > 1 else None
-        if probe is None:  # with a probe, the loop evaluated the last step already (the kept one may be earlier)
+        if evaluate is None:  # else the loop evaluated the last step already (the kept one may be earlier)
             runlog.log({"step": result.steps, **{f"eval_{k}": v for k, v in after.items()}})
     metrics = lm_metrics(before, after, result, head_added, train_cfg, lr_found, n_eval=len(held_out),
                          streaming=cfg.streaming, preprocess_seconds=preprocess_seconds, out=out)
@@ -69,7 +69,7 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
     if probe is not None:
         metrics.update(probe_results(before, after, result, probe, metrics.get("head_warmup_steps", 0)))
     record_training(lineage, cfg, corpora, objective, result, lr_found, warmup)
-    record_kept(lineage, result, probe)
+    record_kept(lineage, result, evaluate is not None)
 
     def write(w) -> dict:
         from nlptl.models import save_lora, save_sentence_pooling
@@ -127,12 +127,12 @@ def scores(score, probe, model, accelerator) -> dict:
     return out
 
 
-def kept_scores(result, probe) -> dict | None:
-    """The kept checkpoint's scores as the loop's evaluation of it recorded them (with a probe, the
-    loop evaluated it and scoring it again would repeat a whole held-out pass), or None."""
-    if probe is None or result.best_step is None:
+def kept_scores(result, evaluated: bool) -> dict | None:
+    """The kept checkpoint's scores as the loop's evaluation of it recorded them (with a probe or
+    --patience, the loop evaluated it and scoring it again would repeat a whole held-out pass), or None."""
+    if not evaluated or result.best_step is None:
         return None
-    row = next((r for r in reversed(result.history) if r.get("step") == result.best_step and "eval_probe_accuracy" in r),
+    row = next((r for r in reversed(result.history) if r.get("step") == result.best_step and "eval_perplexity" in r),
                None)
     return None if row is None else {k.removeprefix("eval_"): v for k, v in row.items() if k.startswith("eval_")}
 
@@ -180,9 +180,9 @@ def probe_results(before: dict, after: dict, result, probe, warmup_steps: int = 
             "best_step": result.best_step, "probe_curve": curve}
 
 
-def record_kept(lineage: dict, result, probe) -> None:
-    """With a probe, the kept checkpoint may be earlier than the last step: the lineage says which."""
-    if probe is not None and result.best_step is not None:
+def record_kept(lineage: dict, result, evaluated: bool) -> None:
+    """With a probe or --patience, the kept checkpoint may be earlier than the last step: the lineage says which."""
+    if evaluated and result.best_step is not None:
         lineage["kept_step"] = result.best_step
 
 
