@@ -194,7 +194,8 @@ def _body(record: dict, directory: Path, out: Path, objective, base, sources: li
                          f"pooled by {lineage.get('doc_pooling')}")
         if lineage.get("threshold") is not None:
             lines.append(f"- decision threshold: {lineage['threshold']}")
-    kept = f" (the weights are step {lineage['kept_step']}'s, the best by probe)" if lineage.get("kept_step") else ""
+    by = "probe" if lineage.get("probe") else "held-out perplexity"  # adapt --probe, else --patience
+    kept = f" (the weights are step {lineage['kept_step']}'s, the best by {by})" if lineage.get("kept_step") else ""
     lines += [f"- steps: {lineage.get('steps', metrics.get('steps'))}, tokens seen: {lineage.get('tokens_seen', '?')}{kept}", "",
               "## Data", "", "| stage | role | name or path | sha256 |", "|---|---|---|---|"]
     lines += [f"| {s['stage']} | {s['role']} | `{s['name']}` | `{s['sha256'] or 'n/a (hub dataset)'}` |" for s in sources]

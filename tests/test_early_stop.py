@@ -104,6 +104,7 @@ def test_adapt_stops_on_held_out_perplexity(checkpoints, corpus_file, tmp_path, 
     record = json.loads((out / "nlptl-run.json").read_text())
     assert record["metrics"]["stopped_at_step"] == 3 and record["lineage"]["steps"] == 3
     assert record["lineage"]["kept_step"] == 2
+    assert "the weights are step 2's, the best by held-out perplexity" in (out / "README.md").read_text()
     # metrics.csv: each evaluation under its own step (the kept step-2 scores are not written under step 3)
     rows = [r.split(",") for r in (out / "metrics.csv").read_text().splitlines()]
     at = rows[0].index("eval_perplexity")
