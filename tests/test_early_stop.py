@@ -154,6 +154,10 @@ def test_finetune_stops_early(checkpoints, task_files, tmp_path, monkeypatch):
     record = json.loads((out / "nlptl-run.json").read_text())
     assert record["metrics"]["stopped_early"] is True
     assert "Training stopped early (--patience) at step 4: no improvement of accuracy" in (out / "README.md").read_text()
+    from nlptl.config import ReportConfig
+    from nlptl.stages import report
+
+    assert any(p.endswith("-finetune-training.png") for p in report.run(ReportConfig(run_dir=str(out)))["plots"])
     with pytest.raises(UsageError, match="stopped early"):
         finetune.run(finetune_cfg(from_model=str(checkpoints["bert"]), train_file=str(task_files["train"]),
                                   eval_file=str(task_files["eval"]), out=str(out), max_steps=10, eval_every=1,

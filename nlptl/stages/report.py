@@ -237,6 +237,10 @@ def _training_plot(plt, node: dict, history: list[dict], path: Path) -> None:
     ax.plot([r["step"] for r in train], [r["loss"] for r in train], marker=".", label="training loss (mean since last log)")
     if evals:
         ax.plot([r["step"] for r in evals], [r[eval_key] for r in evals], "o--", label="held-out loss" if node["stage"] != "finetune" else "evaluation loss")
+    metrics = (node["record"] or {}).get("metrics") or {}
+    if metrics.get("stopped_early"):  # --patience ended the run here
+        step = metrics["stopped_at_step"]
+        ax.axvline(step, color="tab:red", ls="--", label=f"early stop (step {step})")
     ax.set_ylabel(loss_name)
     ax.legend(fontsize=8)
     ax.grid(True, alpha=0.3)
