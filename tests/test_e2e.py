@@ -205,7 +205,10 @@ def test_chain(chains, arch):
     assert ev["lineage"]["parent"]["parent"]["stage"] == "pretrain"
 
     rows = finished(results, "predict").jsonl()  # JSON Lines: one object per text, in input order
-    assert [r["text"] for r in rows] == TEXTS + ["Arrived late and smelled odd.", "Worth every penny."]
+    # A blank input line keeps its place (result N is line N) and says it was not classified.
+    assert [r["text"] for r in rows] == TEXTS + ["Arrived late and smelled odd.", "", "Worth every penny."]
+    blank = rows.pop(3)
+    assert "label" not in blank and blank["error"].startswith("blank text")
     for r in rows:
         assert r["label"] in ("negative", "positive")
         assert set(r["scores"]) == {"negative", "positive"}
