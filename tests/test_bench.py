@@ -8,10 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = REPO / "bench" / "compose.py"
 
 
+@pytest.mark.slow  # a benchmark script's smoke run (13-54 s): make test PYTEST_ARGS="-m slow"
 def test_compose_smoke_runs_every_kind_of_cell(tmp_path):
     proc = subprocess.run([sys.executable, str(COMPOSE), "--smoke", "--quiet", "--out", str(tmp_path / "smoke")],
                           capture_output=True, text=True, timeout=600)

@@ -23,6 +23,7 @@ def gpu_check(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, 
     return proc, out
 
 
+@pytest.mark.slow  # 30-45 s: the benchmark script's CPU smoke, not nlptl's behaviour (make test PYTEST_ARGS="-m slow")
 def test_gpu_check_smoke_one_comparison(tmp_path):
     proc, out = gpu_check(tmp_path, "--cases", "mlm")
     row = json.loads((out / "mlm.json").read_text())["rows"][0]
