@@ -194,7 +194,8 @@ def _body(record: dict, directory: Path, out: Path, objective, base, sources: li
                          f"pooled by {lineage.get('doc_pooling')}")
         if lineage.get("threshold") is not None:
             lines.append(f"- decision threshold: {lineage['threshold']}")
-    by = "probe" if lineage.get("probe") else "held-out perplexity"  # adapt --probe, else --patience
+    # adapt --probe (unless the probe was at chance), else --patience; older runs recorded no kept_by
+    by = lineage.get("kept_by") or ("probe" if lineage.get("probe") else "held-out perplexity")
     kept = f" (the weights are step {lineage['kept_step']}'s, the best by {by})" if lineage.get("kept_step") else ""
     lines += [f"- steps: {lineage.get('steps', metrics.get('steps'))}, tokens seen: {lineage.get('tokens_seen', '?')}{kept}", "",
               "## Data", "", "| stage | role | name or path | sha256 |", "|---|---|---|---|"]

@@ -94,6 +94,25 @@ class Probe:
         body.train(was_training)
         return torch.cat(out).numpy()
 
+    def chance(self) -> tuple[float, float]:
+        """The majority label's share, and the accuracy a probe must pass to tell anything: two standard
+        errors above that share at this many texts (100 texts of two balanced labels: 0.60)."""
+        majority = max(self.labels.count(k) for k in set(self.labels)) / len(self.labels)
+        return majority, majority + 2 * (majority * (1 - majority) / len(self.labels)) ** 0.5
+
+    def guards(self, accuracy: float) -> bool:
+        """Whether a probe that scores `accuracy` on the starting body can guard adaptation. At chance, its
+        scores at later evaluations differ by noise alone, and the best of them is a random pick (a tiny GPT
+        pretrained from scratch: 0.43-0.58 on 100 texts, issue 24); the stage then selects as without it."""
+        majority, bar = self.chance()
+        if accuracy > bar:
+            return True
+        log.warning("the probe cannot guard this run: its accuracy before adapting, %.3f on %d texts of %s, is within "
+                    "chance (the majority label's share %.3f; it would need more than %.3f to tell anything); "
+                    "checkpoints are selected by held-out perplexity, and the probe is scored for the record only",
+                    accuracy, len(self.labels), self.spec.train.spec, majority, bar)
+        return False
+
     def score(self, model, device) -> float:
         """Cross-validated accuracy of a logistic regression on the frozen features."""
         from sklearn.linear_model import LogisticRegression

@@ -273,3 +273,28 @@ def test_a_probe_that_adapting_does_not_improve_keeps_the_starting_body(checkpoi
     kept = load_file(str(tmp_path / "lm" / "model.safetensors"))
     name = next(k for k in base if "encoder.layer.0.attention.self.query.weight" in k)
     assert (kept.get(name, kept.get(f"bert.{name}")) == base[name]).all()  # the body as it was
+
+
+def test_a_probe_at_chance_does_not_select(checkpoints, corpus_file, task_files, tmp_path, monkeypatch, caplog):
+    """Was: a probe scoring at chance on the starting body (a tiny from-scratch GPT: 0.43-0.58 on 100 texts)
+    still chose the kept checkpoint, a random pick among noise, silently. Now it says it cannot guard the
+    run, selection falls back to held-out perplexity, and the probe is scored for the record only."""
+    from nlptl import probe
+    from nlptl.stages import adapt
+
+    scores = iter([0.5, 0.9, 0.5])  # before (chance for 240 balanced texts), step 2, step 4
+    monkeypatch.setattr(probe.Probe, "score", lambda self, model, device: next(scores))
+    with caplog.at_level(logging.WARNING, logger="nlptl"):
+        result = adapt.run(adapt_cfg(from_model=str(checkpoints["bert"]), corpus=str(corpus_file),
+                                     out=str(tmp_path / "lm"), probe=str(task_files["train"]), eval_every=2))
+    warned = [r.getMessage() for r in caplog.records if "cannot guard" in r.getMessage()]
+    assert len(warned) == 1 and "0.500 on 240 texts" in warned[0]
+    assert not any("lowered the probe's accuracy" in r.getMessage() for r in caplog.records)
+    assert result["probe_guarded"] is False and 0.54 < result["probe_chance"] < 0.62
+    curve = result["probe_curve"]
+    by_perplexity = min((p for p in curve[1:]), key=lambda p: (p["perplexity"], -p["step"]))["step"]
+    assert result["best_step"] == by_perplexity  # not step 2, the probe's best
+    assert [p["probe_accuracy"] for p in curve] == [0.5, 0.9, 0.5]
+    lineage = record_of(tmp_path / "lm")["lineage"]
+    assert lineage["kept_by"] == "held-out perplexity"
+    assert "the best by held-out perplexity" in (tmp_path / "lm" / "README.md").read_text()

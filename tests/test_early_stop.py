@@ -128,8 +128,9 @@ def test_adapt_probe_selects_early_stop(checkpoints, corpus_file, task_files, tm
     from nlptl import probe
     from nlptl.stages import adapt
 
-    # before 0.5; steps 1..: 0.6, 0.6 (a tie: the later kept, but no improvement), 0.55 -> stop at 3
-    scores = iter([0.5, 0.6, 0.6, 0.55, 0.6])
+    # before 0.7 (above chance, so the probe selects); steps 1..: 0.8, 0.8 (a tie: the later kept, but no
+    # improvement), 0.75 -> stop at 3
+    scores = iter([0.7, 0.8, 0.8, 0.75, 0.8])
     monkeypatch.setattr(probe.Probe, "score", lambda self, model, device: next(scores))
     result = adapt.run(adapt_cfg(from_model=str(checkpoints["bert"]), corpus=str(corpus_file), out=str(tmp_path / "lm"),
                                  probe=str(task_files["train"]), max_steps=8, eval_every=1, patience=2))

@@ -54,10 +54,11 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
     with RunLog(accelerator, out, stage, to_dict(cfg), resume=train_args["resume_from"] is not None) as runlog:
         before = scores(score, probe, model.to(accelerator.device), accelerator)
         runlog.log({"step": 0, **{f"eval_{k}": v for k, v in before.items()}})
+        guarded = probe is not None and probe.guards(before["probe_accuracy"])
         # Periodic evaluations for the probe, or for --patience on held-out perplexity (none otherwise).
         evaluate = (lambda m: scores(score, probe, m, accelerator)) if probe is not None or cfg.patience else None
         model, result = fit_lm(train_cfg, stage, accelerator, model, objective, train_blocks, train_collate, runlog,
-                               train_args, evaluate, by_probe=probe is not None)
+                               train_args, evaluate, by_probe=guarded)
         after = kept_scores(result, evaluate is not None) or scores(score, probe, model, accelerator)
         by_corpus = {name: score(model, blocks)["perplexity"] for name, blocks in held_outs.items()} if len(corpora) > 1 else None
         if evaluate is None:  # else the loop evaluated the last step already (the kept one may be earlier)
@@ -67,9 +68,9 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
     if by_corpus:
         metrics["perplexity_by_corpus"] = by_corpus
     if probe is not None:
-        metrics.update(probe_results(before, after, result, probe, metrics.get("head_warmup_steps", 0)))
+        metrics.update(probe_results(before, after, result, probe, metrics.get("head_warmup_steps", 0), guarded))
     record_training(lineage, cfg, corpora, objective, result, lr_found, warmup)
-    record_kept(lineage, result, evaluate is not None)
+    record_kept(lineage, result, evaluate is not None, "probe" if guarded else "held-out perplexity")
 
     def write(w) -> dict:
         from nlptl.models import save_lora, save_sentence_pooling
@@ -159,16 +160,19 @@ def lm_metrics(before: dict, after: dict, result, head_added: bool, train_cfg, l
     }
 
 
-def probe_results(before: dict, after: dict, result, probe, warmup_steps: int = 0) -> dict:
+def probe_results(before: dict, after: dict, result, probe, warmup_steps: int = 0, guarded: bool = True) -> dict:
     """The probe's scores: before, at each evaluation (the curve), the kept checkpoint's; with a warning
     when adapting ended below where it started, or when the kept checkpoint is the end of the head's
-    warm-up (the starting body: no evaluation after the body joined did better)."""
+    warm-up (the starting body: no evaluation after the body joined did better). A probe at chance
+    (`guarded` False: Probe.guards said so) selected nothing, and its differences are noise: no warning."""
     curve = [{"step": 0, "probe_accuracy": before["probe_accuracy"], "perplexity": before["perplexity"]}]
     curve += [{"step": r["step"], "probe_accuracy": r["eval_probe_accuracy"], "perplexity": r.get("eval_perplexity")}
               for r in result.history if "eval_probe_accuracy" in r]
     if curve[-1]["step"] != result.steps:
         curve.append({"step": result.steps, "probe_accuracy": after["probe_accuracy"], "perplexity": after["perplexity"]})
-    if warmup_steps and result.best_step == warmup_steps and result.steps > warmup_steps:
+    if not guarded:
+        pass
+    elif warmup_steps and result.best_step == warmup_steps and result.steps > warmup_steps:
         log.warning("adapting did not improve the probe's accuracy on %s (%.3f before): the kept checkpoint is the "
                     "end of the head's warm-up (step %d), the starting body with its new head", probe.spec.train.spec,
                     before["probe_accuracy"], warmup_steps)
@@ -177,13 +181,15 @@ def probe_results(before: dict, after: dict, result, probe, warmup_steps: int = 
                     "the task may be better served by the model adapt started from", probe.spec.train.spec,
                     before["probe_accuracy"], after["probe_accuracy"], result.best_step)
     return {"probe_accuracy_before": before["probe_accuracy"], "probe_accuracy": after["probe_accuracy"],
-            "best_step": result.best_step, "probe_curve": curve}
+            "best_step": result.best_step, "probe_curve": curve, "probe_guarded": guarded,
+            "probe_chance": round(probe.chance()[1], 4)}
 
 
-def record_kept(lineage: dict, result, evaluated: bool) -> None:
-    """With a probe or --patience, the kept checkpoint may be earlier than the last step: the lineage says which."""
+def record_kept(lineage: dict, result, evaluated: bool, by: str) -> None:
+    """With a probe or --patience, the kept checkpoint may be earlier than the last step: the lineage says
+    which, and by what it was the best."""
     if evaluated and result.best_step is not None:
-        lineage["kept_step"] = result.best_step
+        lineage.update(kept_step=result.best_step, kept_by=by)
 
 
 def record_training(lineage: dict, cfg: LMConfig, corpora: list, objective: str, result, lr_found, warmup: float) -> None:
