@@ -71,6 +71,10 @@ RATE_SIZES = (200, 500, 2000)
 GRID = (3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
 RATE_LRS = ("default", *GRID, "auto")
 CHAIN_LABELS = (100, 500)
+# --scratch-contrastive: the contrastive stage's rate on a from-scratch body, and the finetune rates after it
+# ("contrastive": SetFit's slow body 1e-5 and fast head 1e-2; "scratch": 1e-3 throughout, as direct).
+CONTRASTIVE_LRS = (2e-5, 2e-4, 1e-3)
+AFTER_CONTRASTIVE = {"contrastive": {"lr": 1e-5, "head_lr": 1e-2}, "scratch": {"lr": 1e-3}}
 ARMS = ("direct", "dapt", "tapt", "contrastive")
 SEEDS = ablation.SEEDS
 MAX_LENGTH = 64  # UCI sentences are short (as ablation.py)
@@ -319,9 +323,20 @@ def chain_cells() -> list[dict]:
             for arm, o, n, s in order]
 
 
+def scratch_contrastive_cells() -> list[dict]:
+    """The contrastive chain on the from-scratch GPT: each contrastive rate x each finetune rule, seed 0
+    first, at 100 then 500 labels (the chain's contrastive arm with nlptl's defaults is chain/contrastive)."""
+    return [{"id": f"cscratch/gpt/n{n}/clr{clr:g}/ft-{ft}/s{s}", "part": "cscratch", "origin": "gpt", "n": n,
+             "seed": s, "contrastive_lr": clr, "after": ft}
+            for s in SEEDS for n in CHAIN_LABELS for clr in CONTRASTIVE_LRS for ft in AFTER_CONTRASTIVE]
+
+
+PARTS = {"rates": rate_cells, "chain": chain_cells, "cscratch": scratch_contrastive_cells}
+
+
 def cells_of(parts: list[str], only: str | None = None) -> list[dict]:
     """The cells of `parts`, in that order; `only`: those whose id starts with one of these (comma-separated)."""
-    cells = [c for part in parts for c in (rate_cells() if part == "rates" else chain_cells())]
+    cells = [c for part in parts for c in PARTS[part]()]
     if only:
         cells = [c for c in cells if c["id"].startswith(tuple(only.split(",")))]
     return cells
@@ -364,12 +379,12 @@ def finetune_and_test(ctx: Ctx, from_model: str, train: Path, seed: int, out: Pa
     return rec
 
 
-def contrastive(ctx: Ctx, from_model: str, train: Path, seed: int, out: Path) -> dict:
+def contrastive(ctx: Ctx, from_model: str, train: Path, seed: int, out: Path, **kw) -> dict:
     from nlptl.config import AdaptConfig
     from nlptl.stages import adapt
 
     opts = {"from_model": from_model, "objective": "contrastive", "corpus": "task:sentiment", "train_file": str(train),
-            **ctx.scale["contrastive"]}
+            **ctx.scale["contrastive"], **kw}
     t0 = time.time()
     res = adapt.run(AdaptConfig(**opts, out=str(out), overwrite=True, seed=seed, precision="fp32"))
     return {"adapt_options": opts, "adapt": lm_metrics(res), "adapt_seconds": round(time.time() - t0, 1)}
@@ -385,6 +400,12 @@ def run_cell(ctx: Ctx, cell: dict) -> dict:
         kw = {} if cell["lr"] == "default" else {"lr": cell["lr"]}
         rec.update(n_train_size=cell["n"], lr_given=cell["lr"])
         rec.update(finetune_and_test(ctx, origin, ctx.train_file(cell["n"], 0), 0, tmp / "ft", **kw))
+    elif cell["part"] == "cscratch":
+        train = ctx.train_file(cell["n"], cell["seed"])
+        rec.update(arm="contrastive", n_labels=cell["n"], contrastive_lr=cell["contrastive_lr"], after=cell["after"])
+        rec.update(contrastive(ctx, origin, train, cell["seed"], tmp / "contrastive", lr=cell["contrastive_lr"]))
+        rec.update(finetune_and_test(ctx, str(tmp / "contrastive"), train, cell["seed"], tmp / "ft",
+                                     **AFTER_CONTRASTIVE[cell["after"]]))
     else:
         arm, train = cell["arm"], ctx.train_file(cell["n"], cell["seed"])
         rec.update(arm=arm, n_labels=cell["n"])
@@ -410,9 +431,11 @@ def release(ctx: Ctx, cid: str) -> None:
     (ctx.work / "claims" / cid.replace("/", "_")).unlink(missing_ok=True)
 
 
-def work_loop(ctx: Ctx, cells: list[dict], stop_at: _dt.datetime | None = None, max_cells: int | None = None) -> int:
+def work_loop(ctx: Ctx, cells: list[dict], stop_at: _dt.datetime | None = None, max_cells: int | None = None,
+              redo_before: str | None = None) -> int:
     """Run the first unclaimed cell that is not done, again and again; wait while the only cells left
-    need a model another worker is building."""
+    need a model another worker is building. `redo_before` (ISO time): a cell whose records all finished
+    before it is not done (nlptl changed since: the new record replaces the old in the report)."""
     from nlptl.errors import Interrupted
 
     n_run, blocked = 0, set()
@@ -423,7 +446,8 @@ def work_loop(ctx: Ctx, cells: list[dict], stop_at: _dt.datetime | None = None, 
         if max_cells is not None and n_run >= max_cells:
             return 0
         results = load(ctx.results)
-        skip = {r["id"] for r in results if r.get("ok")} | dead_ends(results) | blocked
+        skip = ({r["id"] for r in results if r.get("ok") and (redo_before is None or r["finished"] >= redo_before)}
+                | dead_ends(results) | blocked)
         chosen = next((c for c in cells if c["id"] not in skip and fewlabels.claim(ctx.work, c["id"])), None)
         if chosen is None:
             if not blocked:
@@ -525,6 +549,29 @@ def rates_table(recs: dict[str, dict]) -> list[str]:
     return lines
 
 
+def scratch_contrastive_table(recs: dict[str, dict]) -> list[str]:
+    """The contrastive chain on the from-scratch GPT by contrastive rate and finetune rule, paired with direct."""
+    lines = ["| labels | contrastive lr | finetune after | test accuracy | paired vs direct | val accuracy | seeds |",
+             "|---|---|---|---|---|---|---|"]
+    direct = {(r["n_labels"], r["seed"]): r for r in recs.values()
+              if r.get("part") == "chain" and r.get("arm") == "direct" and r["origin"] == "gpt"}
+    for n in CHAIN_LABELS:
+        for clr in CONTRASTIVE_LRS:
+            for ft in AFTER_CONTRASTIVE:
+                rs = [r for r in recs.values() if r.get("part") == "cscratch" and r["n_labels"] == n
+                      and r["contrastive_lr"] == clr and r["after"] == ft]
+                if not rs:
+                    continue
+                d = [r["test_accuracy"] - direct[(n, r["seed"])]["test_accuracy"] for r in rs if (n, r["seed"]) in direct]
+                paired = f"{100 * statistics.fmean(d):+.1f} ± {100 * (statistics.stdev(d) if len(d) > 1 else 0):.1f}" if d else "-"
+                collapsed = sum(r.get("collapsed", False) for r in rs)
+                rule = ", ".join(f"{k} {v:g}" for k, v in AFTER_CONTRASTIVE[ft].items())
+                lines.append(f"| {n} | {clr:g} | {ft} ({rule}) | {ms([r['test_accuracy'] for r in rs])}"
+                             f"{f' ({collapsed} collapsed)' if collapsed else ''} | {paired} | "
+                             f"{ms([r['val_accuracy'] for r in rs])} | {len(rs)} |")
+    return lines
+
+
 def model_line(r: dict) -> str:
     """A model record in one line: perplexity (held out, before -> after), probe, head warm-up, time."""
     m = r["metrics"]
@@ -550,7 +597,10 @@ def report(args) -> int:
     for title, table in (("Chain arms (test accuracy %, mean ± sd over seeds; paired: arm - direct on the same subset "
                           "and seed; s/cell: finetune + test, (the adapt run's))", chain_table(recs)),
                          ("Default finetune rates (val / test accuracy %, seed 0; † = one class for >95% of an "
-                          "eval set)", rates_table(recs))):
+                          "eval set)", rates_table(recs)),
+                         ("The contrastive chain on the from-scratch GPT, by rates (test accuracy %, mean ± sd over "
+                          "seeds; paired: minus chain/direct/gpt on the same subset and seed)",
+                          scratch_contrastive_table(recs))):
         print(f"### {title}\n")
         print("\n".join(table) if len(table) > 2 else "(no cells done yet)")
         print()
@@ -650,6 +700,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rates", dest="parts", action="append_const", const="rates",
                    help="part A: default finetune rates (item 4); with --chain, the one named first runs first")
     p.add_argument("--chain", dest="parts", action="append_const", const="chain", help="part B: the chain arms (item 6)")
+    p.add_argument("--scratch-contrastive", dest="parts", action="append_const", const="cscratch",
+                   help="part C: the contrastive chain's rates on the from-scratch GPT (contrastive lr x finetune rule)")
     p.add_argument("--prepare", action="store_true", help="make the splits and build the gpt origin, then exit")
     p.add_argument("--report", action="store_true", help="print the markdown tables from the results")
     p.add_argument("--list", action="store_true", help="the cells in run order, and which are done")
@@ -661,6 +713,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-cells", type=int, default=None, help="run at most this many cells")
     p.add_argument("--only", default=None, help="only the cells whose id starts with one of these (comma-separated), "
                    "e.g. rates/gpt,chain/direct")
+    p.add_argument("--redo-before", default=None, help="ISO time (2026-12-07T19:30): rerun the cells (of --only) "
+                   "whose records all finished before it, nlptl having changed since")
     p.add_argument("--quiet", action="store_true", help="no nlptl progress lines")
     return p
 
@@ -696,7 +750,8 @@ def main(argv: list[str] | None = None) -> int:
         stop_at = _dt.datetime.now(_dt.timezone.utc).replace(hour=hh, minute=mm, second=0, microsecond=0)
     say(f"worker {os.getpid()}: parts {', '.join(args.parts or ['chain', 'rates'])}, nlptl {ctx.commit}, "
         f"adapt --probe {'on' if ctx.probe else 'absent'}")
-    return work_loop(ctx, cells_of(args.parts or ["chain", "rates"], args.only), stop_at, args.max_cells)
+    return work_loop(ctx, cells_of(args.parts or ["chain", "rates"], args.only), stop_at, args.max_cells,
+                     args.redo_before)
 
 
 if __name__ == "__main__":
