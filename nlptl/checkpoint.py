@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nlptl import __version__
-from nlptl.config import runs_root
+from nlptl.config import option_keys, runs_root
 from nlptl.errors import UsageError
 
 RUN_FILE = "nlptl-run.json"
@@ -542,11 +542,11 @@ def release_locks(keep: set[Path] | None = None) -> None:
 
 # --------------------------------------------------------------------------- what a resumed run must keep
 
-# Options that may change when a run is resumed: how long it trains, what it logs and where it reports.
-RESUME_SAFE = frozenset({"max_steps", "epochs", "patience", "min_delta", "log_every", "save_every", "keep_last", "eval_every", "report_to",
-                         "push_to_hub", "hub_private", "num_proc"})
-# Not settings of the training: how this invocation finds the run.
-_NOT_COMPARED = frozenset({"out", "overwrite", "resume", "resume_from"})
+# Options that may change when a run is resumed: how long it trains, what it logs and where it reports
+# (declared on the config fields: resume_safe=True).
+RESUME_SAFE = frozenset(option_keys("resume_safe"))
+# Not settings of the training: how this invocation finds the run (locates_run=True).
+_NOT_COMPARED = frozenset(option_keys("locates_run"))
 _PATHS = ("corpus", "from_model", "train_file", "eval_file")
 
 

@@ -10,8 +10,11 @@ This module must stay light: the CLI imports it before any heavy library.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ ARCHS = ("gpt", "bert")
 SIZES = ("tiny", "mini", "small", "base")
 OBJECTIVES = ("auto", "mlm", "clm")
 ADAPT_OBJECTIVES = (*OBJECTIVES, "contrastive")
+LM_OBJECTIVES = ("mlm", "clm")
 PAIR_LOSSES = ("cosine", "contrastive")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("linear", "stlr", "one-cycle", "cosine", "constant")
@@ -46,19 +50,45 @@ LR_HELP = ("Peak learning rate, or auto: a learning-rate range test on the train
 CONTRASTIVE = "Contrastive (--objective contrastive)"
 
 
+# The rules of an option, declared on its field (`opt(..., resume_safe=True)`); the lists the commands
+# apply are derived from them (COMMAND_FLAGS below, option_keys, not_read_by):
+#   flag         a flag of every command whose config has the field; False: set with --config or --set
+#                (or given as the command's argument: `nlptl serve MODEL`)
+#   resume_safe  may change when a run is resumed: how long it trains, what it logs, where it reports
+#   locates_run  says how this invocation finds and treats its run directory (--out, --resume, ...):
+#                not part of what a resumed run must share (nlptl/checkpoint.py run_identity)
+#   reproduced   part of the command that rebuilds the model (the model card); False: changes nothing in it
+#   recipe       under `nlptl run`: "managed" (nlptl run decides it; a recipe may not set it), "ignored"
+#                (a change alone does not rerun a stage), or None (a change reruns the stage)
+#   read_by      the objectives that read it (None: every objective); the card leaves it out for the others
+RULES = {"flag": True, "resume_safe": False, "locates_run": False, "reproduced": True, "recipe": None,
+         "read_by": None}
+RECIPE_RULES = (None, "managed", "ignored")
+# overwrite, resume, resume_from: how this invocation treats an existing --out, not a setting of the run.
+INVOCATION = {"locates_run": True, "reproduced": False, "recipe": "managed"}
+
+
+def _rules(rules: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(rules) - set(RULES)
+    if unknown or rules.get("recipe") not in RECIPE_RULES:
+        raise TypeError(f"option rules: unknown {sorted(unknown) or rules.get('recipe')}")  # a mistake in this file
+    return {**RULES, **rules}
+
+
 def opt(default: Any, help: str, *, panel: str = TRAINING, short: str | None = None, negatable: bool = False,
-        choices: tuple[str, ...] | None = None) -> Any:
+        choices: tuple[str, ...] | None = None, **rules: Any) -> Any:
     """A config field, declared once: its default, its help, the values it accepts (`choices`, checked
-    after resolution) and how its flag looks (`short`: a one-letter alias; `negatable`: a boolean that
-    also has --no-NAME). The command line (cli.py) and the model card (card.py) are built from these."""
+    after resolution), how its flag looks (`short`: a one-letter alias; `negatable`: a boolean that
+    also has --no-NAME) and its rules (RULES). The command line (cli.py), the resume check
+    (checkpoint.py), the recipe's comparison (recipe.py) and the model card (card.py) are built from these."""
     return field(default=default, metadata={"help": help, "panel": panel, "short": short, "negatable": negatable,
-                                            "choices": choices})
+                                            "choices": choices, **_rules(rules)})
 
 
-def many(help: str, *, panel: str = TRAINING) -> Any:
+def many(help: str, *, panel: str = TRAINING, **rules: Any) -> Any:
     """A list field (a repeatable flag), empty by default."""
     return field(default_factory=list, metadata={"help": help, "panel": panel, "short": None, "negatable": False,
-                                                 "choices": None})
+                                                 "choices": None, **_rules(rules)})
 
 
 def again(cls: type, name: str, default: Any) -> Any:
@@ -78,10 +108,11 @@ def flag_name(key: str) -> str:
 class TrainConfig:
     """Options every training stage shares; the loop in train.py reads only these."""
 
-    out: str | None = opt(None, "Output run directory (default: a new directory under $NLPTL_HOME, default ./runs).", panel=OUTPUT, short="-o")
-    overwrite: bool = opt(False, "Replace an --out directory that already holds a run.", panel=OUTPUT)
-    max_steps: int | None = opt(None, "Stop after this many optimizer steps (overrides --epochs).")
-    epochs: float = opt(1.0, "Passes over the training data.")
+    out: str | None = opt(None, "Output run directory (default: a new directory under $NLPTL_HOME, default ./runs).",
+                          panel=OUTPUT, short="-o", locates_run=True)
+    overwrite: bool = opt(False, "Replace an --out directory that already holds a run.", panel=OUTPUT, **INVOCATION)
+    max_steps: int | None = opt(None, "Stop after this many optimizer steps (overrides --epochs).", resume_safe=True)
+    epochs: float = opt(1.0, "Passes over the training data.", resume_safe=True)
     batch_size: int = opt(16, "Examples (or blocks) per step per process; global batch = batch x processes x grad-accum.")
     grad_accum: int = opt(1, "Gradient accumulation steps per optimizer step.")
     lr: float | str = opt(1e-4, "Peak learning rate.")
@@ -89,10 +120,15 @@ class TrainConfig:
     warmup_ratio: float = opt(0.06, "Fraction of the steps spent warming the learning rate up.")
     max_grad_norm: float = opt(1.0, "Clip gradients to this norm (0 turns clipping off).")
     seed: int = opt(42, "Random seed (data order, initialisation, masking).")
-    eval_every: int | None = opt(None, "Evaluate every N steps (default: a few times per run for finetune, at the end for LM stages).")
-    patience: int | None = opt(None, "Early stopping: stop after N evaluations in a row that do not beat the best score (finetune's selection score; adapt's probe accuracy with --probe, else held-out perplexity) by --min-delta; the best checkpoint is kept. Default: off.")
-    min_delta: float = opt(0.0, "With --patience: the improvement of the score that counts as one.")
-    log_every: int = opt(10, "Log the training loss every N steps.")
+    eval_every: int | None = opt(None, "Evaluate every N steps (default: a few times per run for finetune, at the end "
+                                 "for LM stages).", resume_safe=True)
+    patience: int | None = opt(None, "Early stopping: stop after N evaluations in a row that do not beat the best "
+                               "score (finetune's selection score; adapt's probe accuracy with --probe, else held-out "
+                               "perplexity) by --min-delta; the best checkpoint is kept. Default: off.",
+                               resume_safe=True)
+    min_delta: float = opt(0.0, "With --patience: the improvement of the score that counts as one.",
+                            resume_safe=True)
+    log_every: int = opt(10, "Log the training loss every N steps.", resume_safe=True, recipe="ignored")
     precision: str = opt("auto", "auto (bf16 where the hardware has it, else fp32), fp32, bf16 or fp16.", choices=PRECISIONS)
     compile: bool = opt(False, "torch.compile the model for training (off by default: on a CPU the compile time "
                                "can outweigh the gain of a short run; see docs/performance.md).", negatable=True)
@@ -102,13 +138,21 @@ class TrainConfig:
     discriminative_lr: float = opt(1.0, "Each layer group's learning rate is the one above divided by this factor; one group per transformer block, so it compounds: 1.1-1.2 suits transformers, ULMFiT's 2.6 starves the lower blocks (docs/results.md); 1 = off.")
     gradual_unfreeze: bool = opt(False, "Train only the head first, then unfreeze one more layer group from the top each epoch.", negatable=True)
     unfreeze_every: int | None = opt(None, "With --gradual-unfreeze: unfreeze a group every N steps (default: every epoch).")
-    save_every: int | None = opt(500, "Write a resumable checkpoint every N steps into OUT/checkpoints (0 = never).", panel=OUTPUT)
-    keep_last: int = opt(2, "Keep the last K checkpoints.", panel=OUTPUT)
-    resume: bool = opt(False, "Continue from the latest complete checkpoint in --out.", panel=OUTPUT)
-    resume_from: str | None = opt(None, "Continue from this checkpoint directory (OUT/checkpoints/step-NNNNNN).", panel=OUTPUT)
-    report_to: str = opt("none", "Also log the metrics to these trackers (comma-separated): tensorboard, mlflow, wandb, all or none; they write under OUT/logs.", panel=OUTPUT)
-    push_to_hub: str | None = opt(None, "Upload the finished run directory (model, tokenizer, model card) to this Hugging Face Hub repo (user/name).", panel=OUTPUT)
-    hub_private: bool = opt(False, "With --push-to-hub: create the repo private.", panel=OUTPUT)
+    save_every: int | None = opt(500, "Write a resumable checkpoint every N steps into OUT/checkpoints (0 = never).",
+                                 panel=OUTPUT, resume_safe=True, recipe="ignored")
+    keep_last: int = opt(2, "Keep the last K checkpoints.", panel=OUTPUT, resume_safe=True, recipe="ignored")
+    resume: bool = opt(False, "Continue from the latest complete checkpoint in --out.", panel=OUTPUT,
+                       **INVOCATION)
+    resume_from: str | None = opt(None, "Continue from this checkpoint directory (OUT/checkpoints/step-NNNNNN).",
+                                  panel=OUTPUT, **INVOCATION)
+    report_to: str = opt("none", "Also log the metrics to these trackers (comma-separated): tensorboard, mlflow, "
+                         "wandb, all or none; they write under OUT/logs.",
+                         panel=OUTPUT, resume_safe=True, reproduced=False)
+    push_to_hub: str | None = opt(None, "Upload the finished run directory (model, tokenizer, model card) to this "
+                                  "Hugging Face Hub repo (user/name).",
+                                  panel=OUTPUT, resume_safe=True, reproduced=False)
+    hub_private: bool = opt(False, "With --push-to-hub: create the repo private.", panel=OUTPUT,
+                             resume_safe=True, reproduced=False)
     lora: bool = opt(False, "Train LoRA adapters (peft) instead of all weights; the classifier head stays fully trainable. Needs `pip install nlptl[lora]`.", panel=LORA)
     lora_r: int = opt(8, "LoRA rank.", panel=LORA)
     lora_alpha: float = opt(16.0, "LoRA scaling numerator (the update is scaled by alpha / r).", panel=LORA)
@@ -172,21 +216,28 @@ class LMConfig(TrainConfig):
 
     corpus: str | None = opt(None, "Corpus name (see `nlptl corpora`), hf:NAME[:CONFIG][@SPLIT], or a .txt/.csv/.jsonl/.parquet file, directory or glob; a mixture as NAME:SHARE,NAME:SHARE.", panel=DATA)
     text_column: str = opt("text", "Text column of .csv/.jsonl/.parquet and hf: corpora.", panel=DATA)
-    streaming: bool = opt(False, "Read the corpus as training goes (nothing tokenized ahead or cached; needs --max-steps); the first --max-eval-blocks blocks are held out.", panel=DATA)
-    num_proc: int | None = opt(None, "Processes that tokenize a corpus not yet in the cache (default: the usable cores).", panel=DATA)
+    streaming: bool = opt(False, "Read the corpus as training goes (nothing tokenized ahead or cached; needs "
+                          "--max-steps); the first --max-eval-blocks blocks are held out.",
+                          panel=DATA, read_by=LM_OBJECTIVES)
+    num_proc: int | None = opt(None, "Processes that tokenize a corpus not yet in the cache (default: the usable "
+                               "cores).", panel=DATA, resume_safe=True, read_by=LM_OBJECTIVES)
     objective: str = opt("auto", "auto (MLM for encoders, CLM for decoders), mlm or clm.", choices=OBJECTIVES)
     block_size: int = opt(128, "Tokens per packed training block.", panel=DATA)
-    validation_percentage: float = opt(5.0, "Percentage of the packed blocks held out (fixed, seeded) for perplexity.", panel=DATA)
-    max_eval_blocks: int = opt(2000, "At most this many held-out blocks are scored.", panel=DATA)
-    mlm_probability: float = opt(0.15, "Fraction of tokens (or words) masked for the MLM objective.")
-    whole_word_mask: bool = opt(False, "MLM: mask whole words (all their tokens), for any fast tokenizer.", negatable=True)
+    validation_percentage: float = opt(5.0, "Percentage of the packed blocks held out (fixed, seeded) for perplexity.",
+                                       panel=DATA, read_by=LM_OBJECTIVES)
+    max_eval_blocks: int = opt(2000, "At most this many held-out blocks are scored.", panel=DATA,
+                              read_by=LM_OBJECTIVES)
+    mlm_probability: float = opt(0.15, "Fraction of tokens (or words) masked for the MLM objective.",
+                                 read_by=("mlm",))
+    whole_word_mask: bool = opt(False, "MLM: mask whole words (all their tokens), for any fast tokenizer.",
+                                negatable=True, read_by=("mlm",))
     train_file: str | None = opt(None, "With --corpus task:NAME: the task's training file whose texts are the corpus.", panel=DATA)
     lr: float | str = again(TrainConfig, "lr", 1e-4)
     warmup_ratio: float = again(TrainConfig, "warmup_ratio", 0.05)
     head_warmup: float = opt(0.2, "When the checkpoint has no LM head (a bare encoder such as all-MiniLM-L6-v2) and one is "
                              "added: the share of the steps in which only the new head trains, the body frozen, "
                              "before the body joins (ULMFiT's gradual unfreezing at the hand-off; docs/results.md, "
-                             "composing stages); 0 = off.")
+                             "composing stages); 0 = off.", read_by=LM_OBJECTIVES)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -242,7 +293,8 @@ class AdaptConfig(LMConfig):
                                  "contrastive (SetFit's body rate, the one docs/results.md measured). Or auto (MLM, "
                                  "CLM): a learning-rate range test on the training data picks it (fastai's lr_find; "
                                  "the curve and the choice are kept in the run directory).")
-    lr_find_steps: int = opt(100, "--lr auto: steps of the learning-rate range test.")
+    lr_find_steps: int = opt(100, "--lr auto: steps of the learning-rate range test.", flag=False,
+                             read_by=LM_OBJECTIVES)
     LR_AUTO = True
     LR_UNSET = True  # the objective chooses: with_default_lr
 
@@ -257,23 +309,25 @@ class AdaptConfig(LMConfig):
                             "the adaptation: a logistic regression on the frozen, pooled features is scored on it "
                             "before training and at each evaluation, the checkpoint kept is the best by probe, and "
                             "the run warns if it ends below its start. Default: the task's --train with --corpus "
-                            "task:NAME (MLM and CLM).", panel=DATA)
+                            "task:NAME (MLM and CLM).", panel=DATA, read_by=LM_OBJECTIVES)
     objective: str = opt("auto", "auto (MLM for encoders, CLM for decoders), mlm, clm, or contrastive (SetFit-style: "
                          "sentence pairs from the labels of --corpus task:NAME --train FILE; same label = similar).",
                          choices=ADAPT_OBJECTIVES)
-    label_column: str = opt("label", "--objective contrastive: the label column of --train; --probe: that of the probe file.",
-                            panel=DATA)
+    # read_by: --probe reads it too, but the card names it only where the labels train the body.
+    label_column: str = opt("label", "--objective contrastive: the label column of --train; --probe: that of the "
+                            "probe file.", panel=DATA, read_by=("contrastive",))
     pairs_per_example: int = opt(20, "--objective contrastive: sentence pairs drawn per labelled example, "
                                  "alternately positive (same label) and negative, so an odd count gives one more "
                                  "positive (SetFit 0.x: num_iterations 10 = 20 pairs).",
-                                 panel=CONTRASTIVE)
+                                 panel=CONTRASTIVE, read_by=("contrastive",))
     pair_loss: str = opt("cosine", "--objective contrastive: cosine (SetFit's CosineSimilarityLoss: MSE between the "
                          "cosine of the pair and 1/0) or contrastive (Hadsell et al., margin 0.5 on the cosine "
-                         "distance).", choices=PAIR_LOSSES, panel=CONTRASTIVE)
+                         "distance).", choices=PAIR_LOSSES, panel=CONTRASTIVE,
+                         read_by=("contrastive",))
     pooling: str = opt("auto", "--objective contrastive: how a sentence is pooled: cls, mean, last; auto = what the "
                        "checkpoint says (sentence-transformers' 1_Pooling), else mean for encoders, last for decoders. "
                        "Recorded in the output, so finetune pools the same way.", choices=POOLINGS,
-                       panel=CONTRASTIVE)
+                       panel=CONTRASTIVE, read_by=("contrastive",))
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -310,7 +364,8 @@ class PreprocessConfig:
     block_size: int = again(LMConfig, "block_size", 128)
     objective: str = again(LMConfig, "objective", "auto")
     whole_word_mask: bool = again(LMConfig, "whole_word_mask", False)
-    num_proc: int | None = opt(None, "Processes that tokenize (default: the usable cores).", panel=DATA)
+    num_proc: int | None = opt(None, "Processes that tokenize (default: the usable cores).", panel=DATA,
+                               resume_safe=True)
 
     def __post_init__(self) -> None:
         positive(self, "block_size")
@@ -349,7 +404,7 @@ class FinetuneConfig(TrainConfig):
                                  "body and 1e-2 for the head, which keeps what the pairs taught (docs/results.md, few "
                                  "labels). auto: a learning-rate range test on the training data picks it (fastai's "
                                  "lr_find; the curve and the choice are kept in the run directory).")
-    lr_find_steps: int = opt(100, "--lr auto: steps of the learning-rate range test.")
+    lr_find_steps: int = opt(100, "--lr auto: steps of the learning-rate range test.", flag=False)
     LR_AUTO = True
     LR_UNSET = True
     eval_fraction: float = opt(0.1, "Without --eval: fraction of the training data held out for model selection.", panel=DATA)
@@ -455,7 +510,7 @@ class PredictConfig:
     """`nlptl predict`: labels with scores for texts."""
 
     model: str | None = opt(None, "Classifier run dir or checkpoint (default: latest finetune run).")
-    texts: list[str] = many("Texts to classify.")
+    texts: list[str] = many("Texts to classify.", flag=False)  # the command's TEXTS arguments
     input: str | None = opt(None, "File of texts, one per line (a blank line is answered as blank, not classified), or - for standard input.", short="-i")
     batch_size: int = opt(32, "Texts per batch.")
     max_length: int | None = opt(None, "Truncate texts to this many tokens (default: the length the classifier was trained with).")
@@ -474,7 +529,8 @@ class PredictConfig:
 class ServeConfig:
     """`nlptl serve`: a classifier behind an HTTP API (POST /predict, GET /health, GET /info)."""
 
-    model: str = opt("", "Classifier to serve: a finetune run, a checkpoint or an `nlptl export` directory.")
+    model: str = opt("", "Classifier to serve: a finetune run, a checkpoint or an `nlptl export` directory.",
+                     flag=False)
     backend: str = again(PredictConfig, "backend", "auto")
     int8: bool = again(PredictConfig, "int8", False)
     host: str = opt("127.0.0.1", "Address to listen on (0.0.0.0: every interface; put a proxy with TLS and auth in front).", panel=SERVER)
@@ -511,8 +567,8 @@ class ServeConfig:
 class ExportConfig:
     """`nlptl export`: a classifier as an ONNX model, checked against torch, optionally int8."""
 
-    model: str = opt("", "Classifier run dir or checkpoint to export.")
-    out: str = opt("", "Directory to write the export to.", panel=OUTPUT, short="-o")
+    model: str = opt("", "Classifier run dir or checkpoint to export.", flag=False)
+    out: str = opt("", "Directory to write the export to.", panel=OUTPUT, short="-o", locates_run=True)
     format: str = opt("onnx", "Export format.", choices=("onnx",))
     quantize: str | None = opt(None, "Also write a dynamically quantized model (int8 weights), which predict and "
                                "serve run with --int8; its accuracy change on --data is reported.", choices=("int8",))
@@ -522,7 +578,7 @@ class ExportConfig:
     text_column: str = again(EvaluateConfig, "text_column", "text")
     label_column: str = again(EvaluateConfig, "label_column", "label")
     max_length: int | None = again(PredictConfig, "max_length", None)
-    overwrite: bool = opt(False, "Replace an --out directory that holds an export.", panel=OUTPUT)
+    overwrite: bool = opt(False, "Replace an --out directory that holds an export.", panel=OUTPUT, **INVOCATION)
 
     def __post_init__(self) -> None:
         at_least_two(self, "max_length")
@@ -539,9 +595,10 @@ class ExportConfig:
 class MergeConfig:
     """`nlptl merge`: a run trained with --lora (without --merge) as one plain checkpoint."""
 
-    model: str = opt("", "A run trained with --lora whose adapter is not merged.")
-    out: str = opt("", "Directory to write the merged run to.", panel=OUTPUT, short="-o")
-    overwrite: bool = opt(False, "Replace an --out directory that holds a merged run.", panel=OUTPUT)
+    model: str = opt("", "A run trained with --lora whose adapter is not merged.", flag=False)
+    out: str = opt("", "Directory to write the merged run to.", panel=OUTPUT, short="-o", locates_run=True)
+    overwrite: bool = opt(False, "Replace an --out directory that holds a merged run.", panel=OUTPUT,
+                          **INVOCATION)
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -583,36 +640,40 @@ STAGE_CONFIGS: dict[str, type] = {
     "merge": MergeConfig,
 }
 
-# The flags of each command, in --help order: these fields are on the command line, the others are set
-# with --config FILE or --set key=value. Name, type, default and help come from the fields themselves.
-TRAINING_FLAGS = ("max_steps", "epochs", "batch_size", "grad_accum", "lr", "warmup_ratio", "weight_decay", "seed",
-                  "eval_every", "patience", "min_delta", "precision", "compile", "schedule", "cut_frac", "stlr_ratio", "max_grad_norm",
-                  "discriminative_lr", "gradual_unfreeze", "unfreeze_every", "log_every", "save_every", "keep_last",
-                  "resume", "resume_from")
-LORA_FLAGS = ("lora", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "merge")
-OUTPUT_FLAGS = ("overwrite", "report_to", "push_to_hub", "hub_private")
-COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
-    "pretrain": ("arch", "size", "corpus", "from_model", "out", "vocab_size", "objective", "block_size",
-                 "validation_percentage", "max_eval_blocks", "text_column", "train_file", "mlm_probability",
-                 "whole_word_mask", "streaming", "num_proc", "head_warmup", *TRAINING_FLAGS, *LORA_FLAGS, *OUTPUT_FLAGS),
-    "adapt": ("corpus", "from_model", "out", "objective", "block_size", "validation_percentage", "max_eval_blocks",
-              "mlm_probability",
-              "whole_word_mask", "text_column", "train_file", "streaming", "num_proc", "label_column", "pairs_per_example",
-              "pair_loss", "pooling", "probe", "head_warmup", *TRAINING_FLAGS, *LORA_FLAGS, *OUTPUT_FLAGS),
-    "preprocess": ("from_model", "corpus", "block_size", "num_proc", "text_column", "train_file", "objective",
-                   "whole_word_mask"),
-    "finetune": ("task", "from_model", "train_file", "eval_file", "eval_fraction", "text_column", "label_column",
-                 "label_separator", "numeric_classes", "max_length", "long_docs", "window", "stride", "doc_pooling",
-                 "threshold", "tune_threshold", "class_weights",
-                 "pooling", "min_steps", "head_lr", "n_labels", "seeds", "compare", "out", *TRAINING_FLAGS, *LORA_FLAGS, *OUTPUT_FLAGS),
-    "evaluate": ("data", "model", "text_column", "label_column", "batch_size", "max_length", "block_size",
-                 "mlm_probability", "seed"),
-    "predict": ("model", "input", "batch_size", "max_length", "backend", "int8"),
-    "serve": ("backend", "int8", "host", "port", "workers", "max_batch_size", "max_wait_ms", "max_batch_tokens",
-              "max_request_bytes", "max_texts", "max_length", "threads", "drain_seconds", "info_paths"),
-    "export": ("out", "format", "quantize", "data", "text_column", "label_column", "max_length", "overwrite"),
-    "merge": ("out", "overwrite"),
-}
+
+
+def command_flags(cls: type) -> tuple[str, ...]:
+    """The flags of a command (its config's fields declared `flag`), in --help order: the options its
+    own config class declares first, then those of the classes it builds on (finetune's --task before
+    the training options every stage shares). The other fields are set with --config FILE or --set."""
+    order: dict[str, None] = {}
+    for klass in cls.__mro__:
+        order.update(dict.fromkeys(vars(klass).get("__annotations__", {})))
+    fields = cls.__dataclass_fields__
+    return tuple(key for key in order if key in fields and fields[key].metadata.get("flag"))
+
+
+COMMAND_FLAGS: dict[str, tuple[str, ...]] = {stage: command_flags(cls) for stage, cls in STAGE_CONFIGS.items()}
+
+
+def option_keys(rule: str, *values: Any, configs: dict[str, type] | None = None) -> tuple[str, ...]:
+    """The config keys of every command whose `rule` (RULES) has one of `values` (default: True), in
+    the order they are declared: option_keys("resume_safe"), option_keys("reproduced", False)."""
+    values = values or (True,)
+    keys: dict[str, None] = {}
+    for cls in (configs or STAGE_CONFIGS).values():
+        keys.update((f.name, None) for f in dataclasses.fields(cls) if f.metadata.get(rule, RULES[rule]) in values)
+    return tuple(keys)
+
+
+def not_read_by(objective: str, configs: dict[str, type] | None = None) -> tuple[str, ...]:
+    """The config keys `objective` does not read: those whose `read_by` names only other objectives."""
+    keys: dict[str, None] = {}
+    for cls in (configs or STAGE_CONFIGS).values():
+        keys.update((f.name, None) for f in dataclasses.fields(cls)
+                    if f.metadata.get("read_by") is not None and objective not in f.metadata["read_by"])
+    return tuple(keys)
+
 
 # Keys given as a command's positional argument (`nlptl serve MODEL`), not as a flag; messages name them
 # by the argument's name.
@@ -636,13 +697,14 @@ class Flag:
 
 def flags(stage: str) -> dict[str, Flag]:
     """The flags of `nlptl STAGE`, by field name, in --help order."""
-    fields = STAGE_CONFIGS[stage].__dataclass_fields__
+    cls = STAGE_CONFIGS[stage]
+    fields = cls.__dataclass_fields__
     out = {}
     for key in COMMAND_FLAGS[stage]:
         meta, name = fields[key].metadata, flag_name(key)
-        kind = str(fields[key].type).split(" ")[0].split("[")[0]
-        if "| str" in str(fields[key].type):
-            kind = "str"  # a number or a word (--lr auto): the config converts it
+        kinds, _ = annotation(cls, key)
+        # A number or a word (--lr auto) is taken as a word: the config converts it.
+        kind = "str" if str in kinds[1:] else "list" if typing.get_origin(kinds[0]) is list else kinds[0].__name__
         default = fields[key].default
         if default is dataclasses.MISSING:
             default = None
@@ -774,13 +836,27 @@ def runs_root() -> Path:
 # --------------------------------------------------------------------------- resolution
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)  # the annotations are strings (`from __future__ import annotations`)
+
+
+def annotation(cls: type, key: str) -> tuple[tuple[Any, ...], bool]:
+    """The types a field's annotation allows, None left out, and whether it allows None:
+    ((float, str), True) for `float | str | None`."""
+    hint = _hints(cls)[key]
+    kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    return tuple(k for k in kinds if k is not type(None)), type(None) in kinds
+
+
 def _coerce(cls: type, key: str, value: Any) -> Any:
-    """Convert a YAML/--set value to the field's declared type (annotations are strings here)."""
-    kind = str(cls.__dataclass_fields__[key].type)
-    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and "None" in kind):
+    """Convert a YAML/--set value to the field's declared type."""
+    kinds, optional = annotation(cls, key)
+    kind = kinds[0]
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and optional):
         return None
     try:
-        if kind.startswith("bool"):
+        if kind is bool:
             if isinstance(value, str):
                 if value.lower() in ("true", "1", "yes", "on"):
                     return True
@@ -788,19 +864,18 @@ def _coerce(cls: type, key: str, value: Any) -> Any:
                     return False
                 raise ValueError(value)
             return bool(value)
-        if kind.startswith("int"):
+        if kind is int:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
             return int(value)
-        if kind.startswith("float | str"):
-            return value if isinstance(value, str) else float(value)
-        if kind.startswith("float"):
-            return float(value)
-        if kind.startswith("list"):
+        if kind is float:
+            # --lr: a number, or a word (auto) that the config checks
+            return value if isinstance(value, str) and str in kinds else float(value)
+        if typing.get_origin(kind) is list:
             return list(value) if isinstance(value, list | tuple) else [value]
         return str(value)
     except (TypeError, ValueError):
-        raise UsageError(f"{flag_name(key)}: '{value}' is not a valid {kind.split(' ')[0]}") from None
+        raise UsageError(f"{flag_name(key)}: '{value}' is not a valid {kind.__name__}") from None
 
 
 def _check_keys(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
