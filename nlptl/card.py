@@ -10,17 +10,16 @@ import json
 import shlex
 from pathlib import Path
 
+from nlptl.config import ADAPT_OBJECTIVES, not_read_by, option_keys
+
 CARD_FILE = "README.md"
 PIPELINE = {"clm": "text-generation", "mlm": "fill-mask"}
-# Keys that change nothing in the model: not part of the command that rebuilds it.
-NOT_REPRODUCED = ("overwrite", "resume", "resume_from", "report_to", "push_to_hub", "hub_private")
-# Options an objective does not read (the card's hyperparameters name only what the run used).
-UNUSED = {
-    "contrastive": ("mlm_probability", "whole_word_mask", "validation_percentage", "max_eval_blocks", "streaming",
-                    "num_proc", "lr_find_steps", "probe", "head_warmup"),
-    "mlm": ("label_column", "pairs_per_example", "pair_loss", "pooling"),
-    "clm": ("label_column", "pairs_per_example", "pair_loss", "pooling", "mlm_probability", "whole_word_mask"),
-}
+# Keys that change nothing in the model: not part of the command that rebuilds it (reproduced=False on
+# the config field).
+NOT_REPRODUCED = option_keys("reproduced", False)
+# Options an objective does not read (the card's hyperparameters name only what the run used): the
+# fields whose read_by names other objectives.
+UNUSED = {objective: not_read_by(objective) for objective in ADAPT_OBJECTIVES if objective != "auto"}
 
 
 def is_hub_id(value: str | None) -> bool:

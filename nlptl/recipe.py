@@ -33,16 +33,27 @@ from pathlib import Path
 from typing import Any
 
 from nlptl.checkpoint import checkpoints_dir, read_record
-from nlptl.config import ALIASES, STAGE_CONFIGS, load_yaml, parse_sets, resolve, runs_root, to_dict
+from nlptl.config import (
+    ALIASES,
+    STAGE_CONFIGS,
+    load_yaml,
+    option_keys,
+    parse_sets,
+    resolve,
+    runs_root,
+    to_dict,
+)
 from nlptl.errors import UsageError, did_you_mean
 
 KINDS = ("pretrain", "adapt", "finetune", "evaluate")
 TRAINING = ("pretrain", "adapt", "finetune")
 TOP_KEYS = ("out", "defaults", "stages")
-# nlptl run decides these itself (replace a changed stage, resume an interrupted one).
-MANAGED = ("overwrite", "resume", "resume_from")
-# Keys that do not change what a stage makes: a change in them alone does not rerun the stage.
-IGNORED = (*MANAGED, "log_every", "save_every", "keep_last")
+# nlptl run decides these itself (replace a changed stage, resume an interrupted one): recipe="managed" on
+# the config field.
+MANAGED = option_keys("recipe", "managed")
+# Keys that do not change what a stage makes: a change in them alone does not rerun the stage
+# (recipe="ignored", and the managed ones).
+IGNORED = option_keys("recipe", "managed", "ignored")
 STATE_FILE = ".nlptl-recipe.json"  # under the root: the config each stage was started with (for resume)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 

@@ -2,12 +2,25 @@
 a model card leaves out) as the commands apply them: pinned, so that declaring the rules on the
 config fields (nlptl/config.py `opt`) keeps every derived set as it was."""
 
+import dataclasses
+from dataclasses import dataclass
+
 import typer.main
 
 from nlptl.card import NOT_REPRODUCED, UNUSED
 from nlptl.checkpoint import _NOT_COMPARED, RESUME_SAFE
 from nlptl.cli import app
-from nlptl.config import COMMAND_FLAGS, flags
+from nlptl.config import (
+    COMMAND_FLAGS,
+    STAGE_CONFIGS,
+    AdaptConfig,
+    annotation,
+    command_flags,
+    flags,
+    not_read_by,
+    opt,
+    option_keys,
+)
 from nlptl.recipe import IGNORED, MANAGED
 
 # The options of each command as its --help lists them (sorted; ",": aliases, "/": the negative form).
@@ -145,3 +158,44 @@ def test_resume_recipe_and_card_sets_are_the_ones_they_were():
     assert set(IGNORED) == IGNORED_KEYS
     assert set(NOT_REPRODUCED) == NOT_REPRODUCED_KEYS
     assert {k: tuple(sorted(v)) for k, v in UNUSED.items()} == UNUSED_KEYS
+
+
+def test_the_lists_are_derived_from_the_fields():
+    assert COMMAND_FLAGS == {stage: command_flags(cls) for stage, cls in STAGE_CONFIGS.items()}
+    assert RESUME_SAFE == frozenset(option_keys("resume_safe"))
+    assert _NOT_COMPARED == frozenset(option_keys("locates_run"))
+    assert MANAGED == option_keys("recipe", "managed")
+    assert IGNORED == option_keys("recipe", "managed", "ignored")
+    assert NOT_REPRODUCED == option_keys("reproduced", False)
+    assert UNUSED == {objective: not_read_by(objective) for objective in ("contrastive", "mlm", "clm")}
+
+
+def test_a_new_field_reaches_every_derived_list_without_editing_one():
+    @dataclass
+    class Wider(AdaptConfig):
+        max_minutes: float | None = opt(None, "Stop after this many minutes.", resume_safe=True, recipe="ignored",
+                                        reproduced=False, read_by=("mlm",))
+        hidden: int = opt(1, "A key set with --config or --set only.", flag=False)
+
+    configs = {**STAGE_CONFIGS, "adapt": Wider}
+    assert "max_minutes" in command_flags(Wider) and "hidden" not in command_flags(Wider)
+    assert command_flags(Wider)[0] == "max_minutes"  # a command's own options come first in --help
+    assert "max_minutes" in option_keys("resume_safe", configs=configs)
+    assert "max_minutes" in option_keys("recipe", "ignored", configs=configs)
+    assert "max_minutes" not in option_keys("recipe", "managed", configs=configs)
+    assert "max_minutes" in option_keys("reproduced", False, configs=configs)
+    assert "max_minutes" not in option_keys("locates_run", configs=configs)
+    assert "max_minutes" in not_read_by("clm", configs) and "max_minutes" in not_read_by("contrastive", configs)
+    assert "max_minutes" not in not_read_by("mlm", configs)
+    for rule in ("resume_safe", "locates_run"):
+        assert "hidden" not in option_keys(rule, configs=configs)
+    assert annotation(Wider, "max_minutes") == ((float,), True)  # the type, resolved, not parsed from a string
+
+
+def test_a_key_shared_by_commands_has_one_rule():
+    """The derived lists hold key names: a key must not be resume-safe for one command and not another."""
+    seen: dict[str, tuple] = {}
+    for cls in STAGE_CONFIGS.values():
+        for f in dataclasses.fields(cls):
+            rules = tuple(f.metadata[r] for r in ("resume_safe", "locates_run", "reproduced", "recipe"))
+            assert seen.setdefault(f.name, rules) == rules, f"{cls.__name__}.{f.name}"
