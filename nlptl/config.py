@@ -1,8 +1,9 @@
 """Typed configs for every stage, and how they are resolved.
 
 Precedence: dataclass defaults < `--config FILE.yaml` < explicit flags < `--set key=value`.
-Each field's help text is plain data in its metadata (read by the CLI without parsing any source),
-and `__post_init__` checks values with messages that name the flag the user typed.
+Each field's help text and rules (is it a flag, may it change on resume, ...: RULES) are plain data in
+its metadata (read by the CLI without parsing any source), and `__post_init__` checks values with
+messages that name the flag the user typed.
 
 This module must stay light: the CLI imports it before any heavy library.
 """
@@ -645,12 +646,18 @@ STAGE_CONFIGS: dict[str, type] = {
 def command_flags(cls: type) -> tuple[str, ...]:
     """The flags of a command (its config's fields declared `flag`), in --help order: the options its
     own config class declares first, then those of the classes it builds on (finetune's --task before
-    the training options every stage shares). The other fields are set with --config FILE or --set."""
+    the training options every stage shares); a field given only another default (`again`) keeps its
+    place. The other fields are set with --config FILE or --set."""
+    classes = [k for k in cls.__mro__ if dataclasses.is_dataclass(k)]
     order: dict[str, None] = {}
-    for klass in cls.__mro__:
-        order.update(dict.fromkeys(vars(klass).get("__annotations__", {})))
+    for i, klass in enumerate(classes):
+        for key in vars(klass).get("__annotations__", {}):
+            meta = klass.__dataclass_fields__[key].metadata
+            if not any(key in vars(base).get("__annotations__", {}) and base.__dataclass_fields__[key].metadata == meta
+                       for base in classes[i + 1:]):
+                order.setdefault(key)
     fields = cls.__dataclass_fields__
-    return tuple(key for key in order if key in fields and fields[key].metadata.get("flag"))
+    return tuple(key for key in order if fields[key].metadata.get("flag"))
 
 
 COMMAND_FLAGS: dict[str, tuple[str, ...]] = {stage: command_flags(cls) for stage, cls in STAGE_CONFIGS.items()}

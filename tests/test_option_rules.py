@@ -179,7 +179,9 @@ def test_a_new_field_reaches_every_derived_list_without_editing_one():
 
     configs = {**STAGE_CONFIGS, "adapt": Wider}
     assert "max_minutes" in command_flags(Wider) and "hidden" not in command_flags(Wider)
-    assert command_flags(Wider)[0] == "max_minutes"  # a command's own options come first in --help
+    # --help lists a command's own options first; a field given only another default keeps its place.
+    assert command_flags(Wider)[0] == "max_minutes"
+    assert COMMAND_FLAGS["pretrain"].index("out") < COMMAND_FLAGS["pretrain"].index("lr")
     assert "max_minutes" in option_keys("resume_safe", configs=configs)
     assert "max_minutes" in option_keys("recipe", "ignored", configs=configs)
     assert "max_minutes" not in option_keys("recipe", "managed", configs=configs)
