@@ -75,21 +75,31 @@ def origin(ref) -> Choice:
     recorded = of(ref).get("origin")
     lineage = ref.lineage
     if lineage.get("objective") == "contrastive":
+        # A contrastive run on a body pretrained from scratch is still a scratch body: SetFit's slow body
+        # and fast head leave its classifier at chance (a tiny GPT: -6 to -18 points against finetuning it
+        # directly), where the scratch rate matches direct finetuning (docs/results.md, "Composing stages").
+        if of(ref).get("body", SCRATCH if _scratch_root(lineage) else PRETRAINED) == SCRATCH:
+            return Choice("origin", SCRATCH, f"{ref.spec} is a contrastive adapt run on a body pretrained from scratch")
         return Choice("origin", CONTRASTIVE, f"{ref.spec} is a contrastive adapt run")
     if recorded in (SCRATCH, PRETRAINED):
         return Choice("origin", recorded, f"recorded by the {lineage.get('stage', 'nlptl')} run {ref.spec}")
-    # Runs written before the hand-off record: the root of the lineage says.
-    root = lineage
-    while isinstance(root.get("parent"), dict):
-        root = root["parent"]
-    if root.get("stage") == "pretrain" and root.get("source") == "scratch":
+    if _scratch_root(lineage):  # runs written before the hand-off record
         return Choice("origin", SCRATCH, f"{ref.spec}'s lineage starts with a pretrain from scratch")
     return Choice("origin", PRETRAINED, f"{ref.spec} is a pretrained checkpoint")
 
 
+def _scratch_root(lineage: dict) -> bool:
+    """Whether the lineage starts with a pretrain from random weights."""
+    root = lineage
+    while isinstance(root.get("parent"), dict):
+        root = root["parent"]
+    return root.get("stage") == "pretrain" and root.get("source") == "scratch"
+
+
 def lm_origin(ref) -> str:
-    """The origin a language-modelling stage hands on from `ref`: a contrastive encoder continued with MLM
-    or CLM is a pretrained body again (its pair geometry is not what it keeps)."""
+    """The origin a language-modelling stage hands on from `ref` (and the body a contrastive stage records):
+    a contrastive encoder continued with MLM or CLM is a pretrained body again (its pair geometry is not
+    what it keeps); one trained from scratch stays scratch."""
     where = origin(ref).value
     return PRETRAINED if where == CONTRASTIVE else where
 
@@ -148,11 +158,14 @@ def capped_auto_rate(found: float, ref) -> tuple[float, Choice]:
     return found, Choice("lr", found, "--lr auto: the learning-rate range test (lr_find.json)")
 
 
-def record(*, pooling: Choice | str | None, origin_of: str, objective: str | None, config) -> dict:
-    """The `handoff` entry a stage writes into its lineage for the stages after it."""
+def record(*, pooling: Choice | str | None, origin_of: str, objective: str | None, config,
+           body: str | None = None) -> dict:
+    """The `handoff` entry a stage writes into its lineage for the stages after it; `body`: a contrastive
+    run's, where its body came from (scratch or pretrained), which decides finetune's rates after it."""
     from nlptl.models import positions_of
 
-    out: dict = {"origin": origin_of, "objective": objective, "max_positions": positions_of(config)}
+    out: dict = {"origin": origin_of, "objective": objective, "max_positions": positions_of(config),
+                 **({"body": body} if body else {})}
     if isinstance(pooling, Choice):
         out["pooling"] = {"value": pooling.value, "why": pooling.why}
     elif pooling:

@@ -183,6 +183,25 @@ def test_default_rate_follows_the_origin(scratch_gpt, checkpoints, corpus_file, 
     assert "scratch" in record_of(tmp_path / "a")["lineage"]["choices"]["lr"]["why"]
 
 
+def test_a_contrastive_run_on_a_scratch_body_finetunes_at_the_scratch_rate(scratch_gpt, task_files, tmp_path):
+    """Was: after a contrastive adapt run, finetune took SetFit's rates (body 1e-5, head 1e-2) whatever the
+    body; on a GPT pretrained from scratch the classifier stayed at chance (-6 to -18 points against
+    finetuning directly, docs/results.md). The contrastive run hands on its body's origin, and finetune
+    reads it."""
+    from nlptl.stages import adapt, finetune
+
+    adapt.run(adapt_cfg(from_model=str(scratch_gpt), objective="contrastive", corpus="task:classification",
+                        train_file=str(task_files["train"]), out=str(tmp_path / "c"), max_steps=2, batch_size=8,
+                        pairs_per_example=2, lr=None))
+    handed = record_of(tmp_path / "c")["lineage"]["handoff"]
+    assert handed["origin"] == "contrastive" and handed["body"] == "scratch"
+    result = finetune.run(finetune_cfg(from_model=str(tmp_path / "c"), out=str(tmp_path / "ft"), lr=None,
+                                       train_file=str(task_files["train"]), eval_file=str(task_files["eval"])))
+    assert result["lr"] == 1e-3 and "head_lr" not in result
+    why = record_of(tmp_path / "ft")["lineage"]["choices"]["lr"]["why"]
+    assert "contrastive" in why and "from scratch" in why
+
+
 def test_lr_auto_is_capped_for_a_pretrained_body(checkpoints, task_files, tmp_path, monkeypatch):
     """Was: the range test's 3.5e-3 taken as it is, which collapses all-MiniLM-L6-v2 to one class."""
     from nlptl import evaluation, lr_find

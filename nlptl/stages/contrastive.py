@@ -210,7 +210,7 @@ def contrastive_stage(cfg: AdaptConfig, ref, *, accelerator, out, lineage: dict)
                    pooling=pooling, steps=result.steps, tokens_seen=result.train_tokens,
                    choices=choices,
                    handoff=handoff.record(pooling=pooling, origin_of=handoff.CONTRASTIVE, objective="contrastive",
-                                          config=config))
+                                          config=config, body=handoff.lm_origin(ref)))
 
     def write(w) -> dict:
         w.save_model(model.encoder, tokenizer)
