@@ -98,24 +98,18 @@ def _fmt(v) -> str:
 CARD_METRICS = [("accuracy", "accuracy", None), ("f1_macro", "f1", "macro"), ("f1_micro", "f1", "micro"),
                 ("subset_accuracy", "accuracy", "subset"), ("rmse", "rmse", None), ("mae", "mae", None),
                 ("pearson", "pearsonr", None), ("spearman", "spearmanr", None)]
-SHAPE_SCORES = {"multi_label_classification": "micro/macro-F1 and subset accuracy (at the threshold below)",
-                "regression": "RMSE, MAE, Pearson and Spearman correlation"}
-
-
 def usage(lineage: dict, name: str, remote: bool) -> list[str]:
     """How to call a finetune run with transformers, for its task shape."""
-    problem = lineage.get("problem_type")
-    args = [f'model="{name}"'] + (["trust_remote_code=True"] if remote else [])
-    if problem == "regression":
-        args.append('function_to_apply="none"')  # else the pipeline squashes the number with a sigmoid
-    elif problem == "multi_label_classification":
-        args.append("top_k=None")
+    from nlptl.shapes import of_problem
+
+    shape = of_problem(lineage.get("problem_type"))
+    args = [f'model="{name}"'] + (["trust_remote_code=True"] if remote else []) + list(shape.pipeline_args)
     lines = ["```python", "from transformers import pipeline", "", f'clf = pipeline("text-classification", {", ".join(args)})']
     if lineage.get("text_pair"):
         lines.append('clf({"text": "A man is sleeping.", "text_pair": "Somebody rests."})')
     else:
         lines.append('clf("A text to classify")')
-    if problem == "multi_label_classification":
+    if shape.threshold:
         lines.append(f"# labels: every score >= {lineage.get('threshold', 0.5)} (the threshold nlptl chose)")
     if lineage.get("window"):
         lines.append("# a long text goes in whole (no truncation): the model cuts it into windows itself")
@@ -246,7 +240,9 @@ def _body(record: dict, directory: Path, out: Path, objective, base, sources: li
 def scored_on(stage: str, objective, config: dict, metrics: dict, lineage: dict) -> list[str]:
     """What the card's metrics were measured on."""
     if stage == "finetune":
-        scores = SHAPE_SCORES.get(lineage.get("problem_type"), "accuracy and macro-F1")
+        from nlptl.shapes import of_problem
+
+        scores = of_problem(lineage.get("problem_type")).card_scores
         return [f"{scores[0].upper() + scores[1:]} on the evaluation data that selected the checkpoint (not a test set)."]
     if objective == "contrastive":
         return [f"pair_loss: the {config.get('pair_loss', 'cosine')} pair loss on pairs of the labelled examples drawn "

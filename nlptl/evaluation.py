@@ -106,57 +106,31 @@ def load_metric(name: str):
     return _metric_cache[name]
 
 
-# What each task shape selects its best checkpoint by, and in which direction.
-SELECT = {"single_label_classification": ("accuracy", "max"), "multi_label_classification": ("f1_micro", "max"),
-          "regression": ("rmse", "min")}
-METRICS = {"single_label_classification": ("accuracy", "f1"), "multi_label_classification": ("multilabel",),
-           "regression": ("regression",)}
-
-
 def classification_metrics(logits, labels, problem: str = "single_label_classification", threshold: float = 0.5,
                            per_label: bool = False) -> dict:
-    """The scores of a classifier's logits against the labels, for its task shape. Single label: accuracy,
-    macro-F1, and the share of the most predicted class (near 1: the "predicts one class" trap);
-    multi-label: micro/macro-F1 and subset accuracy at `threshold` (and F1 per label with `per_label`);
-    regression: RMSE, MAE, Pearson, Spearman. Each with the loss."""
-    import torch
-    import torch.nn.functional as F
+    """The scores of a classifier's logits against the labels, for its task shape (transformers'
+    `problem_type`; shapes.py says which scores): each with the loss. `threshold`: a multi-label
+    decision threshold; `per_label`: also the F1 of each label."""
+    from nlptl.shapes import of_problem
 
-    if problem == "regression":
-        values = logits[:, 0].double()
-        scores = load_metric("regression").compute(predictions=values.tolist(), references=labels.double().tolist())
-        return {**{k: float(v) for k, v in scores.items()}, "loss": float(F.mse_loss(values, labels.double()).item())}
-    if problem == "multi_label_classification":
-        preds = (logits.sigmoid() >= threshold).to(torch.int8)
-        scores = load_metric("multilabel").compute(predictions=preds.tolist(), references=labels.to(torch.int8).tolist())
-        out = {k: float(scores[k]) for k in ("f1_micro", "f1_macro", "subset_accuracy")}
-        if per_label:
-            out["f1_per_label"] = [float(x) for x in scores["f1_per_label"]]
-        return {**out, "loss": float(F.binary_cross_entropy_with_logits(logits, labels.float()).item())}
-    preds = logits.argmax(-1)
-    return {
-        "accuracy": float(load_metric("accuracy").compute(predictions=preds, references=labels)["accuracy"]),
-        "f1_macro": float(load_metric("f1").compute(predictions=preds, references=labels, average="macro")["f1"]),
-        "loss": float(F.cross_entropy(logits, labels).item()),
-        "top_prediction_share": float(preds.bincount().max().item() / max(len(preds), 1)),
-    }
+    return of_problem(problem).scores(logits, labels, threshold, per_label)
 
 
 def per_class(logits, labels, problem: str, threshold: float, names: list[str]) -> dict:
     """Precision, recall, F1 and support of each class (of each label, multi-label: at `threshold`) and the
     confusion matrix, by scikit-learn, in the order of `names`. One label: rows are the true class,
-    columns the predicted one; multi-label: one [[TN, FP], [FN, TP]] per label. Nothing for regression."""
-    if problem not in ("single_label_classification", "multi_label_classification"):
+    columns the predicted one; multi-label: one [[TN, FP], [FN, TP]] per label. Nothing for a shape
+    without classes (regression)."""
+    from nlptl.shapes import of_problem
+
+    shape = of_problem(problem)
+    if not shape.classes:
         return {}
-    from sklearn.metrics import confusion_matrix, multilabel_confusion_matrix, precision_recall_fscore_support
+    from sklearn.metrics import precision_recall_fscore_support
 
     ids = list(range(len(names)))
-    if problem == "multi_label_classification":
-        truth, preds = labels.int().numpy(), (logits.sigmoid() >= threshold).int().numpy()
-        matrix = multilabel_confusion_matrix(truth, preds, labels=ids)
-    else:
-        truth, preds = labels.numpy(), logits.argmax(-1).numpy()
-        matrix = confusion_matrix(truth, preds, labels=ids)
+    truth, preds = labels.int().numpy(), shape.decide(logits, threshold).int().numpy()
+    matrix = shape.confusion(truth, preds, ids)
     # zero_division=0: a class absent from both truth and predictions scores 0, without a warning.
     precision, recall, f1, support = precision_recall_fscore_support(truth, preds, labels=ids, zero_division=0)
     rows = [{"label": name, "precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
@@ -167,7 +141,9 @@ def per_class(logits, labels, problem: str, threshold: float, names: list[str]) 
 def label_set_shares(logits, threshold: float) -> tuple[float, float]:
     """The share of texts for which a multi-label classifier predicts every label, and the share for
     which it predicts none: micro-F1 can look fine on either (a low threshold gives recall 1)."""
-    preds = logits.sigmoid() >= threshold
+    from nlptl.shapes import multilabel_decide
+
+    preds = multilabel_decide(logits, threshold)
     n = max(len(preds), 1)
     return float(preds.all(-1).sum().item() / n), float((~preds.any(-1)).sum().item() / n)
 
@@ -175,9 +151,11 @@ def label_set_shares(logits, threshold: float) -> tuple[float, float]:
 def tune_threshold(logits, labels) -> tuple[float, dict]:
     """The decision threshold (0.05 ... 0.95) with the best micro-F1 on these (eval) logits; ties go
     to the one nearest 0.5."""
+    from nlptl.shapes import multilabel_scores
+
     best = None
     for t in [round(0.05 * i, 2) for i in range(1, 20)]:
-        scores = classification_metrics(logits, labels, "multi_label_classification", t)
+        scores = multilabel_scores(logits, labels, t, per_label=False)
         key = (scores["f1_micro"], -abs(t - 0.5))
         if best is None or key > best[0]:
             best = (key, t, scores)

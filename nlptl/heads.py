@@ -226,16 +226,29 @@ class NlptlForSequenceClassification(PreTrainedModel):
         return torch.stack(docs)
 
 
+def _cross_entropy(logits, labels, weight):
+    return nn.functional.cross_entropy(logits, labels, weight=weight)
+
+
+def _binary_cross_entropy(logits, labels, weight):
+    return nn.functional.binary_cross_entropy_with_logits(logits, labels.float(), pos_weight=weight)
+
+
+def _mean_squared_error(logits, labels, weight):
+    return nn.functional.mse_loss(logits.squeeze(-1), labels.float().view(-1))
+
+
+# The loss of each task shape, by its problem_type: the loss column of nlptl/shapes.py's table, kept here
+# because this file is copied into run directories and imports nothing of nlptl (a test holds the two equal).
+LOSSES = {"single_label_classification": _cross_entropy, "multi_label_classification": _binary_cross_entropy,
+          "regression": _mean_squared_error}
+
+
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config, weight: torch.Tensor | None = None):
     """The loss of `config.problem_type` (transformers' rule when unset: one output is a regression).
     `weight`: per-class weights (cross-entropy) or per-label positive weights (multi-label)."""
     problem = getattr(config, "problem_type", None) or ("regression" if config.num_labels == 1 else "single_label_classification")
-    logits = logits.float()
-    if problem == "regression":
-        return nn.functional.mse_loss(logits.squeeze(-1), labels.float().view(-1))
-    if problem == "multi_label_classification":
-        return nn.functional.binary_cross_entropy_with_logits(logits, labels.float(), pos_weight=weight)
-    return nn.functional.cross_entropy(logits, labels, weight=weight)
+    return LOSSES.get(problem, _cross_entropy)(logits.float(), labels, weight)
 
 
 class _PipelineCheckFilter:

@@ -1,7 +1,8 @@
 """Inference with a fine-tuned classifier, for every task shape: what `nlptl predict` runs, and what a
 server or an exported model answers with.
 
-The task shape is the checkpoint's `config.problem_type`, as transformers names it:
+The task shape is the checkpoint's `config.problem_type`, as transformers names it; its `outputs`
+(nlptl/shapes.py) make the answers:
 
 - single_label_classification: softmax; {"label", "score", "scores"}
 - multi_label_classification: sigmoid; every label at or above the threshold (`config.nlptl_threshold`,
@@ -15,19 +16,15 @@ blank text is not classified: its result is {"text": ..., "error": "blank text: 
 
 from __future__ import annotations
 
-SINGLE, MULTI, REGRESSION = "single_label_classification", "multi_label_classification", "regression"
-PROBLEM_TYPES = (SINGLE, MULTI, REGRESSION)
+from nlptl.shapes import of_config
+
 DEFAULT_THRESHOLD = 0.5
 WHOLE_DOCUMENT = 10**7  # tokens: no cut, in effect, for a classifier that windows its input
 
 
 def problem_type(config) -> str:
-    """The task shape a classifier's config says it was trained for (transformers' own rule when unset:
-    one output is a regression)."""
-    problem = getattr(config, "problem_type", None)
-    if problem in PROBLEM_TYPES:
-        return problem
-    return REGRESSION if getattr(config, "num_labels", 2) == 1 else SINGLE
+    """The task shape a classifier's config says it was trained for, as transformers names it."""
+    return of_config(config).problem_type
 
 
 def label_names(config) -> list[str]:
@@ -47,21 +44,8 @@ def outputs(logits, config, threshold: float | None = None) -> list[dict]:
     import torch
 
     logits = torch.as_tensor(logits).float()
-    problem, names = problem_type(config), label_names(config)
-    if problem == REGRESSION:
-        return [{"value": v} for v in logits[:, 0].tolist()]
-    if problem == MULTI:
-        t = threshold_of(config) if threshold is None else threshold
-        out = []
-        for row in logits.sigmoid().tolist():
-            out.append({"labels": [n for n, p in zip(names, row, strict=True) if p >= t],
-                        "scores": dict(zip(names, row, strict=True)), "threshold": t})
-        return out
-    out = []
-    for row in logits.softmax(-1).tolist():
-        best = max(range(len(row)), key=row.__getitem__)
-        out.append({"label": names[best], "score": row[best], "scores": dict(zip(names, row, strict=True))})
-    return out
+    shape = of_config(config)
+    return shape.outputs(logits, label_names(config), threshold_of(config) if threshold is None else threshold)
 
 
 # The one rule for blank texts, in `nlptl predict` (arguments and every line of --input) and in `nlptl
@@ -97,7 +81,8 @@ class Classifier:
         self.max_length = max_length or whole or trained_length
         self.device = device or runtime.inference_device()
         self.model.to(self.device).eval()
-        self.problem = problem_type(self.config)
+        self.shape = of_config(self.config)
+        self.problem = self.shape.problem_type
         self.pairs = takes_pairs(self.config)
         self.source = ref.path
         self.lineage = (ref.run or {}).get("lineage")
@@ -227,7 +212,8 @@ class OnnxClassifier(Classifier):
         self.session = onnx_session(directory / self.file)
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.device = "cpu"
-        self.problem = problem_type(self.config)
+        self.shape = of_config(self.config)
+        self.problem = self.shape.problem_type
         self.pairs = takes_pairs(self.config)
         self.source = str(directory)
         self.lineage = record.get("lineage")

@@ -114,7 +114,7 @@ def test_registered_task_with_integer_labels(checkpoints, tmp_path):
 def test_held_out_slice_is_seeded_stratified_and_disjoint():
     import datasets
 
-    from nlptl.stages.classifier import held_out_slice
+    from nlptl.data.task_data import held_out_slice
 
     n = 200
     ds = datasets.Dataset.from_dict({"text": [f"t{i}" for i in range(n)], "label": [i % 4 == 0 for i in range(n)],
@@ -185,7 +185,7 @@ def test_the_held_out_slice_leaves_every_class_a_training_example(caplog):
 
     import datasets
 
-    from nlptl.stages.classifier import held_out_slice
+    from nlptl.data.task_data import held_out_slice
 
     ds = datasets.Dataset.from_dict({"text": [f"t{i}" for i in range(40)], "label": [0] * 20 + [1] * 19 + [2]})
     for seed in range(30):
@@ -220,7 +220,7 @@ def test_a_held_out_slice_of_only_single_examples_is_kept_with_a_warning(caplog)
 
     import datasets
 
-    from nlptl.stages.classifier import held_out_slice
+    from nlptl.data.task_data import held_out_slice
 
     ds = datasets.Dataset.from_dict({"text": [f"t{i}" for i in range(30)], "label": list(range(30))})
     with caplog.at_level(logging.WARNING, logger="nlptl"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -105,3 +106,29 @@ def test_a_stage_used_from_python_leaves_the_command_line_alone():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["False", "False", "False"]
+
+
+# The task shapes (single, multilabel, regression) are one table, nlptl/shapes.py: a module asks the shape
+# (its scores, loss name, outputs, card words) and never switches on its name. A fourth shape is an entry there.
+SHAPE_WORDS = "single|multilabel|regression|single_label_classification|multi_label_classification"
+SHAPE_SWITCH = re.compile(
+    rf"""problem\w*\s*(==|!=)\s*["']|(==|!=)\s*["']({SHAPE_WORDS})["']|["']({SHAPE_WORDS})["']\s*(==|!=)"""
+    r"""|problem\w*\s+(not\s+)?in\s+[(\[{]\s*["']""")
+# probe.py (adapt --probe takes one label per text) was the lead's file while the table was made: to move.
+SHAPE_SWITCH_LEFT = {"nlptl.probe"}
+
+
+def test_the_task_shapes_are_one_table():
+    switches = [f"{name}:{n}: {line.strip()}" for name, path in modules().items()
+                if name != "nlptl.shapes" and name not in SHAPE_SWITCH_LEFT
+                for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if SHAPE_SWITCH.search(line)]
+    assert not switches, f"ask the TaskShape (nlptl/shapes.py) instead of comparing its name: {switches}"
+
+
+def test_every_shape_has_its_loss_in_the_copied_head():
+    """heads.py is copied into run directories and imports nothing of nlptl: its LOSSES are the table's."""
+    from nlptl.heads import LOSSES
+    from nlptl.shapes import SHAPES
+
+    assert set(LOSSES) == {s.problem_type for s in SHAPES.values()}
+

@@ -255,7 +255,8 @@ def test_class_weights(checkpoints, data, tmp_path):
     """auto: inverse frequency (1 for a balanced set); the loss trained on is the weighted one."""
     import torch
 
-    from nlptl.stages.classifier import TaskData, class_weights, weighted_loss
+    from nlptl.data.task_data import TaskData, class_weights
+    from nlptl.stages.classifier import weighted_loss
 
     rows = [("x", "a")] * 30 + [("y", "b")] * 10
     cfg = FinetuneConfig(class_weights="auto")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from nlptl.config import runs_root
 from nlptl.errors import UsageError, did_you_mean
+from nlptl.shapes import SHAPES
 
 ASSETS = Path(__file__).parents[1] / "assets"
 
@@ -50,7 +51,8 @@ class TaskEntry:
     test: str | None = None
     # Integer labels in files map to these names by position (0 -> labels[0]).
     aliases: dict[str, str] = field(default_factory=dict)
-    # The task's shape: single (one label of a set), multilabel (any number of labels), regression (a number).
+    # The task's shape, a name of nlptl/shapes.py's table: single (one label of a set), multilabel (any
+    # number of labels), regression (a number).
     problem: str = "single"
 
 
@@ -157,7 +159,7 @@ def tasks() -> dict[str, TaskEntry]:
     return out
 
 
-PROBLEMS = ("single", "multilabel", "regression")
+PROBLEMS = tuple(SHAPES)  # the task shapes (nlptl/shapes.py), by name
 
 
 def _problem(name: str, value: dict, base: TaskEntry | None) -> str:

@@ -14,6 +14,7 @@ from nlptl.data import registry
 from nlptl.data.corpora import load_hub, read_files
 from nlptl.data.files import check_data_file
 from nlptl.errors import UsageError
+from nlptl.shapes import by_name
 
 log = logging.getLogger("nlptl")
 
@@ -51,8 +52,9 @@ class TaskSpec:
         return columns(self.label_column)
 
     @property
-    def problem(self) -> str:
-        return self.entry.problem
+    def shape(self):
+        """The task's shape (nlptl/shapes.py): how its labels are read, scored and answered."""
+        return by_name(self.entry.problem)
 
     @property
     def pairs(self) -> bool:
@@ -79,7 +81,7 @@ def labelled_source(path: str, flag: str, text_column: str, label_column: str | 
 def resolve_task(task: str, train_file: str | None, eval_file: str | None, text_column: str,
                  label_column: str, separator: str = ";") -> TaskSpec:
     entry = registry.task_entry(task)
-    if len(columns(label_column)) > 1 and entry.problem != "multilabel":
+    if len(columns(label_column)) > 1 and not by_name(entry.problem).several_label_columns:
         raise UsageError(f"--label-column {label_column}: several label columns make a multi-label task; "
                          f"pass --task multilabel (or one --label-column for --task {task})")
     train = eval_ = None
@@ -150,19 +152,14 @@ def _columns_to_cell(batch: dict, label_cols: list[str], separator: str, src: La
 
 
 def label_names(spec: TaskSpec, train_labels: list[str], numeric_classes: bool = False) -> list[str]:
-    """The label set: fixed by the task, or the sorted distinct labels of the training data (multilabel:
-    of every cell's parts, or the label columns; regression: the one output, named by its column).
+    """The label set: fixed by the task, or read from the training data's label cells as the task's shape
+    reads them (shapes.py: classes, the parts of multi-label cells, a regression's one output).
     `numeric_classes`: the user says that continuous-looking numbers are classes all the same."""
-    if spec.problem == "regression":
-        return [spec.label_columns[0]]
-    if spec.entry.labels:
-        return list(spec.entry.labels)
-    if spec.problem == "multilabel":
-        if len(spec.label_columns) > 1:
-            return spec.label_columns
-        train_labels = [part for v in train_labels for part in split_cell(v, spec.separator)]
-    else:
-        check_not_multilabel(train_labels, spec)
+    return spec.shape.label_names(spec, train_labels, numeric_classes)
+
+
+def class_names(train_labels: list[str], numeric_classes: bool = False) -> list[str]:
+    """The sorted distinct labels of the training data."""
     # `encode` matches labels ignoring case and surrounding spaces, so 'Sports' and 'sports ' are one
     # label here too (else the set holds a class no example maps to); the most frequent spelling names it.
     check_categorical(train_labels, numeric_classes)
@@ -268,38 +265,6 @@ def with_label_ids(ds, ids: list):
     return ds.filter(lambda b: [t is not None and t.strip() != "" for t in b["text"]], batched=True)
 
 
-def targets(labels: list[str], names: list[str], spec: TaskSpec, src_flag: str, src_spec: str) -> list:
-    """Label cells as what the model learns: numbers (regression) or multi-hot rows (multilabel)."""
-    import math
-
-    if spec.problem == "regression":
-        out = []
-        for i, v in enumerate(labels):
-            try:
-                x = float(str(v).strip())
-            except ValueError:
-                x = None
-            if x is None or not math.isfinite(x):
-                raise UsageError(f"{src_flag} {src_spec}: data row {i + 1} has the label '{v}', not a finite number; "
-                                 "--task regression needs numeric targets (fix or drop the row)")
-            out.append(x)
-        return out
-    index = {n.lower(): i for i, n in enumerate(names)}
-    rows, unknown = [], {}
-    for v in labels:
-        row = [0.0] * len(names)
-        for part in split_cell(v, spec.separator):
-            if part.lower() in index:
-                row[index[part.lower()]] = 1.0
-            else:
-                unknown[part] = unknown.get(part, 0) + 1
-        rows.append(row)
-    if unknown:
-        shown = ", ".join(f"'{k}'" for k in list(unknown)[:5])
-        raise UsageError(f"{src_flag} {src_spec}: labels not seen in the training data: {shown}; fix the labels")
-    return rows
-
-
 def check_pairs(ds, spec: TaskSpec, src_flag: str, src_spec: str) -> None:
     """Both texts of a pair must be there: a pair with one text missing is not a pair."""
     for col, name in (("text", spec.text_columns[0]), ("text_pair", spec.text_columns[1])):
@@ -309,46 +274,32 @@ def check_pairs(ds, spec: TaskSpec, src_flag: str, src_spec: str) -> None:
                              f"{empty[0] + 1}); every pair needs both texts: fill them in or drop those rows")
 
 
-def encode(ds, names: list[str], spec: TaskSpec, src_flag: str, src_spec: str):
-    """Map label strings to what the model learns (class ids, multi-hot rows, numbers); one error line for
-    empty labels, unknown labels, non-numeric targets, half pairs or empty texts."""
-    labels = ds["label"]
-    if spec.pairs:
-        check_pairs(ds, spec, src_flag, src_spec)
-    if spec.problem in ("multilabel", "regression"):
-        if spec.problem == "regression" or len(spec.label_columns) == 1:
-            empty = [i for i, v in enumerate(labels) if v is None or str(v).strip() == ""]
-            if empty and spec.problem == "regression":
-                raise UsageError(f"{src_flag} {src_spec}: {len(empty)} row(s) have an empty '{spec.label_column}' value "
-                                 f"(first at data row {empty[0] + 1}); fill them in or drop those rows")
-            if empty:
-                log.info("%s %s: %d row(s) have no label (an empty cell: none of the labels)", src_flag, src_spec,
-                         len(empty))
-        ds = with_label_ids(ds, targets(labels, names, spec, src_flag, src_spec))
-        if len(ds) == 0:
-            raise UsageError(f"{src_flag} {src_spec}: holds no rows with text")
-        return ds
+def refuse_empty(labels: list, spec: TaskSpec, src_flag: str, src_spec: str) -> None:
+    """One error line for rows whose label cell is empty (a class or a number must be there)."""
     empty = [i for i, v in enumerate(labels) if v is None or str(v).strip() == ""]
     if empty:
-        raise UsageError(
-            f"{src_flag} {src_spec}: {len(empty)} row(s) have an empty '{spec.label_column}' value "
-            f"(first at data row {empty[0] + 1}); fill them in or drop those rows"
-        )
-    ids, unknown = label_ids(labels, names, spec.entry.aliases)
-    if unknown:
-        check_not_multilabel(list(unknown), spec, f"{src_flag} {src_spec}")
-        shown = ", ".join(f"'{k}'" for k in list(unknown)[:5])
-        if src_flag == "--eval" or not spec.entry.labels:
-            why = "labels not seen in the training data"
-        else:
-            why = f"labels outside the task's set ({', '.join(names)})"
-        fix = "fix the labels" if spec.entry.name == "classification" or not spec.entry.labels else \
-            "fix the labels or use --task classification"
-        raise UsageError(f"{src_flag} {src_spec}: {why}: {shown}; {fix}")
-    blank = sum(1 for t in ds["text"] if t is None or not t.strip())
-    if blank:
-        log.warning("%s %s: dropped %d row(s) with an empty text", src_flag, src_spec, blank)
-    ds = with_label_ids(ds, ids)
+        raise UsageError(f"{src_flag} {src_spec}: {len(empty)} row(s) have an empty '{spec.label_column}' value "
+                         f"(first at data row {empty[0] + 1}); fill them in or drop those rows")
+
+
+def nonempty(ds, labels: list, src_flag: str, src_spec: str):
+    """`ds` with `labels` as its label column, less the rows without text; refused when none is left."""
+    ds = with_label_ids(ds, labels)
     if len(ds) == 0:
         raise UsageError(f"{src_flag} {src_spec}: holds no rows with text")
     return ds
+
+
+def encode(ds, names: list[str], spec: TaskSpec, src_flag: str, src_spec: str, trained: bool = False):
+    """Map label strings to what the model learns, as the task's shape reads them (class ids, multi-hot
+    rows, numbers); one error line for empty labels, unknown labels, non-numeric targets, half pairs or
+    empty texts. `trained`: `names` are a trained classifier's (nlptl evaluate): the labels of a file it
+    is scored on, where a class may also be given as its id."""
+    if spec.pairs:
+        check_pairs(ds, spec, src_flag, src_spec)
+    return spec.shape.encode(ds, names, spec, src_flag, src_spec, trained)
+
+
+def read_encoded(src: LabelledSource, names: list[str], spec: TaskSpec, trained: bool = False):
+    """A labelled file read (`read_labelled`) and encoded (`encode`) for a model with the labels `names`."""
+    return encode(read_labelled(src, spec), names, spec, src.flag, src.spec, trained)

@@ -1,159 +1,18 @@
-"""The classifier plumbing that `finetune` and its learning curve (curve.py) share: the task data read,
-label-encoded and tokenized for a model (`prepare`), and a new classifier trained on it (`fit`).
+"""The classifier training that `finetune` and its learning curve (curve.py) share: a new classifier
+trained on the task data (`fit`; the data itself: data/task_data.py `prepare`), its rates (`choose_rates`,
+`auto_lr`) and the guarded --lr auto run (`train_classifier`).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 from nlptl.config import FinetuneConfig
-from nlptl.errors import UsageError
+from nlptl.data.task_data import TaskData, class_weights
 from nlptl.stages.common import resume_args
 
 log = logging.getLogger("nlptl")
-
-
-PROBLEM_TYPES = {"single": "single_label_classification", "multilabel": "multi_label_classification",
-                 "regression": "regression"}
-
-
-@dataclass
-class TaskData:
-    config: object  # the model's transformers config
-    tokenizer: object
-    names: list[str]
-    train: object  # tokenized, with `labels`
-    eval: object
-    eval_from: dict
-    max_length: int
-    problem: str = "single_label_classification"  # transformers' problem_type
-    # What the classifier's config records of the task's shape (pairs, threshold, windows): what
-    # `pipeline()`, `nlptl predict` and a server need to use it as it was trained.
-    shape: dict = None
-    pooling: str = "auto"  # --pooling, with auto resolved by the hand-off (nlptl/handoff.py pooling)
-    pooling_choice: object = None  # handoff.Choice: the pooling and why
-
-
-def prepare(cfg: FinetuneConfig, ref, spec, accelerator) -> TaskData:
-    """Read, label-encode and tokenize the task data for `ref`'s tokenizer."""
-    from nlptl import models
-    from nlptl.data.collate import tokenize
-    from nlptl.data.tasks import encode, label_names, read_labelled
-    from nlptl.evaluation import METRICS, load_metric
-
-    models.hub_guard(ref)
-    config = models.load_config(ref)
-    tokenizer = models.load_tokenizer(ref, config)
-    problem = PROBLEM_TYPES[spec.problem]
-    shape = {"problem_type": problem}
-    if spec.pairs:
-        if cfg.long_docs == "chunk":
-            raise UsageError("--long-docs chunk cuts one text into windows; it does not take sentence pairs "
-                             "(--text-column with two columns): drop one of them")
-        separate_pairs(tokenizer)
-        shape["nlptl_text_pair"] = True
-    if problem == "multi_label_classification":
-        shape["nlptl_threshold"] = cfg.threshold
-    if cfg.class_weights != "none" and problem == "regression":
-        raise UsageError("--class-weights weighs classes; --task regression has none: drop it")
-    if problem != "multi_label_classification" and (cfg.tune_threshold or cfg.threshold != 0.5):
-        raise UsageError(f"{'--tune-threshold' if cfg.tune_threshold else '--threshold'} sets the decision threshold "
-                         f"of --task multilabel; --task {cfg.task} takes the most likely label: drop it")
-    if cfg.long_docs != "chunk" and cfg.doc_pooling != "mean":
-        raise UsageError("--doc-pooling pools the windows of --long-docs chunk: add --long-docs chunk, or drop it")
-    max_length = cfg.max_length or models.default_max_length(config)
-    if cfg.long_docs == "chunk":
-        shape.update(window_shape(cfg, config, tokenizer))
-        max_length = cfg.max_length or 8 * shape["nlptl_window"]
-    with accelerator.main_process_first():
-        train_raw = read_labelled(spec.train, spec)
-        names = label_names(spec, train_raw["label"], cfg.numeric_classes)
-        train_ds = encode(train_raw, names, spec, "--train", spec.train.spec)
-        check_variety(train_ds, names, problem, spec)
-        if spec.eval is not None:
-            eval_ds = encode(read_labelled(spec.eval, spec), names, spec, "--eval", spec.eval.spec)
-            eval_from = spec.eval.record()
-        else:
-            train_ds, eval_ds = held_out_slice(train_ds, names, cfg.eval_fraction, cfg.seed,
-                                               stratify=problem == "single_label_classification")
-            eval_from = {"slice_of_train": cfg.eval_fraction, "seed": cfg.seed}
-            log.info("no --eval: holding out %d of the training examples (seeded) for model selection", len(eval_ds))
-        train_tok = tokenize(train_ds, tokenizer, max_length, "--train")
-        eval_tok = tokenize(eval_ds, tokenizer, max_length, "--eval")
-    for name in METRICS[problem]:
-        load_metric(name)  # fail before training, not after, if metrics cannot load
-    what = (f"a number ('{names[0]}')" if problem == "regression" else
-            f"{len(names)} labels{', any number per text' if problem == 'multi_label_classification' else ''} "
-            f"({', '.join(names[:6])})")
-    log.info("%s: %s%s, %d train / %d eval examples, max length %d", cfg.task, what,
-             ", sentence pairs" if spec.pairs else "", len(train_tok), len(eval_tok), max_length)
-    from nlptl import handoff
-
-    pooling = handoff.pooling(ref, config, cfg.pooling)
-    return TaskData(config, tokenizer, names, train_tok, eval_tok, eval_from, max_length, problem, shape,
-                    pooling.value, pooling)
-
-
-def check_variety(ds, names: list[str], problem: str, spec) -> None:
-    """Enough signal to learn from: two classes, two target values, or each label both set and unset."""
-    labels = ds["label"]
-    if problem == "regression":
-        if len(set(labels)) < 2:
-            raise UsageError(f"--train {spec.train.spec}: every target is {labels[0]:g}; a regression needs "
-                             "varying targets")
-    elif problem == "multi_label_classification":
-        never = [n for j, n in enumerate(names) if not any(row[j] for row in labels)]
-        if never:
-            log.warning("--train %s: label(s) %s are never set in the training data", spec.train.spec,
-                        ", ".join(f"'{n}'" for n in never[:5]))
-    elif len(set(labels)) < 2:
-        raise UsageError(f"--train {spec.train.spec}: holds a single class ('{names[labels[0]]}'); "
-                         "a classifier needs examples of at least two labels")
-
-
-def separate_pairs(tokenizer) -> None:
-    """Make the tokenizer put a separator between the two texts of a pair where it puts none (GPT-style
-    tokenizers just concatenate them): the EOS token, in its post-processor, so that every user of the
-    saved tokenizer (pipeline, predict, a server) joins pairs the same way."""
-    from tokenizers import processors
-
-    enc = tokenizer("a", "b")
-    seq = enc.sequence_ids()
-    first_end = max(i for i, s in enumerate(seq) if s == 0)
-    second_start = min(i for i, s in enumerate(seq) if s == 1)
-    if any(s is None for s in seq[first_end + 1:second_start]):
-        return  # [SEP], </s></s>, <s>...: the tokenizer's own pair format
-    if tokenizer.eos_token is None:
-        raise UsageError("sentence pairs need a separator token: this tokenizer has neither a pair format nor an "
-                         "EOS token")
-    eos = (tokenizer.eos_token, tokenizer.eos_token_id)
-    pair = processors.TemplateProcessing(single="$A", pair=f"$A:0 {eos[0]}:0 $B:1", special_tokens=[eos])
-    backend = tokenizer.backend_tokenizer
-    current = backend.post_processor
-    backend.post_processor = pair if current is None else processors.Sequence([current, pair])
-
-
-def window_shape(cfg: FinetuneConfig, config, tokenizer) -> dict:
-    """--long-docs chunk: the window settings the model's forward reads (heads.py)."""
-    from nlptl import models
-
-    positions = models.positions_of(config)
-    window = cfg.window or models.default_max_length(config)
-    if positions and window > positions:
-        raise UsageError(f"--window {window} is larger than the model's {positions} positions; pass --window "
-                         f"{positions} or less")
-    seq = tokenizer("a b c").sequence_ids()
-    pre = next(i for i, s in enumerate(seq) if s is not None)
-    post = len(seq) - 1 - max(i for i, s in enumerate(seq) if s is not None)
-    if window - pre - post < 2:
-        raise UsageError(f"--window {window} leaves no room for text besides the {pre + post} special tokens")
-    stride = cfg.stride if cfg.stride is not None else (window - pre - post) // 4
-    if stride >= window - pre - post:
-        raise UsageError(f"--stride {stride} must be smaller than the {window - pre - post} text tokens of a window")
-    return {"nlptl_window": window, "nlptl_stride": stride, "nlptl_doc_pooling": cfg.doc_pooling,
-            "nlptl_window_specials": [pre, post]}
 
 
 COLLAPSED = 0.95  # a classifier that predicts one class for more than this share of the eval set
@@ -180,7 +39,7 @@ def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator, out: Pa
     best metrics also hold the kept checkpoint's results per class and its confusion matrix (a learning
     curve's points need only the scores)."""
     from nlptl.data.collate import classification_collator
-    from nlptl.evaluation import SELECT, classification_metrics, classify, per_class
+    from nlptl.evaluation import classification_metrics, classify, per_class
     from nlptl.train import train
 
     cfg = with_min_steps(cfg, len(train_ds), accelerator.num_processes)
@@ -189,6 +48,7 @@ def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator, out: Pa
     peft_model = models_lora(model, cfg)
     collate = classification_collator(data.tokenizer)
     threshold = cfg.threshold
+    shape = data.task_shape
     collapsed: list[float] = []  # the top prediction share of a guarded run's first evaluation
 
     def evaluate_fn(m):
@@ -204,14 +64,14 @@ def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator, out: Pa
 
     loss_fn = weighted_loss(cfg, data, train_ds)
     model, result = train(accelerator, model, train_ds, collate, cfg, description="finetune",
-                          evaluate_fn=evaluate_fn, select=SELECT[data.problem], default_evals=4,
+                          evaluate_fn=evaluate_fn, select=shape.select, default_evals=4,
                           lengths=[len(ids) for ids in train_ds["input_ids"]], runlog=runlog, loss_fn=loss_fn,
                           head_lr=cfg.head_lr, stop_when=stop_when if guard else None, **resume_args(cfg, out))
     if guard and collapsed and collapsed[0] > COLLAPSED:
         raise Collapsed(result.best_step or result.steps, collapsed[0])
     best = result.best or evaluate_fn(model)
     logits = None
-    if data.problem == "multi_label_classification":
+    if shape.threshold:
         # One more pass over the eval split: the threshold (--tune-threshold) and the F1 of each label.
         from nlptl.evaluation import tune_threshold
 
@@ -223,10 +83,10 @@ def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator, out: Pa
         best["threshold"] = threshold
         model.config.nlptl_threshold = threshold
         warn_degenerate_label_sets(logits, threshold, cfg)
-    elif data.problem == "single_label_classification" and best.get("top_prediction_share", 0) > COLLAPSED:
+    elif shape.one_label and best.get("top_prediction_share", 0) > COLLAPSED:
         log.warning("the classifier predicts one class for %.0f%% of the eval set: it may have learned only the "
                     "majority class (try %s)", 100 * best["top_prediction_share"], remedies(cfg, lr_source))
-    if by_class and data.problem != "regression":
+    if by_class and shape.classes:
         if logits is None:  # one label: the kept checkpoint's predictions (the loop kept only its scores)
             logits, labels = classify(accelerator, model, data.eval, collate, cfg.batch_size * 2)
         best = {**best, **per_class(logits, labels, data.problem, threshold, data.names)}
@@ -271,21 +131,6 @@ def warn_degenerate_label_sets(logits, threshold: float, cfg: FinetuneConfig) ->
                         "--threshold, more epochs or --class-weights auto", threshold, source, what, 100 * share)
 
 
-SHAPE_KEYS = ("problem_type", "nlptl_text_pair", "nlptl_threshold", "nlptl_window", "nlptl_stride",
-              "nlptl_doc_pooling", "nlptl_window_specials")
-
-
-def shape_from_lineage(lineage: dict) -> dict:
-    """The config keys of a classifier's task shape, as its run's lineage records them (finetune writes
-    them without the nlptl_ prefix): what rebuilding the classifier (nlptl merge) must set again."""
-    out = {}
-    for key in SHAPE_KEYS:
-        value = lineage.get(key.removeprefix("nlptl_"))
-        if value is not None:
-            out[key] = value
-    return out
-
-
 def new_classifier(cfg: FinetuneConfig, ref, data: TaskData):
     """A classifier with a new head on `ref`, its config recording the task's shape."""
     import copy
@@ -302,28 +147,6 @@ def models_lora(model, cfg: FinetuneConfig):
     from nlptl import models
 
     return models.apply_lora(model, cfg) if cfg.lora else None
-
-
-def class_weights(cfg: FinetuneConfig, data: TaskData, train_ds) -> list[float] | None:
-    """--class-weights as numbers: inverse frequency (auto; multi-label: negatives / positives per label),
-    given, or none."""
-    from nlptl.config import class_weights as parse
-
-    weights = parse(cfg.class_weights)
-    if weights == "none":
-        return None
-    labels = train_ds["labels"]
-    n = len(data.names)
-    if weights == "auto":
-        if data.problem == "multi_label_classification":
-            pos = [sum(row[j] for row in labels) for j in range(n)]
-            return [(len(labels) - p) / p if p else 1.0 for p in pos]
-        counts = [labels.count(j) for j in range(n)]
-        # Inverse frequency scaled so that a balanced set gets 1 for every class (sklearn's "balanced").
-        return [len(labels) / (n * c) if c else 0.0 for c in counts]
-    if len(weights) != n:
-        raise UsageError(f"--class-weights gives {len(weights)} weight(s) for {n} labels ({', '.join(data.names)})")
-    return weights
 
 
 def weighted_loss(cfg: FinetuneConfig, data: TaskData, train_ds):
@@ -374,42 +197,6 @@ def with_min_steps(cfg: FinetuneConfig, n_train: int, processes: int = 1) -> Fin
     log.info("%d examples give %d steps in %g epoch(s); training --min-steps %d", n_train, total_steps(cfg, batches),
              cfg.epochs, cfg.min_steps)
     return dataclasses.replace(cfg, max_steps=cfg.min_steps)
-
-
-def held_out_slice(ds, names: list[str], fraction: float, seed: int, stratify: bool = True):
-    """A seeded slice of the training data for model selection when no --eval is given (stratified by
-    class for single-label tasks)."""
-    import datasets
-
-    if not stratify:
-        parts = ds.train_test_split(test_size=fraction, seed=seed)
-        return parts["train"], parts["test"]
-    ds = ds.cast_column("label", datasets.ClassLabel(names=names))
-    try:
-        parts = ds.train_test_split(test_size=fraction, seed=seed, stratify_by_column="label")
-    except ValueError:  # a class too small to stratify
-        parts = ds.train_test_split(test_size=fraction, seed=seed)
-    return every_class_trains(parts["train"], parts["test"], names)
-
-
-def every_class_trains(train, held, names: list[str]):
-    """(train, held-out) with each class in training: a class whose every example fell into the held-out
-    slice (one or two examples: too few to stratify) gets them back, and the run says so."""
-    import datasets
-
-    missing = sorted(set(held["label"]) - set(train["label"]))
-    if not missing:
-        return train, held
-    back = {i for i, label in enumerate(held["label"]) if label in missing}
-    if len(back) == len(held):  # nothing would be left to select with: keep the slice, and say so
-        log.warning("no --eval: %d classes have no training example (each held-out example is the only one of "
-                    "its class); pass --eval FILE", len(missing))
-        return train, held
-    log.warning("no --eval: %s %s too few examples to hold any out: kept for training only, not scored; pass "
-                "--eval FILE to score every class", ", ".join(f"'{names[c]}'" for c in missing),
-                "has" if len(missing) == 1 else "have")
-    return (datasets.concatenate_datasets([train, held.select(sorted(back))]),
-            held.select([i for i in range(len(held)) if i not in back]))
 
 
 def choose_rates(cfg: FinetuneConfig, ref, data: TaskData, accelerator, out: Path | None):
@@ -485,15 +272,3 @@ def train_classifier(cfg: FinetuneConfig, train_cfg: FinetuneConfig, ref, data: 
             accelerator.wait_for_everyone()
             train_cfg = dataclasses.replace(train_cfg, lr=lower)
             seed_everything(cfg.seed)
-
-
-def trained_task(ref):
-    """The task the classifier was fine-tuned on (its lineage names it), for the label spellings that
-    finetune accepted (sentiment's pos/neg, 0/1...); plain classification when unknown."""
-    from nlptl.data.registry import task_entry
-
-    name = ref.lineage.get("task") or "classification"
-    try:
-        return task_entry(name)
-    except UsageError:  # a task registered on another machine
-        return task_entry("classification")

@@ -20,8 +20,9 @@ import statistics
 from pathlib import Path
 
 from nlptl.config import FinetuneConfig, to_dict
+from nlptl.data.task_data import prepare
 from nlptl.errors import UsageError
-from nlptl.stages.classifier import auto_lr, fit, prepare, rates_for
+from nlptl.stages.classifier import auto_lr, fit, rates_for
 from nlptl.stages.common import start, write_stage
 
 log = logging.getLogger("nlptl")
@@ -63,7 +64,7 @@ def learning_curve(cfg: FinetuneConfig, refs: list, spec, out: Path) -> dict:
     found: dict[str, float] = {}
     for ref, name in zip(refs, names, strict=True):
         data = prepare(cfg, ref, spec, accelerator)
-        keys = CURVE_METRICS[data.problem]
+        keys = data.task_shape.curve
         model_cfg = rates_for(cfg, ref)  # each model its own default rates (one may be a contrastive run)
         if cfg.lr == "auto":
             # One range test per model, on its whole training split: the points' subsets are too small
@@ -74,7 +75,7 @@ def learning_curve(cfg: FinetuneConfig, refs: list, spec, out: Path) -> dict:
             for k in range(cfg.seeds):
                 seed = cfg.seed + k
                 subset = stratified_subset(data.train, n, data.names, seed,
-                                           stratify=data.problem == "single_label_classification")
+                                           stratify=data.task_shape.one_label)
                 run_cfg = dataclasses.replace(model_cfg, seed=seed)
                 seed_everything(seed)
                 log.info("learning curve: %s, %d labels, seed %d", name, len(subset), seed)
@@ -126,11 +127,6 @@ def points(counts: list[int | None], available: int) -> list[int | None]:
         asked[used] = n
         out.append(used)
     return out
-
-
-# The two scores a learning curve reports per task shape (the first is plotted).
-CURVE_METRICS = {"single_label_classification": ("accuracy", "f1_macro"),
-                 "multi_label_classification": ("f1_micro", "f1_macro"), "regression": ("rmse", "pearson")}
 
 
 def summarize(runs: list[dict], keys: tuple[str, ...] = ("accuracy", "f1_macro")) -> list[dict]:

@@ -21,10 +21,10 @@ from nlptl.checkpoint import default_from
 from nlptl.config import EvaluateConfig, LMConfig, to_dict
 from nlptl.data.corpora import resolve_corpus
 from nlptl.data.registry import task_entry
+from nlptl.data.task_data import trained_task
 from nlptl.data.tasks import TaskSpec, labelled_source
 from nlptl.errors import UsageError
 from nlptl.models import inspect_model, positions_of
-from nlptl.stages.classifier import trained_task
 from nlptl.stages.common import check_block_size, check_max_length
 
 
@@ -55,58 +55,37 @@ def task_test_file(spec: str) -> str:
 
 
 def _classifier(cfg: EvaluateConfig, ref, spec) -> dict:
+    """The classifier's scores on a labelled file, read and encoded by finetune's reader (data/tasks.py)
+    for the shape the classifier was trained for, with its labels."""
     from nlptl import models, runtime
     from nlptl.data.collate import classification_collator, tokenize
-    from nlptl.data.tasks import check_pairs, read_labelled, targets, with_label_ids
+    from nlptl.data.tasks import read_encoded
     from nlptl.evaluation import classification_metrics, classify, per_class
-    from nlptl.inference import MULTI, SINGLE, problem_type, takes_pairs, threshold_of
+    from nlptl.inference import takes_pairs, threshold_of
+    from nlptl.shapes import of_config
 
     runtime.quiet_libraries()
     accelerator = runtime.make_accelerator()
     model, tokenizer, names, max_length = models.load_trained_classifier(ref)
-    problem = problem_type(model.config)
-    shape = {SINGLE: "single", MULTI: "multilabel"}.get(problem, "regression")
-    spec = dataclasses.replace(spec, entry=dataclasses.replace(spec.entry, problem=shape))
+    shape = of_config(model.config)
+    spec = dataclasses.replace(spec, entry=dataclasses.replace(spec.entry, problem=shape.name))
     if takes_pairs(model.config) != spec.pairs:
         raise UsageError(f"--model {ref.spec} was trained on "
                          + ("text pairs: pass their two columns, --text-column FIRST,SECOND" if takes_pairs(model.config)
                             else f"single texts: pass one --text-column (got {cfg.text_column})"))
     max_length = cfg.max_length or max_length
     with accelerator.main_process_first():
-        raw = read_labelled(spec.train, spec)
-        if spec.pairs:
-            check_pairs(raw, spec, "--data", cfg.data)
-        if problem == MULTI and len(spec.label_columns) > 1 and set(spec.label_columns) != set(names):
-            missing = [n for n in names if n not in spec.label_columns]
-            raise UsageError(f"--label-column {cfg.label_column}: the classifier's labels are {', '.join(names)}; "
-                             + (f"name a 0/1 column for each (missing: {', '.join(missing)})" if missing else
-                                "it does not know " + ", ".join(c for c in spec.label_columns if c not in names)))
-        if problem == SINGLE:
-            ds = encode_by_name_or_id(raw, names, cfg.data, spec.entry.aliases)
-        else:
-            ds = with_label_ids(raw, targets(raw["label"], names, spec, "--data", cfg.data))
-        tok = tokenize(ds, tokenizer, max_length, "--data")
+        tok = tokenize(read_encoded(spec.train, names, spec, trained=True), tokenizer, max_length, "--data")
     logits, labels = classify(accelerator, model.to(accelerator.device), tok, classification_collator(tokenizer),
                               cfg.batch_size)
-    metrics = classification_metrics(logits, labels, problem, threshold_of(model.config), per_label=True)
-    metrics.update(per_class(logits, labels, problem, threshold_of(model.config), names))
-    if problem == MULTI:
-        metrics["threshold"] = threshold_of(model.config)
+    threshold = threshold_of(model.config)
+    metrics = classification_metrics(logits, labels, shape.problem_type, threshold, per_label=True)
+    metrics.update(per_class(logits, labels, shape.problem_type, threshold, names))
+    if shape.threshold:
+        metrics["threshold"] = threshold
         metrics["labels"] = names  # the order of f1_per_label
     return {**metrics, "n_eval": len(tok), "config": to_dict(cfg),
             "lineage": (ref.run or {}).get("lineage", {"base_model": ref.spec})}
-
-
-def encode_by_name_or_id(raw, names: list[str], where: str, aliases: dict[str, str] | None = None):
-    """A file's labels as ids of the classifier: by label name (any case) or one of the task's aliases,
-    as finetune reads them, else by integer id."""
-    from nlptl.data.tasks import label_ids, with_label_ids
-
-    ids, unknown = label_ids(raw["label"], names, aliases, by_id=True)
-    if unknown:
-        shown = ", ".join(f"'{b}'" for b in list(unknown)[:5])
-        raise UsageError(f"--data {where}: labels the classifier does not know: {shown}; its labels are {', '.join(names)}")
-    return with_label_ids(raw, ids)
 
 
 def _language_model(cfg: EvaluateConfig, ref, corpus, block_size: int) -> dict:

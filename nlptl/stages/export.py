@@ -103,7 +103,7 @@ def quantize(stage: Path, torch_model, fp32, texts, pairs, gold, max_length) -> 
     check = exporting.parity(fp32, int8, texts, pairs)
     report = {"file": exporting.QUANTIZED_FILE, "same_decision_as_fp32": check["same_decision"],
               "texts": check["texts"], "max_abs_diff_vs_fp32": check["max_abs_diff"]}
-    if gold is not None and torch_model.problem == "single_label_classification":
+    if gold is not None and torch_model.shape.one_label:  # accuracy: one gold label per text
         report["accuracy_torch_fp32"] = exporting.accuracy(torch_model, texts, pairs, gold)
         report["accuracy_onnx_int8"] = exporting.accuracy(int8, texts, pairs, gold)
         report["accuracy_change"] = report["accuracy_onnx_int8"] - report["accuracy_torch_fp32"]
@@ -119,8 +119,8 @@ def parity_texts(cfg: ExportConfig, ref) -> tuple[list[str] | None, list[str] | 
         if cfg.quantize:
             log.info("--quantize int8 without --data: the accuracy change is not measured (only agreement with fp32)")
         return None, None, None
+    from nlptl.data.task_data import trained_task
     from nlptl.data.tasks import TaskSpec, labelled_source, read_labelled
-    from nlptl.stages.classifier import trained_task
 
     src = labelled_source(cfg.data, "--data", cfg.text_column, cfg.label_column)
     raw = read_labelled(src, TaskSpec(trained_task(ref), src, None, cfg.text_column, cfg.label_column))

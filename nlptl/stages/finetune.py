@@ -19,9 +19,10 @@ from __future__ import annotations
 
 from nlptl.checkpoint import default_from, lineage_of
 from nlptl.config import FinetuneConfig
+from nlptl.data.task_data import prepare
 from nlptl.data.tasks import resolve_task
 from nlptl.models import inspect_model, require_peft
-from nlptl.stages.classifier import choose_rates, prepare, train_classifier
+from nlptl.stages.classifier import choose_rates, train_classifier
 from nlptl.stages.common import check_max_length, locked, open_stage, start, write_stage
 
 
@@ -72,7 +73,7 @@ def run(cfg: FinetuneConfig) -> dict:
         "output_dir": str(out),
     }
     shape = {k.removeprefix("nlptl_"): v for k, v in data.shape.items() if k != "nlptl_threshold"}
-    if data.problem == "multi_label_classification":
+    if data.task_shape.threshold:
         shape["threshold"] = best["threshold"]
         if len(spec.label_columns) == 1:
             shape["label_separator"] = cfg.label_separator

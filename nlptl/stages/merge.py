@@ -69,7 +69,7 @@ def merged_model(src: Path, record: dict, base_path: str):
     tokenizer = models.load_tokenizer(models.ModelRef(str(src), str(src), True, None, None), config)
     lineage = record["lineage"]
     if record["stage"] == "finetune":
-        from nlptl.stages.classifier import shape_from_lineage
+        from nlptl.data.task_data import shape_from_lineage
 
         # The task shape (multi-label, regression, pairs, windows) lives in the classifier's config.
         for key, value in shape_from_lineage(lineage).items():

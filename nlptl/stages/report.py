@@ -18,6 +18,7 @@ from nlptl.card import data_sources, general_model
 from nlptl.checkpoint import read_record, record_problem
 from nlptl.config import ReportConfig
 from nlptl.errors import UsageError
+from nlptl.shapes import BY_PROBLEM_TYPE, SHAPES
 from nlptl.tracking import METRICS_FILE
 
 log = logging.getLogger("nlptl")
@@ -198,9 +199,8 @@ def _rows(node: dict) -> list[dict]:
 
 
 # The loss each stage minimises, by what it trained: the y label of its loss panel (short: it is
-# written along a panel 2.4 inches high).
+# written along a panel 2.4 inches high). A classifier's is its task shape's (shapes.py loss_name).
 LOSS_NAMES = {"cosine": "cosine pair loss (MSE)", "contrastive": "contrastive pair loss",
-              "regression": "mean squared error", "multi_label_classification": "binary cross-entropy",
               None: "cross-entropy loss (nats)"}
 
 
@@ -214,7 +214,9 @@ def loss_axis(node: dict) -> tuple[str, str]:
     model_config = Path(node["dir"]) / "config.json" if node["dir"] else None
     problem = (json.loads(model_config.read_text(encoding="utf-8")).get("problem_type")
                if model_config is not None and model_config.is_file() else None)
-    return LOSS_NAMES.get(problem, LOSS_NAMES[None]), "eval_loss"
+    if problem in BY_PROBLEM_TYPE:
+        return BY_PROBLEM_TYPE[problem].loss_name, "eval_loss"
+    return LOSS_NAMES[None], "eval_loss"
 
 
 def _training_plot(plt, node: dict, history: list[dict], path: Path) -> None:
@@ -222,14 +224,12 @@ def _training_plot(plt, node: dict, history: list[dict], path: Path) -> None:
     loss_name, eval_key = loss_axis(node)
     train = [r for r in history if "loss" in r]
     evals = [r for r in history if eval_key in r]
-    # The scores of the classifier's task shape: one label, multi-label, regression.
-    scores = next(([(k, n) for k, n in pair if any(f"eval_{k}" in r for r in evals)]
-                   for pair in ((("accuracy", "accuracy"), ("f1_macro", "macro-F1")),
-                                (("f1_micro", "micro-F1"), ("f1_macro", "macro-F1")),
-                                (("pearson", "Pearson r"), ("spearman", "Spearman rho")),
-                                # adapt --probe: the frozen-feature probe beside the held-out loss
-                                (("probe_accuracy", "probe accuracy (frozen features)"),))
-                   if any(f"eval_{pair[0][0]}" in r for r in evals)), [])
+    # The scores of the classifier's task shape (shapes.py plot_scores), found by the first one it logged;
+    # adapt --probe: the frozen-feature probe beside the held-out loss.
+    panels = [(s.plot_scores, s.score_floor) for s in SHAPES.values()]
+    panels.append(((("probe_accuracy", "probe accuracy (frozen features)"),), 0.0))
+    scores, floor = next((([(k, n) for k, n in pair if any(f"eval_{k}" in r for r in evals)], floor)
+                          for pair, floor in panels if any(f"eval_{pair[0][0]}" in r for r in evals)), ([], 0.0))
     classify = bool(scores)
     n = 3 if classify else 2
     fig, axes = plt.subplots(n, 1, figsize=(7, 2.4 * n + 0.6), dpi=110, sharex=True)
@@ -265,7 +265,7 @@ def _training_plot(plt, node: dict, history: list[dict], path: Path) -> None:
         if best is not None:
             ax.axvline(best, color="grey", ls=":", label=f"kept checkpoint (step {best})")
         ax.set_ylabel("score on eval data")
-        ax.set_ylim(-1.02 if scores[0][0] == "pearson" else 0, 1.02)
+        ax.set_ylim(floor * 1.02, 1.02)
         ax.legend(fontsize=8)
         ax.grid(True, alpha=0.3)
     axes[-1].set_xlabel("optimizer step")
