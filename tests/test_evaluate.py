@@ -122,3 +122,30 @@ def test_labels_spelled_as_the_task_allows(trained_classifier, task_files, tmp_p
     full = evaluate.run(EvaluateConfig(model=str(clf), data=str(task_files["test"])))
     aliased = evaluate.run(EvaluateConfig(model=str(clf), data=str(short)))
     assert aliased["accuracy"] == full["accuracy"] and aliased["n_eval"] == full["n_eval"]
+
+
+def test_a_file_is_read_by_finetunes_reader(trained_classifier, tmp_path):
+    """evaluate reads and encodes its --data with finetune's reader (data/tasks.py encode): an empty label
+    cell is named as such (it was reported as an unknown label ''), and a row without text is dropped."""
+    out, _ = trained_classifier
+    write_csv(tmp_path / "empty.csv", [("fine", "positive"), ("meh", ""), ("ok", "negative")])
+    with pytest.raises(UsageError, match="1 row\\(s\\) have an empty 'label' value \\(first at data row 2\\)"):
+        evaluate.run(EvaluateConfig(model=str(out), data=str(tmp_path / "empty.csv")))
+    write_csv(tmp_path / "blank.csv", [("fine", "positive"), (" ", "negative"), ("awful", "negative")])
+    assert evaluate.run(EvaluateConfig(model=str(out), data=str(tmp_path / "blank.csv")))["n_eval"] == 2
+
+
+def test_the_lm_rules_evaluate_follows():
+    """A checkpoint without a recorded block size is scored in the LM stages' default blocks, and with the
+    objective of the LM head it carries, else its family's (models.trained_objective)."""
+    from types import SimpleNamespace
+
+    from nlptl.config import LMConfig
+    from nlptl.models import trained_objective
+
+    assert evaluate.DEFAULT_BLOCK_SIZE == LMConfig().block_size == 128
+    bert = {"model_type": "bert", "is_decoder": False}
+    assert trained_objective(SimpleNamespace(**bert, architectures=["BertLMHeadModel"])) == "clm"
+    assert trained_objective(SimpleNamespace(**bert, architectures=["BertForMaskedLM"])) == "mlm"
+    assert trained_objective(SimpleNamespace(**bert, architectures=None)) == "mlm"
+    assert trained_objective(SimpleNamespace(model_type="gpt2", architectures=["GPT2Model"])) == "clm"

@@ -23,6 +23,7 @@ from nlptl.models.loading import (
     resolve_pooling,
     save_head_code,
     save_sentence_pooling,
+    trained_objective,
     trained_pooling,
     uses_stock_head,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "count_parameters", "default_max_length", "default_objective", "family", "hub_guard", "inspect_model",
     "load_classifier", "load_config", "load_error", "load_lm", "load_tokenizer", "load_trained_classifier",
     "lora_targets", "masked_only", "mlm_head", "positions_of", "require_peft", "resolve_pooling", "save_head_code",
-    "save_lora", "save_sentence_pooling", "trained_pooling", "scratch_positions", "train_tokenizer", "unwrap_lm",
+    "save_lora", "save_sentence_pooling", "trained_objective", "trained_pooling", "scratch_positions",
+    "train_tokenizer", "unwrap_lm",
     "uses_stock_head",
 ]

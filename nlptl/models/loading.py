@@ -35,6 +35,18 @@ def default_objective(config) -> str:
     return "mlm" if model_type(config) in MODEL_FOR_MASKED_LM_MAPPING_NAMES else "clm"
 
 
+def trained_objective(config) -> str:
+    """The objective of the LM head a checkpoint carries (its `architectures`: a causal-LM or a masked-LM
+    class), else the family's (`default_objective`): an encoder adapted with --objective clm is scored
+    as the causal LM it now is."""
+    archs = getattr(config, "architectures", None) or []
+    if any(a.endswith(("CausalLM", "LMHeadModel")) for a in archs):
+        return "clm"
+    if any(a.endswith("MaskedLM") for a in archs):
+        return "mlm"
+    return default_objective(config)
+
+
 def load_tokenizer(ref: ModelRef, config):
     """The checkpoint's tokenizer, with a usable model_max_length and a pad token."""
     from transformers import AutoTokenizer

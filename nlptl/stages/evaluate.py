@@ -27,6 +27,11 @@ from nlptl.errors import UsageError
 from nlptl.models import inspect_model, positions_of
 from nlptl.stages.common import check_block_size, check_max_length
 
+# --block-size when neither the flag nor the model's run record gives one (a checkpoint from elsewhere):
+# the LM stages' own default (LMConfig.block_size), so that such a model is scored in the blocks an nlptl
+# LM stage trains on.
+DEFAULT_BLOCK_SIZE = LMConfig.block_size
+
 
 def run(cfg: EvaluateConfig) -> dict:
     if cfg.data.startswith("task:"):
@@ -38,7 +43,7 @@ def run(cfg: EvaluateConfig) -> dict:
         spec = TaskSpec(trained_task(ref), src, None, cfg.text_column, cfg.label_column,
                         ref.lineage.get("label_separator", ";"))
         return _classifier(cfg, ref, spec)
-    block_size = cfg.block_size or ((ref.run or {}).get("config") or {}).get("block_size") or 128
+    block_size = cfg.block_size or ((ref.run or {}).get("config") or {}).get("block_size") or DEFAULT_BLOCK_SIZE
     if ref.config:
         check_block_size(block_size, positions_of(ref.config))
     corpus = resolve_corpus(cfg.data, cfg.text_column)
@@ -91,25 +96,19 @@ def _classifier(cfg: EvaluateConfig, ref, spec) -> dict:
 def _language_model(cfg: EvaluateConfig, ref, corpus, block_size: int) -> dict:
     from nlptl import models, runtime
     from nlptl.data.collate import EVAL_MASK_SEED, lm_collators
-    from nlptl.data.corpora import load_corpus
-    from nlptl.data.lm import pack_blocks
+    from nlptl.data.lm import corpus_blocks
     from nlptl.evaluation import lm_loss
 
     runtime.quiet_libraries()
     accelerator = runtime.make_accelerator()
     models.hub_guard(ref)
     config = models.load_config(ref)
-    objective = models.default_objective(config)
-    archs = config.architectures or []
-    if any(a.endswith(("CausalLM", "LMHeadModel")) for a in archs):
-        objective = "clm"
-    elif any(a.endswith("MaskedLM") for a in archs):
-        objective = "mlm"
+    objective = models.trained_objective(config)
     tokenizer = models.load_tokenizer(ref, config)
     model, _, _ = models.load_lm(ref, config, objective)
     LMConfig(mlm_probability=cfg.mlm_probability, block_size=block_size)  # validates the values
     with accelerator.main_process_first():
-        blocks = pack_blocks(load_corpus(corpus), tokenizer, block_size, corpus_key=f"{corpus.sha256 or corpus.spec}|{corpus.text_column}")
+        blocks, _ = corpus_blocks(corpus, tokenizer, block_size)  # the blocks adapt and pretrain cache
     if len(blocks) == 0:
         raise UsageError(f"--data {cfg.data}: shorter than one block of {block_size} tokens; pass --block-size smaller")
     _, eval_collate = lm_collators(tokenizer, objective, cfg.mlm_probability, 0,
