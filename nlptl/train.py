@@ -224,9 +224,6 @@ def _check_stream(cfg: TrainConfig, accelerator) -> None:
         raise UsageError("--streaming reads a corpus of unknown length: pass --max-steps N")
     if cfg.gradual_unfreeze and not cfg.unfreeze_every:
         raise UsageError("--gradual-unfreeze on a stream has no epochs to unfreeze by: pass --unfreeze-every N")
-    if accelerator.num_processes > 1:
-        raise UsageError("--streaming runs on one process (each would read the whole stream); drop --streaming "
-                         "for torchrun/accelerate launch, after `nlptl preprocess`")
 
 
 def _check_patience(cfg: TrainConfig, evaluate_fn, evaluations) -> None:
@@ -324,8 +321,9 @@ class _Loop:
             self.progress.note(f"{path} stopped early at step {restored.step} "
                                f"({restored.stopped_early['reason']}): nothing more to train")
         self.epoch_sampler_state = rng["epoch_sampler"]
-        if self.stream is not None:
-            self.stream.load_state_dict(rng["stream"])
+        if self.stream is not None:  # "stream": one process's position, as checkpoints before issue 27 kept it
+            streams = rng["streams"] if "streams" in rng else [rng["stream"]]
+            self.stream.load_state_dict(streams[min(self.accelerator.process_index, len(streams) - 1)])
         self.accelerator.step = restored.micro_step
         per_process = rng["per_process"]
         if len(per_process) != self.accelerator.num_processes:
@@ -488,8 +486,9 @@ class _Loop:
         mine = [rng_states(self.random_source)]
         rng = {"epoch_sampler": self.epoch_sampler_state,
                "per_process": gather_object(mine) if accelerator.num_processes > 1 else mine}
-        if self.stream is not None:
-            rng["stream"] = self.stream.state_dict()
+        if self.stream is not None:  # each process reads its own shard: every position is kept, by rank
+            mine = [self.stream.state_dict()]
+            rng["streams"] = gather_object(mine) if accelerator.num_processes > 1 else mine
         if accelerator.is_main_process:
             path = save_training(self.checkpoints, state.step, accelerator.unwrap_model(self.model), self.optimizer,
                                  self.scheduler, rng, state.to_dict(), self.best_state, self.cfg.keep_last)

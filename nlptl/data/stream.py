@@ -4,7 +4,8 @@ whose position is part of each checkpoint, so a resumed run sees exactly the blo
 `datasets` keeps the position of a stream (`state_dict()`: the file and row it reached, the packing
 batch it is in and how many of its blocks were taken, the mixing generator's state) and continues from
 it (`load_state_dict()`) without re-reading what came before. `BlockStream` adds the epochs: a stream
-read to its end starts again from the top, the way a cached corpus does.
+read to its end starts again from the top, the way a cached corpus does. With several processes each
+reads its own shard (`shard`), and every process's position is saved.
 """
 
 from __future__ import annotations
@@ -13,6 +14,18 @@ import copy
 from collections.abc import Callable
 
 import torch
+
+
+def shard(stream, accelerator):
+    """This process's share of `stream`: with several processes, each reads its own (whole files where the
+    corpus has a multiple of the processes' number of files, else every Nth block), so that none is read
+    twice and none skipped across ranks. A mixture shards each corpus before mixing them, and so keeps its
+    shares on every rank. The position (`state_dict`) is this process's own."""
+    if accelerator.num_processes == 1:
+        return stream
+    from datasets.distributed import split_dataset_by_node
+
+    return split_dataset_by_node(stream, rank=accelerator.process_index, world_size=accelerator.num_processes)
 
 
 class BlockStream(torch.utils.data.IterableDataset):

@@ -262,6 +262,7 @@ def _streamed(cfg: LMConfig, corpus, tokenizer, word_starts: bool, accelerator):
     """(a function that opens the training stream, the held-out blocks): the first --max-eval-blocks."""
     import datasets
 
+    from nlptl.data.stream import shard
     from nlptl.data.lm import packer, stream_blocks
 
     pack = packer(tokenizer, cfg.block_size, word_starts)
@@ -273,7 +274,7 @@ def _streamed(cfg: LMConfig, corpus, tokenizer, word_starts: bool, accelerator):
                          "nothing left to train on; lower --max-eval-blocks, or drop --streaming for a small corpus")
     held_out = datasets.Dataset.from_list(first[: cfg.max_eval_blocks])
     log.info("%s: streamed, %d blocks of %d tokens held out (the first ones)", corpus.spec, len(held_out), cfg.block_size)
-    return (lambda: stream_blocks(corpus, pack).skip(cfg.max_eval_blocks)), held_out
+    return (lambda: shard(stream_blocks(corpus, pack).skip(cfg.max_eval_blocks), accelerator)), held_out
 
 
 def auto_lr(cfg: LMConfig, stage: str, accelerator, model, objective: str, blocks, collate, out: Path):
