@@ -73,7 +73,11 @@ COMMON = [
 ]
 Json = Annotated[bool, typer.Option("--json", help=JSON_HELP, rich_help_panel=OUTPUT)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP, rich_help_panel=OUTPUT)]
-NOT_CONFIG = ("config", "sets", "json_", "quiet", "verbose")
+NOT_CONFIG = ("ctx", "config", "sets", "json_", "quiet", "verbose")
+# Typer's context, first of every command: its `obj` is what the user typed (main() puts it there).
+CONTEXT = _param("ctx", inspect.Parameter.empty, typer.Context)
+# The stages that write a training run: its record quotes the command line, and so does the hint to resume it.
+RECORDED = ("pretrain", "adapt", "finetune")
 
 
 def _flags(local: dict[str, Any]) -> dict[str, Any]:
@@ -92,7 +96,7 @@ def _stage(name: str, local: dict[str, Any]) -> None:
     shown = resolved if local.get("verbose") else cfgmod.changed(cfg)
     console.header(name if local.get("verbose") else f"{name} (changed from the defaults)", shown)
     module = __import__(f"nlptl.stages.{name}", fromlist=["run"])
-    result = module.run(cfg)
+    result = module.run(cfg, command=local["ctx"].obj) if name in RECORDED else module.run(cfg)
     if local["json_"]:
         console.emit_json(result)
     elif "learning_curve" in result:
@@ -108,7 +112,7 @@ def stage_command(name: str, doc: str, params: list[inspect.Parameter], body=Non
         (body or (lambda given: _stage(name, given)))(given)
 
     command.__name__, command.__doc__ = name, doc
-    command.__signature__ = inspect.Signature(params)
+    command.__signature__ = inspect.Signature([CONTEXT, *params])
     app.command(name=name)(command)
 
 
@@ -212,6 +216,7 @@ stage_command("merge", "Merge a run's LoRA adapter (trained with --lora, without
 
 @app.command()
 def run(
+    ctx: typer.Context,
     recipe: Annotated[str, typer.Argument(help=help_of(RunConfig, "recipe"), show_default=False,
                                                    metavar="RECIPE.yaml")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help=help_of(RunConfig, "dry_run"))] = False,
@@ -226,7 +231,7 @@ def run(
     from nlptl.stages import run as stage
 
     console.configure(quiet=quiet, json_mode=json_)
-    result = stage.run(RunConfig(recipe=recipe, sets=sets or [], dry_run=dry_run))
+    result = stage.run(RunConfig(recipe=recipe, sets=sets or [], dry_run=dry_run), command=ctx.obj)
     if json_:
         console.emit_json(result)
         return
@@ -331,18 +336,16 @@ def main(argv: list[str] | None = None) -> None:
     (set NLPTL_DEBUG=1 to see it)."""
     from nlptl import console
 
-    # What the user typed: run records and resume hints quote it (a stage called from Python has none).
-    console.set_command_line(sys.argv[1:] if argv is None else argv)
     console.guard_stdout()
     try:
         # Not standalone: typer returns the code of an Exit (--help, --version, Ctrl-C is 130) instead of raising it.
-        code = app(args=argv, prog_name="nlptl", standalone_mode=False)
+        # `obj`: what the user typed, which the commands pass on to the stages (their records quote it).
+        code = app(args=argv, prog_name="nlptl", standalone_mode=False,
+                   obj=list(sys.argv[1:] if argv is None else argv))
         if code == 130:
             raise KeyboardInterrupt
     except (Exception, KeyboardInterrupt) as e:
         code = _failure(e)
-    finally:
-        console.set_command_line(None)
     if isinstance(code, int) and code:
         sys.exit(code)
 

@@ -1,9 +1,8 @@
 """All terminal output: logs and progress on stderr (main process only), `--json` results on stdout.
 
 Library code logs through `logging.getLogger("nlptl")` and reports training progress through
-`Progress`; only this module writes to the terminal. It also holds what the user typed
-(`command_line()`, set by the CLI): records and resume hints quote it. Rich formatting on a terminal; plain lines when stderr is a
-pipe or NO_COLOR is set; nothing but warnings with `--quiet`.
+`Progress`; only this module writes to the terminal. Rich formatting on a terminal; plain lines when stderr
+is a pipe or NO_COLOR is set; nothing but warnings with `--quiet`.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from typing import Any
 
 log = logging.getLogger("nlptl")
 
-_state: dict[str, Any] = {"quiet": False, "json": False, "configured": False, "header": None, "command": None}
+_state: dict[str, Any] = {"quiet": False, "json": False, "configured": False, "header": None}
 
 
 CLOSED_STDOUT = ("standard output is closed, so the results have nowhere to go; redirect it instead (> FILE, "
@@ -52,16 +51,6 @@ def require_stdout() -> None:
         from nlptl.errors import UsageError
 
         raise UsageError(CLOSED_STDOUT)
-
-
-def set_command_line(args: list[str] | None) -> None:
-    """The arguments of the running `nlptl` command (cli.main), or None once it is done."""
-    _state["command"] = None if args is None else list(args)
-
-
-def command_line() -> list[str] | None:
-    """The arguments `nlptl` was given, or None when the library is called from Python."""
-    return _state.get("command")
 
 
 def is_main_process() -> bool:

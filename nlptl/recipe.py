@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nlptl.checkpoint import checkpoints_dir, read_record
 from nlptl.config import (
     ALIASES,
     STAGE_CONFIGS,
@@ -44,6 +43,7 @@ from nlptl.config import (
     to_dict,
 )
 from nlptl.errors import UsageError, did_you_mean
+from nlptl.rundir import checkpoints_dir, read_record
 
 KINDS = ("pretrain", "adapt", "finetune", "evaluate")
 TRAINING = ("pretrain", "adapt", "finetune")

@@ -348,3 +348,25 @@ def trained_classifier(checkpoints, task_files, runs) -> tuple[Path, dict]:
                                        eval_file=str(task_files["eval"]), out=str(out), max_steps=100,
                                        batch_size=16, lr=2e-3, log_every=5))
     return out, result
+
+
+# A process that takes --out's lock (as a run does) and holds it until killed: another run in flight.
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from nlptl.rundir import OutLock
+lock = OutLock(Path(sys.argv[1]))
+assert lock.acquire() is None
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def hold_lock(out: Path):
+    """A subprocess holding the lock of `out`; the caller kills it."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc

@@ -200,7 +200,7 @@ def test_every_stage_command_honours_the_whole_precedence_chain(command, tmp_pat
     seen = {}
     module = importlib.import_module(f"nlptl.stages.{command}")
 
-    def capture(cfg):
+    def capture(cfg, command=None):
         seen["cfg"] = cfg
         return {}
 

@@ -180,6 +180,24 @@ def test_bad_uses_are_one_line(finetuned, adapted, tmp_path):
         export.run(ExportConfig(model=str(windowed), out=str(tmp_path / "w")))
 
 
+def test_a_second_export_into_one_out_is_refused(finetuned, tmp_path):
+    """An export in flight holds --out's lock: another export into it fails at once, naming its pid."""
+    from conftest import hold_lock
+
+    run_dir, _ = finetuned["bert"]
+    out = tmp_path / "onnx"
+    holder = hold_lock(out)
+    try:
+        with pytest.raises(UsageError, match=rf"--out {out} is in use by another nlptl run \(pid {holder.pid}\)"):
+            export.run(ExportConfig(model=str(run_dir), out=str(out)))
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    export.run(ExportConfig(model=str(run_dir), out=str(out)))
+    assert not (tmp_path / ".onnx.lock").exists()  # released, and removed
+
+
 def test_labelled_file_with_id_labels(finetuned, tmp_path):
     """--data with 0/1 labels: read as label ids, as evaluate does."""
     run_dir, _ = finetuned["bert"]

@@ -132,3 +132,46 @@ def test_every_shape_has_its_loss_in_the_copied_head():
 
     assert set(LOSSES) == {s.problem_type for s in SHAPES.values()}
 
+
+MUTATORS = {"append", "extend", "insert", "update", "setdefault", "pop", "popitem", "add", "discard", "remove",
+            "clear"}
+
+
+def mutated_globals(tree: ast.Module) -> set[str]:
+    """The module-level dicts, lists and sets of `tree` that its code changes (item assignment, deletion,
+    a mutating method, or a `global` statement): state kept between calls."""
+    containers = set()
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        else:
+            targets = [node.target] if isinstance(node, ast.AnnAssign) else []
+        value = getattr(node, "value", None)
+        made = isinstance(value, ast.Dict | ast.List | ast.Set | ast.DictComp | ast.ListComp | ast.SetComp) or (
+            isinstance(value, ast.Call) and isinstance(value.func, ast.Name)
+            and value.func.id in ("dict", "list", "set", "defaultdict", "OrderedDict", "Counter"))
+        containers |= {t.id for t in targets if made and isinstance(t, ast.Name)}
+    changed = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Global):
+            changed.update(node.names)
+        elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store | ast.Del):
+            changed.add(getattr(node.value, "id", None))
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in MUTATORS:
+            changed.add(getattr(node.func.value, "id", None))
+    # A `global` name is state whatever it holds; a container counts when it is changed.
+    globals_ = {n for node in ast.walk(tree) if isinstance(node, ast.Global) for n in node.names}
+    return (containers & changed) | globals_
+
+
+def test_mutated_globals_finds_state():
+    code = "A = {}\nB = []\nC = {'x': 1}\ndef f(k):\n    A[k] = 1\n    B.append(k)\n    return C[k]\n"
+    assert mutated_globals(ast.parse(code)) == {"A", "B"}
+
+
+@pytest.mark.parametrize("name", sorted(n for n in modules() if n.startswith("nlptl.stages.")))
+def test_stages_keep_no_state_between_calls(name):
+    """What a stage's opening tells its closing travels in its Run (stages/common.py), not in module globals
+    that a second run in the same process (a recipe, a test) would find filled."""
+    state = mutated_globals(ast.parse(modules()[name].read_text(encoding="utf-8")))
+    assert not state, f"{name} keeps state in module globals {sorted(state)}; keep it in the stage's Run"

@@ -114,6 +114,24 @@ def test_bad_uses(unmerged, finetuned, tmp_path):
     merge.run(MergeConfig(model=str(src), out=str(out), overwrite=True))
 
 
+def test_a_second_merge_into_one_out_is_refused(unmerged, tmp_path):
+    """A merge in flight holds --out's lock: another merge into it fails at once, naming its pid, as a
+    second training run does (test_run_dir.py)."""
+    from conftest import hold_lock
+
+    out = tmp_path / "merged"
+    holder = hold_lock(out)
+    try:
+        with pytest.raises(UsageError, match=rf"--out {out} is in use by another nlptl run \(pid {holder.pid}\)"):
+            merge.run(MergeConfig(model=str(unmerged[("bert", "auto")]), out=str(out)))
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    merge.run(MergeConfig(model=str(unmerged[("bert", "auto")]), out=str(out)))
+    assert not (tmp_path / ".merged.lock").exists()  # released, and removed
+
+
 def test_card_says_how_to_serve_and_export(unmerged, finetuned):
     """A finetune run's model card: serve and export commands; an unmerged LoRA run's: merge first."""
     run_dir, _ = finetuned["bert"]

@@ -10,13 +10,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import adapt_cfg
+from conftest import adapt_cfg, hold_lock
 
 from nlptl.errors import UsageError
 from nlptl.stages import adapt
@@ -82,22 +79,6 @@ def test_resume_refuses_fewer_steps_than_it_has_done(interrupted):
         adapt.run(adapt_cfg(**{**kw, "max_steps": 1, "resume": True}))
 
 
-HOLD = textwrap.dedent("""
-    import sys, time
-    from pathlib import Path
-    from nlptl.checkpoint import try_lock
-    assert try_lock(Path(sys.argv[1])) is None
-    print("locked", flush=True)
-    time.sleep(60)
-""")
-
-
-def hold_lock(out: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "locked"
-    return proc
-
-
 def test_a_second_run_on_the_same_out_fails_at_once(checkpoints, corpus_file, tmp_path):
     out = tmp_path / "shared"
     holder = hold_lock(out)
@@ -117,15 +98,15 @@ def test_a_second_run_on_the_same_out_fails_at_once(checkpoints, corpus_file, tm
 def test_runs_started_in_the_same_second_get_their_own_directory(checkpoints, corpus_file, nlptl_home, monkeypatch):
     from datetime import datetime
 
-    import nlptl.checkpoint
+    import nlptl.rundir
 
     class Frozen(datetime):
         @classmethod
         def now(cls, tz=None):
             return datetime(2026, 11, 30, 12, 0, 0)
 
-    monkeypatch.setattr(nlptl.checkpoint, "datetime", Frozen)
-    first = nlptl.checkpoint.default_out("adapt")
+    monkeypatch.setattr(nlptl.rundir, "datetime", Frozen)
+    first = nlptl.rundir.default_out("adapt")
     holder = hold_lock(first)  # a run that chose this name in this second and has not created it yet
     try:
         result = adapt.run(adapt_cfg(from_model=str(checkpoints["gpt2"]), corpus=str(corpus_file)))
@@ -136,17 +117,20 @@ def test_runs_started_in_the_same_second_get_their_own_directory(checkpoints, co
 
 
 def test_a_failed_run_releases_its_lock(interrupted):
-    """The fixture's run failed after it had locked --out: the lock is gone with it."""
-    from nlptl.checkpoint import _locks
+    """The fixture's run failed after it had locked --out: the lock is gone with it (another run takes it)."""
+    from nlptl.rundir import OutLock
 
     out, _, _ = interrupted
-    assert not _locks and not (out.parent / ".run.lock").exists()
+    assert not (out.parent / ".run.lock").exists()
+    lock = OutLock(out)
+    assert lock.acquire() is None
+    lock.release()
 
 
 def test_what_a_run_stopped_before_its_first_checkpoint_leaves_may_be_written_over(tmp_path):
     """A run stopped before its first checkpoint leaves metrics.csv alone; the next run may replace it,
     whatever metrics it had (a contrastive run logs eval_pair_loss at step 0), but not a stranger's CSV."""
-    from nlptl.checkpoint import check_out
+    from nlptl.rundir import check_out
     from nlptl.tracking import COLUMNS
 
     out = tmp_path / "run"
@@ -223,7 +207,7 @@ def test_the_default_from_skips_a_run_with_a_corrupt_record_and_says_so(nlptl_ho
     warning, not in silence."""
     import logging
 
-    from nlptl.checkpoint import default_from
+    from nlptl.rundir import default_from
 
     for name, record in (("adapt-old", '{"stage": "adapt", "created": "2026-01-01T00:00:00+00:00"}'),
                          ("adapt-new", '{"stage": "adapt", "crea')):
@@ -232,3 +216,18 @@ def test_the_default_from_skips_a_run_with_a_corrupt_record_and_says_so(nlptl_ho
     with caplog.at_level(logging.WARNING, logger="nlptl"):
         assert default_from("finetune") == str(nlptl_home / "adapt-old")
     assert f"skipped {nlptl_home / 'adapt-new'}: its nlptl-run.json is corrupt" in caplog.text
+
+
+def test_the_record_quotes_the_command_line_the_cli_passed(checkpoints, corpus_file, tmp_path):
+    """The CLI passes what the user typed to the stage's Run (no console state): the record quotes it; a
+    stage called from Python records none."""
+    from cli_helpers import call_main
+
+    out = tmp_path / "typed"
+    args = ["adapt", "--from", str(checkpoints["gpt2"]), "--corpus", str(corpus_file), "--out", str(out),
+            "--max-steps", "2", "--quiet"]
+    assert call_main(args, tmp_path) == 0
+    assert json.loads((out / "nlptl-run.json").read_text())["command"] == "nlptl " + " ".join(args)
+    result = adapt.run(adapt_cfg(from_model=str(checkpoints["gpt2"]), corpus=str(corpus_file), out=str(tmp_path / "py"),
+                                 max_steps=2))
+    assert json.loads((Path(result["output_dir"]) / "nlptl-run.json").read_text())["command"] is None

@@ -197,7 +197,7 @@ def read_files(files: list[str], fmt: str, sha256: str | None):
     a restored backup) would be read from the old cache: each content gets a cache directory of its own."""
     import datasets
 
-    from nlptl.checkpoint import unwritable
+    from nlptl.rundir import unwritable
 
     cache = Path(datasets.config.HF_DATASETS_CACHE)
     if unwritable(cache) is not None:  # `datasets` writes every file it reads there first

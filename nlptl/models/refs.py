@@ -65,7 +65,7 @@ def inspect_model(spec: str, flag: str = "--from") -> ModelRef:
             raise UsageError(f"{flag} {spec}: config.json has no model_type; not a Hugging Face model checkpoint")
         if not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
             raise UsageError(f"{flag} {spec}: holds a config but no weights (*.safetensors or *.bin)")
-        from nlptl.checkpoint import read_record, record_problem
+        from nlptl.rundir import read_record, record_problem
 
         if problem := record_problem(p):  # not a plain checkpoint: its lineage would be lost without a word
             raise UsageError(f"{flag} {spec}: its {problem}; restore it from a copy of the run, or delete it to use "

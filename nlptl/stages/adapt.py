@@ -21,17 +21,17 @@ like one (general -> domain MLM/CLM -> contrastive -> finetune).
 
 from __future__ import annotations
 
-from nlptl.checkpoint import default_from, lineage_of
 from nlptl.config import AdaptConfig
 from nlptl.data.corpora import mixture_key, resolve_corpora
 from nlptl.errors import UsageError
 from nlptl.models import inspect_model, positions_of, require_peft
 from nlptl.probe import probe_spec
-from nlptl.stages.common import check_block_size, locked, open_stage, start
+from nlptl.rundir import default_from, lineage_of
+from nlptl.stages.common import Run, check_block_size, open_stage, start
 
 
-@locked
-def run(cfg: AdaptConfig) -> dict:
+def run(cfg: AdaptConfig, command: list[str] | None = None) -> dict:
+    """`command`: the arguments `nlptl` was given (None from Python), which the record quotes."""
     # Everything that needs only the arguments, config.json and file headers, before torch loads.
     if cfg.lora:
         require_peft()
@@ -45,16 +45,23 @@ def run(cfg: AdaptConfig) -> dict:
         check_block_size(cfg.block_size, positions_of(ref.config))
     corpora = resolve_corpora(cfg.corpus, cfg.text_column, cfg.train_file)
     probe = probe_spec(cfg) if cfg.objective != "contrastive" else None  # its file and columns, checked now
-    out = open_stage(cfg, "adapt", ref.path if ref.local else None, {"--corpus": mixture_key(corpora)})
+    with open_stage(cfg, "adapt", ref.path if ref.local else None, {"--corpus": mixture_key(corpora)},
+                    command) as opened:
+        return adapt(opened, ref, corpora, probe)
+
+
+def adapt(run: Run, ref, corpora: list, probe) -> dict:
+    """The stage once its Run is open: contrastive, or the language-model flow (stages/lm.py)."""
+    cfg = run.cfg
     if cfg.objective == "contrastive":
         from nlptl.stages.contrastive import contrastive_stage
 
-        return contrastive_stage(cfg, ref, accelerator=start(cfg, out), out=out, lineage=lineage_of("adapt", ref))
+        return contrastive_stage(run, ref, accelerator=start(cfg, run.out), lineage=lineage_of("adapt", ref))
 
     from nlptl import handoff
     from nlptl.stages.lm import lm_from, lm_stage
 
-    accelerator = start(cfg, out)
+    accelerator = start(cfg, run.out)
     model = lm_from(cfg, ref)
     if model["kept"]:
         kept = model["kept"]
@@ -69,8 +76,8 @@ def run(cfg: AdaptConfig) -> dict:
                          probe=probe.train.record() if probe is not None else None,
                          handoff=handoff.record(pooling=carried, objective=model["objective"], config=config,
                                                 origin_of=handoff.lm_origin(ref)))
-    return lm_stage("adapt", cfg, accelerator=accelerator, corpora=corpora, out=out, lineage=lineage,
-                    pooling=pooling.value, probe=probe, **model)
+    return lm_stage(run, accelerator=accelerator, corpora=corpora, lineage=lineage, pooling=pooling.value, probe=probe,
+                    **model)
 
 
 def adapt_choices(cfg: AdaptConfig, model: dict, carried) -> list:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from nlptl.config import FinetuneConfig
 from nlptl.data.task_data import TaskData, class_weights
-from nlptl.stages.common import resume_args
+from nlptl.stages.common import Run
 
 log = logging.getLogger("nlptl")
 
@@ -29,11 +29,11 @@ class Collapsed(Exception):
         self.step, self.share = step, share
 
 
-def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator, out: Path | None = None, runlog=None,
+def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator, run: Run | None = None, runlog=None,
         *, lr_source: str = "given", guard: bool = False, by_class: bool = True):
     """A new classifier on `ref`, trained on `train_ds`; returns (best model, TrainResult, best metrics).
-    With --lora the model is the PeftModel around the trained classifier. `out`: the run directory
-    its checkpoints go to (none for the points of a learning curve). `lr_source`: where the rate came
+    With --lora the model is the PeftModel around the trained classifier. `run`: the stage's Run, whose
+    directory its checkpoints go to (none for the points of a learning curve). `lr_source`: where the rate came
     from (given, default, auto), for the advice of the one-class warning. `guard`: stop at the first
     evaluation and raise Collapsed when it predicts one class for nearly the whole eval set. `by_class`: the
     best metrics also hold the kept checkpoint's results per class and its confusion matrix (a learning
@@ -63,10 +63,11 @@ def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator, out: Pa
         return bool(collapsed) and collapsed[0] > COLLAPSED
 
     loss_fn = weighted_loss(cfg, data, train_ds)
+    checkpointing = run.resume_args() if run is not None else {}
     model, result = train(accelerator, model, train_ds, collate, cfg, description="finetune",
                           evaluate_fn=evaluate_fn, select=shape.select, default_evals=4,
                           lengths=[len(ids) for ids in train_ds["input_ids"]], runlog=runlog, loss_fn=loss_fn,
-                          head_lr=cfg.head_lr, stop_when=stop_when if guard else None, **resume_args(cfg, out))
+                          head_lr=cfg.head_lr, stop_when=stop_when if guard else None, **checkpointing)
     if guard and collapsed and collapsed[0] > COLLAPSED:
         raise Collapsed(result.best_step or result.steps, collapsed[0])
     best = result.best or evaluate_fn(model)
@@ -236,30 +237,28 @@ def auto_lr(cfg: FinetuneConfig, ref, data: TaskData, accelerator, out: Path | N
 AUTO_RETRIES = 2  # --lr auto: a collapsed run is retried at a tenth of its rate, this many times at most
 
 
-def train_classifier(cfg: FinetuneConfig, train_cfg: FinetuneConfig, ref, data: TaskData, accelerator, out: Path,
-                     lr_found: dict | None):
+def train_classifier(run: Run, train_cfg: FinetuneConfig, ref, data: TaskData, accelerator, lr_found: dict | None):
     """fit() inside the run's log. Under --lr auto, a run whose first evaluation predicts one class for
     nearly the whole eval set stops there and starts again at a tenth of the rate (the record in
     lr_find.json says so, and a resumed run takes the lower rate). Returns (train_cfg, model, result,
-    best, runlog)."""
+    best)."""
     import dataclasses
     import shutil
 
     from nlptl import lr_find
-    from nlptl.checkpoint import checkpoints_dir
-    from nlptl.config import to_dict
+    from nlptl.rundir import checkpoints_dir
     from nlptl.runtime import seed_everything
-    from nlptl.tracking import RunLog
 
+    cfg, out = run.cfg, run.out
     source = "auto" if lr_found is not None else ("given" if cfg.lr is not None else "default")
     while True:  # ends: the run after the last retry is not guarded
         # A resumed run is past its first evaluation, or gets it with the rate it was resumed with.
         guard = source == "auto" and not cfg.resuming and len(lr_found.get("retries", [])) < AUTO_RETRIES
         try:
-            with RunLog(accelerator, out, "finetune", to_dict(cfg), resume=cfg.resuming) as runlog:
-                model, result, best = fit(train_cfg, ref, data, data.train, accelerator, out, runlog,
+            with run.open_log(accelerator) as runlog:
+                model, result, best = fit(train_cfg, ref, data, data.train, accelerator, run, runlog,
                                           lr_source=source, guard=guard)
-            return train_cfg, model, result, best, runlog
+            return train_cfg, model, result, best
         except Collapsed as e:
             lower = train_cfg.lr / 10
             log.warning("--lr auto: at lr %.3g the classifier predicts one class for %.0f%% of the eval set at its "

@@ -1,21 +1,24 @@
-"""What every training stage shares, so that a stage module holds only what is particular to it.
+"""What every stage that writes a directory shares, so that a stage module holds only what is particular to it.
 
-The opening: where the stage writes and the checks that need no heavy import (`open_stage`: --out,
---resume, --report-to, --push-to-hub), then the accelerator with its trackers and the seed (`start`)
-and the checkpointing arguments of the loop (`resume_args`). The closing (`write_stage`): the stage's
-files, metrics and record written into a staging directory, renamed into --out at once, then uploaded
-with --push-to-hub.
+A `Run` is one invocation of such a stage, from its opening to its closing. The opening
+(`open_stage` for the training stages, `open_product` for export and merge): --out resolved, locked for
+this run and checked before anything heavy runs (and for a training stage --resume, --report-to and
+--push-to-hub). Then the accelerator with its trackers and the seed (`start`), the run log
+(`Run.open_log`) and the checkpointing arguments of the loop (`Run.resume_args`). The closing
+(`write_stage`): the stage's files, metrics and record written into a staging directory, renamed into
+--out at once, then uploaded with --push-to-hub (`upload`); leaving the `with` block releases the lock.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from nlptl.checkpoint import check_out, default_out
 from nlptl.config import TrainConfig, to_dict
 from nlptl.errors import UsageError
+from nlptl.rundir import OutLock, Product, check_out, check_writable, default_out, resolve_out
 
 log = logging.getLogger("nlptl")
 
@@ -39,59 +42,91 @@ def check_max_length(max_length: int | None, config: dict | None, flag: str = "-
                          + ("; for longer texts use --long-docs chunk" if flag == "--max-length" else ""))
 
 
-# Each run directory this process opened: its identity (config and input hashes, kept in its checkpoints)
-# and the checkpoint a resumed run continues (found and verified once, by open_stage).
-_opened: dict[Path, dict] = {}
+@dataclass
+class Run:
+    """One invocation of a stage that writes a directory. `out`: where it writes, held by `lock` until
+    the run closes; `command`: the arguments `nlptl` was given (the CLI passes them; None from Python),
+    which the record and the resume hint quote. A training stage's run also holds its config, what a
+    resumed run must share with the interrupted one (`identity`: config and input hashes, kept in its
+    checkpoints), the checkpoint it continues (found and verified once, at the opening) and its run log."""
+
+    stage: str
+    out: Path
+    lock: OutLock
+    cfg: object = None
+    command: list[str] | None = None
+    identity: dict | None = None
+    checkpoint: Path | None = None
+    runlog: object = None  # tracking.RunLog, from open_log
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.lock.release()
+
+    def open_log(self, accelerator):
+        """The run's metrics log (tracking.RunLog, a context manager), kept for the closing."""
+        from nlptl.tracking import RunLog
+
+        self.runlog = RunLog(accelerator, self.out, self.stage, to_dict(self.cfg), resume=self.checkpoint is not None)
+        return self.runlog
+
+    def resume_args(self) -> dict:
+        """Checkpointing arguments of train(): where checkpoints go, the one to resume, how to resume
+        this run, and what a resumed run must share."""
+        from nlptl.rundir import checkpoints_dir, resume_hint
+
+        return {"checkpoints": checkpoints_dir(self.out), "resume_from": self.checkpoint,
+                "resume_hint": resume_hint(self.out, self.command), "identity": self.identity}
 
 
-def open_stage(cfg: TrainConfig, stage: str, from_path: str | None, inputs: dict | None = None) -> Path:
-    """The --out of a training stage (a new directory under the runs root by default), locked for this
-    run and checked before anything heavy runs, and the checks of --report-to and --push-to-hub.
+def open_stage(cfg: TrainConfig, stage: str, from_path: str | None, inputs: dict | None = None,
+               command: list[str] | None = None) -> Run:
+    """The Run of a training stage: its --out (a new directory under the runs root by default), locked
+    and checked before anything heavy runs, and the checks of --report-to and --push-to-hub.
     `from_path`: the local model the stage starts from (it must not be --out). `inputs`: the content
     hash of each data input, which a resumed run must share with the interrupted one, like its config."""
-    from nlptl.checkpoint import (
-        check_resume_identity,
-        check_writable,
-        lock_out,
-        resolve_out,
-        run_identity,
-        try_lock,
-    )
+    from nlptl.checkpoint import check_resume_identity, find_resume_checkpoint, run_identity
 
     if cfg.out:
         out = resolve_out(cfg.out)
         check_writable(out)  # before the lock, which is a file next to --out
-        lock_out(out)
+        lock = OutLock(out).take()
     else:
         check_writable(default_out(stage), "pass --out, or set NLPTL_HOME to a writable directory")
         # Two runs started in the same second get different names: a name locked by another is skipped.
         n = 1
-        while try_lock(out := default_out(stage, n)) is not None:
+        while (lock := OutLock(out := default_out(stage, n))).acquire() is not None:
             n += 1
-    checkpoint = check_out(out, cfg.overwrite, from_path, resume=cfg.resuming, resume_from=cfg.resume_from)
-    identity = run_identity(cfg, inputs)
-    if checkpoint is not None:
-        check_resume_identity(checkpoint, identity)
-    _opened[out.resolve()] = {"identity": identity, "checkpoint": checkpoint}
-    preflight(cfg)
-    return out
+    run = Run(stage, out, lock, cfg, command)
+    try:
+        check_out(out, cfg.overwrite, from_path, resume=cfg.resuming)
+        # "Nothing to resume" is an error, not a fresh start. The checkpoint is verified once, here: its
+        # checksums cover every file, gigabytes for a large model.
+        run.checkpoint = find_resume_checkpoint(out, cfg.resume_from) if cfg.resuming else None
+        run.identity = run_identity(cfg, inputs)
+        if run.checkpoint is not None:
+            check_resume_identity(run.checkpoint, run.identity)
+        preflight(cfg)
+    except BaseException:
+        lock.release()
+        raise
+    return run
 
 
-def locked(run: Callable) -> Callable:
-    """A training stage's `run`: the --out locks it takes are released when it returns or fails."""
-    import functools
-
-    @functools.wraps(run)
-    def wrapper(cfg):
-        from nlptl.checkpoint import held_locks, release_locks
-
-        held = held_locks()
-        try:
-            return run(cfg)
-        finally:
-            release_locks(keep=held)
-
-    return wrapper
+def open_product(stage: str, out: str, overwrite: bool, source: str | Path, product: Product) -> Run:
+    """The Run of export or merge: --out resolved, checked and locked (two merges into one --out would
+    race); their files go in through rundir.StageWriter."""
+    path = resolve_out(out)
+    check_writable(path)
+    lock = OutLock(path).take()
+    try:
+        check_out(path, overwrite, source, product=product)
+    except BaseException:
+        lock.release()
+        raise
+    return Run(stage, path, lock)
 
 
 def preflight(cfg: TrainConfig) -> None:
@@ -113,52 +148,36 @@ def start(cfg: TrainConfig, out: Path | None = None):
     return accelerator
 
 
-def resume_args(cfg: TrainConfig, out: Path | None) -> dict:
-    """Checkpointing arguments of train() for a stage writing to `out` (none without one)."""
-    if out is None:
-        return {}
-    from nlptl import console
-    from nlptl.checkpoint import checkpoints_dir, find_resume_checkpoint, resume_hint
+def write_stage(run: Run, *, metrics: dict, lineage: dict, write: Callable[[object], dict] | None = None,
+                accelerator=None, recorded: dict | None = None) -> dict:
+    """The closing of a training stage. `write(writer)` puts the stage's own files (model, tokenizer, ...)
+    into the staging directory and returns more keys for the record; then come metrics.csv (the run's
+    log), nlptl-run.json (`recorded` metrics, by default `metrics` less output_dir), config.yaml and the
+    model card, and one rename makes them --out. Then --push-to-hub. Returns the stage's result."""
+    from nlptl.rundir import StageWriter, make_record
 
-    opened = _opened.get(Path(out).resolve(), {})
-    resume_from = None
-    if cfg.resuming:
-        resume_from = opened.get("checkpoint") or find_resume_checkpoint(out, cfg.resume_from)
-    return {"checkpoints": checkpoints_dir(out), "resume_from": resume_from,
-            "resume_hint": resume_hint(out, console.command_line()), "identity": opened.get("identity")}
-
-
-def write_stage(cfg, out: Path, stage: str, *, metrics: dict, lineage: dict,
-                write: Callable[[object], dict] | None = None, runlog=None, accelerator=None,
-                recorded: dict | None = None) -> dict:
-    """The closing of a stage. `write(writer)` puts the stage's own files (model, tokenizer, ...) into
-    the staging directory and returns more keys for the record; then come metrics.csv, nlptl-run.json
-    (`recorded` metrics, by default `metrics` less output_dir), config.yaml and the model card, and one
-    rename makes them --out. Then --push-to-hub. Returns the stage's result."""
-    from nlptl import console
-    from nlptl.checkpoint import StageWriter, make_record
-
-    config = to_dict(cfg)
+    config = to_dict(run.cfg)
     if accelerator is None or accelerator.is_main_process:
-        with StageWriter(out) as w:
+        with StageWriter(run.out) as w:
             extra = write(w) if write is not None else {}
-            if runlog is not None:
-                runlog.write(w.path)
+            if run.runlog is not None:
+                run.runlog.write(w.path)
             if recorded is None:
                 recorded = {k: v for k, v in metrics.items() if k != "output_dir"}
-            record = make_record(stage, config, recorded, lineage, console.command_line())
+            record = make_record(run.stage, config, recorded, lineage, run.command)
             w.commit({**record, **extra})
     if accelerator is not None:
         accelerator.wait_for_everyone()
-    return {**metrics, **publish(cfg, out, stage, accelerator), "config": config, "lineage": lineage}
+    return {**metrics, **upload(run, accelerator), "config": config, "lineage": lineage}
 
 
-def publish(cfg, out: Path, stage: str, accelerator=None) -> dict:
+def upload(run: Run, accelerator=None) -> dict:
     """--push-to-hub: upload the finished stage directory (main process); the result gains `hub_url`."""
+    cfg = run.cfg
     if not cfg.push_to_hub or (accelerator is not None and not accelerator.is_main_process):
         return {}
     from nlptl import hub
 
-    url = hub.push(out, cfg.push_to_hub, cfg.hub_private, stage)
-    log.info("uploaded %s to %s", out, url)
+    url = hub.push(run.out, cfg.push_to_hub, cfg.hub_private, run.stage)
+    log.info("uploaded %s to %s", run.out, url)
     return {"hub_url": url}

@@ -25,9 +25,9 @@ import logging
 import random
 from types import SimpleNamespace
 
-from nlptl.config import AdaptConfig, to_dict
+from nlptl.config import AdaptConfig
 from nlptl.errors import UsageError
-from nlptl.stages.common import resume_args, write_stage
+from nlptl.stages.common import Run, write_stage
 
 log = logging.getLogger("nlptl")
 
@@ -142,14 +142,14 @@ def mean_pair_loss(model, pairs, collate, batch_size: int, device) -> float:
     return total / len(pairs)
 
 
-def contrastive_stage(cfg: AdaptConfig, ref, *, accelerator, out, lineage: dict) -> dict:
-    """Train `ref`'s encoder on label pairs of the task's --train file and write the stage directory."""
+def contrastive_stage(run: Run, ref, *, accelerator, lineage: dict) -> dict:
+    """Train `ref`'s encoder on label pairs of the task's --train file and write the run's directory."""
     from transformers import AutoModel
 
     from nlptl import handoff, models
-    from nlptl.tracking import RunLog
     from nlptl.train import train
 
+    cfg = run.cfg
     models.hub_guard(ref)
     config = models.load_config(ref)
     tokenizer = models.load_tokenizer(ref, config)
@@ -181,14 +181,14 @@ def contrastive_stage(cfg: AdaptConfig, ref, *, accelerator, out, lineage: dict)
         return mean_pair_loss(m, scored, collate, cfg.batch_size, accelerator.device)
 
     train_cfg = cfg.with_default_lr()  # the record keeps --lr as given; training gets the rate
-    with RunLog(accelerator, out, "adapt", to_dict(cfg), resume=cfg.resuming) as runlog:
+    with run.open_log(accelerator) as runlog:
         before = score(model.to(accelerator.device))
         runlog.log({"step": 0, "eval_pair_loss": before})
         # --patience: evaluations on the held-out pairs, the best checkpoint kept (none otherwise).
         selection = ({"evaluate_fn": lambda m: {"pair_loss": score(accelerator.unwrap_model(m))},
                       "select": ("pair_loss", "min"), "default_evals": 4} if cfg.patience else {})
         model, result = train(accelerator, model, pairs, collate, train_cfg, description="adapt (contrastive)",
-                              runlog=runlog, **selection, **resume_args(cfg, out))
+                              runlog=runlog, **selection, **run.resume_args())
         after = score(model)
         runlog.log({"step": result.steps, "eval_pair_loss": after})
     metrics = {
@@ -203,7 +203,7 @@ def contrastive_stage(cfg: AdaptConfig, ref, *, accelerator, out, lineage: dict)
         "train_seconds": round(result.train_seconds, 3),
         **result.device_metrics(),
         **({"best_step": result.best_step} if result.patience else {}), **result.early_stop_metrics(),
-        "output_dir": str(out),
+        "output_dir": str(run.out),
     }
     lineage.update(objective="contrastive", task=spec.entry.name, train=spec.train.record(), labels=names,
                    pairs=len(pairs), pairs_per_example=cfg.pairs_per_example, pair_loss=cfg.pair_loss,
@@ -217,5 +217,4 @@ def contrastive_stage(cfg: AdaptConfig, ref, *, accelerator, out, lineage: dict)
         models.save_sentence_pooling(w.path, pooling, config.hidden_size, cfg.block_size)
         return {"history": result.history}
 
-    return write_stage(cfg, out, "adapt", metrics=metrics, lineage=lineage, write=write, runlog=runlog,
-                       accelerator=accelerator)
+    return write_stage(run, metrics=metrics, lineage=lineage, write=write, accelerator=accelerator)

@@ -19,11 +19,11 @@ import logging
 import statistics
 from pathlib import Path
 
-from nlptl.config import FinetuneConfig, to_dict
+from nlptl.config import to_dict
 from nlptl.data.task_data import prepare
 from nlptl.errors import UsageError
 from nlptl.stages.classifier import auto_lr, fit, rates_for
-from nlptl.stages.common import start, write_stage
+from nlptl.stages.common import Run, start, write_stage
 
 log = logging.getLogger("nlptl")
 
@@ -50,11 +50,12 @@ def model_name(ref) -> str:
     return Path(ref.path).name if ref.local else ref.spec
 
 
-def learning_curve(cfg: FinetuneConfig, refs: list, spec, out: Path) -> dict:
+def learning_curve(run: Run, refs: list, spec) -> dict:
     from nlptl import console
-    from nlptl.checkpoint import lineage_of
+    from nlptl.rundir import lineage_of
     from nlptl.runtime import seed_everything
 
+    cfg, out = run.cfg, run.out
     counts = cfg.label_counts() or [None]
     accelerator = start(cfg)
     names = [model_name(r) for r in refs]
@@ -101,7 +102,7 @@ def learning_curve(cfg: FinetuneConfig, refs: list, spec, out: Path) -> dict:
         return {}
 
     # No model is kept, so nothing to upload: a learning curve refuses --push-to-hub (config.py).
-    write_stage(cfg, out, "finetune", metrics=result, lineage=lineage, write=write, accelerator=accelerator,
+    write_stage(run, metrics=result, lineage=lineage, write=write, accelerator=accelerator,
                 recorded={"learning_curve": summary})
     console.table(f"learning curve on --eval ({len(data.eval)} examples), mean ± std over {cfg.seeds} seed(s)",
                   ["model", "labels", *keys],

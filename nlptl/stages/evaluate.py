@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from nlptl.checkpoint import default_from
 from nlptl.config import EvaluateConfig, LMConfig, to_dict
 from nlptl.data.corpora import resolve_corpus
 from nlptl.data.registry import task_entry
@@ -25,6 +24,7 @@ from nlptl.data.task_data import trained_task
 from nlptl.data.tasks import TaskSpec, labelled_source
 from nlptl.errors import UsageError
 from nlptl.models import inspect_model, positions_of
+from nlptl.rundir import default_from
 from nlptl.stages.common import check_block_size, check_max_length
 
 # --block-size when neither the flag nor the model's run record gives one (a checkpoint from elsewhere):

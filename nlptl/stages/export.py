@@ -18,19 +18,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from pathlib import Path
 
-from nlptl.checkpoint import publish, resolve_out
 from nlptl.config import ExportConfig, to_dict
 from nlptl.errors import NlptlError, UsageError
 from nlptl.inference import EXPORT_RECORD, ONNX_FILE, ONNX_MISSING, is_onnx_export
 from nlptl.models import inspect_model
-from nlptl.stages.common import check_max_length
+from nlptl.rundir import Product, StageWriter
+from nlptl.stages.common import Run, check_max_length, open_product
 
 log = logging.getLogger("nlptl")
 MAX_PARITY_TEXTS = 256
+# What --out may hold: an export, replaced with --overwrite.
+EXPORT = Product("the model directory", "the export", "an nlptl export", is_onnx_export)
 
 
 def run(cfg: ExportConfig) -> dict:
@@ -45,10 +45,15 @@ def run(cfg: ExportConfig) -> dict:
         # to the example's, and texts of other lengths would be wrong.
         raise UsageError(f"MODEL {ref.spec}: a long-document model (windowed head) cannot be exported to ONNX yet; "
                          "serve it with torch (nlptl serve MODEL)")
-    out = check_export_out(resolve_out(cfg.out), cfg.overwrite, ref.path)
-    for module in ("onnx", "onnxruntime"):
-        if importlib.util.find_spec(module) is None:
-            raise UsageError(ONNX_MISSING.replace("onnxruntime)", "onnx onnxruntime)"))
+    with open_product("export", cfg.out, cfg.overwrite, ref.path, EXPORT) as opened:
+        for module in ("onnx", "onnxruntime"):
+            if importlib.util.find_spec(module) is None:
+                raise UsageError(ONNX_MISSING.replace("onnxruntime)", "onnx onnxruntime)"))
+        return export(opened, cfg, ref)
+
+
+def export(run: Run, cfg: ExportConfig, ref) -> dict:
+    """The export into the Run's --out: traced, checked against torch, quantized if asked, renamed into place."""
     texts, pairs, gold = parity_texts(cfg, ref)
 
     from nlptl import exporting, runtime
@@ -60,10 +65,8 @@ def run(cfg: ExportConfig) -> dict:
     if texts is None:
         texts = exporting.SAMPLE_TEXTS
         pairs = list(reversed(texts)) if torch_model.pairs else None
-    stage = out.parent / f".{out.name}.export-{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
-    try:
+    with StageWriter(run.out) as w:
+        stage = w.path
         exporting.export_onnx(torch_model, stage / ONNX_FILE)
         # The backbone's config with the labels: the head is in the graph, and its code is not shipped here.
         backbone_config(torch_model.config).save_pretrained(stage)
@@ -84,11 +87,9 @@ def run(cfg: ExportConfig) -> dict:
         if cfg.quantize:
             record |= quantize(stage, torch_model, fp32, texts, pairs, gold, cfg.max_length)
         (stage / EXPORT_RECORD).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
-        publish(stage, out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    files = sorted(p.name for p in out.iterdir())
-    return {"output_dir": str(out), "files": files, **{k: record[k] for k in ("parity", "int8") if k in record}}
+        w.finish()
+    files = sorted(p.name for p in run.out.iterdir())
+    return {"output_dir": str(run.out), "files": files, **{k: record[k] for k in ("parity", "int8") if k in record}}
 
 
 def quantize(stage: Path, torch_model, fp32, texts, pairs, gold, max_length) -> dict:
@@ -133,16 +134,3 @@ def parity_texts(cfg: ExportConfig, ref) -> tuple[list[str] | None, list[str] | 
     # Labels given as ids (0/1) are mapped to the classifier's names, as evaluate reads them.
     gold = [names[int(g)] if g.isdigit() and int(g) < len(names) and g not in names else g for g in gold]
     return texts, pairs, gold
-
-
-def check_export_out(out: Path, overwrite: bool, source: str) -> Path:
-    if out.exists() and out.resolve() == Path(source).resolve():
-        raise UsageError(f"--out {out} is the model directory; write the export to another --out")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file; pass a directory path")
-    if out.is_dir() and any(out.iterdir()):
-        if not is_onnx_export(out):
-            raise UsageError(f"--out {out} is a non-empty directory that is not an nlptl export; choose another --out")
-        if not overwrite:
-            raise UsageError(f"--out {out} already holds an export; pass --overwrite to replace it")
-    return out

@@ -17,17 +17,17 @@ micro-F1 (multi-label) or RMSE (regression).
 
 from __future__ import annotations
 
-from nlptl.checkpoint import default_from, lineage_of
 from nlptl.config import FinetuneConfig
 from nlptl.data.task_data import prepare
 from nlptl.data.tasks import resolve_task
 from nlptl.models import inspect_model, require_peft
+from nlptl.rundir import default_from, lineage_of
 from nlptl.stages.classifier import choose_rates, train_classifier
-from nlptl.stages.common import check_max_length, locked, open_stage, start, write_stage
+from nlptl.stages.common import Run, check_max_length, open_stage, start, write_stage
 
 
-@locked
-def run(cfg: FinetuneConfig) -> dict:
+def run(cfg: FinetuneConfig, command: list[str] | None = None) -> dict:
+    """`command`: the arguments `nlptl` was given (None from Python), which the record quotes."""
     if cfg.lora:
         require_peft()
     refs = [inspect_model(cfg.from_model or default_from("finetune"), "--from"),
@@ -40,22 +40,26 @@ def run(cfg: FinetuneConfig) -> dict:
     spec = resolve_task(cfg.task, cfg.train_file, cfg.eval_file, cfg.text_column, cfg.label_column,
                         cfg.label_separator)
     inputs = {flag: src.sha256 or src.spec for flag, src in (("--train", spec.train), ("--eval", spec.eval)) if src}
-    out = open_stage(cfg, "finetune", refs[0].path if refs[0].local else None, inputs)
-    if cfg.learning_curve:
-        from nlptl.stages.curve import learning_curve
+    with open_stage(cfg, "finetune", refs[0].path if refs[0].local else None, inputs, command) as opened:
+        if cfg.learning_curve:
+            from nlptl.stages.curve import learning_curve
 
-        return learning_curve(cfg, refs, spec, out)
-    ref = refs[0]
+            return learning_curve(opened, refs, spec)
+        return finetune(opened, refs[0], spec)
 
+
+def finetune(run: Run, ref, spec) -> dict:
+    """Train a classifier on `ref` for the task `spec`, and write the stage directory."""
     from nlptl import handoff, models
 
+    cfg, out = run.cfg, run.out
     accelerator = start(cfg, out)
     data = prepare(cfg, ref, spec, accelerator)
     # The record keeps --lr as given (auto, or none: a recipe or a rerun resolves it the same way);
     # training gets the rate found or chosen for the checkpoint. Each `auto` choice is logged and recorded.
     train_cfg, lr_found, lr_choice = choose_rates(cfg, ref, data, accelerator, out)
     choices = handoff.announce(data.pooling_choice, lr_choice)
-    train_cfg, model, result, best, runlog = train_classifier(cfg, train_cfg, ref, data, accelerator, out, lr_found)
+    train_cfg, model, result, best = train_classifier(run, train_cfg, ref, data, accelerator, lr_found)
     metrics = {
         **best,
         "n_eval": len(data.eval),
@@ -98,8 +102,7 @@ def run(cfg: FinetuneConfig) -> dict:
             models.save_head_code(model, w.path)
         return {**lora, "max_length": data.max_length, "history": result.history}
 
-    return write_stage(cfg, out, "finetune", metrics=metrics, lineage=lineage, write=write, runlog=runlog,
-                       accelerator=accelerator)
+    return write_stage(run, metrics=metrics, lineage=lineage, write=write, accelerator=accelerator)
 
 
 def range_test_rate(record: dict | None) -> dict:

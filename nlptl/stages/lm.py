@@ -10,17 +10,17 @@ import logging
 import time
 from pathlib import Path
 
-from nlptl.config import LMConfig, to_dict
+from nlptl.config import LMConfig
 from nlptl.errors import UsageError
-from nlptl.stages.common import check_block_size, resume_args, write_stage
+from nlptl.stages.common import Run, check_block_size, write_stage
 
 log = logging.getLogger("nlptl")
 
 
-def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, objective: str, corpora: list,
-             lineage: dict, out: Path, kept: dict | None = None, notes: list[str] | None = None,
-             head_added: bool = False, pooling: str | None = None, probe=None) -> dict:
-    """Train `model` on `corpora` (one, or a mixture) with `objective` and write the stage directory.
+def lm_stage(run: Run, *, accelerator, model, tokenizer, objective: str, corpora: list, lineage: dict,
+             kept: dict | None = None, notes: list[str] | None = None, head_added: bool = False,
+             pooling: str | None = None, probe=None) -> dict:
+    """Train `model` on `corpora` (one, or a mixture) with `objective` and write the run's directory.
     Perplexity is measured on the first corpus's held-out blocks (a mixture's domain corpus comes first);
     with a mixture, also on each corpus's at the end. `head_added`: the LM head is new (--head-warmup
     trains it alone first). `probe`: the task spec of adapt's --probe (probe.probe_spec), or None; `pooling`:
@@ -29,8 +29,8 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
     from nlptl.data.collate import lm_collators
     from nlptl.evaluation import lm_loss
     from nlptl.models import positions_of
-    from nlptl.tracking import RunLog
 
+    stage, cfg, out = run.stage, run.cfg, run.out
     check_block_size(cfg.block_size, positions_of(model.config))
     for note in notes or []:
         log.info(note)
@@ -44,14 +44,14 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
 
     probe = make_probe(probe, cfg, tokenizer, pooling or "mean", accelerator)
     peft_model = lora(cfg, model, objective, head_added)
-    train_args = resume_args(cfg, out)
+    train_args = run.resume_args()
     # The record keeps --lr as given (auto, or unset: a rerun resolves it alike); training gets the rate.
     train_cfg, lr_found = (auto_lr(cfg, stage, accelerator, model, objective, train_blocks, train_collate, out)
                            if cfg.lr == "auto" else (cfg.with_default_lr(), None))
     # A new head trains alone first (not under LoRA, which leaves the head as it is).
     warmup = cfg.head_warmup if head_added and peft_model is None else 0.0
     train_cfg = dataclasses.replace(train_cfg, head_warmup=warmup)
-    with RunLog(accelerator, out, stage, to_dict(cfg), resume=train_args["resume_from"] is not None) as runlog:
+    with run.open_log(accelerator) as runlog:
         before = scores(score, probe, model.to(accelerator.device), accelerator)
         runlog.log({"step": 0, **{f"eval_{k}": v for k, v in before.items()}})
         guarded = probe is not None and probe.guards(before["probe_accuracy"])
@@ -87,8 +87,7 @@ def lm_stage(stage: str, cfg: LMConfig, *, accelerator, model, tokenizer, object
         w.save_model(model, tokenizer, kept)
         return {"history": result.history}
 
-    return write_stage(cfg, out, stage, metrics=metrics, lineage=lineage, write=write, runlog=runlog,
-                       accelerator=accelerator)
+    return write_stage(run, metrics=metrics, lineage=lineage, write=write, accelerator=accelerator)
 
 
 def lora(cfg: LMConfig, model, objective: str, head_added: bool):

@@ -14,16 +14,24 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
-from nlptl.checkpoint import publish, read_record, resolve_out
 from nlptl.config import MergeConfig
 from nlptl.errors import NlptlError, UsageError
+from nlptl.rundir import RUN_FILE, Product, StageWriter, read_record
+from nlptl.stages.common import open_product
 
 log = logging.getLogger("nlptl")
-RECORD = "nlptl-run.json"
+
+
+def is_merged_run(path: Path) -> bool:
+    """A directory `nlptl merge` wrote (its record says so): what a merge may replace with --overwrite."""
+    record = read_record(path)
+    return record is not None and bool((record.get("lora") or {}).get("merged_by"))
+
+
+MERGED = Product("MODEL", "the merged run", "a merged run", is_merged_run)
 
 
 def run(cfg: MergeConfig) -> dict:
@@ -31,29 +39,31 @@ def run(cfg: MergeConfig) -> dict:
 
     src = Path(cfg.model)
     record = check_source(src)
-    out = check_merge_out(resolve_out(cfg.out), cfg.overwrite, src)
-    require_peft()
+    with open_product("merge", cfg.out, cfg.overwrite, src, MERGED) as opened:
+        require_peft()
+        return merge(src, record, opened.out)
+
+
+def merge(src: Path, record: dict, out: Path) -> dict:
+    """The run `src` with its adapter merged in, written to `out` (a copy of the run beside the merged model)."""
     from nlptl import runtime
 
     runtime.quiet_libraries()
     adapter = json.loads((src / "adapter" / "adapter_config.json").read_text(encoding="utf-8"))
     base_path = adapter.get("base_model_name_or_path") or record["lineage"].get("base_model")
     merged, tokenizer = merged_model(src, record, base_path)
-    stage = out.parent / f".{out.name}.merge-{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)
-    try:
-        shutil.copytree(src, stage, ignore=shutil.ignore_patterns(".*", "checkpoints"))
+    with StageWriter(out) as w:
+        stage = w.path
+        shutil.copytree(src, stage, ignore=shutil.ignore_patterns(".*", "checkpoints"), dirs_exist_ok=True)
         merged.save_pretrained(stage)
         tokenizer.save_pretrained(stage)
         from nlptl import card, models
 
         models.save_head_code(merged, stage)
         record["lora"] = {**record.get("lora", {}), "merged": True, "merged_by": "nlptl merge", "merged_from": str(src)}
-        (stage / RECORD).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
+        (stage / RUN_FILE).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
         card.write(stage, record, out)
-        publish(stage, out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        w.finish()
     log.info("merged the adapter of %s into %s (base %s)", src, out, base_path)
     return {"output_dir": str(out), "base_model": base_path, "stage": record["stage"]}
 
@@ -90,21 +100,7 @@ def check_source(src: Path) -> dict:
         raise UsageError(f"MODEL {src}: no such directory")
     record = read_record(src)
     if not (src / "adapter" / "adapter_config.json").is_file() or record is None:
-        raise UsageError(f"MODEL {src}: not a run trained with --lora (no adapter/ and {RECORD}); nothing to merge")
+        raise UsageError(f"MODEL {src}: not a run trained with --lora (no adapter/ and {RUN_FILE}); nothing to merge")
     if (record.get("lora") or {}).get("merged") or (src / "config.json").is_file():
         raise UsageError(f"MODEL {src}: its adapter is merged already (trained with --merge); use the run as it is")
     return record
-
-
-def check_merge_out(out: Path, overwrite: bool, src: Path) -> Path:
-    if out.exists() and out.resolve() == src.resolve():
-        raise UsageError(f"--out {out} is MODEL; write the merged run to another --out")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file; pass a directory path")
-    if out.is_dir() and any(out.iterdir()):
-        rec = read_record(out)
-        if rec is None or not (rec.get("lora") or {}).get("merged_by"):
-            raise UsageError(f"--out {out} is a non-empty directory that is not a merged run; choose another --out")
-        if not overwrite:
-            raise UsageError(f"--out {out} already holds a merged run; pass --overwrite to replace it")
-    return out

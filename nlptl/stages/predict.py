@@ -14,12 +14,12 @@ answers it), so with --input result N is line N.
 
 from __future__ import annotations
 
-from nlptl.checkpoint import default_from
 from nlptl.config import PredictConfig
 from nlptl.data.files import read_lines
 from nlptl.errors import UsageError
 from nlptl.inference import is_onnx_export, onnx_file
 from nlptl.models import inspect_model
+from nlptl.rundir import default_from
 from nlptl.stages.common import check_max_length
 
 

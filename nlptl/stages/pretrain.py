@@ -16,20 +16,20 @@ import logging
 import shutil
 from pathlib import Path
 
-from nlptl.checkpoint import lineage_of
 from nlptl.config import PretrainConfig, runs_root
 from nlptl.data.corpora import mixture_key, resolve_corpora
 from nlptl.errors import UsageError
 from nlptl.models import inspect_model, positions_of, require_peft, scratch_positions
-from nlptl.stages.common import check_block_size, locked, open_stage, start, write_stage
+from nlptl.rundir import lineage_of
+from nlptl.stages.common import Run, check_block_size, open_stage, start, write_stage
 
 log = logging.getLogger("nlptl")
 
 MODEL_FILES = ("*.json", "*.safetensors", "*.bin", "*.txt", "*.model", "*.py")
 
 
-@locked
-def run(cfg: PretrainConfig) -> dict:
+def run(cfg: PretrainConfig, command: list[str] | None = None) -> dict:
+    """`command`: the arguments `nlptl` was given (None from Python), which the record quotes."""
     if cfg.lora and not (cfg.from_model and cfg.corpus):
         raise UsageError("--lora continues an existing model: pass --from MODEL and --corpus CORPUS (or train without --lora)")
     if cfg.lora:
@@ -46,15 +46,20 @@ def run(cfg: PretrainConfig) -> dict:
         # The new tokenizer is trained on the whole of one corpus, read ahead.
         raise UsageError(f"{'--streaming' if cfg.streaming else 'a mixture of corpora'} needs --from MODEL (a model "
                          "with its tokenizer); to train from scratch, pass one corpus without --streaming")
-    out = open_stage(cfg, "pretrain", ref.path if ref and ref.local else None,
-                     {"--corpus": mixture_key(corpora)} if corpora else None)
-    if ref is not None and corpora is None:
-        return take_checkpoint(cfg, ref, out)
+    with open_stage(cfg, "pretrain", ref.path if ref and ref.local else None,
+                    {"--corpus": mixture_key(corpora)} if corpora else None, command) as opened:
+        if ref is not None and corpora is None:
+            return take_checkpoint(opened, ref)
+        return pretrain(opened, ref, corpora)
 
+
+def pretrain(run: Run, ref, corpora: list) -> dict:
+    """Train on the corpus: a new model (`ref` None) or an existing checkpoint, continued."""
     from nlptl import handoff
     from nlptl.stages.lm import lm_from, lm_stage
 
-    accelerator = start(cfg, out)
+    cfg = run.cfg
+    accelerator = start(cfg, run.out)
     if ref is not None:  # an existing checkpoint, continued on the corpus
         model = lm_from(cfg, ref)
         model["lineage"] = lineage_of("pretrain", ref, source="checkpoint, continued", handoff=handoff.record(
@@ -64,7 +69,7 @@ def run(cfg: PretrainConfig) -> dict:
         model = _scratch(cfg, corpora[0], accelerator)
         model["lineage"]["handoff"] = handoff.record(pooling=None, origin_of=handoff.SCRATCH, objective=model["objective"],
                                                      config=model["model"].config)
-    return lm_stage("pretrain", cfg, accelerator=accelerator, corpora=corpora, out=out, **model)
+    return lm_stage(run, accelerator=accelerator, corpora=corpora, **model)
 
 
 def _scratch(cfg: PretrainConfig, corpus, accelerator) -> dict:
@@ -110,7 +115,7 @@ def scratch_tokenizer(cfg: PretrainConfig, corpus):
     return AutoTokenizer.from_pretrained(cache)
 
 
-def take_checkpoint(cfg: PretrainConfig, ref, out: Path) -> dict:
+def take_checkpoint(run: Run, ref) -> dict:
     """Record an existing checkpoint as the general stage: its files are copied as they are."""
     src = Path(ref.path)
     if not ref.local:
@@ -132,9 +137,8 @@ def take_checkpoint(cfg: PretrainConfig, ref, out: Path) -> dict:
         return {}
 
     metrics = {"steps": 0, "n_train": 0, "train_tokens": 0, "train_seconds": 0.0, "perplexity": None,
-               "perplexity_before": None, "loss": None, "output_dir": str(out)}
-    return write_stage(cfg, out, "pretrain", metrics=metrics, lineage=taken_lineage(ref),
-                       write=write, recorded={})
+               "perplexity_before": None, "loss": None, "output_dir": str(run.out)}
+    return write_stage(run, metrics=metrics, lineage=taken_lineage(ref), write=write, recorded={})
 
 
 def taken_lineage(ref) -> dict:

@@ -15,9 +15,9 @@ import logging
 from pathlib import Path
 
 from nlptl.card import data_sources, general_model
-from nlptl.checkpoint import read_record, record_problem
 from nlptl.config import ReportConfig
 from nlptl.errors import UsageError
+from nlptl.rundir import read_record, record_problem
 from nlptl.shapes import BY_PROBLEM_TYPE, SHAPES
 from nlptl.tracking import METRICS_FILE
 

@@ -20,7 +20,9 @@ from nlptl.errors import NlptlError
 log = logging.getLogger("nlptl")
 
 
-def run(cfg: RunConfig) -> dict:
+def run(cfg: RunConfig, command: list[str] | None = None) -> dict:
+    """`command`: the arguments `nlptl` was given (None from Python): each training stage's record quotes it,
+    and its resume hint (run the recipe again)."""
     from nlptl import recipe
 
     plan = recipe.decide(recipe.load(cfg.recipe, cfg.sets))
@@ -28,14 +30,14 @@ def run(cfg: RunConfig) -> dict:
         return {**plan.as_dict(), "dry_run": True}
     for step in plan.steps:
         log.info("%s (%s): %s, %s", step.name, step.stage, step.action, step.why)
-    return {**plan.as_dict(), "dry_run": False, "stages": [execute(plan, step) for step in plan.steps]}
+    return {**plan.as_dict(), "dry_run": False, "stages": [execute(plan, step, command) for step in plan.steps]}
 
 
-def execute(plan, step) -> dict:
+def execute(plan, step, command: list[str] | None = None) -> dict:
     """One stage of the plan: reuse its directory, or run (resume) it through the stage's run()."""
     from nlptl import console, recipe
-    from nlptl.checkpoint import read_record
     from nlptl.config import changed
+    from nlptl.rundir import read_record
 
     if step.action == "reuse":
         record = read_record(step.out) or {}
@@ -52,7 +54,8 @@ def execute(plan, step) -> dict:
     # As the stage commands do: what differs from the stage's defaults (config.yaml in its directory holds all).
     console.header(f"{step.name} ({step.stage}, changed from the defaults)", changed(cfg))
     try:
-        result = importlib.import_module(f"nlptl.stages.{step.stage}").run(cfg)
+        module = importlib.import_module(f"nlptl.stages.{step.stage}")
+        result = module.run(cfg, command=command) if step.stage in recipe.TRAINING else module.run(cfg)
     except NlptlError as e:
         # Which stage failed: the stage's own message names only its flag.
         if not str(e).startswith("stage '"):
