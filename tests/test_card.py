@@ -42,6 +42,17 @@ def test_write_saves_the_card_as_built(tmp_path):
     assert (tmp_path / card.CARD_FILE).read_text(encoding="utf-8") == (CARDS / "finetune_single.md").read_text()
 
 
+def test_the_template_ships_with_the_package():
+    """pyproject.toml's package data takes templates/model_card.md into a built wheel."""
+    from fnmatch import fnmatch
+
+    tomllib = pytest.importorskip("tomllib")
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["nlptl"]
+    assert card.TEMPLATE.is_file()
+    assert any(fnmatch(card.TEMPLATE.relative_to(card.TEMPLATE.parents[1]).as_posix(), p) for p in patterns)
+
+
 if __name__ == "__main__":
     import tempfile
 
