@@ -57,7 +57,8 @@ def lm_collators(tokenizer, objective: str, mlm_probability: float, seed: int, w
 
         return clm, lambda: clm
     if tokenizer.mask_token is None:
-        raise UsageError("--objective mlm needs a tokenizer with a mask token; this model's has none (use --objective clm)")
+        raise UsageError("--objective mlm needs a tokenizer with a mask token; this model's has none "
+                         "(use --objective clm)")
 
     return (MaskingCollator(tokenizer, mlm_probability, whole_word, seed),
             lambda: MaskingCollator(tokenizer, mlm_probability, whole_word, eval_seed, per_example=True))

@@ -101,7 +101,8 @@ def _hub_corpus(spec: str, text_column: str) -> CorpusSource:
     rest, _, split = spec[3:].partition("@")
     repo, _, config = rest.partition(":")
     if not repo or (_ and not config) or (spec[3:].count("@") and not split):
-        raise UsageError(f"--corpus {spec}: expected hf:NAME[:CONFIG][@SPLIT], e.g. hf:Salesforce/wikitext:wikitext-2-raw-v1@test")
+        raise UsageError(f"--corpus {spec}: expected hf:NAME[:CONFIG][@SPLIT], "
+                         "e.g. hf:Salesforce/wikitext:wikitext-2-raw-v1@test")
     hub.require(repo, "dataset", f"--corpus {spec}", "pass a local file, directory or glob instead")
     return CorpusSource(spec=spec, hub=repo, hub_config=config or None, hub_splits=(split or "train",),
                         text_column=text_column)

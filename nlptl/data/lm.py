@@ -77,7 +77,8 @@ def packer(tokenizer, block_size: int, word_starts: bool = False) -> Callable[[d
     sep = separator_id(tokenizer)
     body = block_size - len(prefix) - len(suffix)
     if body < 8:
-        raise UsageError(f"--block-size {block_size} is too small for this tokenizer; use at least {len(prefix) + len(suffix) + 8}")
+        raise UsageError(f"--block-size {block_size} is too small for this tokenizer; "
+                         f"use at least {len(prefix) + len(suffix) + 8}")
     extra = [sep] if sep is not None else []
 
     def pack(batch: dict) -> dict:
@@ -112,8 +113,8 @@ def pack_blocks(texts, tokenizer, block_size: int, corpus_key: str, num_proc: in
     if (where / "blocks.json").is_file():
         return load_blocks(where)
     pack = packer(tokenizer, block_size, word_starts)
-    return build_blocks(texts, pack, where, num_proc or usable_cores(), word_starts,
-                        {"content": corpus_key, "block_size": block_size, "tokenizer": tokenizer_fingerprint(tokenizer)})
+    meta = {"content": corpus_key, "block_size": block_size, "tokenizer": tokenizer_fingerprint(tokenizer)}
+    return build_blocks(texts, pack, where, num_proc or usable_cores(), word_starts, meta)
 
 
 def corpus_key(src) -> str:
@@ -232,7 +233,8 @@ def build_blocks(texts, pack: Callable, where: Path, num_proc: int, word_starts:
     block_size = meta["block_size"]
     info = {**meta, "version": CACHE_VERSION, "documents": n_docs, "text_bytes": done_bytes, "blocks": n_blocks,
             "tokens": n_blocks * block_size, "bytes": (tmp / "blocks.arrow").stat().st_size,
-            "num_proc": num_proc, "seconds": round(seconds, 3), "mb_per_s": round(done_bytes / 1e6 / max(seconds, 1e-9), 3)}
+            "num_proc": num_proc, "seconds": round(seconds, 3),
+            "mb_per_s": round(done_bytes / 1e6 / max(seconds, 1e-9), 3)}
     (tmp / "blocks.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
     if where.exists():  # another process wrote the same content meanwhile: theirs is as good
         shutil.rmtree(tmp, ignore_errors=True)
@@ -272,9 +274,8 @@ def split_blocks(blocks, validation_percentage: float, max_eval_blocks: int, see
     n = len(blocks)
     n_eval = max(1, round(n * validation_percentage / 100))
     if n - n_eval < 1:
-        raise UsageError(
-            f"the corpus gives only {n} block(s); use a smaller --block-size, a smaller --validation-percentage or more text"
-        )
+        raise UsageError(f"the corpus gives only {n} block(s); use a smaller --block-size, "
+                         "a smaller --validation-percentage or more text")
     parts = blocks.train_test_split(test_size=n_eval, seed=seed, shuffle=True)
     held_out = parts["test"]
     if len(held_out) > max_eval_blocks:

@@ -178,9 +178,8 @@ def looks_like_path(spec: str) -> bool:
 def corpus_entry(name: str) -> CorpusEntry:
     table = corpora()
     if name not in table:
-        raise UsageError(
-            f"unknown corpus '{name}'{did_you_mean(name, table)}; see `nlptl corpora`, or pass a file, directory or glob"
-        )
+        raise UsageError(f"unknown corpus '{name}'{did_you_mean(name, table)}; see `nlptl corpora`, "
+                         "or pass a file, directory or glob")
     return table[name]
 
 

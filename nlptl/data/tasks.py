@@ -74,7 +74,8 @@ def labelled_source(path: str, flag: str, text_column: str, label_column: str | 
     cols.update({c: "--label-column" for c in columns(label_column or "")})
     files, fmt, sha = check_data_file(path, flag, cols)
     if fmt == "text":
-        raise UsageError(f"{flag} {path}: labelled data needs a table (.csv/.tsv/.jsonl/.parquet with text and label columns)")
+        raise UsageError(f"{flag} {path}: labelled data needs a table "
+                         "(.csv/.tsv/.jsonl/.parquet with text and label columns)")
     return LabelledSource(flag=flag, spec=path, files=[str(f) for f in files], format=fmt, sha256=sha)
 
 
@@ -210,7 +211,8 @@ def check_categorical(labels: list[str], numeric_classes: bool = False) -> None:
 
     for i, v in enumerate(labels):
         if v is not None and v.strip().lower() in ("nan", "na", "n/a", "null", "none"):
-            raise UsageError(f"--train: data row {i + 1} has the label '{v.strip()}', a missing value; fill it in or drop the row")
+            raise UsageError(f"--train: data row {i + 1} has the label '{v.strip()}', a missing value; "
+                             "fill it in or drop the row")
     if numeric_classes:
         return
     numbers = []
