@@ -93,8 +93,8 @@ def build_optimizer(model, lr: float, weight_decay: float, discriminative_lr: fl
     if fused is None:
         fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in model.parameters())
     kwargs = {"fused": True} if fused else {}
-    return torch.optim.AdamW(param_groups(model, lr, weight_decay, discriminative_lr, head_lr), lr=lr, betas=(0.9, 0.999),
-                             eps=1e-8, **kwargs)
+    return torch.optim.AdamW(param_groups(model, lr, weight_decay, discriminative_lr, head_lr),
+                             lr=lr, betas=(0.9, 0.999), eps=1e-8, **kwargs)
 
 
 def schedule_factor(name: str, total: int, warmup_ratio: float = 0.0, cut_frac: float = 0.1,

@@ -97,8 +97,8 @@ def _fields(kind: str) -> set[str]:
 def _check_managed(data: dict, where: str) -> None:
     for k in data:
         if _key(k) in MANAGED:
-            raise UsageError(f"{where}: '{k}' is decided by nlptl run (it resumes interrupted stages and reruns changed "
-                             "ones); drop it, or delete the stage's directory to start it over")
+            raise UsageError(f"{where}: '{k}' is decided by nlptl run (it resumes interrupted stages "
+                             "and reruns changed ones); drop it, or delete the stage's directory to start it over")
 
 
 def _split_sets(sets: list[str] | None, names: list[str], where: str) -> tuple[dict, dict, dict[str, dict]]:

@@ -65,8 +65,8 @@ def adapt(run: Run, ref, corpora: list, probe) -> dict:
     model = lm_from(cfg, ref)
     if model["kept"]:
         kept = model["kept"]
-        model["notes"].append(f"keeping {len(kept)} tensors the LM class does not use ({', '.join(sorted(kept)[:2])}...) "
-                              "for finetune")
+        model["notes"].append(f"keeping {len(kept)} tensors the LM class does not use "
+                              f"({', '.join(sorted(kept)[:2])}...) for finetune")
     # The pooling the base was trained with goes on to the classifier (all-MiniLM-L6-v2: mean); the
     # probe pools as that classifier will.
     config = model["model"].config

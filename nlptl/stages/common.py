@@ -25,7 +25,8 @@ log = logging.getLogger("nlptl")
 
 def check_block_size(block_size: int, positions: int | None) -> None:
     if positions is not None and block_size > positions:
-        raise UsageError(f"--block-size {block_size} is larger than the model's {positions} positions; use --block-size {positions} or less")
+        raise UsageError(f"--block-size {block_size} is larger than the model's {positions} positions; "
+                         f"use --block-size {positions} or less")
 
 
 def check_max_length(max_length: int | None, config: dict | None, flag: str = "--max-length") -> None:
@@ -38,7 +39,8 @@ def check_max_length(max_length: int | None, config: dict | None, flag: str = "-
     if window:
         return  # a long-document classifier cuts its input into windows that fit (heads.py)
     if max_length and positions and max_length > positions:
-        raise UsageError(f"{flag} {max_length} is larger than the model's {positions} positions; use {positions} or less"
+        raise UsageError(f"{flag} {max_length} is larger than the model's {positions} positions; "
+                         f"use {positions} or less"
                          + ("; for longer texts use --long-docs chunk" if flag == "--max-length" else ""))
 
 
@@ -143,7 +145,8 @@ def start(cfg: TrainConfig, out: Path | None = None):
     from nlptl import runtime, tracking
 
     runtime.quiet_libraries()
-    accelerator = runtime.make_accelerator(cfg.precision, cfg.grad_accum, **tracking.accelerator_args(cfg.report_to, out))
+    accelerator = runtime.make_accelerator(cfg.precision, cfg.grad_accum,
+                                           **tracking.accelerator_args(cfg.report_to, out))
     runtime.seed_everything(cfg.seed)
     return accelerator
 

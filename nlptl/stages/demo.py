@@ -56,14 +56,19 @@ def run(out: str | None = None) -> dict:
         from_model=dirs["pretrain"], corpus="sample-reviews", out=dirs["adapt"], overwrite=True, epochs=1, lr=1e-3))
     fin = timed("finetune", finetune.run, FinetuneConfig(
         from_model=dirs["adapt"], task="sample-sentiment", out=dirs["finetune"], overwrite=True, epochs=2, lr=1e-3))
-    ev = timed("evaluate", evaluate.run, EvaluateConfig(model=dirs["finetune"], data=str(ASSETS / "sentiment_test.csv")))
+    ev = timed("evaluate", evaluate.run, EvaluateConfig(
+        model=dirs["finetune"], data=str(ASSETS / "sentiment_test.csv")))
     preds = timed("predict", predict.run, PredictConfig(model=dirs["finetune"], texts=EXAMPLES))
 
     rows = [
-        ["pretrain (tiny GPT, from scratch)", f"perplexity {pre['perplexity_before']:.0f} -> {pre['perplexity']:.1f}", times["pretrain"]],
-        ["adapt (sample reviews)", f"perplexity {ada['perplexity_before']:.1f} -> {ada['perplexity']:.1f}", times["adapt"]],
-        ["finetune (sample sentiment)", f"eval accuracy {fin['accuracy']:.3f}", times["finetune"]],
-        ["evaluate (held-out test)", f"accuracy {ev['accuracy']:.3f}, macro-F1 {ev['f1_macro']:.3f}", times["evaluate"]],
+        ["pretrain (tiny GPT, from scratch)",
+         f"perplexity {pre['perplexity_before']:.0f} -> {pre['perplexity']:.1f}", times["pretrain"]],
+        ["adapt (sample reviews)",
+         f"perplexity {ada['perplexity_before']:.1f} -> {ada['perplexity']:.1f}", times["adapt"]],
+        ["finetune (sample sentiment)",
+         f"eval accuracy {fin['accuracy']:.3f}", times["finetune"]],
+        ["evaluate (held-out test)",
+         f"accuracy {ev['accuracy']:.3f}, macro-F1 {ev['f1_macro']:.3f}", times["evaluate"]],
     ]
     console.table("nlptl demo: a smoke run on tiny generated data (chance = 0.5)", ["stage", "result", "seconds"], rows)
     console.table("predictions", ["label", "score", "text"], [[p["label"], p["score"], p["text"]] for p in preds])

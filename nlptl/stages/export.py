@@ -7,11 +7,11 @@
     nlptl serve exported/                                         # the same, over HTTP
 
 The directory holds model.onnx (fp32, what predict and serve run; with --quantize int8 also
-model_quantized.onnx, which they run with --int8), config.json (labels, task shape), the tokenizer, and nlptl-export.json: where the
-model came from and what the parity check found. The check runs after every export: logits of
-onnxruntime and torch on the same texts (--data's, else a built-in sample) must agree within 1e-4,
-and every predicted label must be the same; with --quantize int8 the accuracy on --data of the int8
-model is reported next to torch's.
+model_quantized.onnx, which they run with --int8), config.json (labels, task shape), the tokenizer,
+and nlptl-export.json: where the model came from and what the parity check found. The check runs
+after every export: logits of onnxruntime and torch on the same texts (--data's, else a built-in
+sample) must agree within 1e-4, and every predicted label must be the same; with --quantize int8
+the accuracy on --data of the int8 model is reported next to torch's.
 """
 
 from __future__ import annotations
@@ -130,7 +130,8 @@ def parity_texts(cfg: ExportConfig, ref) -> tuple[list[str] | None, list[str] | 
     if (ref.config or {}).get("nlptl_text_pair"):
         split = [t.split("\t", 1) + [""] for t in texts]
         texts, pairs = [s[0] for s in split], [s[1] for s in split]
-    names = [(ref.config or {}).get("id2label", {}).get(str(i)) for i in range(len((ref.config or {}).get("id2label", {})))]
+    id2label = (ref.config or {}).get("id2label", {})
+    names = [id2label.get(str(i)) for i in range(len(id2label))]
     # Labels given as ids (0/1) are mapped to the classifier's names, as evaluate reads them.
     gold = [names[int(g)] if g.isdigit() and int(g) < len(names) and g not in names else g for g in gold]
     return texts, pairs, gold

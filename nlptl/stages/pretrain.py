@@ -31,7 +31,8 @@ MODEL_FILES = ("*.json", "*.safetensors", "*.bin", "*.txt", "*.model", "*.py")
 def run(cfg: PretrainConfig, command: list[str] | None = None) -> dict:
     """`command`: the arguments `nlptl` was given (None from Python), which the record quotes."""
     if cfg.lora and not (cfg.from_model and cfg.corpus):
-        raise UsageError("--lora continues an existing model: pass --from MODEL and --corpus CORPUS (or train without --lora)")
+        raise UsageError("--lora continues an existing model: pass --from MODEL and --corpus CORPUS "
+                         "(or train without --lora)")
     if cfg.lora:
         require_peft()
     ref = inspect_model(cfg.from_model) if cfg.from_model else None
@@ -67,8 +68,8 @@ def pretrain(run: Run, ref, corpora: list) -> dict:
             objective=model["objective"], config=model["model"].config))
     else:
         model = _scratch(cfg, corpora[0], accelerator)
-        model["lineage"]["handoff"] = handoff.record(pooling=None, origin_of=handoff.SCRATCH, objective=model["objective"],
-                                                     config=model["model"].config)
+        model["lineage"]["handoff"] = handoff.record(pooling=None, origin_of=handoff.SCRATCH,
+                                                     objective=model["objective"], config=model["model"].config)
     return lm_stage(run, accelerator=accelerator, corpora=corpora, **model)
 
 

@@ -71,7 +71,8 @@ def run(cfg: ReportConfig) -> dict:
             "index": i + 1, "stage": node["stage"], "dir": node["dir"], "created": rec.get("created"),
             "base_model": lin.get("base_model") or (f"scratch ({lin.get('arch')}, {lin.get('size')})"
                                                      if lin.get("source") == "scratch" else None),
-            "objective": lin.get("objective") or (f"classification ({lin.get('task')})" if node["stage"] == "finetune" else None),
+            "objective": lin.get("objective") or (f"classification ({lin.get('task')})"
+                                                  if node["stage"] == "finetune" else None),
             "data": [s for s in data_sources({k: v for k, v in lin.items() if k != "parent"})],
             "metrics": {k: v for k, v in (rec.get("metrics") or {}).items()},
             "command": rec.get("command"),
@@ -103,7 +104,8 @@ def _plots(chain: list[dict], run_dir: Path, out: Path) -> list[Path]:
             path = out / f"{i + 1}-{node['stage']}-confusion_matrix.png"
             _confusion_plot(plt, confusion, node, path)
             paths.append(path)
-    lm = [(i, n) for i, n in enumerate(chain) if (n["record"] or {}).get("metrics", {}).get("perplexity_before") is not None]
+    lm = [(i, n) for i, n in enumerate(chain)
+          if (n["record"] or {}).get("metrics", {}).get("perplexity_before") is not None]
     if lm:
         path = out / "perplexity.png"
         _perplexity_plot(plt, lm, path)
@@ -114,7 +116,8 @@ def _plots(chain: list[dict], run_dir: Path, out: Path) -> list[Path]:
 
         path = out / "learning_curve.png"
         summary = json.loads(curve.read_text(encoding="utf-8"))["summary"]
-        metric = next((k for k in ("accuracy", "f1_micro", "rmse") if summary and f"{k}_mean" in summary[0]), "accuracy")
+        metric = next((k for k in ("accuracy", "f1_micro", "rmse") if summary and f"{k}_mean" in summary[0]),
+                      "accuracy")
         plot(summary, path, (read_record(run_dir).get("lineage") or {}).get("task", ""), metric)
         paths.append(path)
     for i, node in enumerate(chain):
@@ -133,7 +136,10 @@ def _confusion_plot(plt, confusion: dict, node: dict, path: Path) -> None:
 
     names, matrix = confusion["labels"], np.array(confusion["matrix"])
     pairs = matrix.ndim == 3  # multi-label: [[TN, FP], [FN, TP]] per label
-    panels = [(f"{n}", m, ["not", "is"]) for n, m in zip(names, matrix, strict=True)] if pairs else [("", matrix, names)]
+    if pairs:
+        panels = [(f"{n}", m, ["not", "is"]) for n, m in zip(names, matrix, strict=True)]
+    else:
+        panels = [("", matrix, names)]
     size = 2.6 if pairs else max(4.5, 0.6 * len(names) + 2.5)
     fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels), size + 0.6), dpi=110, squeeze=False)
     for ax, (title, m, ticks) in zip(axes[0], panels, strict=True):
@@ -234,9 +240,11 @@ def _training_plot(plt, node: dict, history: list[dict], path: Path) -> None:
     n = 3 if classify else 2
     fig, axes = plt.subplots(n, 1, figsize=(7, 2.4 * n + 0.6), dpi=110, sharex=True)
     ax = axes[0]
-    ax.plot([r["step"] for r in train], [r["loss"] for r in train], marker=".", label="training loss (mean since last log)")
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], marker=".",
+            label="training loss (mean since last log)")
     if evals:
-        ax.plot([r["step"] for r in evals], [r[eval_key] for r in evals], "o--", label="held-out loss" if node["stage"] != "finetune" else "evaluation loss")
+        ax.plot([r["step"] for r in evals], [r[eval_key] for r in evals], "o--",
+                label="held-out loss" if node["stage"] != "finetune" else "evaluation loss")
     metrics = (node["record"] or {}).get("metrics") or {}
     if metrics.get("stopped_early"):  # --patience ended the run here
         step = metrics["stopped_at_step"]
