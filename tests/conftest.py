@@ -79,7 +79,8 @@ def no_bf16(monkeypatch):
     from nlptl import runtime
 
     real = runtime.mixed_precision
-    monkeypatch.setattr(runtime, "mixed_precision", lambda precision: real("fp32" if precision == "auto" else precision))
+    monkeypatch.setattr(runtime, "mixed_precision",
+                        lambda precision: real("fp32" if precision == "auto" else precision))
 
 
 # --------------------------------------------------------------------------- texts

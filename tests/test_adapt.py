@@ -67,7 +67,8 @@ def test_run_directory(adapted, corpus_file):
 
 def test_refuses_a_classifier(finetuned, corpus_file, tmp_path):
     with pytest.raises(UsageError, match="classifier"):
-        adapt.run(adapt_cfg(from_model=str(finetuned["distilbert"][0]), corpus=str(corpus_file), out=str(tmp_path / "x")))
+        adapt.run(adapt_cfg(from_model=str(finetuned["distilbert"][0]), corpus=str(corpus_file),
+                            out=str(tmp_path / "x")))
     assert not (tmp_path / "x").exists()
 
 

@@ -30,7 +30,8 @@ def test_corpus_rewritten_with_the_same_mtime_is_read_anew(tmp_path):
     rewrite_keeping_mtime(path, "a second version , longer .\nwith other words .\nand a third line .\n")
     second = resolve_corpus(str(path))
     assert second.sha256 != first.sha256
-    assert list(load_corpus(second)["text"]) == ["a second version , longer .", "with other words .", "and a third line ."]
+    assert list(load_corpus(second)["text"]) == ["a second version , longer .", "with other words .",
+                                                 "and a third line ."]
 
 
 def test_labelled_file_rewritten_with_the_same_mtime_is_read_anew(tmp_path):

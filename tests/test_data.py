@@ -233,7 +233,8 @@ def test_cache_fingerprint(toks, texts):
     same = pack_blocks(texts, toks["gpt2"], 32, corpus_key="k")
     assert same._fingerprint == base._fingerprint
     assert same.cache_files and same.cache_files == base.cache_files  # read back, not recomputed
-    others = [pack_blocks(texts, toks["gpt2"], 48, corpus_key="k"), pack_blocks(texts, toks["llama"], 32, corpus_key="k"),
+    others = [pack_blocks(texts, toks["gpt2"], 48, corpus_key="k"),
+              pack_blocks(texts, toks["llama"], 32, corpus_key="k"),
               pack_blocks(texts, toks["gpt2"], 32, corpus_key="other")]
     prints = {base._fingerprint} | {o._fingerprint for o in others}
     assert len(prints) == 4

@@ -103,7 +103,8 @@ def test_block_size_defaults_to_the_trained_one(adapted, corpus_file):
     default = evaluate.run(EvaluateConfig(model=str(out), data=str(corpus_file)))
     explicit = evaluate.run(EvaluateConfig(model=str(out), data=str(corpus_file), block_size=32))
     assert default["n_eval"] == explicit["n_eval"] and default["loss"] == explicit["loss"]
-    assert evaluate.run(EvaluateConfig(model=str(out), data=str(corpus_file), block_size=16))["n_eval"] > default["n_eval"]
+    smaller_blocks = evaluate.run(EvaluateConfig(model=str(out), data=str(corpus_file), block_size=16))
+    assert smaller_blocks["n_eval"] > default["n_eval"]
 
 
 def test_labels_spelled_as_the_task_allows(trained_classifier, task_files, tmp_path):

@@ -211,7 +211,8 @@ def test_command_line_export_then_predict(finetuned, tmp_path, capsys):
 
     run_dir, _ = finetuned["bert"]
     out = tmp_path / "onnx"
-    assert call_main(["export", run_dir, "--format", "onnx", "--quantize", "int8", "--out", out, "--json"], tmp_path) == 0
+    args = ["export", run_dir, "--format", "onnx", "--quantize", "int8", "--out", out, "--json"]
+    assert call_main(args, tmp_path) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["output_dir"] == str(out) and result["int8"]["file"] == "model_quantized.onnx"
     assert call_main(["predict", "--model", out, "--backend", "onnx", "--json", "great", "awful"], tmp_path) == 0

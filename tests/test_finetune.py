@@ -66,7 +66,8 @@ def test_string_labels_of_a_classification_task(checkpoints, tmp_path):
         rows += [(f"rain and wind all day {i}", "weather"), (f"bread and soup for lunch {i}", "food"),
                  (f"the team scored twice {i}", "Sports" if i % 5 == 0 else "sports")]
     write_csv(tmp_path / "topics.csv", rows, header=("sentence", "topic"))
-    result = finetune.run(finetune_cfg(from_model=str(checkpoints["distilbert"]), train_file=str(tmp_path / "topics.csv"),
+    result = finetune.run(finetune_cfg(from_model=str(checkpoints["distilbert"]),
+                                       train_file=str(tmp_path / "topics.csv"),
                                        text_column="sentence", label_column="topic", out=str(tmp_path / "out"),
                                        max_steps=2))
     config = AutoConfig.from_pretrained(tmp_path / "out")

@@ -214,7 +214,8 @@ def test_nlptl_config_keeps_the_backbone(tmp_path):
 
     assert backbone_keys(body) == backbone_keys(gpt)
     # a RoBERTa's positions start after its padding index, nlptl's head on it or not
-    assert positions_of({"model_type": "nlptl", "backbone_model_type": "roberta", "max_position_embeddings": 514}) == 512
+    config = {"model_type": "nlptl", "backbone_model_type": "roberta", "max_position_embeddings": 514}
+    assert positions_of(config) == 512
 
 
 def test_plain_checkpoint_as_from_for_every_stage(checkpoints, corpus_file, task_files, tmp_path):

@@ -91,8 +91,8 @@ def test_accelerate_launch_runs_two_processes(base):
     """`accelerate launch -m nlptl` works too (on a CPU machine, --multi_gpu starts the gloo processes)."""
     out = base / "accelerate-launch"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "-m", "nlptl",
-           "adapt", "--from", str(base / "base"), "--corpus", "sample-reviews", "--block-size", "32", "--max-steps", "3",
-           "--batch-size", "4", "--out", str(out), "--json", "--quiet", "--precision", "fp32"]
+           "adapt", "--from", str(base / "base"), "--corpus", "sample-reviews", "--block-size", "32",
+           "--max-steps", "3", "--batch-size", "4", "--out", str(out), "--json", "--quiet", "--precision", "fp32"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()

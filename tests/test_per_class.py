@@ -107,7 +107,8 @@ def test_multilabel_finetune_and_evaluate(checkpoints, tmp_path):
     from nlptl.stages import evaluate, finetune
 
     rows = labelled_rows(64, seed=3)
-    cells = [(t + (" the food" if i % 3 == 0 else ""), lab + (";food" if i % 3 == 0 else "")) for i, (t, lab) in enumerate(rows)]
+    cells = [(t + (" the food" if i % 3 == 0 else ""), lab + (";food" if i % 3 == 0 else ""))
+             for i, (t, lab) in enumerate(rows)]
     data = write_csv(tmp_path / "multi.csv", cells, header=("text", "tags"))
     out = tmp_path / "ml"
     result = finetune.run(finetune_cfg(from_model=str(checkpoints["bert"]), train_file=str(data), out=str(out),

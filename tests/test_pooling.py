@@ -12,7 +12,8 @@ import torch
 
 from nlptl.heads import pool
 
-TEXTS = ["A warm, funny and clever film.", "Broken on arrival, avoid.", "ok", "It was fine, I suppose, nothing more " * 3]
+TEXTS = ["A warm, funny and clever film.", "Broken on arrival, avoid.", "ok",
+         "It was fine, I suppose, nothing more " * 3]
 
 
 def test_pool_shapes_and_padding():

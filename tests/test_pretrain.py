@@ -17,8 +17,8 @@ from nlptl.stages import adapt, pretrain
 def scratch(repetitive_corpus, tmp_path_factory):
     """arch -> (run dir, result): tiny models trained from scratch on a corpus they can memorize."""
     root = tmp_path_factory.mktemp("pretrain")
-    return {arch: (root / arch, pretrain.run(pretrain_cfg(arch=arch, corpus=str(repetitive_corpus), out=str(root / arch),
-                                                          max_steps=20, lr=3e-3)))
+    return {arch: (root / arch, pretrain.run(pretrain_cfg(arch=arch, corpus=str(repetitive_corpus),
+                                                          out=str(root / arch), max_steps=20, lr=3e-3)))
             for arch in ("gpt", "bert")}
 
 

@@ -34,7 +34,8 @@ def test_csv_and_jsonl_keep_every_row_exactly(tmp_path_factory, rows):
         for text, label in rows:
             f.write(json.dumps({"text": text, "label": label}) + "\n")
     for name, fmt in (("data.csv", "csv"), ("data.jsonl", "json")):
-        files, detected, _ = check_data_file(str(d / name), "--train", {"text": "--text-column", "label": "--label-column"})
+        columns = {"text": "--text-column", "label": "--label-column"}
+        files, detected, _ = check_data_file(str(d / name), "--train", columns)
         assert detected == fmt
         ds = read_files([str(f) for f in files], fmt, None)
         assert len(ds) == len(rows)

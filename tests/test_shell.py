@@ -27,7 +27,8 @@ def test_completion_completes_commands_and_flags(tmp_path):
     env = cli_env(tmp_path, _NLPTL_COMPLETE="complete_bash", COMP_WORDS="nlptl ad", COMP_CWORD="1")
     assert nlptl([], env, tmp_path).stdout.split() == ["adapt"]
     env.update(COMP_WORDS="nlptl finetune --lora-", COMP_CWORD="2")
-    assert {"--lora-r", "--lora-alpha", "--lora-dropout", "--lora-targets"} <= set(nlptl([], env, tmp_path).stdout.split())
+    offered = set(nlptl([], env, tmp_path).stdout.split())
+    assert {"--lora-r", "--lora-alpha", "--lora-dropout", "--lora-targets"} <= offered
 
 
 @pytest.mark.slow  # a real pretrain process: ~10-25 s on 2 busy cores

@@ -49,7 +49,8 @@ def test_a_mixture_keeps_its_shares_on_every_rank(corpus_file, repetitive_corpus
     cfg = adapt_cfg(corpus=f"{corpus_file}:0.7,{repetitive_corpus}:0.3", streaming=True, max_eval_blocks=4,
                     max_steps=2)
     corpora = resolve_corpora(cfg.corpus)
-    first = set(blocks(SimpleNamespace(**{**cfg.__dict__, "corpus": str(corpus_file)}), corpora[:1], gpt_tokenizer, 0, 1))
+    one_corpus = SimpleNamespace(**{**cfg.__dict__, "corpus": str(corpus_file)})
+    first = set(blocks(one_corpus, corpora[:1], gpt_tokenizer, 0, 1))
     for rank in range(2):
         share = blocks(cfg, corpora, gpt_tokenizer, rank, 2)
         from_first = sum(b in first for b in share) / len(share)

@@ -12,6 +12,7 @@ import torch
 
 from nlptl.config import TrainConfig
 from nlptl.errors import NlptlError
+from nlptl.objective import Objective
 from nlptl.runtime import make_accelerator
 from nlptl.train import total_steps, train
 
@@ -48,8 +49,8 @@ def collate(examples):
 def run_cfg(model, data, evaluate_fn=None, select=None, default_evals=0, **kw):
     cfg = TrainConfig(**{"lr": 1e-2, "warmup_ratio": 0.0, "log_every": 1, "precision": "fp32", **kw})
     accelerator = make_accelerator("fp32", cfg.grad_accum)
-    return train(accelerator, model, data, collate, cfg, description="test", evaluate_fn=evaluate_fn, select=select,
-                 default_evals=default_evals)
+    objective = Objective(collate, evaluate=evaluate_fn, select=select, evaluations=default_evals)
+    return train(accelerator, model, data, cfg, objective, description="test")
 
 
 def test_total_steps():
@@ -159,7 +160,8 @@ def test_accuracy_and_macro_f1_by_hand():
     assert load_metric("accuracy").compute(predictions=preds, references=refs)["accuracy"] == pytest.approx(5 / 8)
     # Per class F1 = 2tp / (2tp + fp + fn): 0: tp 1 fp 1 fn 2 -> 2/5; 1: tp 2 fp 1 fn 0 -> 4/5; 2: tp 2 fp 1 fn 1 -> 4/6
     expected = (2 / 5 + 4 / 5 + 4 / 6) / 3
-    assert load_metric("f1").compute(predictions=preds, references=refs, average="macro")["f1"] == pytest.approx(expected)
+    macro = load_metric("f1").compute(predictions=preds, references=refs, average="macro")["f1"]
+    assert macro == pytest.approx(expected)
     # Binary F1 of class 1, and a class that is only predicted still counts in the macro mean.
     assert load_metric("f1").compute(predictions=[1, 1, 0], references=[1, 0, 0])["f1"] == pytest.approx(2 / 3)
     macro = load_metric("f1").compute(predictions=[0, 1, 2], references=[0, 1, 1], average="macro")["f1"]
