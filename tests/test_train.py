@@ -12,7 +12,6 @@ import torch
 
 from nlptl.config import TrainConfig
 from nlptl.errors import NlptlError
-from nlptl.objective import Objective
 from nlptl.runtime import make_accelerator
 from nlptl.train import total_steps, train
 
@@ -49,8 +48,8 @@ def collate(examples):
 def run_cfg(model, data, evaluate_fn=None, select=None, default_evals=0, **kw):
     cfg = TrainConfig(**{"lr": 1e-2, "warmup_ratio": 0.0, "log_every": 1, "precision": "fp32", **kw})
     accelerator = make_accelerator("fp32", cfg.grad_accum)
-    objective = Objective(collate, evaluate=evaluate_fn, select=select, evaluations=default_evals)
-    return train(accelerator, model, data, cfg, objective, description="test")
+    return train(accelerator, model, data, collate, cfg, description="test", evaluate_fn=evaluate_fn, select=select,
+                 default_evals=default_evals)
 
 
 def test_total_steps():
