@@ -248,14 +248,18 @@ LIGHT = {
         ["--arch and --size", "drop --arch and --size"],
     ),
     "predict-max-length-over-positions": (
-        lambda w: ["predict", "--model", w.clf, "--max-length", "4096", "some text"], 2, ["--max-length 4096", "positions"]),
+        lambda w: ["predict", "--model", w.clf, "--max-length", "4096", "some text"],
+        2,
+        ["--max-length 4096", "positions"]),
     "evaluate-max-length-over-positions": (
         lambda w: ["evaluate", "--model", w.clf, "--data", w.train, "--max-length", "4096"], 2,
         ["--max-length 4096", "positions"]),
     "predict-negative-max-length": (
         lambda w: ["predict", "--model", w.clf, "--max-length", "-5", "text"], 2, ["--max-length", "at least 2"]),
     "evaluate-zero-max-length": (
-        lambda w: ["evaluate", "--model", w.clf, "--data", w.train, "--max-length", "0"], 2, ["--max-length", "at least 2"]),
+        lambda w: ["evaluate", "--model", w.clf, "--data", w.train, "--max-length", "0"],
+        2,
+        ["--max-length", "at least 2"]),
     "out-under-a-file": (lambda w: adapt(w, "--out", w.good_txt / "sub"), 2, ["--out", "good.txt", "is a file"]),
     "out-not-writable": (lambda w: adapt(w, "--out", "/sys/nlptl-out"), 2, ["--out /sys/nlptl-out", "not writable"]),
     "negative-seed": (lambda w: adapt(w, "--seed", "-1"), 2, ["--seed", "0 to 4294967295", "-1"]),
@@ -285,7 +289,8 @@ LIGHT = {
         lambda w: adapt(w, "--out", w.truncated), 2, ["--out", "nlptl-run.json is corrupt", "--overwrite"]),
     "report-on-a-truncated-record": (lambda w: ["report", w.truncated], 2, ["nlptl-run.json", "corrupt"]),
     "csv-duplicate-column": (  # pandas would rename the second one 'text.1' and read the first without a word
-        lambda w: finetune(w, "--train", write_csv(w.root / "dup.csv", [("a", "1", "b")], header=("text", "label", "text"))),
+        lambda w: finetune(w, "--train", write_csv(w.root / "dup.csv", [("a", "1", "b")],
+                                                   header=("text", "label", "text"))),
         2,
         ["--train", "dup.csv", "column 'text' appears twice", "columns 1 and 3", "rename"],
     ),

@@ -11,8 +11,8 @@ import subprocess
 import pytest
 from cli_helpers import call_main, run_cli, run_light, tiny_data, write_registry
 
-COMMANDS = ("pretrain", "adapt", "finetune", "evaluate", "predict", "serve", "export", "merge", "run", "corpora", "tasks",
-            "demo")
+COMMANDS = ("pretrain", "adapt", "finetune", "evaluate", "predict", "serve", "export", "merge", "run", "corpora",
+            "tasks", "demo")
 
 
 def test_root_help_and_version(tmp_path):
@@ -48,7 +48,8 @@ def test_help_shows_each_stage_its_own_defaults_and_the_choices(tmp_path):
         return " ".join(block.split())
 
     assert "[default: 0.0005]" in option("pretrain", "--lr")
-    assert "Default: 1e-4 for MLM and CLM; 2e-5 for --objective contrastive" in option("adapt", "--lr")  # by the objective
+    # by the objective
+    assert "Default: 1e-4 for MLM and CLM; 2e-5 for --objective contrastive" in option("adapt", "--lr")
     assert "Default: 1e-4; after a contrastive adapt stage, 1e-5" in option("finetune", "--lr")  # by the checkpoint
     assert "[default: 32]" in option("finetune", "--batch-size") and "[default: 16]" in option("adapt", "--batch-size")
     assert option("pretrain", "--size").startswith("--size [tiny|mini|small|base]")

@@ -61,7 +61,8 @@ def test_patience_without_evaluations_is_refused():
         run_cfg(Toy(), toy_data(16), batch_size=4, max_steps=4, patience=2)
 
 
-@pytest.mark.parametrize("kw", [{"patience": 0}, {"patience": -1}, {"min_delta": 0.1}, {"patience": 2, "min_delta": -1}])
+@pytest.mark.parametrize("kw", [{"patience": 0}, {"patience": -1}, {"min_delta": 0.1},
+                                {"patience": 2, "min_delta": -1}])
 def test_bad_patience_options(kw):
     from nlptl.config import TrainConfig
 
@@ -154,7 +155,8 @@ def test_finetune_stops_early(checkpoints, task_files, tmp_path, monkeypatch):
     assert result["stopped_early"] is True and result["stopped_at_step"] == 4
     record = json.loads((out / "nlptl-run.json").read_text())
     assert record["metrics"]["stopped_early"] is True
-    assert "Training stopped early (--patience) at step 4: no improvement of accuracy" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "Training stopped early (--patience) at step 4: no improvement of accuracy" in card
     from nlptl.config import ReportConfig
     from nlptl.stages import report
 

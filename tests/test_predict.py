@@ -95,7 +95,8 @@ def test_token_budget_batches(trained_classifier):
     out, _ = trained_classifier
     classifier = load_classifier(str(out))
     texts = [("great " * n).strip() for n in (1, 20, 2, 3, 25, 1, 4, 2)]
-    lengths = [len(ids) for ids in classifier.tokenizer(texts, truncation=True, max_length=classifier.max_length)["input_ids"]]
+    encoded = classifier.tokenizer(texts, truncation=True, max_length=classifier.max_length)
+    lengths = [len(ids) for ids in encoded["input_ids"]]
     batches = list(classifier.batches(texts, None, 3, 16))
     assert sorted(i for b in batches for i in b) == list(range(len(texts)))
     for b in batches:
@@ -112,7 +113,8 @@ def _nlptl(args: list[str], **kw) -> subprocess.Popen:
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, **kw)
 
 
-@pytest.mark.parametrize("args", [["predict", "--model", "CLF", "great"], ["predict", "--model", "CLF", "--json", "great"],
+@pytest.mark.parametrize("args", [["predict", "--model", "CLF", "great"],
+                                  ["predict", "--model", "CLF", "--json", "great"],
                                   ["corpora"]])
 def test_closed_stdout_is_one_line(args, trained_classifier):
     """`nlptl predict ... >&-`: Python leaves sys.stdout None; the results have nowhere to go: one line

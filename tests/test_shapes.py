@@ -41,7 +41,8 @@ def data(tmp_path_factory) -> dict[str, Path]:
              enumerate(rows)]
     out["multi"] = write_csv(root / "multi.csv", cells, header=("text", "tags"))
     out["multi_cols"] = write_rows(root / "multi_cols.csv", ["text", "positive", "negative", "food"],
-                                   [[t, int("positive" in c), int("negative" in c), int("food" in c)] for t, c in cells])
+                                   [[t, int("positive" in c), int("negative" in c), int("food" in c)]
+                                    for t, c in cells])
     # Regression: a score from the sentiment word, with noise.
     out["reg"] = write_csv(root / "reg.csv", [(t, f"{(4.0 if lab == 'positive' else 1.0) + rng.random():.3f}")
                                               for t, lab in rows], header=("text", "score"))
@@ -53,8 +54,9 @@ def data(tmp_path_factory) -> dict[str, Path]:
     filler = general_sentences(1200, seed=5)
     out["long"] = write_csv(root / "long.csv", [(" ".join(filler[i * 5:(i + 1) * 5]) + " " + t, lab)
                                                 for i, (t, lab) in enumerate(rows)])
-    out["long_eval"] = write_csv(root / "long_eval.csv", [(" ".join(filler[800 + i * 5:800 + (i + 1) * 5]) + " " + t, lab)
-                                                          for i, (t, lab) in enumerate(labelled_rows(48, seed=9))])
+    out["long_eval"] = write_csv(root / "long_eval.csv",
+                                 [(" ".join(filler[800 + i * 5:800 + (i + 1) * 5]) + " " + t, lab)
+                                  for i, (t, lab) in enumerate(labelled_rows(48, seed=9))])
     return out
 
 
@@ -178,7 +180,8 @@ def test_long_documents_end_to_end(family, trained, data):
     longest = " ".join(docs) + " " + docs[0]
     whole = predict.run(PredictConfig(model=str(out), texts=[longest]))[0]
     assert "truncated" not in whole
-    assert {d["label"]: d["score"] for d in pipe(out, top_k=None)([longest])[0]} == pytest.approx(whole["scores"], abs=1e-5)
+    piped_longest = {d["label"]: d["score"] for d in pipe(out, top_k=None)([longest])[0]}
+    assert piped_longest == pytest.approx(whole["scores"], abs=1e-5)
     piped = pipe(out, top_k=None)(docs)  # whole documents: the model cuts the windows itself
     for res, p in zip(results, piped, strict=True):
         assert {d["label"]: d["score"] for d in p} == pytest.approx(res["scores"], abs=1e-5)
@@ -308,7 +311,8 @@ def test_degenerate_multilabel_threshold_is_reported(checkpoints, data, tmp_path
     with caplog.at_level("WARNING", logger="nlptl"):
         finetune.run(finetune_cfg(from_model=str(checkpoints["bert"]), train_file=str(data["multi"]), task="multilabel",
                                   label_column="tags", threshold=0.001, max_steps=2, out=str(tmp_path / "all")))
-    assert "at threshold 0.001 (--threshold) the classifier predicts every label for 100% of the eval set" in caplog.text
+    assert ("at threshold 0.001 (--threshold) the classifier predicts every label for 100% of the eval set"
+            in caplog.text)
 
 
 def test_threshold_tuning(checkpoints, data, tmp_path):
@@ -351,7 +355,8 @@ def test_shapes_in_learning_curve_and_recipe(checkpoints, data, tmp_path, capsys
 def test_predict_table_for_every_shape(trained, data, capsys, tmp_path):
     from cli_helpers import call_main
 
-    for shape, text in (("multi", "x was great the food"), ("reg", "it was awful"), ("pair", "a was great\tb was great")):
+    for shape, text in (("multi", "x was great the food"), ("reg", "it was awful"),
+                        ("pair", "a was great\tb was great")):
         out, _ = trained["bert", shape]
         capsys.readouterr()
         assert call_main(["predict", "--model", str(out), text], tmp_path) == 0
@@ -452,8 +457,10 @@ def plotted_labels(run_dir: Path, tmp_path: Path, monkeypatch) -> list[str]:
     return labels
 
 
-@pytest.mark.parametrize("shape,loss,scores", [("reg", "mean squared error", ("eval_pearson", "eval_rmse")),
-                                               ("multi", "binary cross-entropy", ("eval_f1_micro", "eval_subset_accuracy"))])
+@pytest.mark.parametrize("shape,loss,scores", [
+    ("reg", "mean squared error", ("eval_pearson", "eval_rmse")),
+    ("multi", "binary cross-entropy", ("eval_f1_micro", "eval_subset_accuracy")),
+])
 def test_metrics_csv_and_report_follow_the_task_shape(trained, shape, loss, scores, tmp_path, monkeypatch):
     """metrics.csv keeps every score the shape is evaluated by (it once kept only accuracy and
     macro-F1), and the report names the loss the head minimised (it once said cross-entropy for all)."""
