@@ -250,9 +250,10 @@ def run_cell(cell: dict, splits: dict[str, Path], work: Path) -> dict:
     kw = dict(cell["tech"])
     if kw.get("gradual_unfreeze"):
         kw["unfreeze_every"] = max(1, steps // 10)
-    cfg = FinetuneConfig(from_model=cell["model"], task="sentiment", train_file=str(train), eval_file=str(splits["val"]),
-                         out=str(out_dir), overwrite=True, max_steps=steps, batch_size=BATCH, lr=cell["lr"], seed=seed,
-                         eval_every=EVAL_EVERY[n], max_length=MAX_LENGTH, precision="fp32", **kw)
+    cfg = FinetuneConfig(from_model=cell["model"], task="sentiment", train_file=str(train),
+                         eval_file=str(splits["val"]), out=str(out_dir), overwrite=True, max_steps=steps,
+                         batch_size=BATCH, lr=cell["lr"], seed=seed, eval_every=EVAL_EVERY[n], max_length=MAX_LENGTH,
+                         precision="fp32", **kw)
     t0, la = time.time(), loadavg()
     ft = finetune.run(cfg)
     t1 = time.time()
@@ -521,8 +522,9 @@ def worker(args) -> int:
                 if chosen["name"] == "gpt":
                     gpt_model(work, data_root)
                 elif chosen["name"] == "gpt-dapt":
-                    run_adapt(cid, models["gpt"], str(data_root / "unlabeled-reviews" / "*.txt"), work / "lm" / "gpt-dapt",
-                              GPT_STEPS["dapt"], None, "domain-adaptive CLM of the nlptl GPT on the unlabeled reviews")
+                    run_adapt(cid, models["gpt"], str(data_root / "unlabeled-reviews" / "*.txt"),
+                              work / "lm" / "gpt-dapt", GPT_STEPS["dapt"], None,
+                              "domain-adaptive CLM of the nlptl GPT on the unlabeled reviews")
                 else:
                     sp = adapt_specs[chosen["name"]]
                     run_adapt(cid, models[chosen["needs"]], sp["corpus"], work / "lm" / chosen["name"], sp["steps"],
@@ -539,7 +541,8 @@ def worker(args) -> int:
         append_result(rec)
         n_run += 1
         say(f"{tag}: DONE  {cid}: val {rec['val_accuracy']:.3f} test {rec['test_accuracy']:.3f} "
-            f"f1 {rec['test_f1_macro']:.3f} best@{rec['best_step']} {rec['wall_seconds']:.0f}s load {rec['loadavg_after']}")
+            f"f1 {rec['test_f1_macro']:.3f} best@{rec['best_step']} {rec['wall_seconds']:.0f}s "
+            f"load {rec['loadavg_after']}")
 
 
 def gpt_model(work: Path, data_root: Path) -> None:
@@ -550,8 +553,8 @@ def gpt_model(work: Path, data_root: Path) -> None:
     out = work / "lm" / "gpt"
     t0 = time.time()
     res = pretrain.run(PretrainConfig(arch="gpt", size="mini", corpus=str(data_root / "wikitext-2" / "valid.txt"),
-                                      out=str(out), overwrite=True, max_steps=GPT_STEPS["pretrain"], max_eval_blocks=100, seed=0,
-                                      precision="fp32"))
+                                      out=str(out), overwrite=True, max_steps=GPT_STEPS["pretrain"],
+                                      max_eval_blocks=100, seed=0, precision="fp32"))
     append_result({"id": "adapt/gpt", "kind": "pretrain", "ok": True, "output_dir": str(out),
                    "note": "GPT --size mini pretrained from scratch on WikiText-2 valid, 300 steps",
                    "metrics": {k: res.get(k) for k in ("perplexity_before", "perplexity", "steps", "train_seconds")},

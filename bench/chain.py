@@ -102,7 +102,8 @@ def machine(nlptl_src: Path | None = None) -> dict:
     except OSError:
         pass
     code = ("import json,torch,transformers,datasets,accelerate,tokenizers,nlptl;"
-            "print(json.dumps({m.__name__:m.__version__ for m in (torch,transformers,datasets,accelerate,tokenizers,nlptl)}"
+            "print(json.dumps({m.__name__:m.__version__"
+            " for m in (torch,transformers,datasets,accelerate,tokenizers,nlptl)}"
             "|{'torch_threads':torch.get_num_threads()}))")
     env = dict(os.environ, PYTHONPATH=str(nlptl_src)) if nlptl_src else None
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=REPO, env=env)
@@ -176,7 +177,8 @@ def make_split(data_root: Path, test: str, splits_dir: Path, fraction: float, se
     write_csv(d / "dev.csv", dev)
     test_rows = read_csv(data_root / "sentiment-uci" / f"{test}.csv")
     test_texts = {r["text"] for r in test_rows}
-    info.update(train=str(d / "train.csv"), dev=str(d / "dev.csv"), test_file=str(data_root / "sentiment-uci" / f"{test}.csv"),
+    info.update(train=str(d / "train.csv"), dev=str(d / "dev.csv"),
+                test_file=str(data_root / "sentiment-uci" / f"{test}.csv"),
                 n_train=len(train), n_dev=len(dev), n_test=len(test_rows), n_test_unique_texts=len(test_texts),
                 train_sha256=sha256(d / "train.csv")[:16], dev_sha256=sha256(d / "dev.csv")[:16],
                 test_texts_also_in_train=len(test_texts & {r["text"] for r in train + dev}),
@@ -222,8 +224,8 @@ class Runner:
         t0 = time.perf_counter()
         started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
         with open(log, "w", encoding="utf-8") as err:
-            proc = subprocess.run([sys.executable, "-m", "nlptl", *args], cwd=REPO, env=self.env, stdout=subprocess.PIPE,
-                                  stderr=err, text=True, check=False)
+            proc = subprocess.run([sys.executable, "-m", "nlptl", *args], cwd=REPO, env=self.env,
+                                  stdout=subprocess.PIPE, stderr=err, text=True, check=False)
         wall = time.perf_counter() - t0
         ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         load_after = os.getloadavg()
@@ -303,7 +305,10 @@ def run_benchmark(a: argparse.Namespace) -> int:
     reviews = rel(data_root / "unlabeled-reviews" / "imdb_unsup_4k.txt")
     splits = {t: make_split(data_root, t, splits_dir, a.dev_fraction, a.split_seed) for t in rotations}
     def ft_extra(line: str) -> list[str]:
-        epochs = a.minilm_finetune_epochs if line == "minilm" and a.minilm_finetune_epochs is not None else a.finetune_epochs
+        if line == "minilm" and a.minilm_finetune_epochs is not None:
+            epochs = a.minilm_finetune_epochs
+        else:
+            epochs = a.finetune_epochs
         return ([] if epochs is None else ["--epochs", f"{epochs:g}"]) + (
             [] if a.finetune_max_steps is None else ["--max-steps", str(a.finetune_max_steps)])
 
@@ -319,7 +324,8 @@ def run_benchmark(a: argparse.Namespace) -> int:
             sp = splits[t]
             name = f"{line}-{variant}-ft-test-{t}"
             ft = r.nlptl(name, ["finetune", "--from", src, "--task", "sentiment", "--train", rel(sp["train"]),
-                                "--eval", rel(sp["dev"]), *ft_extra(line), "--out", run_dir(name), "--overwrite", "--json"],
+                                "--eval", rel(sp["dev"]), *ft_extra(line), "--out", run_dir(name),
+                                "--overwrite", "--json"],
                          FT_KEYS, after=after, stage="finetune", line=line, variant=variant, test=t)
             if ft is None:
                 continue
@@ -341,8 +347,8 @@ def run_benchmark(a: argparse.Namespace) -> int:
     if "minilm" in a.models:
         finetune_and_test("minilm", "no-adapt", rel(base))
         ad = r.nlptl("minilm-adapt", ["adapt", "--from", rel(base), "--corpus", reviews,
-                                      "--max-steps", str(a.minilm_adapt_steps), *lm_eval, "--out", run_dir("minilm-adapt"),
-                                      "--overwrite", "--json"],
+                                      "--max-steps", str(a.minilm_adapt_steps), *lm_eval,
+                                      "--out", run_dir("minilm-adapt"), "--overwrite", "--json"],
                      LM_KEYS, stage="adapt", line="minilm", variant="-")
         finetune_and_test("minilm", "adapt", run_dir("minilm-adapt") if ad is not None else None, (ad,))
 
@@ -421,7 +427,8 @@ def markdown(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"),
                    help="Directory with sentiment-uci/, wikitext-2/, unlabeled-reviews/ (default: ../shared/data).")
     p.add_argument("--out", default=str(REPO / "bench" / "out"), help="Run directories and logs (default: bench/out).")
@@ -439,12 +446,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--adapt-steps", type=int, default=60, help="--max-steps of the GPT adapt (default 60).")
     p.add_argument("--minilm-adapt-steps", type=int, default=60, help="--max-steps of the MiniLM adapt (default 60).")
     p.add_argument("--max-eval-blocks", type=int, default=200,
-                   help="Held-out blocks scored for perplexity by pretrain/adapt (nlptl's max_eval_blocks; default 200).")
+                   help="Held-out blocks scored for perplexity by pretrain/adapt "
+                        "(nlptl's max_eval_blocks; default 200).")
     p.add_argument("--finetune-epochs", type=float, default=None, help="finetune --epochs (default: nlptl's default).")
     p.add_argument("--minilm-finetune-epochs", type=float, default=None,
                    help="finetune --epochs of the MiniLM line only (default: --finetune-epochs).")
     p.add_argument("--finetune-max-steps", type=int, default=None, help="finetune --max-steps (default: none).")
-    p.add_argument("--dev-fraction", type=float, default=0.1, help="Fraction of the training sources held out as --eval.")
+    p.add_argument("--dev-fraction", type=float, default=0.1,
+                   help="Fraction of the training sources held out as --eval.")
     p.add_argument("--split-seed", type=int, default=42, help="Seed of the train/dev split.")
     p.add_argument("--fresh", action="store_true", help="Rerun everything (default: reuse finished runs in --out).")
     p.add_argument("--rerun", default="", type=lambda s: [x.strip() for x in s.split(",") if x.strip()],

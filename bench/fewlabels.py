@@ -185,7 +185,8 @@ def dapt_model(work: Path, data_root: Path) -> Path:
     if (out / "nlptl-run.json").is_file():
         return out
     t0 = time.time()
-    res = adapt.run(AdaptConfig(from_model=ablation.minilm_path(), corpus=str(data_root / "unlabeled-reviews" / "*.txt"),
+    res = adapt.run(AdaptConfig(from_model=ablation.minilm_path(),
+                                corpus=str(data_root / "unlabeled-reviews" / "*.txt"),
                                 out=str(out), overwrite=True, max_steps=DAPT_STEPS, batch_size=ablation.LM_BATCH,
                                 block_size=ablation.LM_BLOCK, lr=1e-4, seed=0, max_eval_blocks=100, precision="fp32"))
     append({"id": "dapt", "row": "dapt", "ok": True, "seconds": round(time.time() - t0, 1), "steps": res["steps"],
@@ -207,7 +208,8 @@ def setfit_cell(train: Path, splits, seed: int, out: Path) -> dict:
     t0 = time.time()
     model = SetFitModel.from_pretrained(ablation.minilm_path())
     # Defaults throughout; report_to and output_dir only keep its logs and checkpoints out of the way.
-    trainer = Trainer(model=model, args=TrainingArguments(seed=seed, report_to="none", output_dir=str(out)), train_dataset=read(train))
+    trainer = Trainer(model=model, args=TrainingArguments(seed=seed, report_to="none", output_dir=str(out)),
+                      train_dataset=read(train))
     trainer.train()
     fit_seconds = time.time() - t0
     out = {}
@@ -299,7 +301,8 @@ def run(args) -> int:
                 return e.exit_code
             continue
         append(rec)
-        say(f"DONE  {cell['id']}: " + ", ".join(f"{k}={rec[k]}" for k in ("val_accuracy", "test_accuracy", "wall_seconds")
+        say(f"DONE  {cell['id']}: " + ", ".join(f"{k}={rec[k]}"
+                                                for k in ("val_accuracy", "test_accuracy", "wall_seconds")
                                                 if k in rec))
     return 0
 

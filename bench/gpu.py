@@ -70,7 +70,8 @@ class Runner:
         self.work, self.smoke = work, smoke
         self.logs = work / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        pythonpath = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        self.env = dict(os.environ, PYTHONPATH=pythonpath,
                         NLPTL_HOME=str(work / "home"), HF_DATASETS_CACHE=str(work / "hf-datasets"),
                         HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="true", PYTHONUNBUFFERED="1")
         if smoke:  # a CPU check: fp32, one thread, like the test suite
@@ -155,7 +156,8 @@ def case_chain(run: Runner, d: dict, s: dict) -> dict:
         root = run.work / "chain" / arch
         cmds = [
             ("pretrain", nlptl("pretrain", "--arch", arch, "--size", s["chain_size"], "--corpus", d["corpus"],
-                               "--block-size", "128", "--set", "max_eval_blocks=8", "--out", str(root / "pretrain"), *steps)),
+                               "--block-size", "128", "--set", "max_eval_blocks=8", "--out", str(root / "pretrain"),
+                               *steps)),
             ("adapt", nlptl("adapt", "--from", str(root / "pretrain"), "--corpus", str(ASSETS / "reviews.txt"),
                             "--block-size", "128", "--set", "max_eval_blocks=8", "--out", str(root / "adapt"), *steps)),
             ("finetune", nlptl("finetune", "--from", str(root / "adapt"), "--task", "classification",
@@ -163,7 +165,8 @@ def case_chain(run: Runner, d: dict, s: dict) -> dict:
                                "--out", str(root / "finetune"), *steps)),
             ("evaluate", nlptl("evaluate", "--model", str(root / "finetune"), "--data", d["test"])),
             ("evaluate-lm", nlptl("evaluate", "--model", str(root / "adapt"), "--data", str(ASSETS / "reviews.txt"))),
-            ("predict", nlptl("predict", "--model", str(root / "finetune"), "A lovely, warm film.", "Dull and far too long.")),
+            ("predict", nlptl("predict", "--model", str(root / "finetune"),
+                              "A lovely, warm film.", "Dull and far too long.")),
         ]
         for stage, cmd in cmds:
             results.append({"arch": arch, "stage": stage, **run(f"chain-{arch}-{stage}", cmd)})
@@ -280,8 +283,9 @@ def case_compile(run: Runner, d: dict, s: dict) -> dict:
     rows = {}
     for mode in ("eager", "compile"):
         out = run.work / "runs" / f"compile-{mode}"
-        cmd = nlptl("adapt", "--from", d["gpt"], "--corpus", d["corpus"], "--objective", "clm", "--block-size", str(seq),
-                    "--max-steps", str(steps), "--batch-size", str(batch), "--lr", "5e-5", "--set", "max_eval_blocks=4",
+        cmd = nlptl("adapt", "--from", d["gpt"], "--corpus", d["corpus"], "--objective", "clm",
+                    "--block-size", str(seq), "--max-steps", str(steps), "--batch-size", str(batch), "--lr", "5e-5",
+                    "--set", "max_eval_blocks=4",
                     "--set", "log_every=1", "--out", str(out), *PINNED, *(["--compile"] if mode == "compile" else []))
         r = run(f"compile-{mode}", cmd, env={"TORCH_LOGS": "recompiles"} if mode == "compile" else None, timeout=600)
         if r["rc"] == 0:
@@ -328,7 +332,8 @@ def table(results: dict) -> str:
     rows = [r for key in ("clm", "mlm", "finetune") for r in results.get(key, {}).get("rows", [])]
     if rows:
         ref = "reference" if env.get("smoke") else "reference (--bf16)"
-        lines += [f"| case | nlptl | {ref} | ratio (target) | MFU nlptl / ref (target) | peak GPU GiB | held-out nlptl / ref |",
+        lines += [f"| case | nlptl | {ref} | ratio (target) | MFU nlptl / ref (target) | peak GPU GiB "
+                  "| held-out nlptl / ref |",
                   "|---|---|---|---|---|---|---|"]
         for r in rows:
             if not r["ok"]:
@@ -338,7 +343,8 @@ def table(results: dict) -> str:
             tr, tm = TARGETS[r["case"]]
             score = (f"{r['score_metric']} {r['score_nlptl']:.3g} / {r['score_reference']:.3g}"
                      if "score_metric" in r else "")
-            lines.append(f"| {r['label']} | {r['throughput_nlptl']:,.0f} {unit} | {r['throughput_reference']:,.0f} {unit} | "
+            lines.append(f"| {r['label']} | {r['throughput_nlptl']:,.0f} {unit} | "
+                         f"{r['throughput_reference']:,.0f} {unit} | "
                          f"{r['ratio']:.2f} (≥{tr}) | {100 * r['mfu_nlptl']:.1f}% / {100 * r['mfu_reference']:.1f}%"
                          f"{f' (≥{100 * tm:.0f}%)' if tm else ''} | {r.get('peak_gpu_gib_nlptl') or '-'} | {score} |")
         lines.append("")
@@ -346,12 +352,14 @@ def table(results: dict) -> str:
     if comp:
         e, c = comp.get("eager", {}), comp.get("compile", {})
         lines.append(f"--compile: first step {c.get('first_step_s', float('nan')):.1f} s (eager "
-                     f"{e.get('first_step_s', float('nan')):.1f} s), warm {c.get('tokens_per_s_warm', 0):,.0f} vs eager "
+                     f"{e.get('first_step_s', float('nan')):.1f} s), "
+                     f"warm {c.get('tokens_per_s_warm', 0):,.0f} vs eager "
                      f"{e.get('tokens_per_s_warm', 0):,.0f} tok/s (x{comp.get('speedup_warm', float('nan')):.2f}), "
                      f"recompilations {c.get('recompilations')}; {'ok' if comp['ok'] else 'FAILED'}")
     tests = results.get("tests")
     if tests:
-        lines.append(f"Tests: {tests.get('summary', '')} ({'ok' if tests['ok'] else 'FAILED'}, {tests['wall_s']:.0f} s)")
+        lines.append(f"Tests: {tests.get('summary', '')} "
+                     f"({'ok' if tests['ok'] else 'FAILED'}, {tests['wall_s']:.0f} s)")
     return "\n".join(lines) + "\n"
 
 

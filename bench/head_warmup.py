@@ -33,12 +33,13 @@ def main(shares: list[float], data_root: Path = Path(__file__).resolve().parents
     splits = ablation.make_splits(data_root, work)
     for share in shares:
         started = time.time()
-        r = adapt.run(AdaptConfig(from_model=ablation.minilm_path(), corpus=str(data_root / "unlabeled-reviews" / "imdb_unsup_4k.txt"),
+        r = adapt.run(AdaptConfig(from_model=ablation.minilm_path(),
+                                  corpus=str(data_root / "unlabeled-reviews" / "imdb_unsup_4k.txt"),
                                   out=str(work / f"dapt-w{share}"), overwrite=True, max_steps=100, batch_size=8,
                                   block_size=128, seed=0, max_eval_blocks=100, precision="fp32", head_warmup=share,
                                   probe=str(splits["500-0"]), eval_every=20))
-        keys = ("perplexity_before", "perplexity", "probe_accuracy_before", "probe_accuracy", "best_step", "probe_curve",
-                "head_warmup_steps")
+        keys = ("perplexity_before", "perplexity", "probe_accuracy_before", "probe_accuracy", "best_step",
+                "probe_curve", "head_warmup_steps")
         print(json.dumps({"share": share, "secs": time.time() - started, **{k: r.get(k) for k in keys}}), flush=True)
 
 

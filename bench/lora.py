@@ -106,7 +106,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--stages", default="finetune,adapt")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch threads per run (OMP_NUM_THREADS); on a busy 2-core machine 2 threads spin-wait, ~6x slower")
+                   help="torch threads per run (OMP_NUM_THREADS); "
+                        "on a busy 2-core machine 2 threads spin-wait, ~6x slower")
     p.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
     p.add_argument("--results", default=None, help="JSON file for the raw runs (default bench/results/lora-DATE.json)")
     args = p.parse_args()

@@ -81,8 +81,10 @@ def main(argv: list[str] | None = None) -> int:
                    "train_s": o["train_seconds"], "train_blocks": o["n_train"], "load": os.getloadavg()[0],
                    "cmd": r["cmd"]}
             rows.append(row)
-            print(f"{mb:5d} MB {attempt:6s}: peak RSS {row['peak_rss_mib']:5d} MiB  preprocess {row['preprocess_s']:7.1f} s  "
-                  f"wall {row['wall_s']:7.1f} s  ({size / 1e6:.1f} MB, {row['train_blocks']} training blocks, load {row['load']:.1f})", flush=True)
+            print(f"{mb:5d} MB {attempt:6s}: peak RSS {row['peak_rss_mib']:5d} MiB  "
+                  f"preprocess {row['preprocess_s']:7.1f} s  "
+                  f"wall {row['wall_s']:7.1f} s  ({size / 1e6:.1f} MB, {row['train_blocks']} training blocks, "
+                  f"load {row['load']:.1f})", flush=True)
         if not a.keep:
             corpus.unlink()
             shutil.rmtree(work / f"state-{mb}", ignore_errors=True)
@@ -94,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(report, indent=1) + "\n")
     print("\n| corpus | run | peak RSS MiB | preprocess s | wall s | training blocks |\n|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['bytes'] / 1e6:.1f} MB | {r['run']} | {r['peak_rss_mib']} | {r['preprocess_s']:.1f} | {r['wall_s']:.1f} | {r['train_blocks']} |")
+        print(f"| {r['bytes'] / 1e6:.1f} MB | {r['run']} | {r['peak_rss_mib']} | {r['preprocess_s']:.1f} "
+              f"| {r['wall_s']:.1f} | {r['train_blocks']} |")
     print(f"\nwritten: {out}")
     return 0
 

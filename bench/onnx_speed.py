@@ -79,7 +79,8 @@ def main() -> None:
     names = engines["torch_fp32"].names
     gold = [names[int(g)] if g.isdigit() else g for g in gold]
     result = {"date": _dt.date.today().isoformat(), "machine": platform.machine(), "cpus": os.cpu_count(),
-              "torch": torch.__version__, "load_average_before": os.getloadavg(), "model": args.model, "threads": args.threads, "sentences": len(texts),
+              "torch": torch.__version__, "load_average_before": os.getloadavg(), "model": args.model,
+              "threads": args.threads, "sentences": len(texts),
               "export": exported, "export_seconds": round(export_seconds, 1),
               "sizes_mb": {f: round(os.path.getsize(os.path.join(export_dir, f)) / 2**20, 1)
                            for f in ("model.onnx", "model_quantized.onnx")}, "engines": {}}

@@ -103,7 +103,8 @@ def reference_flops_per_token(model_dir: str, kind: str, seq: int) -> dict:
     from transformers.utils import logging
 
     logging.set_verbosity_error()
-    cls = {"mlm": AutoModelForMaskedLM, "clm": AutoModelForCausalLM, "finetune": AutoModelForSequenceClassification}[kind]
+    cls = {"mlm": AutoModelForMaskedLM, "clm": AutoModelForCausalLM,
+           "finetune": AutoModelForSequenceClassification}[kind]
     config = AutoConfig.from_pretrained(model_dir)
     model = cls.from_config(config)
     # nn.Linear, and GPT-2's Conv1D (a Linear with transposed weights); tied output projections count too
@@ -162,7 +163,8 @@ def prepare(data_root: Path, work: Path, a) -> dict:
                 "tok=train_tokenizer('gpt',(t[i:i+1000] for i in range(0,len(t),1000)),DEFAULT_VOCAB['small'],"
                 "PRESETS['small'][3]);torch.manual_seed(0);m=build_scratch('gpt','small',tok);"
                 "m.save_pretrained(sys.argv[2]);tok.save_pretrained(sys.argv[2])")
-        subprocess.run([sys.executable, "-c", code, str(d["wiki_train"]), str(d["gpt"])], check=True, env=child_env(work))
+        subprocess.run([sys.executable, "-c", code, str(d["wiki_train"]), str(d["gpt"])], check=True,
+                       env=child_env(work))
     return {k: str(v) for k, v in d.items()}
 
 
@@ -204,8 +206,8 @@ def commands(case: str, d: dict, work: Path, rep: int, a) -> tuple[list[str], li
     """(nlptl command, reference command, what the case trains on)."""
     py = sys.executable
     extra = shlex.split(a.nlptl_args)
-    pinned = ["--seed", "42", "--warmup-ratio", "0", "--weight-decay", "0", "--set", "max_grad_norm=1.0", "--save-every", "0",
-              "--schedule", "linear", "--overwrite", "--json", "--quiet"]
+    pinned = ["--seed", "42", "--warmup-ratio", "0", "--weight-decay", "0", "--set", "max_grad_norm=1.0",
+              "--save-every", "0", "--schedule", "linear", "--overwrite", "--json", "--quiet"]
     if case in ("mlm", "clm"):
         model = d["minilm"] if case == "mlm" else d["gpt"]
         train = d["reviews_train"] if case == "mlm" else d["wiki_train"]
@@ -219,8 +221,9 @@ def commands(case: str, d: dict, work: Path, rep: int, a) -> tuple[list[str], li
                "--batch-size", str(batch), "--lr", "5e-5", "--block-size", str(a.block_size), "--seed", "42"]
         return nl, ref, {"model": model, "steps": steps, "batch": batch, "seq": a.block_size,
                          "held": d["reviews_held"] if case == "mlm" else d["wiki_held"]}
-    nl = [py, "-m", "nlptl", "finetune", "--from", d["minilm"], "--task", "classification", "--train", d["sent_train"],
-          "--eval", d["sent_dev"], "--max-length", "128", "--max-steps", str(a.ft_steps), "--batch-size", str(a.ft_batch),
+    nl = [py, "-m", "nlptl", "finetune", "--from", d["minilm"], "--task", "classification",
+          "--train", d["sent_train"], "--eval", d["sent_dev"], "--max-length", "128",
+          "--max-steps", str(a.ft_steps), "--batch-size", str(a.ft_batch),
           "--lr", "2e-5", "--eval-every", str(a.ft_steps), "--pooling", "cls",
           "--out", str(work / "runs" / f"finetune-nlptl-{rep}"), *pinned, *extra]
     ref = [py, str(REF / "run_glue.py"), "--model", d["minilm"], "--train-file", d["sent_train"],
@@ -292,7 +295,8 @@ def summarize(case: dict) -> dict:
         "rss_nlptl": spread([x["peak_rss_mib"] for x in n]), "rss_reference": spread([x["peak_rss_mib"] for x in r]),
         "mfu_nlptl": spread([x["mfu"] for x in n]), "mfu_reference": spread([x["mfu"] for x in r]),
         "metric": metric,
-        "score_nlptl": spread([x["score"][metric] for x in n]), "score_reference": spread([x["score"][metric] for x in r]),
+        "score_nlptl": spread([x["score"][metric] for x in n]),
+        "score_reference": spread([x["score"][metric] for x in r]),
     }
 
 
@@ -302,7 +306,8 @@ def markdown(report: dict) -> str:
            f"{report['machine'].get('mem_gib')} GiB; fp32 matmul {report['peak_flops'] / 1e9:.0f} GFLOP/s "
            f"(torch.mm 2048², best of start/end); load average {report['load_start']} -> {report['load_end']}; "
            f"{report['reps']} repetitions, alternating; min/median/max.", "",
-           "| case | unit | nlptl | reference | ratio per rep | best/best (target) | MFU nlptl / ref | wall s nlptl / ref | peak RSS MiB nlptl / ref | held-out nlptl / ref |",
+           "| case | unit | nlptl | reference | ratio per rep | best/best (target) | MFU nlptl / ref "
+           "| wall s nlptl / ref | peak RSS MiB nlptl / ref | held-out nlptl / ref |",
            "|---|---|---|---|---|---|---|---|---|---|"]
     for s in rows:
         ok = "met" if s["best_ratio"] >= s["target"] else "MISSED"
@@ -310,8 +315,10 @@ def markdown(report: dict) -> str:
         out.append(
             f"| {s['case']} | {s['unit']} | {fmt3(s['nlptl'])} | {fmt3(s['reference'])} | "
             f"{fmt3(s['ratio'], 2)} | {s['best_ratio']:.2f} (≥{s['target']}: {ok}) | "
-            f"{fmt3(tuple(100 * x for x in s['mfu_nlptl']), 0)}% / {fmt3(tuple(100 * x for x in s['mfu_reference']), 0)}% | "
-            f"{fmt3(s['wall_nlptl'])} / {fmt3(s['wall_reference'])} | {fmt3(s['rss_nlptl'], 0)} / {fmt3(s['rss_reference'], 0)} | "
+            f"{fmt3(tuple(100 * x for x in s['mfu_nlptl']), 0)}% / "
+            f"{fmt3(tuple(100 * x for x in s['mfu_reference']), 0)}% | "
+            f"{fmt3(s['wall_nlptl'])} / {fmt3(s['wall_reference'])} | "
+            f"{fmt3(s['rss_nlptl'], 0)} / {fmt3(s['rss_reference'], 0)} | "
             f"{s['metric']} {fmt3(s['score_nlptl'], nd)} / {fmt3(s['score_reference'], nd)} |")
     return "\n".join(out)
 
@@ -329,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clm-steps", type=int, default=10)
     p.add_argument("--ft-steps", type=int, default=10)
     p.add_argument("--ft-batch", type=int, default=32)
-    p.add_argument("--lm-docs", type=int, default=1000, help="reviews to train the MLM on (enough blocks for the steps)")
+    p.add_argument("--lm-docs", type=int, default=1000,
+                   help="reviews to train the MLM on (enough blocks for the steps)")
     p.add_argument("--nlptl-eval-blocks", type=int, default=16, help="nlptl's own before/after perplexity blocks")
     p.add_argument("--score-blocks", type=int, default=48, help="held-out blocks the common scorer uses")
     p.add_argument("--nlptl-args", default="", help="extra flags for the nlptl side only (e.g. --compile)")
@@ -364,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {"started": started, "finished": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
               "machine": info, "peak_flops": peak, "load_start": load_start,
               "load_end": [round(x, 2) for x in os.getloadavg()], "reps": a.reps, "args": vars(a),
-              "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip(),
+              "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                       cwd=REPO).stdout.strip(),
               "cases": results}
     out = Path(a.results) / f"perf-{started[:10]}{('-' + a.tag) if a.tag else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -129,7 +129,8 @@ def baseline(model: str, texts: list[str], seconds: float, max_requests: int, th
 def start_server(args, port: int) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     cmd = [sys.executable, "-m", "nlptl", "serve", args.model, "--port", str(port), "--threads", str(args.threads),
-           "--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms), "--max-batch-tokens", str(args.max_batch_tokens), "--json"]
+           "--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms),
+           "--max-batch-tokens", str(args.max_batch_tokens), "--json"]
     if args.int8:
         cmd.append("--int8")  # the export's model_quantized.onnx (serve runs model.onnx by default)
     log = open(args.server_log, "w")  # noqa: SIM115 - closed with the process
@@ -171,8 +172,10 @@ def main() -> None:
     import torch
 
     result = {"date": _dt.date.today().isoformat(), "machine": platform.machine(), "cpus": os.cpu_count(),
-              "torch": torch.__version__, "load_average_before": os.getloadavg(), "model": args.model, "label": args.label, "threads": args.threads,
-              "baseline_model": args.baseline_model or args.model, "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms, "max_batch_tokens": args.max_batch_tokens, "sentences": len(texts),
+              "torch": torch.__version__, "load_average_before": os.getloadavg(), "model": args.model,
+              "label": args.label, "threads": args.threads,
+              "baseline_model": args.baseline_model or args.model, "max_batch_size": args.max_batch_size,
+              "max_wait_ms": args.max_wait_ms, "max_batch_tokens": args.max_batch_tokens, "sentences": len(texts),
               "bounds": {"seconds": args.seconds, "max_requests": args.max_requests}, "levels": []}
     port = free_port()
     proc = start_server(args, port)
@@ -186,7 +189,8 @@ def main() -> None:
         proc.send_signal(signal.SIGTERM)
         result["server_exit_code"] = proc.wait(timeout=60)
     if not args.no_baseline:
-        result["baseline_pipeline_loop"] = baseline(args.baseline_model or args.model, texts, args.seconds, args.max_requests, args.threads)
+        result["baseline_pipeline_loop"] = baseline(args.baseline_model or args.model, texts, args.seconds,
+                                                    args.max_requests, args.threads)
         print(json.dumps(result["baseline_pipeline_loop"]), file=sys.stderr, flush=True)
         base = result["baseline_pipeline_loop"]["texts_per_s"]
         for row in result["levels"]:

@@ -169,7 +169,8 @@ def cells(files: dict, root: Path, env: dict) -> list[tuple[str, dict]]:
             out.append((f"lr/{model}/{lr}", {"group": "lr", "model": model, "lr": lr, "test": s["test"],
                                              "args": common + ["--lr", lr, "--epochs", epochs]}))
     m = files["multilabel"]
-    out.append(("multilabel/minilm", {"group": "multilabel", "model": "minilm", "test": m["test"], "label_column": "labels",
+    out.append(("multilabel/minilm", {"group": "multilabel", "model": "minilm", "test": m["test"],
+                                      "label_column": "labels",
                                       "args": ["--task", "multilabel", "--train", m["train"], "--eval", m["validation"],
                                                "--label-column", "labels", "--epochs", "2", "--batch-size", "32",
                                                "--max-length", "64", "--lr", "1e-4", "--precision", "fp32",
@@ -212,9 +213,11 @@ def run_cell(key: str, cell: dict, root: Path, env: dict) -> dict:
     test, eval_wall, _ = nlptl(eval_args, env)
     row = {"cell": key, **{k: v for k, v in cell.items() if k not in ("args", "test")},
            "test": {k: v for k, v in test.items() if isinstance(v, int | float | list) and not isinstance(v, bool)},
-           "validation": {k: result[k] for k in ("accuracy", "f1_micro", "f1_macro", "subset_accuracy", "rmse", "pearson")
+           "validation": {k: result[k]
+                          for k in ("accuracy", "f1_micro", "f1_macro", "subset_accuracy", "rmse", "pearson")
                           if k in result},
-           "lr_used": result.get("lr_found", result["config"]["lr"]), "steps": result["steps"], "train_seconds": result["train_seconds"],
+           "lr_used": result.get("lr_found", result["config"]["lr"]), "steps": result["steps"],
+           "train_seconds": result["train_seconds"],
            "wall_seconds": round(wall, 1), "peak_rss_gib": round(rss, 3)}
     if cell["group"] == "long":
         with open(cell["test"], encoding="utf-8", newline="") as f:

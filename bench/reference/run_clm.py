@@ -36,7 +36,8 @@ def main() -> None:
         concatenated = {k: list(chain(*examples[k])) for k in examples.keys()}
         total_length = len(concatenated[next(iter(examples.keys()))])
         total_length = (total_length // block_size) * block_size
-        result = {k: [t[i : i + block_size] for i in range(0, total_length, block_size)] for k, t in concatenated.items()}
+        result = {k: [t[i : i + block_size] for i in range(0, total_length, block_size)]
+                  for k, t in concatenated.items()}
         result["labels"] = result["input_ids"].copy()
         return result
 
