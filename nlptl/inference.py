@@ -204,8 +204,7 @@ class OnnxClassifier(Classifier):
         directory = Path(directory)
         record = json.loads((directory / EXPORT_RECORD).read_text(encoding="utf-8"))
         ref = models.ModelRef(str(directory), str(directory), True, None, None)
-        self.config = models.load_config(ref)
-        self.tokenizer = models.load_tokenizer(ref, self.config)
+        self.config, self.tokenizer = models.load_config_and_tokenizer(ref)
         self.names = label_names(self.config)
         self.max_length = max_length or record["max_length"]
         self.file = onnx_file or ONNX_FILE

@@ -12,7 +12,8 @@ from conftest import adapt_cfg, finetune_cfg
 
 from nlptl.config import AdaptConfig, FinetuneConfig
 from nlptl.errors import UsageError
-from nlptl.stages.contrastive import draw_pairs, pair_loss
+from nlptl.models.contrastive import pair_loss
+from nlptl.stages.contrastive import draw_pairs
 
 # --------------------------------------------------------------------------- pairs and loss
 

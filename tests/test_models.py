@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -183,3 +185,42 @@ def test_build_from_scratch(arch):
         assert tokenizer.pad_token is None and tokenizer.eos_token == models.GPT_EOS
     assert model(input_ids=ids).logits.shape == (1, ids.shape[1], len(tokenizer))
     assert 0 < models.count_parameters(model) < 1_000_000
+
+
+# --------------------------------------------------------------------------- model code
+
+
+def test_the_head_code_is_one_file_that_ships_itself(tmp_path):
+    """nlptl/models/heads.py is the file a pooled classifier's directory ships as modeling_nlptl.py
+    (its auto_map names that file): it imports nothing of nlptl, and `nlptl.heads` (the README's
+    `from nlptl.heads import register`) is the same module."""
+    import ast
+    from types import SimpleNamespace
+
+    import nlptl.heads
+    import nlptl.models.heads
+
+    assert nlptl.heads is nlptl.models.heads
+    source = Path(nlptl.models.heads.__file__)
+    tree = ast.parse(source.read_text(encoding="utf-8"))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | \
+        {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in imported if m and m.split(".")[0] == "nlptl"}
+    models.save_head_code(SimpleNamespace(config=SimpleNamespace(nlptl_pooling="mean")), tmp_path)
+    assert (tmp_path / "modeling_nlptl.py").read_bytes() == source.read_bytes()
+
+
+# Where a checkpoint's config and tokenizer are loaded: models.load_config_and_tokenizer, which every
+# caller in nlptl/ uses. Left: stages/lm.py's lm_from (the lead's file while this was made: to move), and
+# pretrain.py, which reads back the tokenizer it trained itself (a tokenizer cache, not a checkpoint).
+LOADS = re.compile(r"\bload_(config|tokenizer)\(|Auto(Config|Tokenizer)\.from_pretrained\(")
+LOADS_LEFT = {"models/loading.py", "stages/lm.py", "stages/pretrain.py"}
+
+
+def test_config_and_tokenizer_load_in_one_place():
+    package = Path(models.__file__).parents[1]
+    found = [f"{path.relative_to(package)}:{n}: {line.strip()}" for path in sorted(package.rglob("*.py"))
+             if path.relative_to(package).as_posix() not in LOADS_LEFT
+             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+             if LOADS.search(line) and not line.lstrip().startswith(("def ", "#"))]
+    assert not found, f"load them with models.load_config_and_tokenizer: {found}"

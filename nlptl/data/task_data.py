@@ -46,9 +46,7 @@ def prepare(cfg: FinetuneConfig, ref, spec, accelerator) -> TaskData:
     from nlptl.data.collate import tokenize
     from nlptl.evaluation import load_metric
 
-    models.hub_guard(ref)
-    config = models.load_config(ref)
-    tokenizer = models.load_tokenizer(ref, config)
+    config, tokenizer = models.load_config_and_tokenizer(ref)
     task = spec.shape
     shape = {"problem_type": task.problem_type}
     if spec.pairs:

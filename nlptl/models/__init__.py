@@ -4,11 +4,16 @@
 - loading.py: config, tokenizer, language model, classifier (new head or fine-tuned);
 - scratch.py: from-scratch presets, tokenizer training, a random GPT-2 or BERT;
 - mlm.py: the masked-only MLM wrapper (loss on the masked positions alone);
-- lora.py: LoRA adapters (peft), and how a LoRA run is saved.
+- lora.py: LoRA adapters (peft), and how a LoRA run is saved;
+- contrastive.py: the pair encoder of `adapt --objective contrastive` and its pair losses;
+- heads.py: nlptl's pooled sequence classifier (shipped in run directories as modeling_nlptl.py, so it
+  imports nothing of nlptl; `nlptl.heads` is the same module under its older name).
 
-Every module is light to import: torch, transformers and peft load inside the functions.
+Every module but heads.py is light to import: torch, transformers and peft load inside the functions.
+heads.py imports torch and transformers at the top (it is a transformers modeling file): import it by name.
 """
 
+from nlptl.models.contrastive import pair_encoder, pair_loss
 from nlptl.models.loading import (
     DEFAULT_MAX_LENGTH,
     count_parameters,
@@ -17,6 +22,7 @@ from nlptl.models.loading import (
     family,
     load_classifier,
     load_config,
+    load_config_and_tokenizer,
     load_lm,
     load_tokenizer,
     load_trained_classifier,
@@ -60,9 +66,9 @@ __all__ = [
     "BERT_MAX_POSITIONS", "CLASSIFIER_HEADS", "DEFAULT_MAX_LENGTH", "DEFAULT_VOCAB", "GPT_EOS", "LORA_TARGETS",
     "OFFSET_POSITIONS", "PEFT_MISSING", "PRESETS", "TOKENIZER_FILES", "ModelRef", "apply_lora", "build_scratch",
     "count_parameters", "default_max_length", "default_objective", "family", "hub_guard", "inspect_model",
-    "load_classifier", "load_config", "load_error", "load_lm", "load_tokenizer", "load_trained_classifier",
-    "lora_targets", "masked_only", "mlm_head", "positions_of", "require_peft", "resolve_pooling", "save_head_code",
-    "save_lora", "save_sentence_pooling", "trained_objective", "trained_pooling", "scratch_positions",
-    "train_tokenizer", "unwrap_lm",
-    "uses_stock_head",
+    "load_classifier", "load_config", "load_config_and_tokenizer", "load_error", "load_lm", "load_tokenizer",
+    "load_trained_classifier",
+    "lora_targets", "masked_only", "mlm_head", "pair_encoder", "pair_loss", "positions_of", "require_peft",
+    "resolve_pooling", "save_head_code", "save_lora", "save_sentence_pooling", "trained_objective", "trained_pooling",
+    "scratch_positions", "train_tokenizer", "unwrap_lm", "uses_stock_head",
 ]

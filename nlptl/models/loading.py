@@ -88,7 +88,7 @@ def load_config(ref: ModelRef):
     if ref.config is None or ref.config.get("model_type") == "nlptl":
         # nlptl's head has a model type of its own, which transformers does not know until told. (Only
         # where it may be needed: the head's module imports torch.)
-        from nlptl.heads import register
+        from nlptl.models.heads import register
 
         register()
     try:
@@ -96,6 +96,15 @@ def load_config(ref: ModelRef):
     except Exception as e:  # noqa: BLE001
         raise load_error(ref, e) from e
     return backbone_config(config)
+
+
+def load_config_and_tokenizer(ref: ModelRef, tokenizer_ref: ModelRef | None = None):
+    """(config, tokenizer) of a checkpoint: what every stage loads first. A hub id fails fast offline
+    unless cached. `tokenizer_ref`: where the tokenizer is, when not beside the config (a LoRA run's
+    tokenizer is in the run, its config in the base model)."""
+    hub_guard(ref)
+    config = load_config(ref)
+    return config, load_tokenizer(tokenizer_ref or ref, config)
 
 
 def backbone_config(config):
@@ -216,7 +225,7 @@ def _stock_class(config):
 
 def load_classifier(ref: ModelRef, config, labels: list[str], tokenizer, pooling: str = "auto"):
     """A classifier with a new head on the checkpoint's body. Stock transformers classes where they
-    implement the pooling; otherwise nlptl's pooled head (nlptl/heads.py, shipped via auto_map)."""
+    implement the pooling; otherwise nlptl's pooled head (nlptl/models/heads.py, shipped via auto_map)."""
     config = backbone_config(config)
     id2label = dict(enumerate(labels))
     config.num_labels = len(labels)
@@ -232,7 +241,7 @@ def load_classifier(ref: ModelRef, config, labels: list[str], tokenizer, pooling
                 if hasattr(config, attr):
                     delattr(config, attr)
             return _stock_class(config).from_pretrained(ref.path, config=config, ignore_mismatched_sizes=True)
-        from nlptl.heads import NlptlConfig, NlptlForSequenceClassification
+        from nlptl.models.heads import NlptlConfig, NlptlForSequenceClassification
 
         config.nlptl_pooling = pooling
         # Its own model type (and auto_map, for trust_remote_code): stock transformers must not take it
@@ -250,17 +259,15 @@ def save_head_code(model, directory) -> None:
     import shutil
 
     if getattr(model.config, "nlptl_pooling", None):
-        shutil.copy2(Path(__file__).parents[1] / "heads.py", Path(directory) / "modeling_nlptl.py")
+        shutil.copy2(Path(__file__).parent / "heads.py", Path(directory) / "modeling_nlptl.py")
 
 
 def load_trained_classifier(ref: ModelRef):
     """A fine-tuned classifier for inference: (model, tokenizer, label names, max_length)."""
-    hub_guard(ref)
-    config = load_config(ref)
-    tokenizer = load_tokenizer(ref, config)
+    config, tokenizer = load_config_and_tokenizer(ref)
     try:
         if getattr(config, "nlptl_pooling", None):
-            from nlptl.heads import NlptlConfig, NlptlForSequenceClassification
+            from nlptl.models.heads import NlptlConfig, NlptlForSequenceClassification
 
             model = NlptlForSequenceClassification.from_pretrained(ref.path, config=NlptlConfig.wrap(config))
         else:

@@ -157,7 +157,7 @@ def weighted_loss(cfg: FinetuneConfig, data: TaskData, train_ds):
         return None
     import torch
 
-    from nlptl.heads import classification_loss
+    from nlptl.models.heads import classification_loss
 
     log.info("class weights: %s", ", ".join(f"{n} {w:.3g}" for n, w in zip(data.names, weights, strict=True)))
     tensor = torch.tensor(weights, dtype=torch.float32)

@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import logging
 import random
-from types import SimpleNamespace
 
 from nlptl.config import AdaptConfig
 from nlptl.errors import UsageError
+from nlptl.models.contrastive import pair_encoder
 from nlptl.stages.common import Run, write_stage
 
 log = logging.getLogger("nlptl")
 
-MARGIN = 0.5  # sentence-transformers' ContrastiveLoss default
 N_SCORED_PAIRS = 512  # held-out pairs scored before and after training
 
 
@@ -61,15 +60,6 @@ def draw_pairs(labels: list[int], per_example: int, seed: int) -> list[tuple[int
     return pairs
 
 
-def pair_loss(cosine, target, kind: str):
-    """The loss of a batch of pairs from their cosine similarities and 1/0 targets."""
-    if kind == "cosine":
-        return ((cosine - target) ** 2).mean()
-    distance = 1 - cosine
-    hinge = (MARGIN - distance).clamp(min=0)
-    return 0.5 * (target * distance**2 + (1 - target) * hinge**2).mean()
-
-
 class PairCollator:
     """A batch of B pairs -> the 2B texts padded together (the B first ones, then their B partners),
     and the B targets as `labels`."""
@@ -86,29 +76,6 @@ class PairCollator:
         batch = self.tokenizer.pad({"input_ids": seqs}, return_tensors="pt", pad_to_multiple_of=pad_multiple())
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
                 "labels": torch.tensor([t for _, _, t in pairs], dtype=torch.float32)}
-
-
-def pair_encoder(encoder, pooling: str, loss: str):
-    """The training model: the encoder, pooled, embedding both halves of a batch; its output's `loss`
-    is the pair loss (what train() steps on)."""
-    import torch
-    from torch import nn
-
-    from nlptl.heads import pool
-
-    class PairEncoder(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.encoder = encoder
-
-        def forward(self, input_ids, attention_mask, labels=None):
-            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            first, second = pool(hidden, attention_mask, pooling).float().chunk(2)
-            cosine = torch.nn.functional.cosine_similarity(first, second, dim=-1)
-            return SimpleNamespace(loss=None if labels is None else pair_loss(cosine, labels.float(), loss),
-                                   cosine=cosine)
-
-    return PairEncoder()
 
 
 def labelled_texts(cfg: AdaptConfig, tokenizer, accelerator):
@@ -150,9 +117,7 @@ def contrastive_stage(run: Run, ref, *, accelerator, lineage: dict) -> dict:
     from nlptl.train import train
 
     cfg = run.cfg
-    models.hub_guard(ref)
-    config = models.load_config(ref)
-    tokenizer = models.load_tokenizer(ref, config)
+    config, tokenizer = models.load_config_and_tokenizer(ref)
     pooling_choice = handoff.pooling(ref, config, cfg.pooling, sentence=True)
     lr_choice = (handoff.Choice("lr", cfg.with_default_lr().lr, "the default for --objective contrastive (SetFit's "
                                 "body rate)") if cfg.lr is None else None)

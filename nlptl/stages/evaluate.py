@@ -101,10 +101,8 @@ def _language_model(cfg: EvaluateConfig, ref, corpus, block_size: int) -> dict:
 
     runtime.quiet_libraries()
     accelerator = runtime.make_accelerator()
-    models.hub_guard(ref)
-    config = models.load_config(ref)
+    config, tokenizer = models.load_config_and_tokenizer(ref)
     objective = models.trained_objective(config)
-    tokenizer = models.load_tokenizer(ref, config)
     model, _, _ = models.load_lm(ref, config, objective)
     LMConfig(mlm_probability=cfg.mlm_probability, block_size=block_size)  # validates the values
     with accelerator.main_process_first():

@@ -75,8 +75,8 @@ def merged_model(src: Path, record: dict, base_path: str):
     from nlptl import models
 
     base_ref = models.inspect_model(base_path, "the adapter's base model")
-    config = models.load_config(base_ref)
-    tokenizer = models.load_tokenizer(models.ModelRef(str(src), str(src), True, None, None), config)
+    run_ref = models.ModelRef(str(src), str(src), True, None, None)  # the tokenizer is saved with the adapter
+    config, tokenizer = models.load_config_and_tokenizer(base_ref, run_ref)
     lineage = record["lineage"]
     if record["stage"] == "finetune":
         from nlptl.data.task_data import shape_from_lineage

@@ -33,10 +33,8 @@ def run(cfg: PreprocessConfig) -> dict:
     from nlptl.data.lm import cache_info, corpus_blocks, usable_cores
 
     runtime.quiet_libraries()  # e.g. the tokenizer's warning about documents longer than the model's positions
-    models.hub_guard(ref)
-    config = models.load_config(ref)
+    config, tokenizer = models.load_config_and_tokenizer(ref)
     objective = models.default_objective(config) if cfg.objective == "auto" else cfg.objective
-    tokenizer = models.load_tokenizer(ref, config)
     caches = []
     for corpus in corpora:
         _, where = corpus_blocks(corpus, tokenizer, cfg.block_size, objective == "mlm" and cfg.whole_word_mask,
