@@ -243,7 +243,8 @@ def run(
         else:
             r = s["result"]
             shown = {k: r[k] for k in ("accuracy", "f1_macro", "perplexity", "output_dir") if r.get(k) is not None}
-            rows.append([s["name"], s["stage"], s["action"], ", ".join(f"{k} {console._fmt(v)}" for k, v in shown.items())])
+            rows.append([s["name"], s["stage"], s["action"],
+                         ", ".join(f"{k} {console._fmt(v)}" for k, v in shown.items())])
     console.table(f"{'plan' if dry_run else 'results'} of {recipe} (root {result['out']})", columns, rows,
                   stdout=dry_run)
 
@@ -294,13 +295,15 @@ def tasks(json_: Json = False) -> None:
         console.emit_json({k: {"description": v.description, "labels": v.labels} for k, v in table.items()})
     else:
         console.table("tasks", ["name", "labels", "what it is"],
-                      [[k, ", ".join(v.labels) if v.labels else "(from data)", v.description] for k, v in table.items()],
+                      [[k, ", ".join(v.labels) if v.labels else "(from data)", v.description]
+                       for k, v in table.items()],
                       stdout=True)
 
 
 @app.command()
 def demo(
-    out: Annotated[str | None, typer.Option("--out", "-o", help="Where the demo runs go (default: $NLPTL_HOME/demo).")] = None,
+    out: Annotated[str | None, typer.Option("--out", "-o",
+                                            help="Where the demo runs go (default: $NLPTL_HOME/demo).")] = None,
     json_: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -378,5 +381,6 @@ def _failure(e: BaseException) -> int:
         console.error(str(e))
         return e.exit_code
     # The last line of defence: one line, not a traceback.
-    console.error(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (set NLPTL_DEBUG=1 for the traceback)")
+    console.error(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+                  "(set NLPTL_DEBUG=1 for the traceback)")
     return 1

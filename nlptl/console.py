@@ -224,7 +224,8 @@ def report(result: dict[str, Any]) -> None:
         rows.append([s["index"], s["stage"], s["dir"] or "(moved or deleted)", s["base_model"] or "-",
                      s["objective"] or "-", data])
     table("lineage", ["#", "stage", "run directory", "base model", "objective", "data (sha256)"], rows, stdout=True)
-    keys = [k for k in ("perplexity_before", "perplexity", "pair_loss_before", "pair_loss", "accuracy", "f1_micro", "f1_macro", "subset_accuracy",
+    keys = [k for k in ("perplexity_before", "perplexity", "pair_loss_before", "pair_loss",
+                        "accuracy", "f1_micro", "f1_macro", "subset_accuracy",
                         "rmse", "pearson", "loss", "best_step", "steps",
                         "train_tokens", "train_seconds") if any(k in s["metrics"] for s in stages)]
     table("metrics", ["#", "stage", *keys],

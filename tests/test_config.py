@@ -210,7 +210,8 @@ def test_every_stage_command_honours_the_whole_precedence_chain(command, tmp_pat
     # batch_size: file; seed: file < flag; max_length/block_size/lr: file < flag < --set.
     key = "max_length" if command in ("finetune", "evaluate") else "block_size"
     flag = "--" + key.replace("_", "-")
-    path = write(tmp_path, f"batch_size: 8\nseed: 5\n{key}: 40\n" + ("compare: [m2]\n" if command == "finetune" else ""))
+    path = write(tmp_path, f"batch_size: 8\nseed: 5\n{key}: 40\n"
+                 + ("compare: [m2]\n" if command == "finetune" else ""))
     args = [command, *required, "--config", path, "--seed", "6", flag, "48", "--set", f"{key}=56"]
     assert call_main(args, tmp_path) == 0
     cfg = seen["cfg"]

@@ -466,7 +466,8 @@ def test_flags_are_checked(tmp_path):
     from nlptl.config import ServeConfig
     from nlptl.errors import UsageError
 
-    for kw, message in [({"port": 70000}, "--port must be a port number"), ({"workers": 0}, "--workers must be positive"),
+    for kw, message in [({"port": 70000}, "--port must be a port number"),
+                        ({"workers": 0}, "--workers must be positive"),
                         ({"max_wait_ms": -1.0}, "--max-wait-ms must be 0 or more"),
                         ({"max_batch_size": 0}, "--max-batch-size must be positive"),
                         ({"backend": "tf"}, "unknown --backend 'tf'"), ({"model": ""}, "serve needs MODEL")]:
@@ -594,7 +595,8 @@ def test_blank_texts_are_answered_as_predict_answers_them(trained_classifier, in
     texts = ["great", "", " \t\n", "awful"]
     status, body = call(port, "/predict", {"texts": texts})
     assert status == 200 and [r["text"] for r in body["results"]] == texts
-    assert body["results"][1] == body["results"][2] | {"text": ""} == {"text": "", "error": "blank text: nothing to classify"}
+    assert (body["results"][1] == body["results"][2] | {"text": ""}
+            == {"text": "", "error": "blank text: nothing to classify"})
     want = predict.run(PredictConfig(model=str(run_dir), texts=texts))
     for got, exp in zip(body["results"], want, strict=True):
         assert got.keys() == exp.keys() and got.get("label") == exp.get("label")

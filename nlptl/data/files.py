@@ -47,9 +47,8 @@ def expand(spec: str, flag: str) -> list[Path]:
 def file_format(path: Path, flag: str) -> str:
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise UsageError(
-            f"{flag} {path}: unsupported file type '{path.suffix}'; use .txt (one document per line), .csv, .tsv, .jsonl or .parquet"
-        )
+        raise UsageError(f"{flag} {path}: unsupported file type '{path.suffix}'; "
+                         "use .txt (one document per line), .csv, .tsv, .jsonl or .parquet")
     return fmt
 
 
@@ -118,7 +117,8 @@ def columns_of(path: Path, fmt: str, flag: str) -> list[str]:
                     try:
                         row = json.loads(line)
                     except json.JSONDecodeError:
-                        raise UsageError(f"{flag} {path}: the first record is not valid JSON (expected JSON Lines)") from None
+                        raise UsageError(f"{flag} {path}: the first record is not valid JSON "
+                                         "(expected JSON Lines)") from None
                     if not isinstance(row, dict):
                         raise UsageError(f"{flag} {path}: expected one JSON object per line")
                     return list(row)
