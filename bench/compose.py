@@ -178,7 +178,8 @@ class Ctx:
     commit: str = "unknown"
 
     def train_file(self, n: int, seed: int) -> Path:
-        """The labelled training file of n labels: ablation's subsets; 200: the same rule on the pool; 2000: the pool."""
+        """The labelled training file of n labels: ablation's subsets; 200: the same rule on the pool;
+        2000: the pool."""
         if n >= 2000:
             return self.splits["pool"]
         if f"{n}-{seed}" in self.splits:
@@ -211,8 +212,8 @@ def make_ctx(args, scale: dict, minilm: str | None = None) -> Ctx | None:
     work = Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
     ctx = Ctx(work=work, data_root=data_root, results=Path(args.results), scale=scale,
-              minilm=minilm or ablation.minilm_path(), probe="probe" in {f.name for f in dataclasses.fields(AdaptConfig)},
-              commit=nlptl_commit())
+              minilm=minilm or ablation.minilm_path(),
+              probe="probe" in {f.name for f in dataclasses.fields(AdaptConfig)}, commit=nlptl_commit())
     ctx.splits = ablation.make_splits(data_root, work)
     for n in RATE_SIZES:
         ctx.train_file(n, 0)
@@ -508,7 +509,8 @@ def chain_table(recs: dict[str, dict]) -> list[str]:
                      if (arm, s) in by and ("direct", s) in by]
                 paired = "-"
                 if arm != "direct" and d:
-                    paired = f"{100 * statistics.fmean(d):+.1f} ± {100 * (statistics.stdev(d) if len(d) > 1 else 0):.1f}"
+                    paired = (f"{100 * statistics.fmean(d):+.1f} ± "
+                              f"{100 * (statistics.stdev(d) if len(d) > 1 else 0):.1f}")
                 adapt = [r["adapt_seconds"] for r in rs if r.get("adapt_seconds") is not None]
                 secs = f"{statistics.fmean(r['seconds'] for r in rs):.0f}" + (
                     f" ({statistics.fmean(adapt):.0f})" if adapt else "")
@@ -562,8 +564,10 @@ def scratch_contrastive_table(recs: dict[str, dict]) -> list[str]:
                       and r["contrastive_lr"] == clr and r["after"] == ft]
                 if not rs:
                     continue
-                d = [r["test_accuracy"] - direct[(n, r["seed"])]["test_accuracy"] for r in rs if (n, r["seed"]) in direct]
-                paired = f"{100 * statistics.fmean(d):+.1f} ± {100 * (statistics.stdev(d) if len(d) > 1 else 0):.1f}" if d else "-"
+                d = [r["test_accuracy"] - direct[(n, r["seed"])]["test_accuracy"]
+                     for r in rs if (n, r["seed"]) in direct]
+                paired = (f"{100 * statistics.fmean(d):+.1f} ± "
+                          f"{100 * (statistics.stdev(d) if len(d) > 1 else 0):.1f}" if d else "-")
                 collapsed = sum(r.get("collapsed", False) for r in rs)
                 rule = ", ".join(f"{k} {v:g}" for k, v in AFTER_CONTRASTIVE[ft].items())
                 lines.append(f"| {n} | {clr:g} | {ft} ({rule}) | {ms([r['test_accuracy'] for r in rs])}"
@@ -699,9 +703,11 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rates", dest="parts", action="append_const", const="rates",
                    help="part A: default finetune rates (item 4); with --chain, the one named first runs first")
-    p.add_argument("--chain", dest="parts", action="append_const", const="chain", help="part B: the chain arms (item 6)")
+    p.add_argument("--chain", dest="parts", action="append_const", const="chain",
+                   help="part B: the chain arms (item 6)")
     p.add_argument("--scratch-contrastive", dest="parts", action="append_const", const="cscratch",
-                   help="part C: the contrastive chain's rates on the from-scratch GPT (contrastive lr x finetune rule)")
+                   help="part C: the contrastive chain's rates on the from-scratch GPT "
+                        "(contrastive lr x finetune rule)")
     p.add_argument("--prepare", action="store_true", help="make the splits and build the gpt origin, then exit")
     p.add_argument("--report", action="store_true", help="print the markdown tables from the results")
     p.add_argument("--list", action="store_true", help="the cells in run order, and which are done")

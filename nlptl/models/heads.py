@@ -247,7 +247,8 @@ LOSSES = {"single_label_classification": _cross_entropy, "multi_label_classifica
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config, weight: torch.Tensor | None = None):
     """The loss of `config.problem_type` (transformers' rule when unset: one output is a regression).
     `weight`: per-class weights (cross-entropy) or per-label positive weights (multi-label)."""
-    problem = getattr(config, "problem_type", None) or ("regression" if config.num_labels == 1 else "single_label_classification")
+    problem = getattr(config, "problem_type", None) or (
+        "regression" if config.num_labels == 1 else "single_label_classification")
     return LOSSES.get(problem, _cross_entropy)(logits.float(), labels, weight)
 
 

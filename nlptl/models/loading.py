@@ -60,7 +60,8 @@ def load_tokenizer(ref: ModelRef, config):
     except Exception as e:  # noqa: BLE001 - turned into one line
         raise load_error(ref, e) from e
     if not getattr(tokenizer, "is_fast", True):
-        raise NlptlError(f"--from {ref.spec}: nlptl needs a fast (Rust) tokenizer (tokenizer.json); convert it with transformers")
+        raise NlptlError(f"--from {ref.spec}: nlptl needs a fast (Rust) tokenizer (tokenizer.json); "
+                         "convert it with transformers")
     positions = positions_of(config)
     if positions and (not tokenizer.model_max_length or tokenizer.model_max_length > positions):
         # Many checkpoints store a huge placeholder (1e30) or nothing: the model's positions are the truth.
@@ -73,7 +74,8 @@ def load_tokenizer(ref: ModelRef, config):
         tokenizer.pad_token = tokenizer.eos_token
     if len(tokenizer) > config.vocab_size:
         raise UsageError(
-            f"--from {ref.spec}: the tokenizer has {len(tokenizer)} tokens but the model's embeddings hold {config.vocab_size}; "
+            f"--from {ref.spec}: the tokenizer has {len(tokenizer)} tokens "
+            f"but the model's embeddings hold {config.vocab_size}; "
             "pass the tokenizer the model was trained with"
         )
     return tokenizer
@@ -125,7 +127,8 @@ def load_lm(ref: ModelRef, config, objective: str):
         model, info = cls.from_pretrained(ref.path, config=config, output_loading_info=True)
     except ValueError as e:
         raise NlptlError(
-            f"--from {ref.spec}: a {model_type(config)} model has no {'masked' if objective == 'mlm' else 'causal'}-LM class; "
+            f"--from {ref.spec}: a {model_type(config)} model "
+            f"has no {'masked' if objective == 'mlm' else 'causal'}-LM class; "
             f"use --objective {'clm' if objective == 'mlm' else 'mlm'}"
         ) from e
     except Exception as e:  # noqa: BLE001
@@ -219,7 +222,8 @@ def _stock_class(config):
 
     name = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.get(model_type(config))
     if name is None or not hasattr(transformers, name):
-        raise NlptlError(f"transformers has no sequence-classification class for {model_type(config)}; try --pooling mean")
+        raise NlptlError(f"transformers has no sequence-classification class for {model_type(config)}; "
+                         "try --pooling mean")
     return getattr(transformers, name)
 
 
@@ -247,7 +251,8 @@ def load_classifier(ref: ModelRef, config, labels: list[str], tokenizer, pooling
         # Its own model type (and auto_map, for trust_remote_code): stock transformers must not take it
         # for the backbone's stock classifier, whose pooler and head it would make anew.
         head_config = NlptlConfig.wrap(config)
-        return NlptlForSequenceClassification.from_pretrained(ref.path, config=head_config, ignore_mismatched_sizes=True)
+        return NlptlForSequenceClassification.from_pretrained(ref.path, config=head_config,
+                                                              ignore_mismatched_sizes=True)
     except NlptlError:
         raise
     except Exception as e:  # noqa: BLE001

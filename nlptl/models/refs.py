@@ -13,7 +13,8 @@ from nlptl.errors import NlptlError, UsageError
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
                    "tokenizer.model", "sentencepiece.bpe.model")
 # Families whose position ids start after the padding index (max length = positions - 2).
-OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text", "xmod", "roberta-prelayernorm"}
+OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text", "xmod",
+                    "roberta-prelayernorm"}
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len", "seq_length")
 
 
@@ -48,15 +49,19 @@ def inspect_model(spec: str, flag: str = "--from") -> ModelRef:
         adapter = next((a for a in (p / "adapter", p) if (a / "adapter_config.json").is_file()), None)
         if not cfg_path.is_file() and adapter is not None:
             raise UsageError(
-                f"{flag} {spec}: is a LoRA adapter without a merged model; merge it first: nlptl merge {spec} --out DIR "
+                f"{flag} {spec}: is a LoRA adapter without a merged model; "
+                f"merge it first: nlptl merge {spec} --out DIR "
                 f"(or load it with peft: PeftModel.from_pretrained(base_model, '{adapter}'))"
             )
         if not cfg_path.is_file():
             if any((p / f).is_file() for f in TOKENIZER_FILES):
-                raise UsageError(f"{flag} {spec}: holds a tokenizer but no model (no config.json); pass a model checkpoint directory")
+                raise UsageError(f"{flag} {spec}: holds a tokenizer but no model (no config.json); "
+                                 "pass a model checkpoint directory")
             if (p / "checkpoints").is_dir():
-                raise UsageError(f"{flag} {spec}: is an unfinished run (no final model); resume it or pass a finished run")
-            raise UsageError(f"{flag} {spec}: not a model directory (no config.json); pass a run directory, a checkpoint or a hub id")
+                raise UsageError(f"{flag} {spec}: is an unfinished run (no final model); "
+                                 "resume it or pass a finished run")
+            raise UsageError(f"{flag} {spec}: not a model directory (no config.json); "
+                             "pass a run directory, a checkpoint or a hub id")
         try:
             config = json.loads(cfg_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -100,11 +105,12 @@ def load_error(ref: ModelRef, e: Exception, flag: str = "--from") -> NlptlError:
 
     if not ref.local and not hub.reachable():
         return NlptlError(
-            f"{flag} {ref.spec}: the Hugging Face Hub is unreachable (offline) and the model is not in the local cache; "
-            "pass a local checkpoint directory"
+            f"{flag} {ref.spec}: the Hugging Face Hub is unreachable (offline) "
+            "and the model is not in the local cache; pass a local checkpoint directory"
         )
     if not ref.local:
-        return NlptlError(f"{flag} {ref.spec}: not a local directory and not loadable from the hub ({str(e).splitlines()[0][:160]})")
+        return NlptlError(f"{flag} {ref.spec}: not a local directory and not loadable from the hub "
+                          f"({str(e).splitlines()[0][:160]})")
     return NlptlError(f"{flag} {ref.spec}: could not load the model: {str(e).splitlines()[0][:200]}")
 
 

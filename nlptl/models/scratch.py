@@ -40,7 +40,8 @@ def train_tokenizer(arch: str, texts, vocab_size: int, positions: int):
     # construction, so a tokenizer trained from nothing has none: set it now.
     from tokenizers.processors import BertProcessing
 
-    tk._tokenizer.post_processor = BertProcessing(("[SEP]", tk.token_to_id("[SEP]")), ("[CLS]", tk.token_to_id("[CLS]")))
+    tk._tokenizer.post_processor = BertProcessing(("[SEP]", tk.token_to_id("[SEP]")),
+                                                  ("[CLS]", tk.token_to_id("[CLS]")))
     return PreTrainedTokenizerFast(tokenizer_object=tk._tokenizer, unk_token="[UNK]", sep_token="[SEP]",
                                    pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]",
                                    model_max_length=positions)
