@@ -26,6 +26,7 @@ def lm_stage(run: Run, *, accelerator, model, tokenizer, objective: str, corpora
     trains it alone first). `probe`: the task spec of adapt's --probe (probe.probe_spec), or None; `pooling`:
     how the probe pools the body's features. `lineage` carries the stage's `handoff` entry; this adds what
     training decided."""
+    from nlptl import rates
     from nlptl.data.collate import lm_collators
     from nlptl.evaluation import lm_loss
     from nlptl.models import positions_of
@@ -44,10 +45,11 @@ def lm_stage(run: Run, *, accelerator, model, tokenizer, objective: str, corpora
 
     probe = make_probe(probe, cfg, tokenizer, pooling or "mean", accelerator)
     peft_model = lora(cfg, model, objective, head_added)
-    train_args = run.resume_args()
+    checkpoints = run.checkpoints()
     # The record keeps --lr as given (auto, or unset: a rerun resolves it alike); training gets the rate.
-    train_cfg, lr_found = (auto_lr(cfg, stage, accelerator, model, objective, train_blocks, train_collate, out)
-                           if cfg.lr == "auto" else (cfg.with_default_lr(), None))
+    lr_found = (auto_lr(cfg, stage, accelerator, model, objective, train_blocks, train_collate, out)
+                if cfg.lr == "auto" else None)
+    train_cfg = rates.resolve(cfg, objective=objective, range_test=lr_found).apply(cfg)
     # A new head trains alone first (not under LoRA, which leaves the head as it is).
     warmup = cfg.head_warmup if head_added and peft_model is None else 0.0
     train_cfg = dataclasses.replace(train_cfg, head_warmup=warmup)
@@ -58,7 +60,7 @@ def lm_stage(run: Run, *, accelerator, model, tokenizer, objective: str, corpora
         # Periodic evaluations for the probe, or for --patience on held-out perplexity (none otherwise).
         evaluate = (lambda m: scores(score, probe, m, accelerator)) if probe is not None or cfg.patience else None
         model, result = fit_lm(train_cfg, stage, accelerator, model, objective, train_blocks, train_collate, runlog,
-                               train_args, evaluate, by_probe=guarded)
+                               checkpoints, evaluate, by_probe=guarded)
         after = kept_scores(result, evaluate is not None) or scores(score, probe, model, accelerator)
         by_corpus = {name: score(model, blocks)["perplexity"] for name, blocks in held_outs.items()} if len(corpora) > 1 else None
         if evaluate is None:  # else the loop evaluated the last step already (the kept one may be earlier)
@@ -261,8 +263,8 @@ def _streamed(cfg: LMConfig, corpus, tokenizer, word_starts: bool, accelerator):
     """(a function that opens the training stream, the held-out blocks): the first --max-eval-blocks."""
     import datasets
 
-    from nlptl.data.stream import shard
     from nlptl.data.lm import packer, stream_blocks
+    from nlptl.data.stream import shard
 
     pack = packer(tokenizer, cfg.block_size, word_starts)
     # One block past the held-out sample: a stream with none would leave the loop waiting for a first batch.
@@ -277,42 +279,35 @@ def _streamed(cfg: LMConfig, corpus, tokenizer, word_starts: bool, accelerator):
 
 
 def auto_lr(cfg: LMConfig, stage: str, accelerator, model, objective: str, blocks, collate, out: Path):
-    """--lr auto: the rate the range test picks on the training blocks, trained as fit_lm trains them
-    (lr_find.rate_for: a resumed run reuses it). Returns (config with it, record)."""
+    """--lr auto: the range test's record (its `lr`: the rate it picks) on the training blocks, trained as
+    fit_lm trains them (lr_find.range_test_record: a resumed run reuses it)."""
     from nlptl import lr_find
     from nlptl.models import masked_only
+    from nlptl.objective import language_model
 
     def search() -> dict:
-        if objective != "mlm":
-            return lr_find.range_test(accelerator, model.to(accelerator.device), blocks, collate, cfg,
-                                      description=f"{stage} lr range test")
-        trial = masked_only(model) or model
-        return lr_find.range_test(accelerator, trial.to(accelerator.device), blocks, collate.stack, cfg,
-                                  description=f"{stage} lr range test", batch_transform=collate.transform,
-                                  random_source=collate)
+        trial = (masked_only(model) if objective == "mlm" else None) or model
+        return lr_find.range_test(accelerator, trial.to(accelerator.device), blocks, cfg,
+                                  language_model(collate, objective), description=f"{stage} lr range test")
 
-    return lr_find.rate_for(cfg, out, accelerator, search)
+    return lr_find.range_test_record(cfg, out, accelerator, search)
 
 
-def fit_lm(cfg: LMConfig, stage: str, accelerator, model, objective: str, blocks, collate, runlog, train_args: dict,
+def fit_lm(cfg: LMConfig, stage: str, accelerator, model, objective: str, blocks, collate, runlog, checkpoints,
            evaluate=None, by_probe: bool = True):
     """train() with the objective's collator; returns (the trained LM, TrainResult). `evaluate(model)`:
     the scores at each evaluation; the kept checkpoint is the best by probe accuracy (`by_probe`), else
-    (--patience without a probe) by held-out perplexity."""
+    (--patience without a probe) by held-out perplexity. `checkpoints`: the run's (Run.checkpoints)."""
     from nlptl.models import masked_only
+    from nlptl.objective import language_model
     from nlptl.train import train
 
     # Ties to the later checkpoint: the probe's accuracy moves in steps of 1/n, and of equal task features
     # the more adapted body is the one to keep.
     select = ("probe_accuracy", "max_latest") if by_probe else ("perplexity", "min")
-    selection = {"evaluate_fn": evaluate, "select": select, "default_evals": 4} if evaluate is not None else {}
-    if objective != "mlm":
-        return train(accelerator, model, blocks, collate, cfg, description=stage, runlog=runlog, **selection,
-                     **train_args)
-    # MLM trains on the masked positions only (same loss, a fraction of the vocabulary projection), and
-    # masks in the loop: the loader stacks the blocks, the collator's `transform` masks them.
-    sparse = masked_only(model)
-    trained, result = train(accelerator, sparse or model, blocks, collate.stack, cfg, description=stage,
-                            batch_transform=collate.transform, random_source=collate, runlog=runlog, **selection,
-                            **train_args)
+    # MLM trains on the masked positions only (same loss, a fraction of the vocabulary projection).
+    sparse = masked_only(model) if objective == "mlm" else None
+    goal = language_model(collate, objective, evaluate, select)
+    trained, result = train(accelerator, sparse or model, blocks, cfg, goal, description=stage,
+                            checkpoints=checkpoints, runlog=runlog)
     return (trained.lm if sparse is not None else trained), result
