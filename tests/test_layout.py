@@ -1,10 +1,25 @@
-"""The direction of imports, read from the source: command line -> stages -> engine, data and models ->
-config, console and errors, never back up. Also the size of functions (ruff's C901/PLR0912/PLR0915 in
-pyproject.toml bound complexity and statements; lines are counted here)."""
+"""The layout of nlptl/, read from the source.
+
+- Imports run one way: command line -> stages -> engine, data and models -> config, console and errors,
+  never back up.
+- A stage is a module of nlptl/stages/ with a `run` function (command = module = function: `nlptl adapt`
+  is stages/adapt.py::run); the list is read from the tree, not kept by hand. A stage never imports
+  another, except the chains (run, demo), which run stages; the other modules of stages/ (common, lm,
+  classifier, curve, ...) are the stages' shared parts.
+- Sizes, counted from the `def` or `class` line to the last line, docstring included: a function is at
+  most 60 lines (most are far shorter; 60 leaves room to tell one story in one place, as nanoGPT's loop
+  does), a class at most 130 (today's largest that is not being taken apart, server.py's Batcher, is
+  126). LONG_LEFT and LARGE_LEFT name what was over them when they were set. ruff's C901/PLR0912/PLR0915
+  (pyproject.toml) bound complexity, branches and statements.
+- No packed lines: one statement per line (no `a; b`, no body on its header's line: `if x: y`), and no
+  line over 120 characters (ruff's E501, E701, E702 and E703 at pyproject.toml's line-length).
+"""
 
 from __future__ import annotations
 
 import ast
+import collections
+import importlib.util
 import os
 import re
 import subprocess
@@ -13,14 +28,34 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "nlptl"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "nlptl"
 COMMAND_LINE = {"nlptl.cli", "nlptl.__main__"}
 BASE = {"nlptl", "nlptl.config", "nlptl.console", "nlptl.errors"}
-# The commands of `nlptl`: a stage module never imports another. `run` and `demo` run a chain of stages,
-# which is what they are for; the other modules of stages/ are the stages' shared parts.
-STAGES = {"pretrain", "adapt", "preprocess", "finetune", "evaluate", "predict", "report"}
+# `run` and `demo` run a chain of stages, which is what they are for.
 CHAINS = {"run", "demo"}
-MAX_LINES = 80
+MAX_FUNCTION_LINES = 60
+MAX_CLASS_LINES = 130
+MAX_LINE_LENGTH = 120
+# Over the bounds when they were set, and being taken apart (issue 26): each may not grow past its size
+# then (rounded up to ten lines, as they were being edited), and leaves this list when it fits (a test
+# says so).
+LONG_LEFT = {"nlptl.train.train": 90, "nlptl.stages.contrastive.contrastive_stage": 80,
+             "nlptl.stages.lm.lm_stage": 80, "nlptl.stages.classifier.fit": 70}
+LARGE_LEFT = {"nlptl.train._Loop": 280}
+
+
+def stage_modules() -> set[str]:
+    """The modules of nlptl/stages/ that define a top-level `run`: the commands."""
+    found = set()
+    for path in (PACKAGE / "stages").glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        if any(isinstance(node, ast.FunctionDef) and node.name == "run" for node in tree.body):
+            found.add(path.stem)
+    return found
+
+
+STAGES = stage_modules() - CHAINS
 
 
 def module_name(path: Path) -> str:
@@ -59,7 +94,12 @@ def is_stage(name: str) -> bool:
 def test_the_package_is_what_these_rules_know():
     names = modules()
     assert {"nlptl.cli", "nlptl.train", "nlptl.models", "nlptl.data.registry", "nlptl.stages.curve"} <= set(names)
-    assert {f"nlptl.stages.{s}" for s in STAGES | CHAINS} <= set(names)
+    # The list read from the tree finds every command that has a stage module, and no shared part.
+    commands = {"pretrain", "adapt", "preprocess", "finetune", "evaluate", "predict", "serve", "export", "merge",
+                "report"}
+    assert commands <= STAGES
+    assert CHAINS <= stage_modules()
+    assert not {"common", "lm", "classifier", "curve"} & STAGES
 
 
 @pytest.mark.parametrize("name", sorted(set(modules()) - COMMAND_LINE))
@@ -86,16 +126,98 @@ def test_no_stage_imports_another_stage(name):
     if name.split(".")[2] in CHAINS:
         return
     stages = {m for m in imports_of(modules()[name]) if is_stage(m) and m != name}
-    assert not stages, f"{name} imports the stage(s) {sorted(stages)}; move what they share into stages/common.py, lm.py or classifier.py"
+    assert not stages, (f"{name} imports the stage(s) {sorted(stages)}; "
+                        "move what they share into stages/common.py, lm.py or classifier.py")
+
+
+def sizes(tree: ast.Module, kind: type) -> dict[str, int]:
+    """Lines of each function (kind ast.FunctionDef) or class (ast.ClassDef) of `tree`, by qualified name
+    (`_Loop.train_step`)."""
+    found = {}
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                name = f"{prefix}{child.name}"
+                if isinstance(child, kind) or (kind is ast.FunctionDef and isinstance(child, ast.AsyncFunctionDef)):
+                    found[name] = child.end_lineno - child.lineno + 1
+                visit(child, f"{name}.")
+            else:
+                visit(child, prefix)
+
+    visit(tree, "")
+    return found
+
+
+def oversized(kind: type, bound: int, left: dict[str, int]) -> list[str]:
+    over = []
+    for name, path in modules().items():
+        for qualified, n in sizes(ast.parse(path.read_text(encoding="utf-8")), kind).items():
+            full = f"{name}.{qualified}"
+            if n > left.get(full, bound):
+                over.append(f"{full}: {n} lines")
+    return over
 
 
 def test_functions_fit_on_a_screen():
-    long = []
+    long = oversized(ast.FunctionDef, MAX_FUNCTION_LINES, LONG_LEFT)
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines (or grown past their LONG_LEFT size): {long}"
+
+
+def test_classes_stay_small():
+    large = oversized(ast.ClassDef, MAX_CLASS_LINES, LARGE_LEFT)
+    assert not large, f"classes over {MAX_CLASS_LINES} lines (or grown past their LARGE_LEFT size): {large}"
+
+
+@pytest.mark.parametrize(("left", "kind", "bound"), [(LONG_LEFT, ast.FunctionDef, MAX_FUNCTION_LINES),
+                                                     (LARGE_LEFT, ast.ClassDef, MAX_CLASS_LINES)])
+def test_what_was_left_over_the_bounds_still_is(left, kind, bound):
+    """An entry that now fits (or is gone) leaves LONG_LEFT / LARGE_LEFT, so that the bound holds for it."""
+    known = {}
     for name, path in modules().items():
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno + 1 > MAX_LINES:
-                long.append(f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
-    assert not long, f"functions over {MAX_LINES} lines: {long}"
+        known.update({f"{name}.{q}": n for q, n in sizes(ast.parse(path.read_text(encoding="utf-8")), kind).items()})
+    fits = sorted(full for full in left if known.get(full, 0) <= bound)
+    assert not fits, f"{fits} fit within {bound} lines now: remove them from the list"
+
+
+def test_sizes_counts_functions_methods_and_classes():
+    code = "class A:\n    def f(self):\n        return 1\n\n\ndef g():\n    def h():\n        pass\n"
+    assert sizes(ast.parse(code), ast.FunctionDef) == {"A.f": 2, "g": 3, "g.h": 2}
+    assert sizes(ast.parse(code), ast.ClassDef) == {"A": 3}
+
+
+def packed_lines(tree: ast.Module) -> list[int]:
+    """Lines where two statements start: `a; b`, or a body on its header's line (`if x: y`, `def f(): ...`)."""
+    starts = collections.Counter(node.lineno for node in ast.walk(tree) if isinstance(node, ast.stmt))
+    return sorted(line for line, n in starts.items() if n > 1)
+
+
+def test_packed_lines_finds_two_statements_on_a_line():
+    code = "a = 1; b = 2\nif a: b = 3\nc = (1,\n     2)\ndef f(): return 1\n"
+    assert packed_lines(ast.parse(code)) == [1, 2, 5]
+
+
+SOURCES = ("nlptl", "tests", "bench")
+
+
+@pytest.mark.parametrize("top", SOURCES)
+def test_one_statement_per_line(top):
+    packed = [f"{path.relative_to(ROOT)}:{line}" for path in sorted((ROOT / top).rglob("*.py"))
+              for line in packed_lines(ast.parse(path.read_text(encoding="utf-8")))]
+    assert not packed, f"lines holding two statements (give each its own line): {packed}"
+
+
+def test_lines_are_at_most_120_characters_and_lint_says_so():
+    """E501 is on in pyproject.toml at 120 characters, and ruff (where installed) finds no long or packed line."""
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")  # tomllib is 3.11's; nlptl runs on 3.10
+    assert re.search(rf"^line-length = {MAX_LINE_LENGTH}$", pyproject, re.M)
+    ignored = re.search(r"^ignore = \[(.*)\]$", pyproject, re.M)
+    assert ignored and '"E501"' not in ignored.group(1)
+    if importlib.util.find_spec("ruff") is None:
+        pytest.skip("ruff is not installed (make lint installs it)")
+    p = subprocess.run([sys.executable, "-m", "ruff", "check", "--select", "E501,E701,E702,E703", "--no-cache",
+                        "--output-format", "concise", *SOURCES], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-1000:]
 
 
 def test_a_stage_used_from_python_leaves_the_command_line_alone():
