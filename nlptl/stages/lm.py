@@ -62,7 +62,8 @@ def lm_stage(run: Run, *, accelerator, model, tokenizer, objective: str, corpora
         model, result = fit_lm(train_cfg, stage, accelerator, model, objective, train_blocks, train_collate, runlog,
                                checkpoints, evaluate, by_probe=guarded)
         after = kept_scores(result, evaluate is not None) or scores(score, probe, model, accelerator)
-        by_corpus = {name: score(model, blocks)["perplexity"] for name, blocks in held_outs.items()} if len(corpora) > 1 else None
+        by_corpus = ({name: score(model, blocks)["perplexity"] for name, blocks in held_outs.items()}
+                     if len(corpora) > 1 else None)
         if evaluate is None:  # else the loop evaluated the last step already (the kept one may be earlier)
             runlog.log({"step": result.steps, **{f"eval_{k}": v for k, v in after.items()}})
     metrics = lm_metrics(before, after, result, head_added, train_cfg, lr_found, n_eval=len(held_out),
@@ -193,7 +194,8 @@ def record_kept(lineage: dict, result, evaluated: bool, by: str) -> None:
         lineage.update(kept_step=result.best_step, kept_by=by)
 
 
-def record_training(lineage: dict, cfg: LMConfig, corpora: list, objective: str, result, lr_found, warmup: float) -> None:
+def record_training(lineage: dict, cfg: LMConfig, corpora: list, objective: str, result, lr_found,
+                    warmup: float) -> None:
     """What the LM stage's lineage records of its training."""
     if len(corpora) > 1:  # `corpus` stays the one perplexity is measured on (the first: the domain)
         lineage["mixture"] = [c.record() for c in corpora]
@@ -274,7 +276,8 @@ def _streamed(cfg: LMConfig, corpus, tokenizer, word_starts: bool, accelerator):
                          f"all of them needed for the held-out sample (--max-eval-blocks {cfg.max_eval_blocks}): "
                          "nothing left to train on; lower --max-eval-blocks, or drop --streaming for a small corpus")
     held_out = datasets.Dataset.from_list(first[: cfg.max_eval_blocks])
-    log.info("%s: streamed, %d blocks of %d tokens held out (the first ones)", corpus.spec, len(held_out), cfg.block_size)
+    log.info("%s: streamed, %d blocks of %d tokens held out (the first ones)", corpus.spec, len(held_out),
+             cfg.block_size)
     return (lambda: shard(stream_blocks(corpus, pack).skip(cfg.max_eval_blocks), accelerator)), held_out
 
 
