@@ -161,6 +161,8 @@ def _model_command(name: str):
             module.run(cfg, json_logs=given["json_"], quiet=given["quiet"])
         elif given["json_"]:
             console.emit_json(module.run(cfg))
+        elif name == "audit":
+            console.audit(module.run(cfg))
         else:
             console.results(f"{name} results", module.run(cfg))
 
@@ -212,6 +214,15 @@ stage_command("merge", "Merge a run's LoRA adapter (trained with --lora, without
     _param("json_", typer.Option(False, "--json", help=JSON_HELP, rich_help_panel=OUTPUT), bool),
     QUIET,
 ], _model_command("merge"))
+
+
+stage_command("audit", "Leakage: the texts a model is scored on (--data), against every corpus, train and probe "
+              "file of its lineage; exact and near duplicates.", [
+    _model_param("A run directory (finetune, adapt or pretrain)."),
+    *_options("audit"),
+    _param("json_", typer.Option(False, "--json", help=JSON_HELP, rich_help_panel=OUTPUT), bool),
+    QUIET,
+], _model_command("audit"))
 
 
 @app.command()

@@ -507,6 +507,23 @@ class EvaluateConfig:
 
 
 @dataclass
+class AuditConfig:
+    """`nlptl audit`: the texts a model is scored on, against every corpus and file of its lineage."""
+
+    model: str = opt("", "A run directory: its lineage names every corpus and file the model trained on.", flag=False)
+    data: list[str] = many("A file the model is scored on (repeatable): checked for exact and near duplicates "
+                           "in every corpus, train and probe file of the lineage.", panel=DATA)
+    text_column: str = opt("text", "Text column of --data (two, comma-separated, for text pairs).", panel=DATA)
+    num_proc: int | None = opt(None, "Processes that read the sources (default: the usable cores).", resume_safe=True)
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise UsageError("audit needs MODEL: a run directory")
+        if self.num_proc is not None:
+            positive(self, "num_proc")
+
+
+@dataclass
 class PredictConfig:
     """`nlptl predict`: labels with scores for texts."""
 
@@ -639,6 +656,7 @@ STAGE_CONFIGS: dict[str, type] = {
     "serve": ServeConfig,
     "export": ExportConfig,
     "merge": MergeConfig,
+    "audit": AuditConfig,
 }
 
 
@@ -685,7 +703,7 @@ def not_read_by(objective: str, configs: dict[str, type] | None = None) -> tuple
 # Keys given as a command's positional argument (`nlptl serve MODEL`), not as a flag; messages name them
 # by the argument's name.
 POSITIONAL: dict[str, dict[str, str]] = {"serve": {"model": "MODEL"}, "export": {"model": "MODEL"},
-                                         "merge": {"model": "MODEL"}}
+                                         "merge": {"model": "MODEL"}, "audit": {"model": "MODEL"}}
 
 
 @dataclass(frozen=True)

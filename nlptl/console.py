@@ -212,6 +212,18 @@ def table(title: str, columns: list[str], rows: list[list[Any]], stdout: bool = 
     (Console(highlight=False, no_color=bool(os.environ.get("NO_COLOR"))) if stdout else _stderr_console()).print(t)
 
 
+def audit(result: dict[str, Any]) -> None:
+    """`nlptl audit`: one row per (checked file, source) on stdout, then the duplicates it found."""
+    rows = [[r["checked"], r["source"], f"{r['role']} ({r['stage']})", r["n_checked"], r["exact"], r["near"],
+             f"{100 * r['share']:.1f}%"] for r in result["overlaps"]]
+    rows += [["-", s["source"], "not checked", "-", "-", "-", s["why"]] for s in result["not_checked"]]
+    table("leakage audit", ["checked", "source", "role (stage)", "texts", "exact", "near", "seen"], rows, stdout=True)
+    for r in result["overlaps"]:
+        for e in r["examples"]:
+            log.warning("%s duplicate in %s: %r (containment %.2f)", e["kind"], r["source"], e["text"][:100],
+                        e["containment"])
+
+
 def report(result: dict[str, Any]) -> None:
     """`nlptl report`: the chain of stages, their data and metrics, and where the plots went (stdout)."""
     stages = result["stages"]

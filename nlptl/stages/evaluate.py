@@ -42,12 +42,19 @@ def run(cfg: EvaluateConfig) -> dict:
         src = labelled_source(cfg.data, "--data", cfg.text_column, cfg.label_column)
         spec = TaskSpec(trained_task(ref), src, None, cfg.text_column, cfg.label_column,
                         ref.lineage.get("label_separator", ";"))
-        return _classifier(cfg, ref, spec)
+        return {**_classifier(cfg, ref, spec), "leakage": leakage(ref, cfg)}
     block_size = cfg.block_size or ((ref.run or {}).get("config") or {}).get("block_size") or DEFAULT_BLOCK_SIZE
     if ref.config:
         check_block_size(block_size, positions_of(ref.config))
     corpus = resolve_corpus(cfg.data, cfg.text_column)
-    return _language_model(cfg, ref, corpus, block_size)
+    return {**_language_model(cfg, ref, corpus, block_size), "leakage": leakage(ref, cfg)}
+
+
+def leakage(ref, cfg: EvaluateConfig) -> dict | None:
+    """Were --data's texts seen in the model's adaptation or training? (stages/audit.py)"""
+    from nlptl.stages.audit import evaluate_check
+
+    return evaluate_check(ref, cfg.data, cfg.text_column)
 
 
 def task_test_file(spec: str) -> str:
