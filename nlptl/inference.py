@@ -246,9 +246,10 @@ def onnx_file(spec: str, int8: bool, flag: str = "--model") -> str | None:
 
 
 def load_classifier(spec: str, backend: str = "auto", max_length: int | None = None, flag: str = "--model",
-                    int8: bool = False):
-    """A Classifier of a finetune run / checkpoint (torch) or of an ONNX export (onnxruntime, fp32 unless
-    `int8`). backend auto: onnx for an export directory, torch otherwise."""
+                    int8: bool = False, device=None):
+    """A Classifier of a finetune run / checkpoint (torch, on `device`, by default runtime.inference_device())
+    or of an ONNX export (onnxruntime on the CPU, fp32 unless `int8`). backend auto: onnx for an export
+    directory, torch otherwise."""
     from nlptl.errors import UsageError
 
     exported = is_onnx_export(spec)
@@ -266,4 +267,4 @@ def load_classifier(spec: str, backend: str = "auto", max_length: int | None = N
     ref = inspect_model(spec, flag)
     if not ref.is_classifier:
         raise UsageError(f"{flag} {ref.spec} is not a classifier; it needs a finetune run")
-    return Classifier(ref, max_length)
+    return Classifier(ref, max_length, device)

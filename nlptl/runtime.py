@@ -39,6 +39,17 @@ def inference_device():
     return torch.device("cpu")
 
 
+def worker_device(index: int):
+    """The device of worker `index` of several (a rank of `nlptl predict` under torchrun, a process of
+    `nlptl serve --workers N`): the GPUs in turn, worker i on cuda:(i % GPUs), so every visible GPU gets
+    its share; without CUDA, inference_device() (the CPU: nothing changes)."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+        return torch.device("cuda", index % torch.cuda.device_count())
+    return inference_device()
+
+
 def pad_multiple() -> int | None:
     """Pad classifier batches to a multiple of 8 tokens on a GPU: tensor cores want it, and the
     number of distinct batch shapes (each one a recompilation under --compile) drops eightfold. On a

@@ -9,9 +9,9 @@ from __future__ import annotations
 import csv
 import glob
 import hashlib
-import io
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 from nlptl.errors import UsageError, did_you_mean
@@ -168,6 +168,12 @@ def check_data_file(spec: str, flag: str, columns: dict[str, str] | None = None)
 
 def first_bad_json_line(path: Path) -> tuple[int, str] | None:
     """(line number, reason) of the first line of a JSON Lines file that is not one JSON object."""
+    return next(((number, why) for number, _, why in json_lines(path) if why), None)
+
+
+def json_lines(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
+    """(line number, object, None) for each non-blank line of a JSON Lines file, as it is read; (line
+    number, None, reason) for a line that is not one JSON object."""
     with open(path, encoding="utf-8-sig", errors="replace") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
@@ -175,36 +181,78 @@ def first_bad_json_line(path: Path) -> tuple[int, str] | None:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                return number, e.msg
-            if not isinstance(row, dict):
-                return number, "not a JSON object"
+                yield number, None, e.msg
+                continue
+            yield (number, row, None) if isinstance(row, dict) else (number, None, "not a JSON object")
     return None
 
 
 def read_lines(spec: str) -> list[str]:
     """Texts for predict: one per line of a file, or of standard input for '-' (blank lines included)."""
+    return list(iter_lines(spec))
+
+
+def iter_lines(spec: str) -> Iterator[str]:
+    """The lines of a file, or of standard input for '-', as they are read (memory stays flat however long
+    the file): universal newlines (\\n, \\r\\n, \\r), blank lines included, the newline that ends the last
+    line is no line of its own."""
     import sys
 
     if spec == "-":
-        data = sys.stdin.buffer.read()
-        name = "standard input"
-    else:
-        p = Path(spec)
-        # Pipes and devices too (`--input <(cmd)`, /dev/stdin): anything that exists and is no directory.
-        if not p.exists():
-            raise UsageError(f"--input {spec}: no such file")
-        if p.is_dir():
-            raise UsageError(f"--input {spec}: is a directory; pass a file of texts, one per line")
-        data = p.read_bytes()
-        name = spec
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise UsageError(f"--input {name}: line {line} is not valid UTF-8; re-encode it as UTF-8") from None
-    lines = io.StringIO(text, newline=None).read().split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()  # the newline that ends the last line
-    # Blank lines too: predict answers each as blank (inference.BLANK), so result N is line N.
-    return lines
+        yield from _lines(sys.stdin.buffer, "standard input")
+        return
+    p = Path(spec)
+    # Pipes and devices too (`--input <(cmd)`, /dev/stdin): anything that exists and is no directory.
+    if not p.exists():
+        raise UsageError(f"--input {spec}: no such file")
+    if p.is_dir():
+        raise UsageError(f"--input {spec}: is a directory; pass a file of texts, one per line")
+    with open(p, "rb") as f:
+        yield from _lines(f, spec)
 
+
+def _lines(f, name: str) -> Iterator[str]:
+    for number, raw in enumerate(f, 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UsageError(f"--input {name}: line {number} is not valid UTF-8; re-encode it as UTF-8") from None
+        line = line[:-1] if line.endswith("\n") else line
+        line = line[:-1] if line.endswith("\r") else line
+        # Blank lines too: predict answers each as blank (inference.BLANK), so result N is line N.
+        yield from line.split("\r")  # a lone \r ends a line too (old Mac files)
+
+
+def input_format(spec: str) -> str:
+    """How predict reads --input: a table (.csv, .tsv, .jsonl/.json, .parquet) by its columns, anything else
+    (.txt, a pipe, a device, standard input) as one text per line."""
+    return "text" if spec == "-" else FORMATS.get(Path(spec).suffix.lower(), "text")
+
+
+def iter_table(path: Path, fmt: str, columns: list[str], flag: str = "--input") -> Iterator[tuple]:
+    """The cells of `columns`, row by row, as the file is read (a CSV or JSON Lines file line by line, a
+    Parquet file batch by batch): memory stays flat however long the file. CSV cells are strings as
+    written; a JSON or Parquet cell is its value (None where a row lacks it). The caller checks the
+    header first (`require_columns`)."""
+    if fmt in ("csv", "tsv"):
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f, delimiter="\t" if fmt == "tsv" else ",")
+            header = [h.strip() for h in next(reader)]
+            at = [header.index(c) for c in columns]
+            for row in reader:
+                if row:  # csv gives [] for a blank line: no row
+                    yield tuple(row[i] if i < len(row) else "" for i in at)
+    elif fmt == "json":
+        for number, row, why in json_lines(path):
+            if why:
+                raise UsageError(f"{flag} {path}: line {number} is not a JSON object ({why}); fix or drop it "
+                                 "(JSON Lines: one object per line)")
+            yield tuple(row.get(c) for c in columns)
+    elif fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=8192, columns=list(dict.fromkeys(columns))):
+            cells = batch.to_pydict()
+            yield from zip(*(cells[c] for c in columns), strict=True)
+    else:
+        raise ValueError(f"not a table format: {fmt}")
