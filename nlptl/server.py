@@ -426,7 +426,9 @@ ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])[/~][^\s\"'<>|;,()]+")
 
 
 def load(settings: dict):
-    """The classifier the settings name, with the thread count they ask for."""
+    """The classifier the settings name, with the thread count they ask for; a worker of several (its
+    slot claimed in `worker_slots`) on its share of the GPUs (runtime.worker_device), one alone on the
+    default device."""
     from nlptl import runtime
     from nlptl.inference import load_classifier
 
@@ -435,8 +437,32 @@ def load(settings: dict):
 
         torch.set_num_threads(settings["threads"])
     runtime.quiet_libraries()
+    slots = settings.get("worker_slots")
+    device = runtime.worker_device(claim_worker_slot(slots)) if slots else None
     return load_classifier(settings["model"], settings["backend"], settings["max_length"], "MODEL",
-                           int8=settings.get("int8", False))
+                           int8=settings.get("int8", False), device=device)
+
+
+_SLOT_LOCKS: list[int] = []  # open for the life of the process: the lock is the claim
+
+
+def claim_worker_slot(directory: str) -> int:
+    """This worker's number among the server's: the lowest slot no live worker holds. uvicorn tells a
+    worker no number, so each takes an exclusive lock on slot-I in the server's directory and keeps it
+    while it lives; the worker uvicorn starts in place of a dead one gets the slot it freed."""
+    import fcntl
+
+    index = 0
+    while True:
+        fd = os.open(os.path.join(directory, f"slot-{index}.lock"), os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # a live worker holds it
+            os.close(fd)
+            index += 1
+            continue
+        _SLOT_LOCKS.append(fd)
+        return index
 
 
 def app_from_env():

@@ -600,3 +600,50 @@ def test_blank_texts_are_answered_as_predict_answers_them(trained_classifier, in
     want = predict.run(PredictConfig(model=str(run_dir), texts=texts))
     for got, exp in zip(body["results"], want, strict=True):
         assert got.keys() == exp.keys() and got.get("label") == exp.get("label")
+
+
+def fake_gpus(monkeypatch, count: int) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
+def test_workers_take_the_gpus_in_turn(monkeypatch):
+    """Worker i runs on cuda:(i % GPUs); without a GPU every worker stays where one would (the CPU here)."""
+    from nlptl import runtime
+
+    fake_gpus(monkeypatch, 2)
+    assert [str(runtime.worker_device(i)) for i in range(5)] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1", "cuda:0"]
+    fake_gpus(monkeypatch, 0)
+    assert str(runtime.worker_device(3)) == str(runtime.inference_device()) == "cpu"
+
+
+CLAIM = "import sys\nfrom nlptl import server\nprint(server.claim_worker_slot(sys.argv[1]))"
+
+
+def test_worker_slots_are_claimed_once_and_freed_when_a_worker_dies(tmp_path):
+    """Each worker process takes the lowest slot no live worker holds (a lock held while it lives): the
+    workers of one server get 0, 1, 2, ...; one that dies leaves its slot to the worker started in its place."""
+    from nlptl import server
+
+    assert [server.claim_worker_slot(str(tmp_path)) for _ in range(2)] == [0, 1]
+    other = subprocess.run([sys.executable, "-c", CLAIM, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert other.stdout.strip() == "2", other.stderr  # that process has exited: slot 2 is free again
+    assert server.claim_worker_slot(str(tmp_path)) == 2
+
+
+def test_each_worker_loads_on_its_own_gpu(monkeypatch, tmp_path):
+    """`serve --workers 4` on a machine with 2 GPUs: the workers load their model on cuda:0, cuda:1, cuda:0,
+    cuda:1 (was: every one on the first GPU). One worker keeps the default device."""
+    from nlptl import inference, server
+
+    fake_gpus(monkeypatch, 2)
+    devices = []
+    monkeypatch.setattr(inference, "load_classifier", lambda *args, device=None, **kw: devices.append(str(device)))
+    settings = {"model": "M", "backend": "auto", "max_length": None, "worker_slots": str(tmp_path)}
+    for _ in range(4):
+        server.load(settings)
+    assert devices == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    server.load({k: v for k, v in settings.items() if k != "worker_slots"})
+    assert devices[-1] == "None"

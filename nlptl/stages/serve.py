@@ -17,7 +17,9 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import signal
+import tempfile
 
 from nlptl.config import ServeConfig, to_dict
 from nlptl.errors import UsageError
@@ -49,10 +51,16 @@ def run(cfg: ServeConfig, json_logs: bool = False, quiet: bool = False) -> dict:
         config = uvicorn.Config(server.build_app(settings, classifier), **common)
     else:
         # Each worker loads its own copy; this process only checked the model's files and the flags.
-        os.environ[server.SETTINGS_ENV] = json.dumps(settings)
+        # Each claims a slot in this directory (its number, for its GPU: worker i on cuda:(i % GPUs)).
+        slots = tempfile.mkdtemp(prefix="nlptl-serve-")
+        os.environ[server.SETTINGS_ENV] = json.dumps(settings | {"worker_slots": slots})
         _announce(cfg, settings, None)
         config = uvicorn.Config("nlptl.server:app_from_env", factory=True, workers=cfg.workers, **common)
-    _drain_then_exit(config)
+    try:
+        _drain_then_exit(config)
+    finally:
+        if cfg.workers > 1:
+            shutil.rmtree(slots, ignore_errors=True)
     log.info("stopped")
     return {"model": settings["model"], "stopped": True}
 
