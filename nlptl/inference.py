@@ -66,10 +66,29 @@ QUANTIZED_FILE = "model_quantized.onnx"  # optimum's name for a quantized model 
 class Classifier:
     """A fine-tuned classifier loaded once, answering batches of texts (or pairs) in input order.
 
+        import nlptl
+        classifier = nlptl.Classifier.from_pretrained("runs/finetune-...")   # or an `nlptl export` directory
+        classifier.predict(["A joy from start to finish.", "Two hours I will never get back."])
+        # [{"text": ..., "label": "positive", "score": 0.97, "scores": {...}}, ...]
+
     `ref`: a models.ModelRef of a classifier; `max_length`: input cut (default: what it was trained with;
-    a long-document classifier reads whole documents, as `pipeline()` gives them to it). Subclasses (OnnxClassifier) change only where the logits come from (`logits`)."""
+    a long-document classifier reads whole documents, as `pipeline()` gives them to it). Subclasses
+    (OnnxClassifier) change only where the logits come from (`logits`)."""
 
     backend = "torch"
+
+    @classmethod
+    def from_pretrained(cls, path, backend: str = "auto", max_length: int | None = None, device=None, int8=False):
+        """The classifier of a finetune run, a classifier checkpoint or an `nlptl export --format onnx`
+        directory (then run by onnxruntime), as `nlptl predict --model` loads it; on `device` (default: the
+        first GPU, else the CPU)."""
+        return load_classifier(str(path), backend, max_length, "path", int8=int8, device=device)
+
+    def predict(self, texts: list[str], text_pairs: list[str] | None = None, batch_size: int = 32,
+                threshold: float | None = None) -> list[dict]:
+        """One result per text, in order: what `nlptl predict --json` prints (the form of the model's task
+        shape: "label", "score" and "scores" for one label of a set; see the module docstring)."""
+        return self(list(texts), None if text_pairs is None else list(text_pairs), batch_size, threshold)
 
     def __init__(self, ref, max_length: int | None = None, device=None):
         from nlptl import models, runtime
@@ -156,6 +175,43 @@ class Classifier:
             batch.append(i)
         if batch:
             yield batch
+
+
+class BatchClassifier:
+    """A classifier for engines that hand over batches of columns: Ray Data's `map_batches` (a callable
+    class, so each actor loads the model once), pandas. It takes a batch (a dict of columns, numpy
+    arrays or lists, or a DataFrame) and gives it back with the answer's columns added: those of the
+    model's task shape ("label", "score", "scores" for one label of a set), then "truncated" and "error"
+    (a blank text's: its other columns are empty), the same columns for every batch.
+
+        ds.map_batches(nlptl.BatchClassifier, fn_constructor_kwargs={"model": "runs/finetune-..."},
+                       batch_size=256, concurrency=2)
+    """
+
+    def __init__(self, model: str, text_column: str = "text", pair_column: str | None = None,
+                 batch_size: int = 32, max_length: int | None = None, backend: str = "auto", device=None):
+        import torch
+
+        self.classifier = Classifier.from_pretrained(model, backend, max_length, device)
+        self.text_column, self.pair_column, self.batch_size = text_column, pair_column, batch_size
+        # The shape's answer, from logits of zeros: its keys name the columns, whatever the batch holds.
+        answer = outputs(torch.zeros(1, len(self.classifier.names)), self.classifier.config)[0]
+        self.columns = [*answer, "truncated", "error"]
+
+    def __call__(self, batch):
+        texts = [_text(t) for t in batch[self.text_column]]
+        pairs = [_text(t) for t in batch[self.pair_column]] if self.pair_column else None
+        results = self.classifier(texts, pairs, self.batch_size)
+        out = batch.copy()
+        for column in self.columns:
+            default = False if column == "truncated" else None
+            out[column] = [r.get(column, default) for r in results]
+        return out
+
+
+def _text(value) -> str:
+    """A cell as a text: an empty one (None, NaN) is blank (answered as blank)."""
+    return value if isinstance(value, str) else "" if value is None or value != value else str(value)
 
 
 def is_onnx_export(path) -> bool:
