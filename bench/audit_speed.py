@@ -55,7 +55,7 @@ def main() -> int:
         with (root / "sentiment-uci" / f"{name}.csv").open(encoding="utf-8", newline="") as f:
             checked_texts += [row["text"] for row in csv.DictReader(f)]
     from nlptl import audit
-    from nlptl.stages.audit import _batches
+    from nlptl.audit import batches
 
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "corpus.txt"
@@ -67,11 +67,12 @@ def main() -> int:
         source = {"spec": str(corpus), "files": [str(corpus)], "format": "text", "text_column": "text"}
         for n in args.num_proc:
             t0 = time.perf_counter()
-            merged = audit.scan(checked, _batches(source), n)
+            merged = audit.scan(checked, batches(source), n)
             seconds = time.perf_counter() - t0
             found = audit.summary(checked, str(corpus), merged)
-            rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-            print(json.dumps({"mb": round(size / 2**20), "documents": docs, "checked": len(checked_texts), "num_proc": n,
+            rss = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+            print(json.dumps({"mb": round(size / 2**20), "documents": docs, "checked": len(checked_texts),
+                              "num_proc": n,
                               "seconds": round(seconds, 1), "mb_per_s": round(size / 2**20 / seconds, 2),
                               "docs_per_s": round(docs / seconds), "peak_rss_mb": round(rss / 1024),
                               "exact": found["exact"], "near": found["near"], "write_seconds": round(written, 1),

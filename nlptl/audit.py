@@ -18,16 +18,28 @@ The checked texts are indexed (they are the small side); sources are read once, 
 
 from __future__ import annotations
 
+import logging
+import os
 import re
+import time
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from nlptl.errors import NlptlError, UsageError
+
+log = logging.getLogger("nlptl")
 
 SHINGLE = 5  # words: long enough that common phrases ("this movie is one of") rarely make a whole text
 NEAR = 0.8  # share of a text's shingles found in one document
 EXAMPLES = 3  # duplicates shown per source
 BATCH = 1000  # documents per unit of work
+# evaluate's automatic check reads sources up to this size (bytes), on one process; beyond it, it says
+# to run `nlptl audit` (docs/performance.md, "Leakage audit", has the speed).
+AUTO_LIMIT = 50 * 1024 * 1024
+PROGRESS_SECONDS = 10
 
 _NON_WORD = re.compile(r"[\W_]+")
 
@@ -144,3 +156,150 @@ def summary(checked: Checked, source: str, merged: dict) -> dict:
     n = len(checked.texts)
     return {"checked": checked.name, "source": source, "n_checked": n, "exact": len(exact), "near": len(near),
             "share": round((len(exact) + len(near)) / n, 4) if n else 0.0, "examples": examples}
+
+
+# --------------------------------------------------------------------------- sources and checked files
+
+
+def compare(index, source: dict, num_proc: int | None) -> dict:
+    """One source read as a stream against the indexed texts; a progress line every PROGRESS_SECONDS."""
+    started = last = time.perf_counter()
+    done = 0
+
+    def seen(n: int) -> None:
+        nonlocal done, last
+        done += n
+        if time.perf_counter() - last >= PROGRESS_SECONDS:
+            last = time.perf_counter()
+            log.info("audit: %d documents of %s read (%.0f/s)", done, source["spec"], done / (last - started))
+
+    merged = scan(index, batches(source), num_proc or _cores(), progress=seen)
+    flagged = {i for i, (share, exact, _) in merged.items() if exact or share >= NEAR}
+    return {**summary(index, source["spec"], merged), "documents": done, "flagged": flagged}
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def lineage_sources(lineage: dict, config: dict) -> list[dict]:
+    """Every corpus, train and probe file of the lineage, oldest stage first, each once (by content)."""
+    out, seen = [], set()
+    node, chain = lineage, []
+    while isinstance(node, dict):
+        chain.append(node)
+        node = node.get("parent")
+    for depth, node in enumerate(reversed(chain)):
+        top = depth == len(chain) - 1
+        records = list(node.get("mixture") or ([node["corpus"]] if isinstance(node.get("corpus"), dict) else []))
+        records += [node[r] for r in ("train", "probe") if isinstance(node.get(r), dict)]
+        for rec in (r for r in records if r.get("spec")):
+            role = "corpus" if rec in (node.get("mixture") or []) or rec is node.get("corpus") else \
+                ("train" if rec is node.get("train") else "probe")
+            key = rec.get("sha256") or rec.get("spec")
+            if key in seen:
+                continue
+            seen.add(key)
+            # The run's own --text-column names the columns of its train and probe files.
+            own = config.get("text_column") if top and role != "corpus" else None
+            column = rec.get("text_column") or own or "text"
+            out.append({**rec, "role": role, "stage": node.get("stage"), "text_column": column})
+    return out
+
+
+def eval_files(lineage: dict) -> list[dict]:
+    node, out = lineage, []
+    while isinstance(node, dict):
+        if isinstance(node.get("eval"), dict) and node["eval"].get("files"):  # a file, not a held-out slice
+            out.append({**node["eval"], "text_column": "text"})
+        node = node.get("parent")
+    return out
+
+
+def local_source(spec: str, text_column: str, flag: str) -> dict:
+    from nlptl.data.corpora import resolve_corpus
+
+    if not Path(spec).exists():
+        raise UsageError(f"{flag} {spec}: no such file")
+    src = resolve_corpus(spec, text_column.split(",")[0])
+    return {**src.record(), "text_column": text_column}
+
+
+def _source(rec: dict):
+    """A lineage record as a CorpusSource the corpus reader takes."""
+    from nlptl.data.corpora import CorpusSource
+
+    fields = {k: rec[k] for k in ("spec", "name", "files", "format", "hub", "hub_config", "sha256") if rec.get(k)}
+    if rec.get("hub_splits"):
+        fields["hub_splits"] = tuple(rec["hub_splits"])
+    return CorpusSource(**fields, text_column=rec.get("text_column") or "text")
+
+
+def batches(rec: dict):
+    """The documents of a source, in batches; a pair task's two text columns joined by a space."""
+    from nlptl.data.corpora import stream_corpus
+
+    columns = (rec.get("text_column") or "text").split(",")
+    src = _source({**rec, "text_column": columns[0]})
+    if not src.hub:
+        missing = [f for f in src.files if not Path(f).is_file()]
+        if missing:
+            raise NlptlError(f"{missing[0]} is gone (recorded by the run); not checked")
+    if len(columns) == 1:
+        ds = stream_corpus(src)
+        for batch in ds.iter(batch_size=BATCH):
+            yield batch["text"]
+        return
+    ds = _read_table(src)
+    for start in range(0, len(ds), BATCH):
+        part = ds[start:start + BATCH]
+        yield [" ".join(str(part[c][i]) for c in columns) for i in range(len(part[columns[0]]))]
+
+
+def _read_table(src):
+    from nlptl.data.corpora import read_files
+
+    return read_files(src.files, src.format, src.sha256)
+
+
+def texts(rec: dict):
+    for batch in batches(rec):
+        yield from batch
+
+
+def evaluate_check(ref, data: str, text_column: str) -> dict | None:
+    """evaluate's automatic check: its --data against the model's lineage, with a warning (counts, where,
+    an example) when texts were seen in adaptation or training. None for a model without a lineage."""
+    if not ref.lineage:
+        return None
+    sources = lineage_sources(ref.lineage, (ref.run or {}).get("config") or {})
+    local = [s for s in sources if not s.get("hub")]
+    size = sum(Path(f).stat().st_size for s in local for f in s.get("files") or [] if Path(f).is_file())
+    if size > AUTO_LIMIT or len(local) < len(sources):
+        why = (f"the lineage's sources hold {size / 2**20:.0f} MB" if size > AUTO_LIMIT
+               else "a hub corpus is in the lineage")
+        log.info("leakage check not run: %s; run `nlptl audit %s --data %s`", why, ref.spec, data)
+        return {"checked": False, "why": why}
+    checked = local_source(data, text_column, "--data")
+    index = Checked(name=data, texts=list(texts(checked)))
+    seen: set[int] = set()
+    rows = []
+    for source in local:
+        if source.get("sha256") and source["sha256"] == checked.get("sha256"):
+            continue
+        try:
+            row = compare(index, source, 1)
+        except NlptlError as e:
+            log.info("leakage check: %s not read (%s)", source["spec"], e)
+            continue
+        seen |= row.pop("flagged")
+        rows.append(row)
+        if row["exact"] or row["near"]:
+            example = row["examples"][0]["text"][:80]
+            log.warning("%d of %d texts of %s were seen in %s (%s of the %s stage): %d exact, %d near duplicates, "
+                        "e.g. %r; scores on them are inflated (details: nlptl audit)", row["exact"] + row["near"],
+                        row["n_checked"], data, source["spec"], source["role"], source["stage"], row["exact"],
+                        row["near"], example)
+    return {"checked": True, "seen": len(seen), "n_checked": len(index.texts),
+            "exact": sum(r["exact"] for r in rows), "near": sum(r["near"] for r in rows),
+            "sources": [{k: r[k] for k in ("source", "exact", "near")} for r in rows]}

@@ -41,7 +41,8 @@ def test_short_texts_are_found_and_shared_phrases_are_not_duplicates():
 
 def test_several_processes_find_the_same():
     texts = [f"sentence number {i} of the checked set about things" for i in range(50)]
-    docs = [f"a document that quotes sentence number {i} of the checked set about things, and more" for i in range(0, 50, 3)]
+    docs = [f"a document that quotes sentence number {i} of the checked set about things, and more"
+            for i in range(0, 50, 3)]
     docs += [f"filler document {i} with nothing in common" for i in range(200)]
     one, two = found(texts, docs, 1), found(texts, docs, 2)
     assert one == two and one["exact"] == 17

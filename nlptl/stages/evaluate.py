@@ -52,7 +52,7 @@ def run(cfg: EvaluateConfig) -> dict:
 
 def leakage(ref, cfg: EvaluateConfig) -> dict | None:
     """Were --data's texts seen in the model's adaptation or training? (stages/audit.py)"""
-    from nlptl.stages.audit import evaluate_check
+    from nlptl.audit import evaluate_check
 
     return evaluate_check(ref, cfg.data, cfg.text_column)
 
