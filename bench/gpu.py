@@ -19,6 +19,9 @@ Cases (each one JSON file in --out, plus table.md and logs.tar.gz):
             both scored by bench/reference/score.py on the same held-out sentences
   compile   nlptl adapt --compile on the GPT `base`: time to the first step, tokens/s after warm-up
             against eager, recompilations (TORCH_LOGS=recompiles)
+  fsdp      one process under accelerate's FSDP plugin (FSDP2): the GPT `base` adapts with sharded checkpoints
+            and one gathered final model, against the same run unsharded (fp32; skipped without a GPU: accelerate
+            leaves FSDP off on a CPU, where tests/test_fsdp.py covers nlptl's own --fsdp)
   tests     the test suite on this machine (pytest -x; -n 8 with pytest-xdist where present)
 
 Same work on both sides: the same starting checkpoint, data, steps, batch, block, learning rate, schedule
@@ -45,7 +48,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 REF = REPO / "bench" / "reference"
 ASSETS = REPO / "nlptl" / "assets"
-CASES = ("chain", "clm", "mlm", "finetune", "compile", "tests")
+CASES = ("chain", "clm", "mlm", "finetune", "compile", "fsdp", "tests")
 # Dense bf16 tensor-core peaks (no sparsity), from the vendors' data sheets.
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
 TARGETS = {"clm": (2.5, 0.40), "mlm": (2.5, 0.35), "finetune": (3.0, None)}  # (x reference, MFU)
@@ -129,7 +132,7 @@ def prepare(run: Runner, s: dict, cases: list[str]) -> dict:
              "eval": str(ASSETS / "sentiment_eval.csv"), "test": str(ASSETS / "sentiment_test.csv")}
     # The starting checkpoints: nlptl pretrain (its tokenizer trained on the corpus, random init) with
     # one step, so that both sides of every comparison start from the very same saved weights.
-    need = {"gpt": {"clm", "finetune", "compile"}, "bert": {"mlm"}, "encoder": {"finetune"}}
+    need = {"gpt": {"clm", "finetune", "compile", "fsdp"}, "bert": {"mlm"}, "encoder": {"finetune"}}
     for name, arch, size, block in (("gpt", "gpt", s["lm_size"], s["clm_block"]),
                                     ("bert", "bert", s["lm_size"], s["mlm_block"]),
                                     ("encoder", "bert", s["enc_size"], s["ft_len"])):
@@ -299,6 +302,39 @@ def case_compile(run: Runner, d: dict, s: dict) -> dict:
     return out
 
 
+def case_fsdp(run: Runner, d: dict, s: dict) -> dict:
+    """accelerate launch --use_fsdp --fsdp_version 2 with one process: the loop runs what accelerate.prepare
+    returns, every rank writes its shards of a checkpoint, the final model is gathered once. Passes when the
+    run exits 0, its log counts DTensor parameters and its weights match the unsharded run's."""
+    import re
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"case": "fsdp", "ok": True, "skipped": "no GPU: accelerate leaves FSDP off on a CPU"}
+    steps = 3 if run.smoke else 20
+    args = ["adapt", "--from", d["gpt"], "--corpus", d["corpus"], "--objective", "clm", "--block-size",
+            str(s["clm_block"]), "--max-steps", str(steps), "--batch-size", str(s["clm_batch"]), "--lr", "5e-5",
+            "--set", "max_eval_blocks=4", "--precision", "fp32", "--seed", "42", "--save-every", str(steps // 2 or 1),
+            "--overwrite", "--json"]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--use_fsdp",
+              "--fsdp_version", "2", "-m", "nlptl"]
+    dirs = {side: run.work / "runs" / f"fsdp-{side}" for side in ("sharded", "plain")}
+    rows = {"sharded": run("fsdp-sharded", launch + args + ["--out", str(dirs["sharded"])]),
+            "plain": run("fsdp-plain", [sys.executable, "-m", "nlptl", *args, "--out", str(dirs["plain"])])}
+    log = (run.logs / "fsdp-sharded.log").read_text(errors="replace")
+    found = re.search(r"sharded: (\d+) parameters as DTensor", log)
+    out = {"case": "fsdp", **rows, "dtensor_parameters": int(found.group(1)) if found else 0}
+    if all(r["rc"] == 0 for r in rows.values()):
+        from safetensors.torch import load_file
+
+        a, b = (load_file(str(path / "model.safetensors")) for path in dirs.values())
+        out["max_weight_diff"] = max((a[k] - b[k]).abs().max().item() for k in a) if a.keys() == b.keys() else None
+    out["ok"] = (all(r["rc"] == 0 for r in rows.values()) and out["dtensor_parameters"] > 0
+                 and out.get("max_weight_diff") is not None and out["max_weight_diff"] < 1e-3)
+    return out
+
+
 def case_tests(run: Runner, s: dict, pytest_args: str) -> dict:
     args = shlex.split(pytest_args) if pytest_args else (
         ["tests/test_device.py"] if run.smoke else ["-x", "-q", *(["-n", "8"] if _has("xdist") else [])])
@@ -356,6 +392,12 @@ def table(results: dict) -> str:
                      f"warm {c.get('tokens_per_s_warm', 0):,.0f} vs eager "
                      f"{e.get('tokens_per_s_warm', 0):,.0f} tok/s (x{comp.get('speedup_warm', float('nan')):.2f}), "
                      f"recompilations {c.get('recompilations')}; {'ok' if comp['ok'] else 'FAILED'}")
+    fsdp = results.get("fsdp")
+    if fsdp:
+        what = (f"skipped ({fsdp['skipped']})" if "skipped" in fsdp else
+                f"{fsdp['dtensor_parameters']} DTensor parameters, max |weight difference| vs unsharded "
+                f"{fsdp.get('max_weight_diff')}; {'ok' if fsdp['ok'] else 'FAILED'}")
+        lines.append(f"FSDP, 1 process (accelerate's plugin): {what}")
     tests = results.get("tests")
     if tests:
         lines.append(f"Tests: {tests.get('summary', '')} "
@@ -418,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
             compare(run, "finetune", d["gpt"], s, d, peak, "finetune-gpt")]}
     if "compile" in cases:
         results["compile"] = case_compile(run, d, s)
+    if "fsdp" in cases:
+        results["fsdp"] = case_fsdp(run, d, s)
     if "tests" in cases:
         results["tests"] = case_tests(run, s, a.pytest_args)
     results["env"]["wall_s"] = round(time.perf_counter() - t0, 1)

@@ -273,3 +273,19 @@ def tokenizer_only(lm: Path, out: Path) -> Path:
         ):
             (out / f.name).write_bytes(f.read_bytes())
     return out
+
+
+def kill_after_checkpoint(cmd: list[str], out: Path, step: int, env: dict) -> None:
+    """Start `cmd` (a torchrun launch writing into `out`) and SIGKILL every process of it once its
+    checkpoint at `step` is published: the launcher and its workers, which torchrun starts in their own
+    sessions (found by `out` on their command lines)."""
+    import signal
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / f"step-{step:06d}" / "manifest.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its checkpoint"
+        time.sleep(0.05)
+    subprocess.run(["pkill", "-9", "-f", str(out)], check=False)
+    os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+    proc.wait(timeout=60)

@@ -58,10 +58,8 @@ def test_adapt_and_finetune_with_two_processes_match_one(base):
 
 def test_resume_with_two_processes_equals_uninterrupted(base):
     """SIGKILL every process of a 2-process run after a checkpoint, resume with 2 processes: same weights."""
-    import signal
-    import time
-
     import torch
+    from cli_helpers import kill_after_checkpoint
     from safetensors.torch import load_file
 
     args = ["adapt", "--from", str(base / "base"), "--corpus", "sample-reviews", "--block-size", "32", "--max-steps",
@@ -69,16 +67,8 @@ def test_resume_with_two_processes_equals_uninterrupted(base):
     whole = run(args + ["--out", str(base / "r-whole")], 2)
     out = base / "r-killed"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "nlptl"]
-    proc = subprocess.Popen(launcher + args + ["--out", str(out), "--json", "--quiet", "--precision", "fp32"],
-                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while not (out / "checkpoints" / "step-000040" / "manifest.json").exists():
-        assert proc.poll() is None and time.time() < deadline, "the run ended before its checkpoint"
-        time.sleep(0.05)
-    # The launcher and both workers: torchrun starts workers in their own sessions, so kill them by name.
-    subprocess.run(["pkill", "-9", "-f", str(out)], check=False)
-    os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
-    proc.wait(timeout=60)
+    kill_after_checkpoint(launcher + args + ["--out", str(out), "--json", "--quiet", "--precision", "fp32"], out, 40,
+                          ENV)
     assert not (out / "nlptl-run.json").exists()
     resumed = run(args + ["--out", str(out), "--resume"], 2)
     assert {k: resumed[k] for k in ("perplexity", "steps", "train_tokens")} == \
