@@ -133,9 +133,6 @@ class TrainConfig:
     precision: str = opt("auto", "auto (bf16 where the hardware has it, else fp32), fp32, bf16 or fp16.", choices=PRECISIONS)
     compile: bool = opt(False, "torch.compile the model for training (off by default: on a CPU the compile time "
                                "can outweigh the gain of a short run; see docs/performance.md).", negatable=True)
-    fsdp: bool = opt(False, "With several processes (torchrun, accelerate launch): shard the weights, gradients and "
-                     "optimizer state over them (FSDP2, each transformer block a unit); checkpoints are sharded too "
-                     "and resume on the same number of processes. With one process: no effect.")
     schedule: str = opt("linear", "Learning-rate schedule: linear (warmup + decay), stlr (slanted triangular), one-cycle, cosine, constant.", choices=SCHEDULES)
     cut_frac: float = opt(0.1, "stlr: fraction of the steps spent increasing the learning rate (ULMFiT: 0.1).")
     stlr_ratio: float = opt(32.0, "stlr: how much smaller the lowest learning rate is than the peak (ULMFiT: 32).")
@@ -165,15 +162,10 @@ class TrainConfig:
     merge: bool = opt(False, "With --lora: also write the merged model (loads without peft; usable as the next stage's --from).", panel=LORA)
 
     # Whether --lr auto (the learning-rate range test, nlptl/lr_find.py) is offered by this stage, and
-    # whether --lr may stay unset (finetune: the checkpoint chooses, stages/classifier.py rates_for;
-    # adapt: the objective, AdaptConfig.with_default_lr).
+    # whether --lr may stay unset (finetune: the checkpoint chooses; adapt: the objective). The rule that
+    # resolves it for every stage: nlptl/rates.py.
     LR_AUTO = False
     LR_UNSET = False
-
-    def with_default_lr(self):
-        """This config with --lr resolved where the stage may leave it unset (AdaptConfig); finetune
-        resolves its own by the checkpoint (stages/classifier.py rates_for)."""
-        return self
 
     def __post_init__(self) -> None:
         self.lr = learning_rate(self.lr, self.LR_AUTO, self.LR_UNSET)
@@ -300,15 +292,7 @@ class AdaptConfig(LMConfig):
     lr_find_steps: int = opt(100, "--lr auto: steps of the learning-rate range test.", flag=False,
                              read_by=LM_OBJECTIVES)
     LR_AUTO = True
-    LR_UNSET = True  # the objective chooses: with_default_lr
-
-    def with_default_lr(self) -> AdaptConfig:
-        """This config with --lr, when not given, chosen by the objective: SetFit's body rate for the
-        contrastive stage (every few-label cell of docs/results.md ran at it), 1e-4 for MLM and CLM. The
-        record keeps it unset, as finetune's, so a recipe or a rerun resolves it alike."""
-        if self.lr is not None:
-            return self
-        return dataclasses.replace(self, lr=2e-5 if self.objective == "contrastive" else 1e-4)
+    LR_UNSET = True  # the objective chooses (rates.OBJECTIVE_RATES); the record keeps it unset
     probe: str | None = opt(None, "A labelled file (text and label columns: --text-column, --label-column) that guards "
                             "the adaptation: a logistic regression on the frozen, pooled features is scored on it "
                             "before training and at each evaluation, the checkpoint kept is the best by probe, and "
@@ -403,7 +387,7 @@ class FinetuneConfig(TrainConfig):
                                negatable=True)
     class_weights: str = opt("none", "Loss weights per class: none, auto (inverse frequency; multilabel: negatives/positives "
                              "per label) or w1,w2,... in label order.")
-    # None: the rates below, chosen by what --from was trained for (stages/classifier.py rates_for).
+    # None: the rates below, chosen by what --from was trained for (rates.resolve).
     lr: float | str | None = opt(None, "Peak learning rate. Default: 1e-4; after a contrastive adapt stage, 1e-5 for the "
                                  "body and 1e-2 for the head, which keeps what the pairs taught (docs/results.md, few "
                                  "labels). auto: a learning-rate range test on the training data picks it (fastai's "

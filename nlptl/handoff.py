@@ -14,27 +14,13 @@ encoder's mean pooling, and the classifier after it pooled the first token (issu
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 
 log = logging.getLogger("nlptl")
 
-# Where a body comes from, which decides the rate that fine-tunes it (DEFAULT_RATES).
+# Where a body comes from, which decides the rate that fine-tunes it (rates.DEFAULT_RATES).
 SCRATCH, PRETRAINED, CONTRASTIVE = "scratch", "pretrained", "contrastive"
-
-# finetune's (body, head) peak rates when --lr is not given, by origin (docs/results.md, "Default rates").
-# - pretrained (a hub encoder, or an nlptl run that started from one): 1e-4, the best of the ablation's
-#   grid {2e-5, 5e-5, 1e-4} for all-MiniLM-L6-v2 at 500 labels and tied best at 100.
-# - scratch (an nlptl model pretrained from random weights, at any later stage): a small body that has
-#   seen a few million tokens learns a classifier at 3e-4 to 1e-3 and barely moves at 1e-4 (the
-#   ablation's gpt-plain rows; a tiny GPT scored chance at 1e-4 since the first release).
-# - contrastive: the body moves slowly and the head fast, as SetFit trains its differentiable head: at
-#   1e-4 everywhere the body's pair geometry is overwritten (docs/results.md, few labels).
-DEFAULT_RATES = {PRETRAINED: (1e-4, None), SCRATCH: (1e-3, None), CONTRASTIVE: (1e-5, 1e-2)}
-# --lr auto never goes above this for a pretrained body: the range test's "divergence/100" picked 3.5e-3
-# for all-MiniLM-L6-v2, which collapses it to one class (issue 24); the ablation's best rates were 5e-5-1e-4.
-AUTO_CAP = {PRETRAINED: 3e-4, CONTRASTIVE: 1e-4, SCRATCH: None}
 
 
 @dataclass(frozen=True)
@@ -134,28 +120,6 @@ def carried_pooling(ref) -> Choice | None:
     if trained:
         return Choice("pooling", trained, f"from {ref.spec}'s sentence-transformers config (1_Pooling)")
     return None
-
-
-def finetune_rates(cfg, ref):
-    """`cfg` with --lr (and --head-lr) resolved for the body of `ref`, and the choice (None when --lr is
-    given: nothing was chosen)."""
-    if cfg.lr is not None:
-        return cfg, None
-    where = origin(ref)
-    body, head = DEFAULT_RATES[where.value]
-    head = cfg.head_lr or head
-    why = f"the default for a {where.value} body ({where.why})" + (f"; head lr {head:g}" if head is not None else "")
-    return dataclasses.replace(cfg, lr=body, head_lr=head), Choice("lr", body, why)
-
-
-def capped_auto_rate(found: float, ref) -> tuple[float, Choice]:
-    """--lr auto: the range test's rate, capped for a pretrained body (AUTO_CAP)."""
-    where = origin(ref)
-    cap = AUTO_CAP[where.value]
-    if cap is not None and found > cap:
-        return cap, Choice("lr", cap, f"--lr auto: the range test found {found:.3g}, capped at {cap:g} for a "
-                                      f"{where.value} body (higher rates collapse one: docs/results.md)")
-    return found, Choice("lr", found, "--lr auto: the learning-rate range test (lr_find.json)")
 
 
 def record(*, pooling: Choice | str | None, origin_of: str, objective: str | None, config,

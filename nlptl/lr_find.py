@@ -32,7 +32,7 @@ from pathlib import Path
 
 log = logging.getLogger("nlptl")
 
-START_LR, END_LR = 1e-7, 10.0
+START_LR, END_LR = 1e-7, 10.0  # the rates tried: the schedule "range-test" spans them (optim.py)
 # An exponential moving average of the loss; fastai's 0.98 remembers ~50 of the 100 steps (four
 # decades of rate), which drags the curve far behind the loss it smooths.
 SMOOTHING = 0.95
@@ -43,9 +43,9 @@ RULE = "divergence/100"
 FILE = "lr_find.json"
 
 
-def range_test(accelerator, model, train_dataset, collate_fn, cfg, *, lengths=None, batch_transform=None,
-               random_source=None, loss_fn=None, description: str = "lr range test") -> dict:
-    """Run the test on a copy of `model` (left as it was) and return the curve with the chosen rate."""
+def range_test(accelerator, model, train_dataset, cfg, objective, description: str = "lr range test") -> dict:
+    """Run the test on a copy of `model` (left as it was), trained for the stage's `objective` (objective.py)
+    without its evaluations, and return the curve with the chosen rate."""
     from nlptl.runtime import seed_everything
     from nlptl.train import train
 
@@ -56,7 +56,7 @@ def range_test(accelerator, model, train_dataset, collate_fn, cfg, *, lengths=No
                                    save_every=0, gradual_unfreeze=False, unfreeze_every=None, eval_every=None,
                                    compile=False, resume=False, resume_from=None, patience=None, min_delta=0.0,
                                    **frozen_off)
-    test_cfg.schedule, test_cfg.stlr_ratio = "range-test", END_LR / START_LR  # internal: not a user's schedule
+    test_cfg.schedule = "range-test"  # internal: not a user's schedule (optim.schedule_factor)
     losses: list[float] = []
     smoothed: list[float] = []  # the bias-corrected moving average, as fastai's Recorder
     average = 0.0
@@ -71,11 +71,12 @@ def range_test(accelerator, model, train_dataset, collate_fn, cfg, *, lengths=No
         smoothed.append(average / (1 - SMOOTHING ** len(losses)))
         return len(smoothed) > 1 and smoothed[-1] > DIVERGED * min(smoothed)
 
+    # The masking's random stream (MLM): the real run starts from the same state.
+    random_source = objective.random_source
     state = random_source.generator.get_state() if getattr(random_source, "generator", None) is not None else None
     started = time.perf_counter()
     trial = copy.deepcopy(model)
-    train(accelerator, trial, train_dataset, collate_fn, test_cfg, description=description, lengths=lengths,
-          batch_transform=batch_transform, random_source=random_source, loss_fn=loss_fn, stop_when=stop_when)
+    train(accelerator, trial, train_dataset, test_cfg, objective.without_evaluation(stop_when), description=description)
     del trial
     accelerator.free_memory()
     # The real run starts where a run with this rate given by hand would: same seed, same masks.
@@ -127,18 +128,17 @@ def suggest(lrs: list[float], smoothed: list[float], losses: list[float] | None 
             "minimum/10": lrs[lowest] / 10, "steepest": lrs[steepest]}
 
 
-def rate_for(cfg, out: Path | None, accelerator, search: Callable[[], dict]):
-    """--lr auto for a stage: (its config with the rate found, the test's record). A resumed run reads
-    back the rate its first start found; otherwise `search()` runs the range test, and its record is
-    saved in `out` before training, so that a killed run resumes with the same rate."""
+def range_test_record(cfg, out: Path | None, accelerator, search: Callable[[], dict]) -> dict:
+    """--lr auto for a stage: the range test's record, whose `lr` rates.resolve makes the run's rate. A
+    resumed run reads back the record its first start wrote; otherwise `search()` runs the range test,
+    and its record is saved in `out` before training, so that a killed run resumes with the same rate."""
     previous = Path(out) / FILE if out is not None else None
     if cfg.resuming and previous is not None and previous.is_file():
-        record = json.loads(previous.read_text(encoding="utf-8"))
-    else:
-        record = search()
-        if out is not None and accelerator.is_main_process:
-            save(out, record)
-    return dataclasses.replace(cfg, lr=record["lr"]), record
+        return json.loads(previous.read_text(encoding="utf-8"))
+    record = search()
+    if out is not None and accelerator.is_main_process:
+        save(out, record)
+    return record
 
 
 def save(out: Path, result: dict) -> None:

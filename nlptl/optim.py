@@ -99,7 +99,7 @@ def build_optimizer(model, lr: float, weight_decay: float, discriminative_lr: fl
 
 def schedule_factor(name: str, total: int, warmup_ratio: float = 0.0, cut_frac: float = 0.1,
                     ratio: float = 32.0) -> Callable[[int], float]:
-    """The multiplier of the peak learning rate at step t (0-based count of updates done)."""
+    """The multiplier of the peak learning rate at step t (0-based count of updates done); `ratio`: stlr's."""
     warmup = math.ceil(total * warmup_ratio)
 
     def warm(t: int) -> float | None:
@@ -135,8 +135,12 @@ def schedule_factor(name: str, total: int, warmup_ratio: float = 0.0, cut_frac: 
         return one_cycle
     if name == "range-test":
         # The learning-rate range test (nlptl/lr_find.py): the peak is the highest rate tried, and the
-        # rate grows exponentially from ratio-times lower to it over the steps (not a user's choice).
-        return lambda t: ratio ** (min(t, total - 1) / max(1, total - 1) - 1)
+        # rate grows exponentially from the lowest to it over the steps (not a user's choice; its span
+        # is the test's own, not stlr's --stlr-ratio).
+        from nlptl.lr_find import END_LR, START_LR
+
+        span = END_LR / START_LR
+        return lambda t: span ** (min(t, total - 1) / max(1, total - 1) - 1)
     raise ValueError(f"unknown schedule {name}")
 
 

@@ -9,19 +9,18 @@ saves and a resumed run starts from.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import signal
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from nlptl import sharding
 from nlptl.config import TrainConfig
 from nlptl.console import Progress
 from nlptl.errors import Interrupted, NlptlError, UsageError
+from nlptl.objective import Objective
 
 
 @dataclass
@@ -91,6 +90,18 @@ class TrainState:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+@dataclass
+class Checkpoints:
+    """A run's checkpoints: the directory --save-every and a stop signal write to, the checkpoint the run
+    continues from (or None), the command that resumes it (said when it stops), and the run's identity
+    (its config and input hashes: checkpoint.run_identity), which a resumed run must share."""
+
+    path: Path | None  # None: a run that writes none
+    resume_from: Path | None = None
+    resume_hint: str = ""
+    identity: dict | None = None
+
+
 def _number(value) -> float | int:
     return value.item() if hasattr(value, "item") else value
 
@@ -103,72 +114,64 @@ def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
     return cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch(cfg, batches_per_epoch)))
 
 
-def train(accelerator, model, train_dataset, collate_fn: Callable, cfg: TrainConfig, *, description: str,
-          evaluate_fn: Callable[[object], dict] | None = None, select: tuple[str, str] | None = None,
-          default_evals: int = 0, lengths: list[int] | None = None, checkpoints=None, resume_from=None,
-          resume_hint: str = "", batch_transform: Callable[[dict], dict] | None = None, random_source=None,
-          runlog=None, identity: dict | None = None, loss_fn: Callable | None = None,
-          stop_when: Callable | None = None, head_lr: float | None = None) -> tuple[object, TrainResult]:
-    """Train `model` on `train_dataset`; returns the unwrapped model (the best one when `select` names a
-    metric and mode, e.g. ("accuracy", "max"); "max_latest" keeps the later of equal scores) and what happened.
+def train(accelerator, model, train_dataset, cfg: TrainConfig, objective: Objective, *, description: str,
+          checkpoints: Checkpoints | None = None, runlog=None) -> tuple[object, TrainResult]:
+    """Train `model` on `train_dataset` (a dataset, or a stream with --streaming) for `objective` (what a
+    step computes, how the run is evaluated and selected) with the rates and schedule of `cfg`. Returns the
+    unwrapped model (the best one where the objective selects) and what happened.
 
-    `default_evals`: evenly spaced evaluations without --eval-every. `lengths`: example lengths, to batch
-    similar lengths together (less padding) in a random order. `checkpoints`: where --save-every and
-    Ctrl-C/SIGTERM write; `resume_from`: a checkpoint to continue exactly (weights, optimizer, schedule,
-    random states, data position). `batch_transform`: applied to each batch in the loop (MLM masking), so
-    that its random state at a step boundary is exact; `random_source`: the object whose `generator` it
-    draws from (default `collate_fn`), checkpointed with the other random states. `runlog`: a
-    tracking.RunLog that gets every row of the history (metrics.csv, --report-to trackers). `identity`:
-    the run's config and input hashes (checkpoint.run_identity), kept in each checkpoint; a resumed run
-    records the options it changed (those allowed to change) in its history. `loss_fn(model, batch)`: the
-    loss where the model's own is not the one to train on (class weights). `stop_when(step, loss)`: True
-    ends training after that step (the range test stops at divergence). `head_lr`: the head's peak rate.
+    `checkpoints`: where --save-every and a stop signal (Ctrl-C, SIGTERM) write, and the checkpoint to
+    continue exactly (weights, optimizer, schedule, random states, data position). `runlog`: a
+    tracking.RunLog that gets every row of the history (metrics.csv, --report-to trackers).
     """
     import torch
 
     from nlptl.optim import build_optimizer, build_schedule
 
-    sharding.check_supported(accelerator)
-    # The data order: its own generator, which also seeds the loader's workers (never the global RNG,
-    # so a resumed run's dropout sees the same random stream as an uninterrupted one).
-    generator = torch.Generator().manual_seed(cfg.seed)
+    # What this run cannot do, said before anything is built.
     stream = train_dataset if isinstance(train_dataset, torch.utils.data.IterableDataset) else None
     if stream is not None:
         _check_stream(cfg, accelerator)
-    _check_patience(cfg, evaluate_fn if select else None, cfg.eval_every or default_evals)
-    loader = _loader(train_dataset, collate_fn, cfg, lengths, generator, pin=accelerator.device.type == "cuda")
-    # --fsdp shards the model before the optimizer is built: FSDP2 replaces the parameters with DTensors.
-    shard_note = sharding.shard(accelerator, model.to(accelerator.device), cfg.fsdp)
-    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.discriminative_lr, head_lr=head_lr)
+    _check_patience(cfg, objective)
+    # The data order: its own generator, which also seeds the loader's workers (never the global RNG,
+    # so a resumed run's dropout sees the same random stream as an uninterrupted one).
+    generator = torch.Generator().manual_seed(cfg.seed)
+    lengths = [len(ids) for ids in train_dataset["input_ids"]] if objective.by_length else None
+    loader = _loader(train_dataset, objective.collate, cfg, lengths, generator, pin=accelerator.device.type == "cuda")
+    # AdamW over layer groups: --lr at the top, divided by --discriminative-lr per group below; the head's own
+    # rate where the config has one (finetune's head_lr, resolved by rates.resolve).
+    optimizer = build_optimizer(model.to(accelerator.device), cfg.lr, cfg.weight_decay, cfg.discriminative_lr,
+                                head_lr=getattr(cfg, "head_lr", None))
     if cfg.compile:
         from nlptl.runtime import compile_model
 
         compile_model(model)
-    model, optimizer, loader = _prepare(accelerator, model, optimizer, loader, streamed=stream is not None,
-                                        own_model=sharding.is_sharded(model))
+    # accelerate wraps what runs on several processes (DistributedDataParallel) and places it on the device.
+    model, optimizer, loader = _prepare(accelerator, model, optimizer, loader, streamed=stream is not None)
+    # The length of the run, in optimizer steps.
     steps = cfg.max_steps if stream is not None else total_steps(cfg, len(loader))
     # Stepped by hand once per optimizer update, so its length is exact whatever the number of
     # processes (accelerate's prepared scheduler would step once per process).
     scheduler = build_schedule(optimizer, steps, cfg.warmup_ratio, cfg.schedule, cfg.cut_frac, cfg.stlr_ratio)
+    # Which layer groups stay frozen for a while (--gradual-unfreeze, --head-warmup), and when to evaluate.
     unfreezing = freezing(cfg, optimizer, steps, loader)
-    eval_every = cfg.eval_every or default_eval_every(steps, default_evals, unfreezing)
+    eval_every = cfg.eval_every or default_eval_every(steps, objective.evaluations, unfreezing)
     progress = Progress(description, steps, cfg.log_every)
     progress.note(_setting(description, steps, cfg, accelerator))
-    if shard_note:
-        progress.note(shard_note)
-    if sharding.is_sharded(model):  # what actually runs sharded, whoever asked for it
-        progress.note(f"sharded: {sharding.sharded_count(model)} parameters as DTensor")
-    loop = _Loop(accelerator, model, optimizer, scheduler, unfreezing, cfg, steps, progress, evaluate_fn=evaluate_fn, eval_every=eval_every, select=select, batch_transform=batch_transform,
-                 random_source=random_source or collate_fn, runlog=runlog, checkpoints=checkpoints,
-                 generator=generator, stream=stream, loss_fn=loss_fn, stop_when=stop_when)
-    loop.state.identity = identity
-    if resume_from is not None:
-        loop.resume(resume_from)
-    if checkpoints is not None:
-        check_disk_space(checkpoints, accelerator.unwrap_model(model), cfg.keep_last if cfg.save_every else 1)
-    stop = _StopFlag(resume_hint)
+    checkpoints = checkpoints or Checkpoints(path=None)  # none: a learning curve's points, a range test
+    loop = _Loop(accelerator, model, optimizer, scheduler, cfg, objective, steps=steps, progress=progress,
+                 unfreezing=unfreezing, eval_every=eval_every, runlog=runlog, generator=generator, stream=stream,
+                 checkpoints=checkpoints.path)
+    # Continue where an interrupted run stopped, or check that the disk can hold this run's checkpoints.
+    loop.state.identity = checkpoints.identity
+    if checkpoints.resume_from is not None:
+        loop.resume(checkpoints.resume_from)
+    if checkpoints.path is not None:
+        check_disk_space(checkpoints.path, accelerator.unwrap_model(model), cfg.keep_last if cfg.save_every else 1)
+    stop = _StopFlag(checkpoints.resume_hint)
     model.train()
     loop.start_clock()
+    # The loop: epochs of batches; one optimizer step per --grad-accum batches, then what is due after it.
     with stop:  # HUP, INT, TERM: a checkpoint at the next step boundary, or a bounded stop (_StopFlag)
         while loop.state.step < steps and not loop.stopped:
             for batch in loop.epoch_batches(loader):
@@ -177,7 +180,7 @@ def train(accelerator, model, train_dataset, collate_fn: Callable, cfg: TrainCon
                     continue  # a micro-batch of gradient accumulation
                 if stop.boundary() is not None and loop.state.step < steps:
                     loop.save("interrupted: saved {path}")
-                    raise Interrupted(f"interrupted at step {loop.state.step}; checkpoint saved. {resume_hint}".strip(),
+                    raise Interrupted(f"interrupted at step {loop.state.step}; checkpoint saved. {stop.hint}".strip(),
                                       128 + stop.signal)
                 if loop.checkpoint_due():
                     loop.save()
@@ -215,13 +218,7 @@ def default_eval_every(steps: int, default_evals: int, unfreezing) -> int | None
     return max(1, math.ceil(steps / default_evals))
 
 
-def _prepare(accelerator, model, optimizer, loader, streamed: bool, own_model: bool = False):
-    if own_model:
-        # Sharded by --fsdp already: accelerate would wrap it again (DistributedDataParallel).
-        if streamed:
-            return model, accelerator.prepare(optimizer), loader
-        optimizer, loader = accelerator.prepare(optimizer, loader, device_placement=[True, False])
-        return model, optimizer, loader
+def _prepare(accelerator, model, optimizer, loader, streamed: bool):
     if streamed:
         # A stream's loader is not prepared: accelerate's reads one batch ahead, and the stream's position
         # saved at a step boundary must be that of the batches trained on.
@@ -241,9 +238,10 @@ def _check_stream(cfg: TrainConfig, accelerator) -> None:
         raise UsageError("--gradual-unfreeze on a stream has no epochs to unfreeze by: pass --unfreeze-every N")
 
 
-def _check_patience(cfg: TrainConfig, evaluate_fn, evaluations) -> None:
+def _check_patience(cfg: TrainConfig, objective: Objective) -> None:
     """--patience counts evaluations of a selection score: a run without them cannot stop early."""
-    if cfg.patience and (evaluate_fn is None or not evaluations):
+    scored = objective.evaluate is not None and objective.select is not None
+    if cfg.patience and (not scored or not (cfg.eval_every or objective.evaluations)):
         raise UsageError("--patience counts evaluations without improvement, and this run has none; drop --patience")
 
 
@@ -281,18 +279,18 @@ def _loader(dataset, collate_fn, cfg: TrainConfig, lengths, generator, pin: bool
 class _Loop:
     """One run of the loop: its state, and what one step, one evaluation and one checkpoint do to it."""
 
-    def __init__(self, accelerator, model, optimizer, scheduler, unfreezing, cfg: TrainConfig, steps: int,
-                 progress: Progress, *, evaluate_fn, eval_every, select, batch_transform, random_source, runlog,
-                 checkpoints, generator, stream=None, loss_fn=None, stop_when=None):
+    def __init__(self, accelerator, model, optimizer, scheduler, cfg: TrainConfig, objective: Objective, *,
+                 steps: int, progress: Progress, unfreezing, eval_every, runlog, generator, stream=None,
+                 checkpoints=None):
         import torch
 
         self.accelerator, self.model, self.optimizer, self.scheduler = accelerator, model, optimizer, scheduler
-        self.unfreezing, self.cfg, self.steps, self.progress = unfreezing, cfg, steps, progress
-        self.evaluate_fn, self.eval_every, self.select = evaluate_fn, eval_every, select
-        self.batch_transform, self.random_source, self.runlog = batch_transform, random_source, runlog
+        self.cfg, self.objective, self.steps, self.progress = cfg, objective, steps, progress
+        self.unfreezing, self.eval_every, self.runlog = unfreezing, eval_every, runlog
+        self.random_source = objective.generator_owner  # its generator's state is checkpointed
         self.checkpoints, self.generator = checkpoints, generator
         self.stream = stream  # a BlockStream (--streaming): its position is saved with each checkpoint
-        self.loss_fn, self.stop_when, self.stopped = loss_fn, stop_when, False
+        self.stopped = False
         from accelerate.utils import send_to_device
 
         self.send_to_device = send_to_device  # looked up once, not in every step
@@ -303,7 +301,6 @@ class _Loop:
         self.epoch_sampler_state = generator.get_state()  # the sampler's state when this epoch began
         self.restored_rng: dict | None = None  # until the first batch of a resumed run
         self.start = self.eval_seconds = 0.0
-        self.sharded = sharding.is_sharded(accelerator.unwrap_model(model))  # FSDP2: every process saves
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
 
@@ -311,10 +308,8 @@ class _Loop:
         """Continue exactly where the checkpoint at `path` stopped."""
         from nlptl.checkpoint import load_training
 
-        model = self.accelerator.unwrap_model(self.model)
-        sharding.check_layout(path, model, self.accelerator.num_processes)
-        load = sharding.load_training if sharding.is_sharded(model) else load_training
-        state, rng, self.best_state = load(path, model, self.optimizer, self.scheduler)
+        state, rng, self.best_state = load_training(path, self.accelerator.unwrap_model(self.model), self.optimizer,
+                                                    self.scheduler)
         restored = TrainState.from_dict(state)
         restored.tokens = self.state.tokens + restored.tokens
         restored.running = self.state.running + restored.running
@@ -383,11 +378,12 @@ class _Loop:
     def train_step(self, batch) -> bool:
         """One micro-batch; True when it completed an optimizer step."""
         accelerator, state = self.accelerator, self.state
-        if self.batch_transform is not None:
-            batch = self.batch_transform(batch)  # on the loader's CPU batch
+        objective = self.objective
+        if objective.transform is not None:
+            batch = objective.transform(batch)  # on the loader's CPU batch
         batch = self.send_to_device(batch, accelerator.device, non_blocking=True)
         with accelerator.accumulate(self.model):
-            loss = self.loss_fn(self.model, batch) if self.loss_fn is not None else self.model(**batch).loss
+            loss = objective.step_loss(self.model, batch)
             accelerator.backward(loss)
             if accelerator.sync_gradients and self.unfreezing is not None:
                 self.unfreezing.update(state.step)
@@ -405,14 +401,14 @@ class _Loop:
             return False
         self.scheduler.step()
         state.step += 1
-        if self.stop_when is not None and self.stop_when(state.step, loss.detach()):
+        if objective.stop_when is not None and objective.stop_when(state.step, loss.detach()):
             self.stopped = True
             return True
         if state.step % self.cfg.log_every == 0 or state.step == self.steps:
             self.log_loss()
         else:
             self.progress.update(state.step, {})
-        if self.evaluate_fn is not None and self.eval_every and (
+        if objective.evaluate is not None and self.eval_every and (
                 state.step % self.eval_every == 0 or state.step == self.steps):
             self.evaluate()
         return True
@@ -452,26 +448,23 @@ class _Loop:
     def evaluate(self) -> None:
         """Score the model (its time is not training time); with `select`, keep the best weights."""
         state, t = self.state, time.perf_counter()
-        with sharding.gathered(self.model) if self.sharded else contextlib.nullcontext():
-            metrics = self.evaluate_fn(self.model)
+        metrics = self.objective.evaluate(self.model)
         self.model.train()
         self.eval_seconds += time.perf_counter() - t
         self.record({"step": state.step, **{f"eval_{k}": v for k, v in metrics.items()}})
         self.progress.note(f"{self.progress.description} step {state.step}: "
                            + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-        if self.select is None:
+        if self.objective.select is None:
             return
-        value, mode, previous = metrics[self.select[0]], self.select[1], state.best_value
+        (name, mode), previous = self.objective.select, state.best_value
+        value = metrics[name]
         # "max_latest": a tie goes to the later checkpoint (adapt's probe: equal task features, more adaptation).
         better = {"max": value > (state.best_value or 0), "min": value < (state.best_value or 0),
                   "max_latest": value >= (state.best_value or 0)}[mode]
         if state.best_value is None or better:
             state.best_value, state.best, state.best_step = value, dict(metrics), state.step
-            model = self.accelerator.unwrap_model(self.model)
-            if self.sharded:  # this process's shards, where they are
-                self.best_state = sharding.local_copy(model)
-            else:
-                self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            weights = self.accelerator.unwrap_model(self.model).state_dict()
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
         if self.cfg.patience:
             self.count_patience(value, previous, lower=mode == "min")
 
@@ -484,7 +477,7 @@ class _Loop:
         state.stale_evals = 0 if improved else state.stale_evals + 1
         if state.stale_evals < cfg.patience or state.step >= self.steps:
             return
-        reason = (f"no improvement of {self.select[0]} beyond {margin:g} in {cfg.patience} evaluations "
+        reason = (f"no improvement of {self.objective.select[0]} beyond {margin:g} in {cfg.patience} evaluations "
                   f"(best {state.best_value:.4g} at step {state.best_step})")
         state.stopped_early = {"step": state.step, "best_step": state.best_step, "reason": reason}
         self.stopped = True
@@ -511,14 +504,9 @@ class _Loop:
         if self.stream is not None:  # each process reads its own shard: every position is kept, by rank
             mine = [self.stream.state_dict()]
             rng["streams"] = gather_object(mine) if accelerator.num_processes > 1 else mine
-        model, path = accelerator.unwrap_model(self.model), None
-        if self.sharded:  # every process writes its shards
-            path = sharding.save_training(self.checkpoints, state.step, model, self.optimizer, self.scheduler, rng,
-                                          state.to_dict(), self.best_state, self.cfg.keep_last, accelerator)
-        elif accelerator.is_main_process:
-            path = save_training(self.checkpoints, state.step, model, self.optimizer, self.scheduler, rng,
-                                 state.to_dict(), self.best_state, self.cfg.keep_last)
-        if path is not None:
+        if accelerator.is_main_process:
+            path = save_training(self.checkpoints, state.step, accelerator.unwrap_model(self.model), self.optimizer,
+                                 self.scheduler, rng, state.to_dict(), self.best_state, self.cfg.keep_last)
             self.progress.note(message.format(path=path) if message else f"checkpoint: {path}")
         accelerator.wait_for_everyone()
 
@@ -531,18 +519,13 @@ class _Loop:
         on_cuda = accelerator.device.type == "cuda"
         peak = torch.cuda.max_memory_allocated(accelerator.device) / 2**30 if on_cuda else None
         self.progress.close()
-        if self.evaluate_fn is not None and self.select is not None and self.best_state is None:
+        if self.objective.evaluate is not None and self.objective.select is not None and self.best_state is None:
             self.evaluate()
         tokens = int(accelerator.reduce(state.tokens, reduction="sum").item())
         accelerator.wait_for_everyone()
         model = accelerator.unwrap_model(self.model)
         if self.best_state is not None and state.best_step != state.step:
-            if self.sharded:
-                sharding.load_weights(model, self.best_state)
-            else:
-                model.load_state_dict(self.best_state)
-        if self.sharded:  # the full weights, gathered once on every process: a plain model from here on
-            sharding.unshard(model)
+            model.load_state_dict(self.best_state)
         return model, TrainResult(steps=state.step, train_seconds=train_seconds, train_tokens=tokens, n_train=n_train,
                                   final_loss=state.final_loss, history=state.history, best=state.best,
                                   best_step=state.best_step, device=accelerator.device.type, peak_memory_gib=peak,

@@ -43,8 +43,8 @@ def test_stage_defaults_differ_where_the_recipe_does():
     assert PretrainConfig(corpus="x").lr == 5e-4
     assert AdaptConfig(corpus="x").warmup_ratio == 0.05
     assert FinetuneConfig().batch_size == 32 and FinetuneConfig().epochs == 3.0
-    # --lr, not given, is chosen by the checkpoint in finetune (stages/classifier.py rates_for) and by
-    # the objective in adapt (stages/adapt.py ADAPT_LR; tests/test_contrastive.py); only there.
+    # --lr, not given, is chosen by the checkpoint in finetune and by the objective in adapt (nlptl/rates.py);
+    # only there (tests/test_rates.py).
     assert FinetuneConfig().lr is None and resolve(FinetuneConfig, sets=["lr=null"]).lr is None
     assert AdaptConfig(corpus="x").lr is None
     with pytest.raises(UsageError, match="--lr expects a number"):

@@ -14,6 +14,7 @@ import torch
 
 from nlptl.config import TrainConfig
 from nlptl.data.masking import MaskingCollator
+from nlptl.objective import Objective
 from nlptl.runtime import make_accelerator
 from nlptl.train import train
 
@@ -71,7 +72,7 @@ def test_masking_runs_on_cpu_batches_before_the_device_copy(monkeypatch):
 
     cfg = TrainConfig(lr=1e-2, warmup_ratio=0.0, log_every=1, precision="fp32", max_steps=3, batch_size=4)
     accelerator = make_accelerator("fp32")
-    train(accelerator, Toy(events), blocks(), collator.stack, cfg, description="test", batch_transform=transform)
+    train(accelerator, Toy(events), blocks(), cfg, Objective(collator.stack, transform=transform), description="test")
     steps = [e[0] for e in events]
     assert steps == ["mask", "to_device", "forward"] * 3, events
     assert all(device == "cpu" for kind, device in events if kind == "mask")
@@ -106,8 +107,8 @@ def test_training_puts_model_and_batches_on_the_gpu():
     events: list = []
     collator = MaskingCollator(Tokenizer(), 0.3, seed=1)
     cfg = TrainConfig(lr=1e-2, warmup_ratio=0.0, log_every=1, precision="bf16", max_steps=2, batch_size=4)
-    model, result = train(make_accelerator("bf16"), Toy(events), blocks(), collator.stack, cfg, description="test",
-                          batch_transform=collator.transform)
+    model, result = train(make_accelerator("bf16"), Toy(events), blocks(), cfg,
+                          Objective(collator.stack, transform=collator.transform), description="test")
     assert result.steps == 2
     assert {device for kind, device in events if kind == "forward"} == {"cuda"}
 
@@ -119,8 +120,8 @@ def test_the_run_states_its_global_batch_and_learning_rate(caplog):
     collator = MaskingCollator(Tokenizer(), 0.3, seed=1)
     cfg = TrainConfig(lr=3e-4, warmup_ratio=0.0, precision="fp32", max_steps=1, batch_size=4, grad_accum=2)
     with caplog.at_level(logging.INFO, logger="nlptl"):
-        train(make_accelerator("fp32", 2), Toy([]), blocks(), collator.stack, cfg, description="adapt",
-              batch_transform=collator.transform)
+        train(make_accelerator("fp32", 2), Toy([]), blocks(), cfg,
+              Objective(collator.stack, transform=collator.transform), description="adapt")
     text = caplog.text
     assert "global batch 8 (4 per process x 1 process(es) x 2 accumulation)" in text, text
     assert "peak lr 0.0003" in text and "cpu, fp32" in text

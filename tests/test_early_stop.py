@@ -204,20 +204,23 @@ def test_resuming_the_checkpoint_of_a_stopped_run_trains_no_further(tmp_path, ca
     import logging
 
     from nlptl.config import TrainConfig
+    from nlptl.objective import Objective
     from nlptl.runtime import make_accelerator
-    from nlptl.train import train
+    from nlptl.train import Checkpoints, train
 
     cfg = TrainConfig(lr=1e-2, warmup_ratio=0.0, log_every=1, precision="fp32", batch_size=4, max_steps=10,
                       eval_every=1, save_every=2, patience=2)
     evaluate_fn, _ = plateau([0.5, 0.7, 0.6, 0.6])
-    _, first = train(make_accelerator("fp32"), Toy(), toy_data(40), collate, cfg, description="t",
-                     evaluate_fn=evaluate_fn, select=("accuracy", "max"), checkpoints=tmp_path)
+    _, first = train(make_accelerator("fp32"), Toy(), toy_data(40), cfg,
+                     Objective(collate, evaluate=evaluate_fn, select=("accuracy", "max")), description="t",
+                     checkpoints=Checkpoints(tmp_path))
     assert first.steps == 4 and (tmp_path / "step-000004").is_dir()
     calls = []
     with caplog.at_level(logging.INFO, logger="nlptl"):
-        model, again = train(make_accelerator("fp32"), Toy(), toy_data(40), collate, cfg, description="t",
-                             evaluate_fn=lambda m: calls.append(1) or {"accuracy": 1.0}, select=("accuracy", "max"),
-                             checkpoints=tmp_path, resume_from=tmp_path / "step-000004")
+        objective = Objective(collate, evaluate=lambda m: calls.append(1) or {"accuracy": 1.0},
+                              select=("accuracy", "max"))
+        model, again = train(make_accelerator("fp32"), Toy(), toy_data(40), cfg, objective, description="t",
+                             checkpoints=Checkpoints(tmp_path, resume_from=tmp_path / "step-000004"))
     assert again.steps == 4 and again.best_step == 2 and not calls and again.stopped_early == first.stopped_early
     assert any("stopped early at step 4" in r.getMessage() and "nothing more to train" in r.getMessage()
                for r in caplog.records)

@@ -126,6 +126,7 @@ def test_frozen_groups_do_not_move_in_the_loop(tmp_path):
     from accelerate import Accelerator
 
     from nlptl.config import TrainConfig
+    from nlptl.objective import Objective
     from nlptl.train import train
 
     torch.manual_seed(0)
@@ -138,7 +139,7 @@ def test_frozen_groups_do_not_move_in_the_loop(tmp_path):
                 "labels": torch.stack([r["labels"] for r in rows])}
 
     cfg = TrainConfig(max_steps=4, batch_size=4, lr=1e-2, gradual_unfreeze=True, unfreeze_every=2, warmup_ratio=0.0)
-    model, result = train(Accelerator(cpu=True), model, data, collate, cfg, description="test")
+    model, result = train(Accelerator(cpu=True), model, data, cfg, Objective(collate), description="test")
     assert result.steps == 4
     moved = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
     assert any(n.startswith("classifier") for n in moved)

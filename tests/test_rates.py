@@ -21,11 +21,14 @@ def ref(lineage: dict):
 
 
 def finetune_rates(lineage: dict, **kw) -> tuple:
-    """(lr, head_lr, the choice's value or None) finetune trains at without --lr auto."""
-    from nlptl import handoff
+    """(lr, head_lr, the choice's value or None) finetune trains at without --lr auto, as its config holds them."""
+    from nlptl import handoff, rates
 
-    cfg, choice = handoff.finetune_rates(finetune_cfg(**kw), ref(lineage))
-    return cfg.lr, cfg.head_lr, choice.value if choice else None
+    cfg = finetune_cfg(**kw)
+    chosen = rates.resolve(cfg, origin=handoff.origin(ref(lineage)))
+    trained = chosen.apply(cfg)
+    assert (trained.lr, trained.head_lr) == (chosen.lr, chosen.head_lr)
+    return trained.lr, trained.head_lr, chosen.choice.value if chosen.choice else None
 
 
 @pytest.mark.parametrize(("lineage", "rates"), [
@@ -56,15 +59,31 @@ def test_a_given_lr_is_kept_whatever_the_body(lineage):
     (SCRATCH, 3.5e-3, 3.5e-3),  # no cap for a body trained from scratch
 ])
 def test_lr_auto_is_capped_by_origin(lineage, found, trained):
-    from nlptl import handoff
+    from nlptl import handoff, rates
 
-    rate, choice = handoff.capped_auto_rate(found, ref(lineage))
+    rate, choice = rates.capped(found, handoff.origin(ref(lineage)))
     assert rate == choice.value == trained
     assert ("capped" in choice.why) == (trained != found)
+    # The record of the range test keeps the rate trained with (`lr`) and, when capped, the one found.
+    record = {"lr": rate, **({"found": found} if rate != found else {})}
+    chosen = rates.resolve(finetune_cfg(lr="auto"), origin=handoff.origin(ref(lineage)), range_test=record)
+    assert (chosen.lr, chosen.choice) == (trained, choice)
+
+
+def test_lr_auto_for_a_language_model_is_the_range_tests_rate():
+    from nlptl import rates
+
+    chosen = rates.resolve(adapt_cfg(lr="auto", corpus="reviews"), objective="mlm", range_test={"lr": 2e-3})
+    assert (chosen.lr, chosen.head_lr, chosen.choice) == (2e-3, None, None)
 
 
 @pytest.mark.parametrize(("objective", "lr"), [("mlm", 1e-4), ("clm", 1e-4), ("auto", 1e-4), ("contrastive", 2e-5)])
 def test_adapt_default_rate_by_objective(objective, lr):
+    from nlptl import rates
+
     task = {"corpus": "task:x", "train_file": "train.csv"} if objective == "contrastive" else {"corpus": "reviews"}
-    assert adapt_cfg(lr=None, objective=objective, **task).with_default_lr().lr == lr
-    assert adapt_cfg(lr=5e-4, objective=objective, **task).with_default_lr().lr == 5e-4
+    resolved = "mlm" if objective == "auto" else objective  # what the stage resolves --objective auto to first
+    unset = adapt_cfg(lr=None, objective=objective, **task)
+    chosen = rates.resolve(unset, objective=resolved)
+    assert chosen.apply(unset).lr == chosen.choice.value == lr
+    assert rates.resolve(adapt_cfg(lr=5e-4, objective=objective, **task), objective=resolved).lr == 5e-4

@@ -12,6 +12,7 @@ import torch
 
 from nlptl.config import TrainConfig
 from nlptl.errors import NlptlError
+from nlptl.objective import Objective
 from nlptl.runtime import make_accelerator
 from nlptl.train import total_steps, train
 
@@ -48,8 +49,17 @@ def collate(examples):
 def run_cfg(model, data, evaluate_fn=None, select=None, default_evals=0, **kw):
     cfg = TrainConfig(**{"lr": 1e-2, "warmup_ratio": 0.0, "log_every": 1, "precision": "fp32", **kw})
     accelerator = make_accelerator("fp32", cfg.grad_accum)
-    return train(accelerator, model, data, collate, cfg, description="test", evaluate_fn=evaluate_fn, select=select,
-                 default_evals=default_evals)
+    objective = Objective(collate, evaluate=evaluate_fn, select=select, evaluations=default_evals)
+    return train(accelerator, model, data, cfg, objective, description="test")
+
+
+def test_the_loop_takes_the_model_the_data_the_config_and_the_objective():
+    """train() gets one objective object (objective.py), not a hook per thing a stage does differently."""
+    import inspect
+
+    params = inspect.signature(train).parameters
+    assert len(params) <= 8, list(params)
+    assert list(params)[:5] == ["accelerator", "model", "train_dataset", "cfg", "objective"]
 
 
 def test_total_steps():

@@ -82,14 +82,14 @@ def adapt(run: Run, ref, corpora: list, probe) -> dict:
 
 def adapt_choices(cfg: AdaptConfig, model: dict, carried) -> list:
     """adapt's `auto` choices, each with its reason (handoff.Choice)."""
-    from nlptl import handoff
+    from nlptl import handoff, rates
 
     choices = [carried]
     if cfg.objective == "auto":
         choices.append(handoff.Choice("objective", model["objective"], "the family's language-model objective "
                                       "(MLM where transformers has a masked-LM class, else CLM)"))
-    if cfg.lr is None:
-        choices.append(handoff.Choice("lr", cfg.with_default_lr().lr, f"the default for --objective {model['objective']}"))
+    if cfg.lr is None:  # the default for the objective (--lr auto chooses in the loop's stage: lm_stage)
+        choices.append(rates.resolve(cfg, objective=model["objective"]).choice)
     if model["head_added"] and cfg.head_warmup and not cfg.lora:
         choices.append(handoff.Choice("head_warmup", cfg.head_warmup, "the checkpoint has no LM head: the new one "
                                       "trains alone for this share of the steps, the body frozen"))

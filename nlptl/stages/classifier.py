@@ -5,6 +5,7 @@ trained on the task data (`fit`; the data itself: data/task_data.py `prepare`), 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -38,7 +39,6 @@ def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator, run: Ru
     evaluation and raise Collapsed when it predicts one class for nearly the whole eval set. `by_class`: the
     best metrics also hold the kept checkpoint's results per class and its confusion matrix (a learning
     curve's points need only the scores)."""
-    from nlptl.data.collate import classification_collator
     from nlptl.evaluation import classification_metrics, classify, per_class
     from nlptl.train import train
 
@@ -46,7 +46,8 @@ def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator, run: Ru
     guard = guard and first_evaluation(cfg, len(train_ds), accelerator.num_processes) >= GUARD_FROM_STEP
     model = new_classifier(cfg, ref, data)
     peft_model = models_lora(model, cfg)
-    collate = classification_collator(data.tokenizer)
+    objective = classification(cfg, data, train_ds)
+    collate = objective.collate
     threshold = cfg.threshold
     shape = data.task_shape
     collapsed: list[float] = []  # the top prediction share of a guarded run's first evaluation
@@ -62,12 +63,11 @@ def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator, run: Ru
         # Checked at the step after the first evaluation (the loop asks before it evaluates).
         return bool(collapsed) and collapsed[0] > COLLAPSED
 
-    loss_fn = weighted_loss(cfg, data, train_ds)
-    checkpointing = run.resume_args() if run is not None else {}
-    model, result = train(accelerator, model, train_ds, collate, cfg, description="finetune",
-                          evaluate_fn=evaluate_fn, select=shape.select, default_evals=4,
-                          lengths=[len(ids) for ids in train_ds["input_ids"]], runlog=runlog, loss_fn=loss_fn,
-                          head_lr=cfg.head_lr, stop_when=stop_when if guard else None, **checkpointing)
+    # Four evaluations by default, the best by the task shape's score kept; a guarded run stops at a collapse.
+    objective = dataclasses.replace(objective, evaluate=evaluate_fn, select=shape.select, evaluations=4,
+                                    stop_when=stop_when if guard else None)
+    model, result = train(accelerator, model, train_ds, cfg, objective, description="finetune",
+                          checkpoints=run.checkpoints() if run is not None else None, runlog=runlog)
     if guard and collapsed and collapsed[0] > COLLAPSED:
         raise Collapsed(result.best_step or result.steps, collapsed[0])
     best = result.best or evaluate_fn(model)
@@ -94,6 +94,15 @@ def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator, run: Ru
     # With LoRA, train() trained the model inside the PeftModel (the adapters live in it, in place);
     # the PeftModel is what saves the adapter and merges.
     return (peft_model if peft_model is not None else model), result, best
+
+
+def classification(cfg: FinetuneConfig, data: TaskData, train_ds):
+    """A classifier's objective on `train_ds` (objective.py): the task's batches, of similar lengths, and
+    its loss, weighted by class with --class-weights. What fit() trains on, and the range test too."""
+    from nlptl.data.collate import classification_collator
+    from nlptl.objective import Objective
+
+    return Objective(classification_collator(data.tokenizer), loss=weighted_loss(cfg, data, train_ds), by_length=True)
 
 
 def first_evaluation(cfg: FinetuneConfig, n_train: int, processes: int) -> int:
@@ -171,16 +180,6 @@ def weighted_loss(cfg: FinetuneConfig, data: TaskData, train_ds):
     return loss_fn
 
 
-def rates_for(cfg: FinetuneConfig, ref) -> FinetuneConfig:
-    """`cfg` with --lr (and --head-lr) resolved for the checkpoint `ref` (handoff.finetune_rates: the rule
-    by where the body comes from), the choice logged."""
-    from nlptl import handoff
-
-    cfg, choice = handoff.finetune_rates(cfg, ref)
-    handoff.announce(choice)
-    return cfg
-
-
 def with_min_steps(cfg: FinetuneConfig, n_train: int, processes: int = 1) -> FinetuneConfig:
     """`cfg` with --max-steps raised to --min-steps when --epochs would give fewer steps: the step count
     must not collapse with the label count (3 epochs of 64 labels at batch 32 are 6 updates, too few for
@@ -201,37 +200,31 @@ def with_min_steps(cfg: FinetuneConfig, n_train: int, processes: int = 1) -> Fin
 
 
 def choose_rates(cfg: FinetuneConfig, ref, data: TaskData, accelerator, out: Path | None):
-    """finetune's rates: --lr as given, the range test's (--lr auto, capped for a pretrained body) or the
-    default for the body's origin. Returns (config with them, the range test's record or None, the
-    handoff.Choice or None when --lr was given)."""
-    from nlptl import handoff
+    """finetune's rates (rates.resolve): --lr as given, the range test's (--lr auto, capped for a pretrained
+    body) or the default for the body's origin. Returns (config with them, the range test's record or None,
+    the handoff.Choice or None when --lr was given)."""
+    from nlptl import handoff, rates
 
-    if cfg.lr != "auto":
-        train_cfg, choice = handoff.finetune_rates(cfg, ref)
-        return train_cfg, None, choice
-    train_cfg, record = auto_lr(cfg, ref, data, accelerator, out)
-    return train_cfg, record, handoff.capped_auto_rate(record.get("found", record["lr"]), ref)[1]
+    record = auto_lr(cfg, ref, data, accelerator, out) if cfg.lr == "auto" else None
+    chosen = rates.resolve(cfg, origin=handoff.origin(ref), range_test=record)
+    return chosen.apply(cfg), record, chosen.choice
 
 
-def auto_lr(cfg: FinetuneConfig, ref, data: TaskData, accelerator, out: Path | None):
-    """--lr auto: the rate a range test on the training split picks, on a new classifier like the one the
-    stage then trains, capped for a pretrained body (handoff.capped_auto_rate); lr_find.rate_for: a resumed
-    run reuses it. Returns (config with it, record)."""
-    from nlptl import handoff, lr_find
-    from nlptl.data.collate import classification_collator
+def auto_lr(cfg: FinetuneConfig, ref, data: TaskData, accelerator, out: Path | None) -> dict:
+    """--lr auto: the range test's record, on a new classifier like the one the stage then trains; its rate
+    capped for a pretrained body (rates.capped); lr_find.range_test_record: a resumed run reuses it."""
+    from nlptl import handoff, lr_find, rates
 
     def search() -> dict:
         model = new_classifier(cfg, ref, data)
         models_lora(model, cfg)
-        record = lr_find.range_test(accelerator, model, data.train, classification_collator(data.tokenizer), cfg,
-                                    lengths=[len(ids) for ids in data.train["input_ids"]],
-                                    loss_fn=weighted_loss(cfg, data, data.train))
-        capped, _ = handoff.capped_auto_rate(record["lr"], ref)
+        record = lr_find.range_test(accelerator, model, data.train, cfg, classification(cfg, data, data.train))
+        capped, _ = rates.capped(record["lr"], handoff.origin(ref))
         if capped != record["lr"]:
             record.update(found=record["lr"], lr=capped)
         return record
 
-    return lr_find.rate_for(cfg, out, accelerator, search)
+    return lr_find.range_test_record(cfg, out, accelerator, search)
 
 
 AUTO_RETRIES = 2  # --lr auto: a collapsed run is retried at a tenth of its rate, this many times at most

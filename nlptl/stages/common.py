@@ -4,7 +4,7 @@ A `Run` is one invocation of such a stage, from its opening to its closing. The 
 (`open_stage` for the training stages, `open_product` for export and merge): --out resolved, locked for
 this run and checked before anything heavy runs (and for a training stage --resume, --report-to and
 --push-to-hub). Then the accelerator with its trackers and the seed (`start`), the run log
-(`Run.open_log`) and the checkpointing arguments of the loop (`Run.resume_args`). The closing
+(`Run.open_log`) and the checkpointing arguments of the loop (`Run.checkpoints`). The closing
 (`write_stage`): the stage's files, metrics and record written into a staging directory, renamed into
 --out at once, then uploaded with --push-to-hub (`upload`); leaving the `with` block releases the lock.
 """
@@ -74,13 +74,14 @@ class Run:
         self.runlog = RunLog(accelerator, self.out, self.stage, to_dict(self.cfg), resume=self.checkpoint is not None)
         return self.runlog
 
-    def resume_args(self) -> dict:
-        """Checkpointing arguments of train(): where checkpoints go, the one to resume, how to resume
-        this run, and what a resumed run must share."""
+    def checkpoints(self):
+        """The run's train.Checkpoints: where they go, the one to resume, how to resume this run, and what
+        a resumed run must share."""
         from nlptl.rundir import checkpoints_dir, resume_hint
+        from nlptl.train import Checkpoints
 
-        return {"checkpoints": checkpoints_dir(self.out), "resume_from": self.checkpoint,
-                "resume_hint": resume_hint(self.out, self.command), "identity": self.identity}
+        return Checkpoints(checkpoints_dir(self.out), self.checkpoint, resume_hint(self.out, self.command),
+                           self.identity)
 
 
 def open_stage(cfg: TrainConfig, stage: str, from_path: str | None, inputs: dict | None = None,

@@ -113,15 +113,15 @@ def contrastive_stage(run: Run, ref, *, accelerator, lineage: dict) -> dict:
     """Train `ref`'s encoder on label pairs of the task's --train file and write the run's directory."""
     from transformers import AutoModel
 
-    from nlptl import handoff, models
+    from nlptl import handoff, models, rates
+    from nlptl.objective import Objective
     from nlptl.train import train
 
     cfg = run.cfg
     config, tokenizer = models.load_config_and_tokenizer(ref)
     pooling_choice = handoff.pooling(ref, config, cfg.pooling, sentence=True)
-    lr_choice = (handoff.Choice("lr", cfg.with_default_lr().lr, "the default for --objective contrastive (SetFit's "
-                                "body rate)") if cfg.lr is None else None)
-    choices = handoff.announce(pooling_choice, lr_choice)
+    chosen = rates.resolve(cfg, objective="contrastive")
+    choices = handoff.announce(pooling_choice, chosen.choice)
     pooling = pooling_choice.value
     spec, names, input_ids, labels = labelled_texts(cfg, tokenizer, accelerator)
     pairs = draw_pairs(labels, cfg.pairs_per_example, cfg.seed)
@@ -145,15 +145,16 @@ def contrastive_stage(run: Run, ref, *, accelerator, lineage: dict) -> dict:
     def score(m) -> float:
         return mean_pair_loss(m, scored, collate, cfg.batch_size, accelerator.device)
 
-    train_cfg = cfg.with_default_lr()  # the record keeps --lr as given; training gets the rate
+    train_cfg = chosen.apply(cfg)  # the record keeps --lr as given; training gets the rate
     with run.open_log(accelerator) as runlog:
         before = score(model.to(accelerator.device))
         runlog.log({"step": 0, "eval_pair_loss": before})
-        # --patience: evaluations on the held-out pairs, the best checkpoint kept (none otherwise).
-        selection = ({"evaluate_fn": lambda m: {"pair_loss": score(accelerator.unwrap_model(m))},
-                      "select": ("pair_loss", "min"), "default_evals": 4} if cfg.patience else {})
-        model, result = train(accelerator, model, pairs, collate, train_cfg, description="adapt (contrastive)",
-                              runlog=runlog, **selection, **run.resume_args())
+        # The pair loss on batches of pairs; with --patience, evaluations on the held-out pairs, the best
+        # checkpoint kept (none otherwise).
+        selection = ({"evaluate": lambda m: {"pair_loss": score(accelerator.unwrap_model(m))},
+                      "select": ("pair_loss", "min"), "evaluations": 4} if cfg.patience else {})
+        model, result = train(accelerator, model, pairs, train_cfg, Objective(collate, **selection),
+                              description="adapt (contrastive)", checkpoints=run.checkpoints(), runlog=runlog)
         after = score(model)
         runlog.log({"step": result.steps, "eval_pair_loss": after})
     metrics = {

@@ -22,7 +22,7 @@ from pathlib import Path
 from nlptl.config import to_dict
 from nlptl.data.task_data import prepare
 from nlptl.errors import UsageError
-from nlptl.stages.classifier import auto_lr, fit, rates_for
+from nlptl.stages.classifier import choose_rates, fit
 from nlptl.stages.common import Run, start, write_stage
 
 log = logging.getLogger("nlptl")
@@ -51,7 +51,7 @@ def model_name(ref) -> str:
 
 
 def learning_curve(run: Run, refs: list, spec) -> dict:
-    from nlptl import console
+    from nlptl import console, handoff
     from nlptl.rundir import lineage_of
     from nlptl.runtime import seed_everything
 
@@ -66,11 +66,11 @@ def learning_curve(run: Run, refs: list, spec) -> dict:
     for ref, name in zip(refs, names, strict=True):
         data = prepare(cfg, ref, spec, accelerator)
         keys = data.task_shape.curve
-        model_cfg = rates_for(cfg, ref)  # each model its own default rates (one may be a contrastive run)
-        if cfg.lr == "auto":
-            # One range test per model, on its whole training split: the points' subsets are too small
-            # (and too many) to each get their own.
-            model_cfg, record = auto_lr(cfg, ref, data, accelerator, None)
+        # Each model its own rates (one may be a contrastive run). --lr auto: one range test per model, on
+        # its whole training split: the points' subsets are too small (and too many) to each get their own.
+        model_cfg, record, choice = choose_rates(cfg, ref, data, accelerator, None)
+        handoff.announce(choice)
+        if record is not None:
             found[name] = record["lr"]
         for n in points(counts, len(data.train)):
             for k in range(cfg.seeds):
