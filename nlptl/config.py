@@ -133,6 +133,9 @@ class TrainConfig:
     precision: str = opt("auto", "auto (bf16 where the hardware has it, else fp32), fp32, bf16 or fp16.", choices=PRECISIONS)
     compile: bool = opt(False, "torch.compile the model for training (off by default: on a CPU the compile time "
                                "can outweigh the gain of a short run; see docs/performance.md).", negatable=True)
+    fsdp: bool = opt(False, "With several processes (torchrun, accelerate launch): shard the weights, gradients and "
+                     "optimizer state over them (FSDP2, each transformer block a unit); checkpoints are sharded too "
+                     "and resume on the same number of processes. With one process: no effect.")
     schedule: str = opt("linear", "Learning-rate schedule: linear (warmup + decay), stlr (slanted triangular), one-cycle, cosine, constant.", choices=SCHEDULES)
     cut_frac: float = opt(0.1, "stlr: fraction of the steps spent increasing the learning rate (ULMFiT: 0.1).")
     stlr_ratio: float = opt(32.0, "stlr: how much smaller the lowest learning rate is than the peak (ULMFiT: 32).")

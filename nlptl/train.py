@@ -9,6 +9,7 @@ saves and a resumed run starts from.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import signal
@@ -17,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nlptl import sharding
 from nlptl.config import TrainConfig
 from nlptl.console import Progress
 from nlptl.errors import Interrupted, NlptlError, UsageError
@@ -128,6 +130,7 @@ def train(accelerator, model, train_dataset, cfg: TrainConfig, objective: Object
 
     from nlptl.optim import build_optimizer, build_schedule
 
+    sharding.check_supported(accelerator)
     # What this run cannot do, said before anything is built.
     stream = train_dataset if isinstance(train_dataset, torch.utils.data.IterableDataset) else None
     if stream is not None:
@@ -138,16 +141,19 @@ def train(accelerator, model, train_dataset, cfg: TrainConfig, objective: Object
     generator = torch.Generator().manual_seed(cfg.seed)
     lengths = [len(ids) for ids in train_dataset["input_ids"]] if objective.by_length else None
     loader = _loader(train_dataset, objective.collate, cfg, lengths, generator, pin=accelerator.device.type == "cuda")
+    # --fsdp shards the model before the optimizer is built: FSDP2 replaces the parameters with DTensors.
+    shard_note = sharding.shard(accelerator, model.to(accelerator.device), cfg.fsdp)
     # AdamW over layer groups: --lr at the top, divided by --discriminative-lr per group below; the head's own
     # rate where the config has one (finetune's head_lr, resolved by rates.resolve).
-    optimizer = build_optimizer(model.to(accelerator.device), cfg.lr, cfg.weight_decay, cfg.discriminative_lr,
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.discriminative_lr,
                                 head_lr=getattr(cfg, "head_lr", None))
     if cfg.compile:
         from nlptl.runtime import compile_model
 
         compile_model(model)
     # accelerate wraps what runs on several processes (DistributedDataParallel) and places it on the device.
-    model, optimizer, loader = _prepare(accelerator, model, optimizer, loader, streamed=stream is not None)
+    model, optimizer, loader = _prepare(accelerator, model, optimizer, loader, streamed=stream is not None,
+                                        own_model=sharding.is_sharded(model))
     # The length of the run, in optimizer steps.
     steps = cfg.max_steps if stream is not None else total_steps(cfg, len(loader))
     # Stepped by hand once per optimizer update, so its length is exact whatever the number of
@@ -158,6 +164,10 @@ def train(accelerator, model, train_dataset, cfg: TrainConfig, objective: Object
     eval_every = cfg.eval_every or default_eval_every(steps, objective.evaluations, unfreezing)
     progress = Progress(description, steps, cfg.log_every)
     progress.note(_setting(description, steps, cfg, accelerator))
+    if shard_note:
+        progress.note(shard_note)
+    if sharding.is_sharded(model):  # what actually runs sharded, whoever asked for it
+        progress.note(f"sharded: {sharding.sharded_count(model)} parameters as DTensor")
     checkpoints = checkpoints or Checkpoints(path=None)  # none: a learning curve's points, a range test
     loop = _Loop(accelerator, model, optimizer, scheduler, cfg, objective, steps=steps, progress=progress,
                  unfreezing=unfreezing, eval_every=eval_every, runlog=runlog, generator=generator, stream=stream,
@@ -218,7 +228,13 @@ def default_eval_every(steps: int, default_evals: int, unfreezing) -> int | None
     return max(1, math.ceil(steps / default_evals))
 
 
-def _prepare(accelerator, model, optimizer, loader, streamed: bool):
+def _prepare(accelerator, model, optimizer, loader, streamed: bool, own_model: bool = False):
+    if own_model:
+        # Sharded by --fsdp already: accelerate would wrap it again (DistributedDataParallel).
+        if streamed:
+            return model, accelerator.prepare(optimizer), loader
+        optimizer, loader = accelerator.prepare(optimizer, loader, device_placement=[True, False])
+        return model, optimizer, loader
     if streamed:
         # A stream's loader is not prepared: accelerate's reads one batch ahead, and the stream's position
         # saved at a step boundary must be that of the batches trained on.
@@ -301,6 +317,7 @@ class _Loop:
         self.epoch_sampler_state = generator.get_state()  # the sampler's state when this epoch began
         self.restored_rng: dict | None = None  # until the first batch of a resumed run
         self.start = self.eval_seconds = 0.0
+        self.sharded = sharding.is_sharded(accelerator.unwrap_model(model))  # FSDP2: every process saves
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
 
@@ -308,8 +325,10 @@ class _Loop:
         """Continue exactly where the checkpoint at `path` stopped."""
         from nlptl.checkpoint import load_training
 
-        state, rng, self.best_state = load_training(path, self.accelerator.unwrap_model(self.model), self.optimizer,
-                                                    self.scheduler)
+        model = self.accelerator.unwrap_model(self.model)
+        sharding.check_layout(path, model, self.accelerator.num_processes)
+        load = sharding.load_training if sharding.is_sharded(model) else load_training
+        state, rng, self.best_state = load(path, model, self.optimizer, self.scheduler)
         restored = TrainState.from_dict(state)
         restored.tokens = self.state.tokens + restored.tokens
         restored.running = self.state.running + restored.running
@@ -448,7 +467,8 @@ class _Loop:
     def evaluate(self) -> None:
         """Score the model (its time is not training time); with `select`, keep the best weights."""
         state, t = self.state, time.perf_counter()
-        metrics = self.objective.evaluate(self.model)
+        with sharding.gathered(self.model) if self.sharded else contextlib.nullcontext():
+            metrics = self.objective.evaluate(self.model)
         self.model.train()
         self.eval_seconds += time.perf_counter() - t
         self.record({"step": state.step, **{f"eval_{k}": v for k, v in metrics.items()}})
@@ -463,8 +483,11 @@ class _Loop:
                   "max_latest": value >= (state.best_value or 0)}[mode]
         if state.best_value is None or better:
             state.best_value, state.best, state.best_step = value, dict(metrics), state.step
-            weights = self.accelerator.unwrap_model(self.model).state_dict()
-            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
+            model = self.accelerator.unwrap_model(self.model)
+            if self.sharded:  # this process's shards, where they are
+                self.best_state = sharding.local_copy(model)
+            else:
+                self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         if self.cfg.patience:
             self.count_patience(value, previous, lower=mode == "min")
 
@@ -504,9 +527,14 @@ class _Loop:
         if self.stream is not None:  # each process reads its own shard: every position is kept, by rank
             mine = [self.stream.state_dict()]
             rng["streams"] = gather_object(mine) if accelerator.num_processes > 1 else mine
-        if accelerator.is_main_process:
-            path = save_training(self.checkpoints, state.step, accelerator.unwrap_model(self.model), self.optimizer,
-                                 self.scheduler, rng, state.to_dict(), self.best_state, self.cfg.keep_last)
+        model, path = accelerator.unwrap_model(self.model), None
+        if self.sharded:  # every process writes its shards
+            path = sharding.save_training(self.checkpoints, state.step, model, self.optimizer, self.scheduler, rng,
+                                          state.to_dict(), self.best_state, self.cfg.keep_last, accelerator)
+        elif accelerator.is_main_process:
+            path = save_training(self.checkpoints, state.step, model, self.optimizer, self.scheduler, rng,
+                                 state.to_dict(), self.best_state, self.cfg.keep_last)
+        if path is not None:
             self.progress.note(message.format(path=path) if message else f"checkpoint: {path}")
         accelerator.wait_for_everyone()
 
@@ -525,7 +553,12 @@ class _Loop:
         accelerator.wait_for_everyone()
         model = accelerator.unwrap_model(self.model)
         if self.best_state is not None and state.best_step != state.step:
-            model.load_state_dict(self.best_state)
+            if self.sharded:
+                sharding.load_weights(model, self.best_state)
+            else:
+                model.load_state_dict(self.best_state)
+        if self.sharded:  # the full weights, gathered once on every process: a plain model from here on
+            sharding.unshard(model)
         return model, TrainResult(steps=state.step, train_seconds=train_seconds, train_tokens=tokens, n_train=n_train,
                                   final_loss=state.final_loss, history=state.history, best=state.best,
                                   best_step=state.best_step, device=accelerator.device.type, peak_memory_gib=peak,
