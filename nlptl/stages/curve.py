@@ -85,15 +85,18 @@ def learning_curve(run: Run, refs: list, spec) -> dict:
                              **{k: best[k] for k in keys}, "loss": best["loss"], "lr": run_cfg.lr,
                              "steps": result.steps, "train_seconds": round(result.train_seconds, 3)})
     summary = summarize(runs, keys)
+    plans = label_budget(runs, names, keys[0])
     config = to_dict(cfg)
     lineage = lineage_of("finetune", refs[0], mode="learning-curve", models=[r.spec for r in refs], task=cfg.task,
                          train=spec.train.record(), n_labels=[r["n_labels"] for r in summary],
                          **({"lr": {"auto": found}} if found else {}))
-    result = {"learning_curve": summary, "runs": runs, "n_eval": len(data.eval), "output_dir": str(out),
+    result = {"learning_curve": summary, "runs": runs, "label_budget": plans, "n_eval": len(data.eval),
+              "output_dir": str(out),
               "plot": str(out / "learning_curve.png"), "config": config, "lineage": lineage}
 
     def write(w) -> dict:
-        (w.path / "learning_curve.json").write_text(json.dumps({"summary": summary, "runs": runs}, indent=2))
+        (w.path / "learning_curve.json").write_text(json.dumps({"summary": summary, "runs": runs,
+                                                                "label_budget": plans}, indent=2))
         with open(w.path / "learning_curve.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(runs[0]))
             writer.writeheader()
@@ -109,6 +112,22 @@ def learning_curve(run: Run, refs: list, spec) -> dict:
                   [[r["model"], r["n_train"], *(f"{r[f'{k}_mean']:.4f} ± {r[f'{k}_std']:.4f}" for k in keys)]
                    for r in summary])
     return result
+
+
+def label_budget(runs: list[dict], names: list[str], metric: str) -> dict:
+    """What more labels are expected to buy, per model (nlptl/budget.py), each plan logged in one line."""
+    from nlptl import budget
+
+    plans = {}
+    for name in names:
+        if metric in budget.GROWING:
+            plans[name] = budget.plan([r for r in runs if r["model"] == name], metric)
+        else:  # regression's curve is RMSE, which falls as labels grow
+            grows = ", ".join(budget.GROWING)
+            plans[name] = {"ok": False, "why": f"the planner fits scores that grow with labels ({grows}); "
+                                              f"this curve's is {metric}"}
+        log.info("%s", budget.sentence(name, plans[name]))
+    return plans
 
 
 def points(counts: list[int | None], available: int) -> list[int | None]:
