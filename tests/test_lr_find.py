@@ -140,3 +140,4 @@ def test_learning_curve_searches_once_per_model(checkpoints, task_files, tmp_pat
                                        lr="auto", lr_find_steps=10, n_labels="20,40", out=str(tmp_path / "c")))
     assert len(calls) == 1
     assert len({r["lr"] for r in result["runs"]}) == 1
+    assert result["lineage"]["lr"]["auto"] == {r["model"]: r["lr"] for r in result["runs"]}

@@ -62,16 +62,13 @@ def learning_curve(run: Run, refs: list, spec) -> dict:
     if len(set(names)) < len(names):
         names = [r.spec for r in refs]
     runs: list[dict] = []
-    found: dict[str, float] = {}
     for ref, name in zip(refs, names, strict=True):
         data = prepare(cfg, ref, spec, accelerator)
         keys = data.task_shape.curve
         # Each model its own rates (one may be a contrastive run). --lr auto: one range test per model, on
         # its whole training split: the points' subsets are too small (and too many) to each get their own.
-        model_cfg, record, choice = choose_rates(cfg, ref, data, accelerator, None)
+        model_cfg, _, choice = choose_rates(cfg, ref, data, accelerator, None)
         handoff.announce(choice)
-        if record is not None:
-            found[name] = record["lr"]
         for n in points(counts, len(data.train)):
             for k in range(cfg.seeds):
                 seed = cfg.seed + k
@@ -84,6 +81,7 @@ def learning_curve(run: Run, refs: list, spec) -> dict:
                 runs.append({"model": name, "n_labels": "all" if n is None else n, "n_train": len(subset), "seed": seed,
                              **{k: best[k] for k in keys}, "loss": best["loss"], "lr": run_cfg.lr,
                              "steps": result.steps, "train_seconds": round(result.train_seconds, 3)})
+    found = {r["model"]: r["lr"] for r in runs} if cfg.lr == "auto" else {}  # each model's range test's rate
     summary = summarize(runs, keys)
     plans = label_budget(runs, names, keys[0])
     config = to_dict(cfg)
