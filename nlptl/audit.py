@@ -6,14 +6,15 @@ compares the texts checked (the data being evaluated, a run's eval file) with ev
 model's lineage (pretrain and adapt corpora, mixtures included; train and probe files):
 
 - texts are normalised (Unicode NFKC, lower case, runs of non-word characters -> one space);
-- a checked text is cut into word shingles of SHINGLE words (a shorter text is one shingle); each source
+- a checked text is cut into word shingles of SHINGLE words (a text under INSIDE words is one shingle,
+  found only as a whole document: a stock phrase inside a review is no duplicate); each source
   document is cut the same way, and a text is a **near duplicate** of a document when at least NEAR of
   its shingles occur in that document (containment, not Jaccard: a test sentence taken from a review is
   contained in it, whatever the review's length), and an **exact** duplicate when its whole normalised
   text occurs in the normalised document.
 
 The checked texts are indexed (they are the small side); sources are read once, as a stream, on
-`num_proc` processes, so memory does not grow with a corpus. Hashes: xxhash (a `datasets` dependency).
+`num_proc` processes (forked), so memory does not grow with a corpus.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ from nlptl.errors import NlptlError, UsageError
 log = logging.getLogger("nlptl")
 
 SHINGLE = 5  # words: long enough that common phrases ("this movie is one of") rarely make a whole text
+# A checked text of fewer words is a duplicate only of a document that is exactly it, never of a phrase
+# inside a longer one: stock phrases ("Highly recommended.", "Do not waste your time.") occur in many
+# reviews. The UCI sentences against 4k IMDb reviews: 139 of 3000 "found" when any text could match
+# inside a review, 19 with 5 words as the floor, every one a stock phrase (docs/results.md).
+INSIDE = 8
 NEAR = 0.8  # share of a text's shingles found in one document
 EXAMPLES = 3  # duplicates shown per source
 BATCH = 1000  # documents per unit of work
@@ -48,17 +54,18 @@ def normalise(text: str) -> str:
     return _NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).lower()).strip()
 
 
-def _hash(words: list[str]) -> int:
-    import xxhash
-
-    return xxhash.xxh64_intdigest(" ".join(words).encode())
+def _whole(words: list[str]) -> int:
+    """The hash of a whole short text, apart from any shingle's (a 5-word text is also a 5-word window)."""
+    return hash(("\x01", *words))
 
 
 def shingles(words: list[str], n: int = SHINGLE) -> set[int]:
-    """The hashes of every window of `n` words; a text of fewer words is one shingle of all of them."""
+    """The hashes of every window of `n` words (tuples hashed in C: the audit's inner loop); a text of fewer
+    words is one shingle of all of them. Python's string hashes are salted per interpreter, and a pool's
+    processes are forked from the one that indexed the checked texts, so every hash here agrees."""
     if len(words) < n:
-        return {_hash(words)} if words else set()
-    return {_hash(words[i:i + n]) for i in range(len(words) - n + 1)}
+        return {hash(tuple(words))} if words else set()
+    return set(map(hash, zip(*(words[i:] for i in range(n)), strict=False)))
 
 
 @dataclass
@@ -70,28 +77,26 @@ class Checked:
     norms: list[str] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)  # shingles per text
     index: dict[int, list[int]] = field(default_factory=dict)  # shingle -> the texts that have it
-    short: set[int] = field(default_factory=set)  # word counts of texts shorter than SHINGLE
+    keys: frozenset = frozenset()
 
     def __post_init__(self) -> None:
         for i, text in enumerate(self.texts):
             norm = normalise(text)
             words = norm.split()
-            own = shingles(words)
+            own = shingles(words) if len(words) >= INSIDE else ({_whole(words)} if words else set())
             self.norms.append(norm)
             self.sizes.append(len(own))
-            if 0 < len(words) < SHINGLE:
-                self.short.add(len(words))
             for h in own:
                 self.index.setdefault(h, []).append(i)
+        self.keys = frozenset(self.index)
 
 
-def _document_shingles(words: list[str], short: set[int]) -> set[int]:
-    """A source document's shingles, and the windows as long as each short checked text (which is one
-    shingle of all its words, and must be looked for as such)."""
+def _document_shingles(words: list[str]) -> set[int]:
+    """A source document's shingles, and for a short document its whole text (what a short checked text
+    is matched against: see Checked)."""
     out = shingles(words)
-    for n in short:
-        if n < len(words):
-            out |= {_hash(words[i:i + n]) for i in range(len(words) - n + 1)}
+    if len(words) < INSIDE:
+        out.add(_whole(words))
     return out
 
 
@@ -100,7 +105,11 @@ def scan_batch(checked: Checked, documents: list[str]) -> dict[int, tuple[float,
     found: dict[int, tuple[float, bool, str]] = {}
     for doc in documents:
         norm = normalise(doc)
-        hits = Counter(i for h in _document_shingles(norm.split(), checked.short) for i in checked.index.get(h, ()))
+        # A set intersection (in C) first: most documents share no shingle with the checked texts.
+        matched = _document_shingles(norm.split()) & checked.keys
+        if not matched:
+            continue
+        hits = Counter(i for h in matched for i in checked.index[h])
         for i, k in hits.items():
             share = k / checked.sizes[i]
             exact = share == 1.0 and f" {checked.norms[i]} " in f" {norm} "

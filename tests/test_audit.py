@@ -33,10 +33,15 @@ def test_a_sentence_with_its_last_word_changed_is_a_near_duplicate():
     assert result["examples"][0]["containment"] == pytest.approx(7 / 8)
 
 
-def test_short_texts_are_found_and_shared_phrases_are_not_duplicates():
-    result = found(["great film", "this movie is one of the best i have seen"],
-                   ["what a great film that was", "this movie is one of many, and not the best"])
-    assert (result["exact"], result["near"]) == (1, 0)  # "great film" only: the second shares 1 of 6 shingles
+def test_short_texts_match_whole_documents_and_shared_phrases_are_not_duplicates():
+    """Was: a short text matched inside any document, so stock phrases ("Highly recommended.", "Do not
+    waste your time.") made 139 of the 3000 UCI sentences "exact duplicates" of IMDb reviews; now 3."""
+    result = found(["great film", "highly recommended", "do not waste your time",
+                    "this movie is one of the best i have seen"],
+                   ["what a great film that was", "Highly recommended!", "Honestly, do not waste your time on it.",
+                    "this movie is one of many, and not the best"])
+    assert (result["exact"], result["near"]) == (1, 0)  # the whole document "Highly recommended!" only
+    assert result["examples"][0]["text"] == "highly recommended"
 
 
 def test_several_processes_find_the_same():
