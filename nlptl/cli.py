@@ -123,7 +123,12 @@ def _predict(given: dict[str, Any]) -> None:
 
     console.configure(quiet=given["quiet"], json_mode=given["json_"])
     console.require_stdout()
-    rows = stage.run(cfgmod.resolve(STAGE_CONFIGS["predict"], flags=_flags({**given, "texts": given["texts"] or None})))
+    cfg = cfgmod.resolve(STAGE_CONFIGS["predict"], flags=_flags({**given, "texts": given["texts"] or None}))
+    if cfg.output:  # the results go to the file; the summary to stdout
+        summary = stage.run_to_file(cfg)
+        console.emit_json(summary) if given["json_"] else console.results("predict results", summary)
+        return
+    rows = stage.run(cfg)
     if given["json_"]:
         for row in rows:
             console.emit_json(row)

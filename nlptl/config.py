@@ -519,7 +519,18 @@ class PredictConfig:
 
     model: str | None = opt(None, "Classifier run dir or checkpoint (default: latest finetune run).")
     texts: list[str] = many("Texts to classify.", flag=False)  # the command's TEXTS arguments
-    input: str | None = opt(None, "File of texts, one per line (a blank line is answered as blank, not classified), or - for standard input.", short="-i")
+    input: str | None = opt(None, "File of texts, one per line (a blank line is answered as blank, not "
+                            "classified), or - for standard input; or a table (.csv, .tsv, .jsonl, .parquet) with "
+                            "--text-column.", short="-i")
+    text_column: str = opt("text", "Text column of a table --input; two, comma-separated, for a pair model.",
+                           panel=DATA)
+    id_column: str | None = opt(None, "Column of a table --input carried into each result (its ids), under its "
+                                "own name.", panel=DATA)
+    output: str | None = opt(None, "Write the results here (JSON Lines, in input order) chunk by chunk: memory "
+                             "stays flat, the same command again continues a killed run, torchrun processes share "
+                             "the chunks.", panel=OUTPUT)
+    chunk_size: int = opt(10_000, "With --output: texts per chunk, the unit of resuming and of sharing over "
+                          "processes.", panel=OUTPUT)
     batch_size: int = opt(32, "Texts per batch.")
     max_length: int | None = opt(None, "Truncate texts to this many tokens (default: the length the classifier was trained with).")
     backend: str = opt("auto", "Run the model with torch, or with onnxruntime (a directory written by `nlptl export "
@@ -528,7 +539,7 @@ class PredictConfig:
                      "faster, its labels may differ a little) instead of the fp32 model.onnx.")
 
     def __post_init__(self) -> None:
-        positive(self, "batch_size")
+        positive(self, "batch_size", "chunk_size")
         at_least_two(self, "max_length")
         choice(self, "backend")
 
