@@ -507,8 +507,7 @@ class AuditConfig:
     num_proc: int | None = opt(None, "Processes that read the sources (default: the usable cores).", resume_safe=True)
 
     def __post_init__(self) -> None:
-        if not self.model:
-            raise UsageError("audit needs MODEL: a run directory")
+        required(self, model="audit needs MODEL: a run directory")
         if self.num_proc is not None:
             positive(self, "num_proc")
 
@@ -578,8 +577,7 @@ class ServeConfig:
         bounded(self, "port", lambda v: 1 <= v <= 65535, "a port number (1 to 65535)")
         bounded(self, "threads", lambda v: v >= 1, "positive")
         choice(self, "backend")
-        if not self.model:
-            raise UsageError("serve needs MODEL: a finetune run directory, a checkpoint or an ONNX export")
+        required(self, model="serve needs MODEL: a finetune run directory, a checkpoint or an ONNX export")
 
 
 @dataclass
@@ -604,10 +602,7 @@ class ExportConfig:
         choice(self, "format")
         if self.quantize is not None:
             choice(self, "quantize")
-        if not self.model:
-            raise UsageError("export needs MODEL: a finetune run directory")
-        if not self.out:
-            raise UsageError("export needs --out DIR")
+        required(self, model="export needs MODEL: a finetune run directory", out="export needs --out DIR")
 
 
 @dataclass
@@ -620,10 +615,7 @@ class MergeConfig:
                           **INVOCATION)
 
     def __post_init__(self) -> None:
-        if not self.model:
-            raise UsageError("merge needs MODEL: a run directory trained with --lora")
-        if not self.out:
-            raise UsageError("merge needs --out DIR")
+        required(self, model="merge needs MODEL: a run directory trained with --lora", out="merge needs --out DIR")
 
 
 @dataclass
@@ -785,6 +777,13 @@ def class_weights(value: str) -> list[float] | str:
     if any(not math.isfinite(w) or w <= 0 for w in weights):
         raise UsageError(f"--class-weights: every weight must be a positive number (got '{value}')")
     return weights
+
+
+def required(cfg: Any, **needed: str) -> None:
+    """Refuse a config whose key (a keyword of `needed`) is empty, with that keyword's message."""
+    for name, message in needed.items():
+        if not getattr(cfg, name):
+            raise UsageError(message)
 
 
 def positive(cfg: Any, *names: str) -> None:

@@ -18,32 +18,41 @@ def lm_loss(accelerator, model, dataset, collate_fn, batch_size: int, descriptio
     the collator is built fresh with a seed by the caller)."""
     import torch
     import torch.nn.functional as F
+
+    sums, counts = [], []
+    for batch, labels, logits in forward_passes(accelerator, model, dataset, collate_fn, batch_size, description):
+        if labels.shape == batch["input_ids"].shape and _is_causal(model):
+            logits, labels = logits[:, :-1], labels[:, 1:]
+        token_loss = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+        valid = labels != -100
+        s, n = accelerator.gather_for_metrics(((token_loss * valid).sum(1), valid.sum(1)))
+        sums.append(s.double().cpu())
+        counts.append(n.cpu())
+    total = torch.cat(sums).sum().item()
+    n = int(torch.cat(counts).sum().item())
+    loss = total / max(n, 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": n}
+
+
+def forward_passes(accelerator, model, dataset, collate_fn, batch_size: int, description: str):
+    """(batch, its labels or None, logits) for each batch of `dataset`, the model in eval mode, without
+    gradients or --compile (`eager`). The caller's code between two batches runs under the same no-grad
+    mode: the generator holds it until the last batch."""
+    import torch
     from torch.utils.data import DataLoader
 
     from nlptl.console import Progress
 
     loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn))
     model.eval()
-    sums, counts = [], []
     # Held-out scoring of a large model can take minutes: it shows progress like training does.
     progress = Progress(description, len(loader), max(1, len(loader) // 10), min_seconds=EVAL_LOG_SECONDS)
     with torch.no_grad(), eager():
         for i, batch in enumerate(loader, 1):
             progress.update(i, {})
-            labels = batch.pop("labels")
-            logits = model(**batch).logits
-            if labels.shape == batch["input_ids"].shape and _is_causal(model):
-                logits, labels = logits[:, :-1], labels[:, 1:]
-            token_loss = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
-            valid = labels != -100
-            s, n = accelerator.gather_for_metrics(((token_loss * valid).sum(1), valid.sum(1)))
-            sums.append(s.double().cpu())
-            counts.append(n.cpu())
+            labels = batch.pop("labels", None)
+            yield batch, labels, model(**batch).logits
     progress.close()
-    total = torch.cat(sums).sum().item()
-    n = int(torch.cat(counts).sum().item())
-    loss = total / max(n, 1)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": n}
 
 
 def eager():
@@ -67,30 +76,20 @@ def classify(accelerator, model, dataset, collate_fn, batch_size: int, descripti
     (batches pad to their longest text, so sorting cuts padding); rows come back in that order,
     logits and labels aligned."""
     import torch
-    from torch.utils.data import DataLoader
 
     if "input_ids" in dataset.column_names:
         lengths = [len(ids) for ids in dataset["input_ids"]]
         order = sorted(range(len(dataset)), key=lengths.__getitem__)
         dataset = dataset.select(order)
-    from nlptl.console import Progress
-
-    loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn))
-    model.eval()
     all_logits, all_labels = [], []
-    progress = Progress(description, len(loader), max(1, len(loader) // 10), min_seconds=EVAL_LOG_SECONDS)
-    with torch.no_grad(), eager():
-        for i, batch in enumerate(loader, 1):
-            progress.update(i, {})
-            labels = batch.pop("labels", None)
-            logits = model(**batch).logits.float()
-            if labels is not None:
-                logits, labels = accelerator.gather_for_metrics((logits, labels))
-                all_labels.append(labels.cpu())
-            else:
-                logits = accelerator.gather_for_metrics(logits)
-            all_logits.append(logits.cpu())
-    progress.close()
+    for _, labels, logits in forward_passes(accelerator, model, dataset, collate_fn, batch_size, description):
+        logits = logits.float()
+        if labels is not None:
+            logits, labels = accelerator.gather_for_metrics((logits, labels))
+            all_labels.append(labels.cpu())
+        else:
+            logits = accelerator.gather_for_metrics(logits)
+        all_logits.append(logits.cpu())
     return torch.cat(all_logits), (torch.cat(all_labels) if all_labels else None)
 
 

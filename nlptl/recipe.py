@@ -32,16 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nlptl.config import (
-    ALIASES,
-    STAGE_CONFIGS,
-    load_yaml,
-    option_keys,
-    parse_sets,
-    resolve,
-    runs_root,
-    to_dict,
-)
+from nlptl.config import ALIASES, STAGE_CONFIGS, load_yaml, option_keys, parse_sets, resolve, runs_root, to_dict
 from nlptl.errors import UsageError, did_you_mean
 from nlptl.rundir import checkpoints_dir, read_record
 

@@ -4,26 +4,14 @@ import datasets
 import evaluate
 import numpy as np
 
+from nlptl.metrics import shipped
+
 _DESCRIPTION = "Accuracy = (number of correct predictions) / (number of predictions)."
-_KWARGS = """
-Args:
-    predictions (list of int): predicted labels.
-    references (list of int): true labels.
-Returns:
-    accuracy (float): in [0, 1].
-"""
 
 
-@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS)
+@shipped(_DESCRIPTION, datasets.Value("int64"), kind="list of int", what="labels",
+         returns="accuracy (float): in [0, 1].")
 class Accuracy(evaluate.Metric):
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS,
-            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
-        )
-
     def _compute(self, predictions, references):
         p, r = np.asarray(predictions), np.asarray(references)
         return {"accuracy": float((p == r).mean()) if len(r) else 0.0}

@@ -4,29 +4,19 @@ import datasets
 import evaluate
 import numpy as np
 
+from nlptl.metrics import shipped
+
 _DESCRIPTION = "F1 = 2 * precision * recall / (precision + recall), per class, then averaged."
-_KWARGS = """
-Args:
-    predictions (list of int): predicted labels.
-    references (list of int): true labels.
+_OPTIONS = """\
     average (str): 'macro' (unweighted mean over the classes present in predictions or references),
         'micro', 'weighted', or 'binary' (F1 of `pos_label`).
     pos_label (int): the positive class for 'binary'. Default 1.
-Returns:
-    f1 (float): in [0, 1].
 """
 
 
-@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS)
+@shipped(_DESCRIPTION, datasets.Value("int64"), kind="list of int", what="labels",
+         returns="f1 (float): in [0, 1].", options=_OPTIONS)
 class F1(evaluate.Metric):
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS,
-            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
-        )
-
     def _compute(self, predictions, references, average="binary", pos_label=1):
         p, r = np.asarray(predictions), np.asarray(references)
         if average == "binary":

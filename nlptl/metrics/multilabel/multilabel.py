@@ -5,27 +5,15 @@ import datasets
 import evaluate
 import numpy as np
 
+from nlptl.metrics import shipped
+
 _DESCRIPTION = "F1 over (example, label) decisions, micro- and macro-averaged; subset accuracy; F1 per label."
-_KWARGS = """
-Args:
-    predictions (list of list of int): 0/1 decisions, one row per example, one column per label.
-    references (list of list of int): the true 0/1 labels, same shape.
-Returns:
-    f1_micro, f1_macro, subset_accuracy (float, in [0, 1]); f1_per_label (list of float).
-"""
 
 
-@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS)
+@shipped(_DESCRIPTION, datasets.Sequence(datasets.Value("int8")), kind="list of list of int",
+         what="0/1 labels, one row per example, one column per label",
+         returns="f1_micro, f1_macro, subset_accuracy (float, in [0, 1]); f1_per_label (list of float).")
 class MultiLabel(evaluate.Metric):
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS,
-            features=datasets.Features({"predictions": datasets.Sequence(datasets.Value("int8")),
-                                        "references": datasets.Sequence(datasets.Value("int8"))}),
-        )
-
     def _compute(self, predictions, references):
         p, r = np.asarray(predictions, dtype=bool), np.asarray(references, dtype=bool)
         tp, fp, fn = (p & r).sum(0), (p & ~r).sum(0), (~p & r).sum(0)

@@ -4,27 +4,14 @@ import datasets
 import evaluate
 import numpy as np
 
+from nlptl.metrics import shipped
+
 _DESCRIPTION = "Root mean squared error, mean absolute error, Pearson and Spearman correlation."
-_KWARGS = """
-Args:
-    predictions (list of float): predicted values.
-    references (list of float): true values.
-Returns:
-    rmse, mae (float, >= 0); pearson, spearman (float in [-1, 1], 0 when either side is constant).
-"""
 
 
-@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS)
+@shipped(_DESCRIPTION, datasets.Value("float64"), kind="list of float", what="values",
+         returns="rmse, mae (float, >= 0); pearson, spearman (float in [-1, 1], 0 when either side is constant).")
 class Regression(evaluate.Metric):
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS,
-            features=datasets.Features({"predictions": datasets.Value("float64"),
-                                        "references": datasets.Value("float64")}),
-        )
-
     def _compute(self, predictions, references):
         p, r = np.asarray(predictions, dtype=float), np.asarray(references, dtype=float)
         err = p - r
