@@ -108,7 +108,8 @@ def unshard(model) -> None:
 
     fsdp_modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
     for module in fsdp_modules:
-        module.reshard()  # the registered parameters are the sharded ones again (the root stays gathered after a forward)
+        # The registered parameters are the sharded ones again (the root stays gathered after a forward).
+        module.reshard()
     full: dict[int, nn.Parameter] = {}  # by identity, so that tied weights stay one parameter
     for module in model.modules():  # the same order on every process: the gathers pair up
         for name, param in list(module._parameters.items()):

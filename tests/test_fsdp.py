@@ -118,7 +118,8 @@ def test_lora_and_contrastive_adapt_sharded_match_unsharded(bases):
     assert close(a, b, atol=1e-5)
 
     contrastive = ["adapt", "--objective", "contrastive", "--from", bases["bert-still"], "--corpus",
-                   "task:classification", "--train", ASSETS / "sentiment_train.csv", "--max-steps", "6", "--batch-size", "8"]
+                   "task:classification", "--train", ASSETS / "sentiment_train.csv", "--max-steps", "6",
+                   "--batch-size", "8"]
     _, log = launch(contrastive + ["--fsdp", "--out", root / "pairs-fsdp"], 2)
     launch(contrastive + ["--out", root / "pairs-ddp"], 2)
     assert sharded(log) > 0

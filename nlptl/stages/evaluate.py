@@ -82,9 +82,9 @@ def _classifier(cfg: EvaluateConfig, ref, spec) -> dict:
     shape = of_config(model.config)
     spec = dataclasses.replace(spec, entry=dataclasses.replace(spec.entry, problem=shape.name))
     if takes_pairs(model.config) != spec.pairs:
-        raise UsageError(f"--model {ref.spec} was trained on "
-                         + ("text pairs: pass their two columns, --text-column FIRST,SECOND" if takes_pairs(model.config)
-                            else f"single texts: pass one --text-column (got {cfg.text_column})"))
+        fix = ("text pairs: pass their two columns, --text-column FIRST,SECOND" if takes_pairs(model.config)
+               else f"single texts: pass one --text-column (got {cfg.text_column})")
+        raise UsageError(f"--model {ref.spec} was trained on {fix}")
     max_length = cfg.max_length or max_length
     with accelerator.main_process_first():
         tok = tokenize(read_encoded(spec.train, names, spec, trained=True), tokenizer, max_length, "--data")
