@@ -105,15 +105,16 @@ def _stage(name: str, local: dict[str, Any]) -> None:
         console.results(f"{name} results", {k: v for k, v in result.items() if k not in ("config", "lineage")})
 
 
-def stage_command(name: str, doc: str, params: list[inspect.Parameter], body=None) -> None:
-    """Register `nlptl NAME` with `params` as its options; it runs `body(given)`, by default the stage."""
+def stage_command(name: str, doc: str, params: list[inspect.Parameter], body=None, **settings: Any) -> None:
+    """Register `nlptl NAME` with `params` as its options; it runs `body(given)`, by default the stage.
+    `settings`: click's context settings."""
 
     def command(**given: Any) -> None:
         (body or (lambda given: _stage(name, given)))(given)
 
     command.__name__, command.__doc__ = name, doc
     command.__signature__ = inspect.Signature([CONTEXT, *params])
-    app.command(name=name)(command)
+    app.command(name=name, context_settings=settings or None)(command)
 
 
 def _predict(given: dict[str, Any]) -> None:
@@ -230,6 +231,42 @@ stage_command("audit", "Leakage: the texts a model is scored on (--data), agains
 ], _model_command("audit"))
 
 
+def _sweep(given: dict[str, Any]) -> None:
+    """`nlptl sweep STAGE [STAGE OPTIONS] --space ...`: the stage's options are parsed by the stage's own command."""
+    import typer.main
+
+    from nlptl import config as cfgmod
+    from nlptl import console
+    from nlptl.stages import sweep as stage
+
+    console.configure(quiet=given["quiet"], json_mode=given["json_"])
+    name, options = given["stage"], {}
+    if name in STAGE_CONFIGS:
+        parsed = typer.main.get_command(app).commands[name].make_context(f"nlptl sweep {name}", list(given["args"]))
+        # click gives a repeatable option not given as (): not given, like None.
+        given_options = {k: v for k, v in _flags(parsed.params).items() if v != ()}
+        options = {"options": given_options, "stage_config": parsed.params.get("config"),
+                   "stage_sets": parsed.params.get("sets") or []}
+    sweep_flags = {k: v for k, v in _flags(given).items() if k not in ("stage", "args")}
+    result = stage.run(cfgmod.resolve(cfgmod.SweepConfig, flags={"stage": name, **options, **sweep_flags}))
+    if given["json_"]:
+        console.emit_json(result)
+    else:
+        console.sweep(result)
+
+
+stage_command("sweep", "Search a stage's options with Optuna (pip install 'nlptl[sweep]'): each trial a run "
+              "directory under --out, chosen by the eval score; the same command again continues it.", [
+    _param("stage", typer.Argument(..., help=help_of(STAGE_CONFIGS["sweep"], "stage"), show_default=False,
+                                   metavar="STAGE"), str),
+    _param("args", typer.Argument(None, help="The stage's own options (--from, --task, --train, --eval, ...).",
+                                  show_default=False, metavar="[STAGE OPTIONS]..."), list[str] | None),
+    *_options("sweep"),
+    _param("json_", typer.Option(False, "--json", help=JSON_HELP, rich_help_panel=OUTPUT), bool),
+    QUIET,
+], _sweep, allow_extra_args=True, ignore_unknown_options=True)
+
+
 @app.command()
 def run(
     ctx: typer.Context,
@@ -280,6 +317,8 @@ def report(
     result = stage.run(cfgmod.resolve(cfgmod.ReportConfig, flags={"run_dir": run_dir}))
     if json_:
         console.emit_json(result)
+    elif "trials" in result:
+        console.sweep(result)
     else:
         console.report(result)
 

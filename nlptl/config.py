@@ -86,9 +86,9 @@ def opt(default: Any, help: str, *, panel: str = TRAINING, short: str | None = N
                                             "choices": choices, **_rules(rules)})
 
 
-def many(help: str, *, panel: str = TRAINING, **rules: Any) -> Any:
-    """A list field (a repeatable flag), empty by default."""
-    return field(default_factory=list, metadata={"help": help, "panel": panel, "short": None, "negatable": False,
+def many(help: str, *, panel: str = TRAINING, factory: type = list, **rules: Any) -> Any:
+    """A list field (a repeatable flag), empty by default (`factory`: dict for a mapping set from Python)."""
+    return field(default_factory=factory, metadata={"help": help, "panel": panel, "short": None, "negatable": False,
                                                  "choices": None, **_rules(rules)})
 
 
@@ -618,6 +618,48 @@ class MergeConfig:
         required(self, model="merge needs MODEL: a run directory trained with --lora", out="merge needs --out DIR")
 
 
+SWEEP = "Sweep"
+# The stages a sweep searches: those that select on a labelled eval split (finetune: --eval, or a seeded slice
+# of --train). The others are refused with the reason (nlptl/stages/sweep.py).
+SWEEPABLE = ("finetune",)
+
+
+@dataclass
+class SweepConfig:
+    """`nlptl sweep`: a search over a stage's options (Optuna), each trial a run directory, selected on eval data."""
+
+    stage: str = opt("", "The stage whose options are searched: finetune (it selects on its eval split).",
+                     flag=False)
+    options: dict[str, Any] = many("The stage's own options, as its flags give them ({config key: value}); the "
+                                   "command line takes them after STAGE.", flag=False, factory=dict)
+    stage_config: str | None = opt(None, "The stage's --config FILE.", flag=False)
+    stage_sets: list[str] = many("The stage's --set key=value.", flag=False)
+    space: str = opt("", "What to search: KEY=DIST separated by ';', DIST one of loguniform(a,b), uniform(a,b), "
+                     "int(a,b), choice(v1,v2,...) (e.g. \"lr=loguniform(1e-5,1e-3);batch_size=choice(16,32)\"), or "
+                     "a YAML file of KEY: DIST.", panel=SWEEP)
+    trials: int = opt(10, "Trials the study ends with, those of an earlier run of the same sweep counted.",
+                      panel=SWEEP)
+    parallel: int = opt(1, "Trials run at once, each in its own process (1: one after the other, in this "
+                        "process).", panel=SWEEP)
+    out: str | None = opt(None, "The sweep's directory: the study (study.db), the trials (trials/NNN), sweep.json; "
+                          "the same command again continues the sweep.", panel=OUTPUT, short="-o", locates_run=True)
+
+    def __post_init__(self) -> None:
+        required(self, stage="sweep needs STAGE: the stage whose options are searched (finetune)",
+                 out="sweep needs --out DIR: where the study and its trials go (the same command again continues "
+                     "it)", space="sweep needs --space: e.g. \"lr=loguniform(1e-5,1e-3);batch_size=choice(16,32)\"")
+        positive(self, "trials", "parallel")
+        if self.stage in ("evaluate", "predict"):
+            raise UsageError(f"sweep selects on eval data, never test: {self.stage} scores --data, data to report "
+                             "on, not to choose with; sweep finetune, whose --eval picks the trial")
+        if self.stage in STAGE_CONFIGS and self.stage not in SWEEPABLE:
+            raise UsageError(f"sweep selects on a labelled eval split, and {self.stage} has none; sweep finetune "
+                             "(its --eval, or a seeded slice of --train)")
+        if self.stage not in SWEEPABLE:
+            raise UsageError(f"sweep: unknown STAGE '{self.stage}'{did_you_mean(self.stage, SWEEPABLE)}; "
+                             f"choose {', '.join(SWEEPABLE)}")
+
+
 @dataclass
 class RunConfig:
     """`nlptl run`: the stages of a recipe file, each run, resumed or reused."""
@@ -650,6 +692,7 @@ STAGE_CONFIGS: dict[str, type] = {
     "export": ExportConfig,
     "merge": MergeConfig,
     "audit": AuditConfig,
+    "sweep": SweepConfig,
 }
 
 
@@ -696,7 +739,8 @@ def not_read_by(objective: str, configs: dict[str, type] | None = None) -> tuple
 # Keys given as a command's positional argument (`nlptl serve MODEL`), not as a flag; messages name them
 # by the argument's name.
 POSITIONAL: dict[str, dict[str, str]] = {"serve": {"model": "MODEL"}, "export": {"model": "MODEL"},
-                                         "merge": {"model": "MODEL"}, "audit": {"model": "MODEL"}}
+                                         "merge": {"model": "MODEL"}, "audit": {"model": "MODEL"},
+                                         "sweep": {"stage": "STAGE"}}
 
 
 @dataclass(frozen=True)

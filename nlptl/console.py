@@ -245,6 +245,19 @@ def report(result: dict[str, Any]) -> None:
     table("plots", ["file"], [[p] for p in result["plots"]] or [["(no training history to plot)"]], stdout=True)
 
 
+def sweep(result: dict[str, Any]) -> None:
+    """`nlptl sweep` and `nlptl report SWEEP_DIR`: the trials, the best one and its command (stdout)."""
+    rows = [[t["trial"], ", ".join(f"{k}={_fmt(v)}" for k, v in t["params"].items()), _fmt(t["score"]), t["state"],
+             t.get("error") or t.get("out") or ""] for t in result["trials"]]
+    table(f"sweep {result['sweep']}: {result['score']} on the eval split ({result['direction']}), "
+          f"{result['n_finished']} trial(s) finished", ["trial", "params", result["score"], "state", "run / error"],
+          rows, stdout=True)
+    best = result.get("best")
+    if best:
+        print(f"best: trial {best['trial']}, {result['score']} {_fmt(best['score'])} ({best['out']})\n"
+              f"rerun it with:\n  {result['best_command']}", file=sys.stdout)
+
+
 def emit_json(obj: Any) -> None:
     """One JSON document on one line of stdout (main process only)."""
     if is_main_process():

@@ -12,7 +12,7 @@ import pytest
 from cli_helpers import call_main, run_cli, run_light, tiny_data, write_registry
 
 COMMANDS = ("pretrain", "adapt", "finetune", "evaluate", "predict", "serve", "export", "merge", "run", "corpora",
-            "tasks", "demo")
+            "tasks", "demo", "sweep")
 
 
 def test_root_help_and_version(tmp_path):

@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "nlptl"
 COMMAND_LINE = {"nlptl.cli", "nlptl.__main__"}
 BASE = {"nlptl", "nlptl.config", "nlptl.console", "nlptl.errors"}
-# `run` and `demo` run a chain of stages, which is what they are for.
-CHAINS = {"run", "demo"}
+# `run` and `demo` run a chain of stages, `sweep` a stage many times, which is what they are for.
+CHAINS = {"run", "demo", "sweep"}
 MAX_FUNCTION_LINES = 60
 MAX_CLASS_LINES = 130
 MAX_LINE_LENGTH = 120
@@ -108,11 +108,16 @@ def test_library_modules_never_import_the_command_line(name):
     assert not bad, f"{name} imports {sorted(bad)}: only nlptl/cli.py may"
 
 
+# The package's public names, imported when first asked for (`nlptl.Classifier`: nlptl/__init__.py's
+# __getattr__), so that `import nlptl` stays light: the one import allowed to run up, and only from there.
+FACADE = {"nlptl": {"nlptl.inference"}}
+
+
 @pytest.mark.parametrize("name", sorted(modules()))
 def test_no_import_runs_back_up(name):
     """cli (3) -> stages (2) -> engine, data, models (1) -> config, console, errors (0)."""
     known = set(modules())
-    above = {m for m in imports_of(modules()[name]) if m in known and layer(m) > layer(name)}
+    above = {m for m in imports_of(modules()[name]) if m in known and layer(m) > layer(name)} - FACADE.get(name, set())
     assert not above, f"{name} (layer {layer(name)}) imports {sorted(above)} from above it"
 
 

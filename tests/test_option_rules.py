@@ -70,7 +70,8 @@ HELP_FLAGS = {"pretrain": ("--arch", "--batch-size", "--block-size", "--compile/
  "export": ("--data", "--format", "--json", "--label-column", "--max-length", "--out,-o", "--overwrite",
             "--quantize", "--quiet,-q", "--text-column"),
  "merge": ("--json", "--out,-o", "--overwrite", "--quiet,-q"),
- "audit": ("--data", "--json", "--num-proc", "--quiet,-q", "--text-column")}
+ "audit": ("--data", "--json", "--num-proc", "--quiet,-q", "--text-column"),
+ "sweep": ("--json", "--out,-o", "--parallel", "--quiet,-q", "--space", "--trials")}
 
 KINDS = {"pretrain": ("arch:str", "batch_size:int", "block_size:int", "compile:bool", "corpus:str", "cut_frac:float",
               "discriminative_lr:float", "epochs:float", "eval_every:int", "from_model:str", "fsdp:bool",
@@ -119,7 +120,8 @@ KINDS = {"pretrain": ("arch:str", "batch_size:int", "block_size:int", "compile:b
  "export": ("data:str", "format:str", "label_column:str", "max_length:int", "out:str", "overwrite:bool",
             "quantize:str", "text_column:str"),
  "merge": ("out:str", "overwrite:bool"),
- "audit": ("data:list", "num_proc:int", "text_column:str")}
+ "audit": ("data:list", "num_proc:int", "text_column:str"),
+ "sweep": ("out:str", "parallel:int", "space:str", "trials:int")}
 
 RESUME_SAFE_KEYS = {"epochs", "eval_every", "hub_private", "keep_last", "log_every", "max_steps", "min_delta",
                     "num_proc", "patience", "push_to_hub", "report_to", "save_every"}

@@ -23,6 +23,7 @@ from nlptl.tracking import METRICS_FILE
 
 log = logging.getLogger("nlptl")
 REPORT_DIR = "report"
+SWEEP_RECORD = "sweep.json"  # nlptl/stages/sweep.py: the search, its trials and the best trial's command
 
 
 def chain_of(run_dir: Path) -> list[dict]:
@@ -58,6 +59,8 @@ def run(cfg: ReportConfig) -> dict:
     run_dir = Path(cfg.run_dir)
     if not run_dir.is_dir():
         raise UsageError(f"{cfg.run_dir}: no such run directory")
+    if (run_dir / SWEEP_RECORD).is_file() and read_record(run_dir) is None:  # `nlptl sweep`'s directory
+        return json.loads((run_dir / SWEEP_RECORD).read_text(encoding="utf-8"))
     chain = chain_of(run_dir)
     out = run_dir / REPORT_DIR
     out.mkdir(exist_ok=True)
