@@ -104,8 +104,10 @@ def pooling(ref, config, requested: str = "auto", sentence: bool = False) -> Cho
         return carried
     family = models.family(config)
     if sentence and family == "encoder":
-        return Choice("pooling", "mean", f"the sentence-embedding default for an encoder; {ref.spec} records no pooling")
-    return Choice("pooling", models.resolve_pooling(config, "auto"), f"the {family} default; {ref.spec} records no pooling")
+        return Choice("pooling", "mean",
+                      f"the sentence-embedding default for an encoder; {ref.spec} records no pooling")
+    return Choice("pooling", models.resolve_pooling(config, "auto"),
+                  f"the {family} default; {ref.spec} records no pooling")
 
 
 def carried_pooling(ref) -> Choice | None:

@@ -29,14 +29,16 @@ def probe_spec(cfg):
     heavy runs."""
     from nlptl.data import registry
     from nlptl.data.tasks import TaskSpec, labelled_source
+    from nlptl.shapes import by_name
 
     task = cfg.corpus.split(":", 1)[1] if cfg.corpus and cfg.corpus.startswith("task:") else None
     path = cfg.probe or (cfg.train_file if task else None)
     if path is None:
         return None
     entry = registry.task_entry(task or "classification")
-    if entry.problem != "single":
-        raise UsageError(f"--probe {path}: the probe scores one label per text; --corpus task:{task} is {entry.problem}")
+    if not by_name(entry.problem).one_label:
+        raise UsageError(f"--probe {path}: the probe scores one label per text; "
+                         f"--corpus task:{task} is {entry.problem}")
     source = labelled_source(path, "--probe" if cfg.probe else "--train", cfg.text_column, cfg.label_column)
     return TaskSpec(entry, source, None, cfg.text_column, cfg.label_column)
 
@@ -63,8 +65,8 @@ class Probe:
         self.labels = list(ds["label"])
         counts = [self.labels.count(k) for k in set(self.labels)]
         if len(counts) < 2 or min(counts) < 2:
-            raise UsageError(f"{spec.train.flag} {spec.train.spec}: the probe needs at least two labels with two examples each "
-                             f"(has {len(self.labels)} examples of {len(counts)} label(s))")
+            raise UsageError(f"{spec.train.flag} {spec.train.spec}: the probe needs at least two labels with two "
+                             f"examples each (has {len(self.labels)} examples of {len(counts)} label(s))")
         self.folds = min(FOLDS, min(counts))
         self.input_ids = tokenizer(list(ds["text"]), truncation=True, max_length=max_length)["input_ids"]
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -75,7 +77,7 @@ class Probe:
         as a numpy array."""
         import torch
 
-        from nlptl.heads import pool
+        from nlptl.models.heads import pool
 
         body = getattr(model, getattr(model, "base_model_prefix", ""), model)  # the LM's body, without its head
         was_training = body.training

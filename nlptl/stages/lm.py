@@ -171,7 +171,8 @@ def probe_results(before: dict, after: dict, result, probe, warmup_steps: int = 
     curve += [{"step": r["step"], "probe_accuracy": r["eval_probe_accuracy"], "perplexity": r.get("eval_perplexity")}
               for r in result.history if "eval_probe_accuracy" in r]
     if curve[-1]["step"] != result.steps:
-        curve.append({"step": result.steps, "probe_accuracy": after["probe_accuracy"], "perplexity": after["perplexity"]})
+        curve.append({"step": result.steps, "probe_accuracy": after["probe_accuracy"],
+                      "perplexity": after["perplexity"]})
     if not guarded:
         pass
     elif warmup_steps and result.best_step == warmup_steps and result.steps > warmup_steps:
@@ -211,10 +212,8 @@ def lm_from(cfg: LMConfig, ref) -> dict:
     family's): lm_stage's model arguments."""
     from nlptl import models
 
-    models.hub_guard(ref)
-    config = models.load_config(ref)
+    config, tokenizer = models.load_config_and_tokenizer(ref)
     objective = models.default_objective(config) if cfg.objective == "auto" else cfg.objective
-    tokenizer = models.load_tokenizer(ref, config)
     model, note, kept = models.load_lm(ref, config, objective)
     return {"model": model, "tokenizer": tokenizer, "objective": objective, "kept": kept,
             "notes": [note] if note else [], "head_added": note is not None}
