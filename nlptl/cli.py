@@ -146,7 +146,7 @@ def _prediction(r: dict) -> list:
         return [f"{r['value']:.4g}", "", text[:80]]
     if "labels" in r:
         return [", ".join(r["labels"]) or "(none)", ", ".join(f"{r['scores'][n]:.3f}" for n in r["labels"]), text[:80]]
-    return [r["label"], r["score"], text[:80]]
+    return ["(abstain)" if r.get("abstain") else r["label"], r["score"], text[:80]]
 
 
 def _model_command(name: str):

@@ -536,11 +536,16 @@ class PredictConfig:
                        "--format onnx`); auto: onnx for such a directory, torch otherwise.", choices=BACKENDS)
     int8: bool = opt(False, "With an export made with --quantize int8: run its int8 model (model_quantized.onnx, "
                      "faster, its labels may differ a little) instead of the fp32 model.onnx.")
+    raw_scores: bool = opt(False, "Scores of the logits themselves, not calibrated by the temperature finetune "
+                           "fitted on its eval split (a model without one answers with these anyway).")
+    abstain_below: float | None = opt(None, "One label of a set: answer \"abstain\" (label null, \"abstain\": true, "
+                                      "with the scores) when the top score is under this probability.")
 
     def __post_init__(self) -> None:
         positive(self, "batch_size", "chunk_size")
         at_least_two(self, "max_length")
         choice(self, "backend")
+        bounded(self, "abstain_below", lambda v: 0 < v <= 1, "a probability in (0, 1]")
 
 
 @dataclass
@@ -551,6 +556,8 @@ class ServeConfig:
                      flag=False)
     backend: str = again(PredictConfig, "backend", "auto")
     int8: bool = again(PredictConfig, "int8", False)
+    raw_scores: bool = again(PredictConfig, "raw_scores", False)
+    abstain_below: float | None = again(PredictConfig, "abstain_below", None)
     host: str = opt("127.0.0.1", "Address to listen on (0.0.0.0: every interface; put a proxy with TLS and auth in front).", panel=SERVER)
     port: int = opt(8000, "Port to listen on.", panel=SERVER)
     workers: int = opt(1, "Server processes, each with its own copy of the model (on a CPU: cores / threads per worker).", panel=SERVER)
@@ -576,6 +583,7 @@ class ServeConfig:
         bounded(self, "drain_seconds", lambda v: v >= 0, "0 or more")
         bounded(self, "port", lambda v: 1 <= v <= 65535, "a port number (1 to 65535)")
         bounded(self, "threads", lambda v: v >= 1, "positive")
+        bounded(self, "abstain_below", lambda v: 0 < v <= 1, "a probability in (0, 1]")
         choice(self, "backend")
         required(self, model="serve needs MODEL: a finetune run directory, a checkpoint or an ONNX export")
 

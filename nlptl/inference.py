@@ -9,6 +9,13 @@ The task shape is the checkpoint's `config.problem_type`, as transformers names 
   default 0.5): {"labels", "scores", "threshold"}
 - regression: the number itself: {"value"}
 
+A finetune run's classifier holds a temperature (`config.nlptl_temperature`, fitted on its eval split:
+nlptl/calibration.py): its scores are the calibrated probabilities, softmax (sigmoid) of logits / T, and
+its multi-label threshold is moved with them, so the labels stay those of the raw scores. `raw_scores`
+gives the scores of the logits themselves; a model without a temperature answers with those.
+`abstain_below` P (one label of a set): a result whose score is under P has "label": null and
+"abstain": true, with its scores.
+
 A model trained on text pairs (`config.nlptl_text_pair`) takes (text, text_pair) and its results carry
 both. A result has "truncated": true when the text was longer than the model's input and was cut. A
 blank text is not classified: its result is {"text": ..., "error": "blank text: nothing to classify"}.
@@ -39,13 +46,41 @@ def takes_pairs(config) -> bool:
     return bool(getattr(config, "nlptl_text_pair", False))
 
 
-def outputs(logits, config, threshold: float | None = None) -> list[dict]:
-    """[batch, num_labels] logits (a tensor or nested lists) -> one result per row, for the config's shape."""
+def temperature_of(config) -> float | None:
+    """The temperature finetune fitted (calibration.py), or None: a model trained before, or a regression."""
+    return getattr(config, "nlptl_temperature", None)
+
+
+def outputs(logits, config, threshold: float | None = None, raw_scores: bool = False,
+            abstain_below: float | None = None) -> list[dict]:
+    """[batch, num_labels] logits (a tensor or nested lists) -> one result per row, for the config's shape:
+    calibrated by the config's temperature unless `raw_scores`. `threshold`: on the scale of the scores
+    answered (default: the config's, which is the raw scores', moved with the temperature)."""
     import torch
 
     logits = torch.as_tensor(logits).float()
     shape = of_config(config)
-    return shape.outputs(logits, label_names(config), threshold_of(config) if threshold is None else threshold)
+    temperature = None if raw_scores or shape.calibration is None else temperature_of(config)
+    if threshold is None:
+        threshold = threshold_of(config)
+        if temperature:
+            threshold = shape.calibration.threshold(threshold, temperature)
+    results = shape.outputs(logits / temperature if temperature else logits, label_names(config), threshold)
+    if abstain_below is not None:
+        for r in results:
+            if r["score"] < abstain_below:
+                r.update(label=None, abstain=True)
+    return results
+
+
+def check_abstain(config, abstain_below: float | None, flag: str = "--abstain-below") -> None:
+    """--abstain-below compares one answer's probability with P: a model of one label of a set only."""
+    from nlptl.errors import UsageError
+
+    shape = of_config(config)
+    if abstain_below is not None and not (shape.one_label and shape.calibration is not None):
+        raise UsageError(f"{flag} {abstain_below:g}: abstaining compares the top label's probability with it, and a "
+                         f"{shape.name} model has no single top label; leave out {flag}")
 
 
 # The one rule for blank texts, in `nlptl predict` (arguments and every line of --input) and in `nlptl
@@ -78,17 +113,23 @@ class Classifier:
     backend = "torch"
 
     @classmethod
-    def from_pretrained(cls, path, backend: str = "auto", max_length: int | None = None, device=None, int8=False):
+    def from_pretrained(cls, path, backend: str = "auto", max_length: int | None = None, device=None, int8=False,
+                        raw_scores: bool = False, abstain_below: float | None = None):
         """The classifier of a finetune run, a classifier checkpoint or an `nlptl export --format onnx`
         directory (then run by onnxruntime), as `nlptl predict --model` loads it; on `device` (default: the
-        first GPU, else the CPU)."""
-        return load_classifier(str(path), backend, max_length, "path", int8=int8, device=device)
+        first GPU, else the CPU). Its scores are calibrated (see the module docstring) unless `raw_scores`;
+        `abstain_below`: answer "abstain" under that top probability."""
+        return load_classifier(str(path), backend, max_length, "path", int8=int8, device=device,
+                               raw_scores=raw_scores, abstain_below=abstain_below)
 
     def predict(self, texts: list[str], text_pairs: list[str] | None = None, batch_size: int = 32,
                 threshold: float | None = None) -> list[dict]:
         """One result per text, in order: what `nlptl predict --json` prints (the form of the model's task
         shape: "label", "score" and "scores" for one label of a set; see the module docstring)."""
         return self(list(texts), None if text_pairs is None else list(text_pairs), batch_size, threshold)
+
+    raw_scores = False  # the scores of the logits themselves, not calibrated by the temperature
+    abstain_below: float | None = None  # answer "abstain" when the top score is under this
 
     def __init__(self, ref, max_length: int | None = None, device=None):
         from nlptl import models, runtime
@@ -128,7 +169,8 @@ class Classifier:
         """What a server tells about the model (GET /info)."""
         return {"model": self.source, "backend": self.backend, "problem_type": self.problem, "labels": self.names,
                 "text_pairs": self.pairs, "max_length": self.max_length, "device": str(self.device),
-                "lineage": self.lineage}
+                "temperature": temperature_of(self.config), "raw_scores": self.raw_scores,
+                "abstain_below": self.abstain_below, "lineage": self.lineage}
 
     def __call__(self, texts: list[str], text_pairs: list[str] | None = None, batch_size: int = 32,
                  threshold: float | None = None, max_tokens: int | None = None) -> list[dict]:
@@ -152,7 +194,8 @@ class Classifier:
                 idx = [todo[j] for j in idx]
                 enc, cut = self.encode([texts[i] for i in idx], [text_pairs[i] for i in idx] if text_pairs else None)
                 logits = self.logits(enc)
-                for i, res, was_cut in zip(idx, outputs(logits, self.config, threshold), cut, strict=True):
+                answers = outputs(logits, self.config, threshold, self.raw_scores, self.abstain_below)
+                for i, res, was_cut in zip(idx, answers, cut, strict=True):
                     results[i] = head(i) | res | ({"truncated": True} if was_cut else {})
         return results
 
@@ -302,10 +345,18 @@ def onnx_file(spec: str, int8: bool, flag: str = "--model") -> str | None:
 
 
 def load_classifier(spec: str, backend: str = "auto", max_length: int | None = None, flag: str = "--model",
-                    int8: bool = False, device=None):
+                    int8: bool = False, device=None, raw_scores: bool = False, abstain_below: float | None = None):
     """A Classifier of a finetune run / checkpoint (torch, on `device`, by default runtime.inference_device())
-    or of an ONNX export (onnxruntime on the CPU, fp32 unless `int8`). backend auto: onnx for an export
-    directory, torch otherwise."""
+    or of an ONNX export (onnxruntime on the CPU, fp32 unless `int8`), answering with calibrated scores
+    unless `raw_scores`, and "abstain" under `abstain_below`. backend auto: onnx for an export directory,
+    torch otherwise."""
+    classifier = _load_classifier(spec, backend, max_length, flag, int8, device)
+    check_abstain(classifier.config, abstain_below)
+    classifier.raw_scores, classifier.abstain_below = raw_scores, abstain_below
+    return classifier
+
+
+def _load_classifier(spec: str, backend: str, max_length: int | None, flag: str, int8: bool, device):
     from nlptl.errors import UsageError
 
     exported = is_onnx_export(spec)

@@ -440,7 +440,8 @@ def load(settings: dict):
     slots = settings.get("worker_slots")
     device = runtime.worker_device(claim_worker_slot(slots)) if slots else None
     return load_classifier(settings["model"], settings["backend"], settings["max_length"], "MODEL",
-                           int8=settings.get("int8", False), device=device)
+                           int8=settings.get("int8", False), device=device,
+                           raw_scores=settings.get("raw_scores", False), abstain_below=settings.get("abstain_below"))
 
 
 _SLOT_LOCKS: list[int] = []  # open for the life of the process: the lock is the claim

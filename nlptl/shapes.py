@@ -1,7 +1,8 @@
 """The task shapes of a classifier, one table: one label of a set (`single`), any number of labels
 (`multilabel`), a number (`regression`). Each `TaskShape` holds what the rest of nlptl asks of a shape:
 how its labels are read and encoded, its loss, its scores and the one that keeps the best checkpoint,
-its learning curve's scores, its card's words and plot labels, and how its logits become the answer.
+its learning curve's scores, its card's words and plot labels, how its logits become the answer, and how
+its probabilities are calibrated (a temperature, Guo et al. 2017: nlptl/calibration.py).
 
 A new shape is a new entry in SHAPES and its functions here (and its loss in heads.LOSSES: heads.py is
 copied into run directories and imports nothing of nlptl). Modules ask the shape (`by_name`, `of_problem`,
@@ -19,6 +20,15 @@ from dataclasses import dataclass
 from nlptl.errors import UsageError
 
 log = logging.getLogger("nlptl")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How a shape's scores are probabilities that one temperature T calibrates (logits / T)."""
+
+    nll: Callable  # (logits, labels) -> the mean negative log-likelihood that the temperature minimises
+    reliability: Callable  # (logits, labels) -> (confidence, outcome) 1-d tensors, what ECE bins
+    threshold: Callable  # (decision threshold on the raw scores, T) -> the same threshold on the calibrated ones
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,7 @@ class TaskShape:
     confusion: Callable | None  # (truth, decisions, ids) -> the confusion matrix (None: no classes)
     auto_weights: Callable | None  # (encoded labels, n) -> --class-weights auto (None: no classes)
     outputs: Callable  # (logits, names, threshold) -> one answer per row: what predict and serve return
+    calibration: Calibration | None  # None: its answers are no probabilities (nothing to calibrate)
 
 
 # --- single: one label of a set -------------------------------------------------------------------
@@ -126,6 +137,18 @@ def single_outputs(logits, names: list[str], threshold: float) -> list[dict]:
         best = max(range(len(row)), key=row.__getitem__)
         out.append({"label": names[best], "score": row[best], "scores": dict(zip(names, row, strict=True))})
     return out
+
+
+def single_nll(logits, labels):
+    import torch.nn.functional as F
+
+    return F.cross_entropy(logits, labels)
+
+
+def top_confidence(logits, labels):
+    """The probability of the predicted class, and whether the prediction is right."""
+    confidence, preds = logits.softmax(-1).max(-1)
+    return confidence, (preds == labels).to(confidence.dtype)
 
 
 # --- multilabel: any number of labels of a set ------------------------------------------------------
@@ -220,6 +243,24 @@ def multilabel_outputs(logits, names: list[str], threshold: float) -> list[dict]
     return out
 
 
+def multilabel_nll(logits, labels):
+    import torch.nn.functional as F
+
+    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+def every_label_probability(logits, labels):
+    """Every label's probability of a text, and whether the text has that label."""
+    return logits.sigmoid().flatten(), labels.to(logits.dtype).flatten()
+
+
+def sigmoid_threshold(threshold: float, temperature: float) -> float:
+    """sigmoid(z / T) >= t' exactly where sigmoid(z) >= t: t' = sigmoid(logit(t) / T). The decisions stay."""
+    import math
+
+    return 1 / (1 + math.exp(-math.log(threshold / (1 - threshold)) / temperature))
+
+
 # --- regression: a number ------------------------------------------------------------------------
 
 def regression_names(spec, labels: list[str], numeric_classes: bool = False) -> list[str]:
@@ -281,6 +322,8 @@ SINGLE = TaskShape(
     label_names=single_label_names, encode=encode_classes, check_variety=two_classes, describe=_classes,
     scores=single_scores, decide=lambda logits, threshold: logits.argmax(-1), confusion=single_confusion,
     auto_weights=inverse_frequency, outputs=single_outputs,
+    # The threshold is unused: one label is the highest score, which a temperature does not change.
+    calibration=Calibration(single_nll, top_confidence, threshold=lambda threshold, temperature: threshold),
 )
 MULTILABEL = TaskShape(
     "multilabel", "multi_label_classification", one_label=False, classes=True, threshold=True,
@@ -292,6 +335,7 @@ MULTILABEL = TaskShape(
     describe=lambda names: f"{len(names)} labels, any number per text ({', '.join(names[:6])})",
     scores=multilabel_scores, decide=multilabel_decide, confusion=multilabel_confusion,
     auto_weights=negatives_per_positive, outputs=multilabel_outputs,
+    calibration=Calibration(multilabel_nll, every_label_probability, sigmoid_threshold),
 )
 REGRESSION = TaskShape(
     "regression", "regression", one_label=False, classes=False, threshold=False,
@@ -303,7 +347,7 @@ REGRESSION = TaskShape(
     label_names=regression_names, encode=encode_numbers, check_variety=varying_targets,
     describe=lambda names: f"a number ('{names[0]}')",
     scores=regression_scores, decide=lambda logits, threshold: logits[:, 0], confusion=None,
-    auto_weights=None, outputs=regression_outputs,
+    auto_weights=None, outputs=regression_outputs, calibration=None,
 )
 
 SHAPES = {s.name: s for s in (SINGLE, MULTILABEL, REGRESSION)}

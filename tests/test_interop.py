@@ -133,11 +133,13 @@ def stock(heads, tmp_path_factory) -> dict:
 
 
 def _predicted(directory) -> list[list]:
-    """[label, score] per text, as `nlptl predict` gives them."""
+    """[label, score] per text, as `nlptl predict --raw-scores` gives them (transformers knows nothing of the
+    temperature finetune fitted)."""
     from nlptl.config import PredictConfig
     from nlptl.stages import predict
 
-    return [[r["label"], r["score"]] for r in predict.run(PredictConfig(model=str(directory), texts=TEXTS))]
+    return [[r["label"], r["score"]] for r in predict.run(PredictConfig(model=str(directory), texts=TEXTS,
+                                                                        raw_scores=True))]
 
 
 def assert_same_answers(theirs: list[list], ours: list[list]) -> None:

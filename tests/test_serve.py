@@ -602,6 +602,29 @@ def test_blank_texts_are_answered_as_predict_answers_them(trained_classifier, in
         assert got.keys() == exp.keys() and got.get("label") == exp.get("label")
 
 
+def test_serve_abstains_and_answers_raw_scores_as_predict_does(checkpoints, tmp_path, in_thread):
+    """The serve flags reach the classifier through its settings (server.load), as `nlptl serve` passes them."""
+    from test_calibration import hand_built
+
+    from nlptl import server
+
+    run_dir = hand_built(tmp_path, checkpoints, temperature=0.5)
+    scores = sorted(r["score"] for r in predict.run(PredictConfig(model=str(run_dir), texts=TEXTS)))
+    cut = (scores[1] + scores[2]) / 2
+    base = {"model": str(run_dir), "backend": "auto", "max_length": None}
+    for flags in ({"abstain_below": cut}, {"raw_scores": True}):
+        port = in_thread(server.load(base | flags), max_wait_ms=0.0)
+        status, body = call(port, "/predict", {"texts": TEXTS})
+        assert status == 200
+        want = predict.run(PredictConfig(model=str(run_dir), texts=TEXTS, **flags))
+        for got, exp in zip(body["results"], want, strict=True):
+            assert got.keys() == exp.keys() and got["label"] == exp["label"]
+            assert got["scores"] == pytest.approx(exp["scores"], abs=1e-5)
+        info = call(port, "/info")[1]
+        assert info["temperature"] == 0.5 and info["abstain_below"] == flags.get("abstain_below")
+    assert sum(1 for r in body["results"] if r.get("abstain")) == 0  # --raw-scores alone abstains never
+
+
 def fake_gpus(monkeypatch, count: int) -> None:
     import torch
 

@@ -112,7 +112,8 @@ def test_multilabel_end_to_end(family, trained, data):
     assert {"f1_micro", "subset_accuracy", "f1_per_label"} <= set(scored)
     assert scored["threshold"] == 0.5 and len(scored["labels"]) == len(scored["f1_per_label"]) == 3
     texts = texts_of(data["multi"])
-    results = predict.run(PredictConfig(model=str(out), texts=texts))
+    # pipeline() knows nothing of the temperature finetune fitted: compared with the raw scores.
+    results = predict.run(PredictConfig(model=str(out), texts=texts, raw_scores=True))
     piped = pipe(out, top_k=None)(texts)
     for res, p in zip(results, piped, strict=True):
         assert set(res) >= {"labels", "scores", "threshold"}
@@ -157,7 +158,7 @@ def test_pairs_end_to_end(family, trained, data):
     scored = evaluate.run(EvaluateConfig(model=str(out), data=str(data["pair"]), text_column="premise,hypothesis"))
     assert 0 <= scored["accuracy"] <= 1
     pairs = texts_of(data["pair"], pair=True)
-    results = predict.run(PredictConfig(model=str(out), texts=[f"{a}\t{b}" for a, b in pairs]))
+    results = predict.run(PredictConfig(model=str(out), texts=[f"{a}\t{b}" for a, b in pairs], raw_scores=True))
     assert [(r["text"], r["text_pair"]) for r in results] == pairs
     piped = pipe(out, top_k=None)([{"text": a, "text_pair": b} for a, b in pairs])
     for res, p in zip(results, piped, strict=True):
@@ -172,13 +173,13 @@ def test_long_documents_end_to_end(family, trained, data):
     config = json.loads((out / "config.json").read_text())
     assert config["nlptl_window"] == 24 and config["architectures"] == ["NlptlForSequenceClassification"]
     docs = texts_of(data["long"])
-    results = predict.run(PredictConfig(model=str(out), texts=docs))
+    results = predict.run(PredictConfig(model=str(out), texts=docs, raw_scores=True))  # as pipeline() scores
     assert not any(r.get("truncated") for r in results)
     # Past the model's positions is fine for a model that cuts windows (not for the others).
-    assert predict.run(PredictConfig(model=str(out), texts=docs, max_length=512)) == results
+    assert predict.run(PredictConfig(model=str(out), texts=docs, max_length=512, raw_scores=True)) == results
     # A document longer than the training cut (128 tokens) is read whole, as pipeline() reads it.
     longest = " ".join(docs) + " " + docs[0]
-    whole = predict.run(PredictConfig(model=str(out), texts=[longest]))[0]
+    whole = predict.run(PredictConfig(model=str(out), texts=[longest], raw_scores=True))[0]
     assert "truncated" not in whole
     piped_longest = {d["label"]: d["score"] for d in pipe(out, top_k=None)([longest])[0]}
     assert piped_longest == pytest.approx(whole["scores"], abs=1e-5)

@@ -31,14 +31,15 @@ class Collapsed(Exception):
 
 
 def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator, run: Run | None = None, runlog=None,
-        *, lr_source: str = "given", guard: bool = False, by_class: bool = True):
+        *, lr_source: str = "given", guard: bool = False, by_class: bool = True, calibrate: bool = True):
     """A new classifier on `ref`, trained on `train_ds`; returns (best model, TrainResult, best metrics).
     With --lora the model is the PeftModel around the trained classifier. `run`: the stage's Run, whose
     directory its checkpoints go to (none for the points of a learning curve). `lr_source`: where the rate came
     from (given, default, auto), for the advice of the one-class warning. `guard`: stop at the first
     evaluation and raise Collapsed when it predicts one class for nearly the whole eval set. `by_class`: the
     best metrics also hold the kept checkpoint's results per class and its confusion matrix (a learning
-    curve's points need only the scores)."""
+    curve's points need only the scores). `calibrate`: fit a temperature on the eval split (calibration.py),
+    kept in the model's config, its record (ECE before and after) in the best metrics' "calibration"."""
     from nlptl.evaluation import classification_metrics, classify, per_class
     from nlptl.train import train
 
@@ -71,7 +72,7 @@ def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator, run: Ru
     if guard and collapsed and collapsed[0] > COLLAPSED:
         raise Collapsed(result.best_step or result.steps, collapsed[0])
     best = result.best or evaluate_fn(model)
-    logits = None
+    logits = labels = None
     if shape.threshold:
         # One more pass over the eval split: the threshold (--tune-threshold) and the F1 of each label.
         from nlptl.evaluation import tune_threshold
@@ -91,9 +92,26 @@ def fit(cfg: FinetuneConfig, ref, data: TaskData, train_ds, accelerator, run: Ru
         if logits is None:  # one label: the kept checkpoint's predictions (the loop kept only its scores)
             logits, labels = classify(accelerator, model, data.eval, collate, cfg.batch_size * 2)
         best = {**best, **per_class(logits, labels, data.problem, threshold, data.names)}
+    if calibrate:
+        if logits is None and shape.calibration is not None:
+            logits, labels = classify(accelerator, model, data.eval, collate, cfg.batch_size * 2)
+        best = {**best, "calibration": calibrate_model(model, logits, labels, shape)}
     # With LoRA, train() trained the model inside the PeftModel (the adapters live in it, in place);
     # the PeftModel is what saves the adapter and merges.
     return (peft_model if peft_model is not None else model), result, best
+
+
+def calibrate_model(model, logits, labels, shape) -> dict:
+    """The temperature of the kept model's eval logits (calibration.py) into its config, where predict,
+    serve and nlptl.Classifier read it; returns the record (a regression's says it has none)."""
+    from nlptl.calibration import fit_temperature
+
+    record = fit_temperature(logits, labels, shape)
+    if "temperature" in record:
+        model.config.nlptl_temperature = record["temperature"]
+        log.info("calibration: temperature %.3g on the eval split; expected calibration error %.4f -> %.4f",
+                 record["temperature"], record["ece_before"], record["ece_after"])
+    return record
 
 
 def classification(cfg: FinetuneConfig, data: TaskData, train_ds):

@@ -77,7 +77,7 @@ def learning_curve(run: Run, refs: list, spec) -> dict:
                 run_cfg = dataclasses.replace(model_cfg, seed=seed)
                 seed_everything(seed)
                 log.info("learning curve: %s, %d labels, seed %d", name, len(subset), seed)
-                _, result, best = fit(run_cfg, ref, data, subset, accelerator, by_class=False)
+                _, result, best = fit(run_cfg, ref, data, subset, accelerator, by_class=False, calibrate=False)
                 runs.append({"model": name, "n_labels": "all" if n is None else n, "n_train": len(subset), "seed": seed,
                              **{k: best[k] for k in keys}, "loss": best["loss"], "lr": run_cfg.lr,
                              "steps": result.steps, "train_seconds": round(result.train_seconds, 3)})

@@ -6,10 +6,13 @@
     printf 'A man sleeps\tA person rests\n' | nlptl predict --model NLI_DIR --input -   # a pair model
     nlptl predict --model EXPORT_DIR "Great"      # an `nlptl export --format onnx` directory (onnxruntime)
     nlptl predict --model EXPORT_DIR --int8 "Great"   # its int8 model (`export --quantize int8`), not model.onnx
+    nlptl predict --model DIR --abstain-below 0.8 "Fine, I guess"   # label null under 80% (calibrated)
     nlptl predict --model DIR --input reviews.parquet --text-column body --id-column id --output preds.jsonl
     torchrun --nproc_per_node 2 -m nlptl predict --model DIR --input reviews.csv --output preds.jsonl
 
-Each result has the form nlptl/inference.py describes for the model's task shape. A blank text (an
+Each result has the form nlptl/inference.py describes for the model's task shape, with the scores
+calibrated by the temperature finetune fitted (--raw-scores: the logits' own), and "abstain" under
+--abstain-below P. A blank text (an
 empty argument, a blank line) is not classified: its result, in its place, says so (as `nlptl serve`
 answers it), so with --input result N is line N (row N of a table).
 
@@ -31,13 +34,14 @@ from nlptl.config import PredictConfig
 from nlptl.data.files import check_data_file, input_format, iter_lines, iter_table
 from nlptl.data.tasks import columns
 from nlptl.errors import UsageError
-from nlptl.inference import is_onnx_export, onnx_file
+from nlptl.inference import check_abstain, is_onnx_export, onnx_file
 from nlptl.models import inspect_model
 from nlptl.rundir import default_from
 from nlptl.stages.common import check_max_length
 
 # What a result may hold (inference.py, every task shape): an --id-column of another name goes beside them.
-RESULT_KEYS = ("text", "text_pair", "label", "labels", "score", "scores", "threshold", "value", "truncated", "error")
+RESULT_KEYS = ("text", "text_pair", "label", "labels", "score", "scores", "threshold", "value", "abstain", "truncated",
+               "error")
 Row = tuple  # (text, text pair or None, id or None)
 
 
@@ -112,6 +116,7 @@ def _check_model(cfg: PredictConfig, spec: str) -> None:
         if not ref.is_classifier:
             raise UsageError(f"--model {ref.spec} is not a classifier; predict needs a finetune run")
         check_max_length(cfg.max_length, ref.config)
+        check_abstain(ref.config, cfg.abstain_below)
 
 
 def _load(cfg: PredictConfig, spec: str, device=None):
@@ -119,7 +124,8 @@ def _load(cfg: PredictConfig, spec: str, device=None):
     from nlptl.inference import load_classifier
 
     runtime.quiet_libraries()
-    return load_classifier(spec, cfg.backend, cfg.max_length, int8=cfg.int8, device=device)
+    return load_classifier(spec, cfg.backend, cfg.max_length, int8=cfg.int8, device=device, raw_scores=cfg.raw_scores,
+                           abstain_below=cfg.abstain_below)
 
 
 def _open_input(cfg: PredictConfig) -> tuple[list[Path], Callable[[], Iterator[Row]]]:
@@ -200,7 +206,8 @@ def _command(cfg: PredictConfig, spec: str, files: list[Path]) -> dict:
     inputs = [{"path": str(f.resolve()), "size": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns}
               if f.is_file() else {"path": str(f)} for f in files]
     return {"model": str(where), "input": inputs, "text_column": cfg.text_column, "id_column": cfg.id_column,
-            "chunk_size": cfg.chunk_size, "max_length": cfg.max_length, "backend": cfg.backend, "int8": cfg.int8}
+            "chunk_size": cfg.chunk_size, "max_length": cfg.max_length, "backend": cfg.backend, "int8": cfg.int8,
+            "raw_scores": cfg.raw_scores, "abstain_below": cfg.abstain_below}
 
 
 def _claim(parts: Path, command: dict, output: str) -> None:

@@ -2,6 +2,7 @@
 
     nlptl serve runs/finetune-...                         # http://127.0.0.1:8000
     nlptl serve exported/ --port 9000 --max-batch-size 64 --max-wait-ms 10   # an ONNX export (model.onnx)
+    nlptl serve runs/finetune-... --abstain-below 0.8     # "label": null under 80% (calibrated scores)
     nlptl serve exported/ --int8                          # its int8 model (`nlptl export --quantize int8`)
     curl -s localhost:8000/predict -d '{"texts": ["What a lovely film", "Dull and far too long"]}'
     curl -s localhost:8000/health; curl -s localhost:8000/info
@@ -67,7 +68,7 @@ def run(cfg: ServeConfig, json_logs: bool = False, quiet: bool = False) -> dict:
 
 def _check(settings: dict) -> None:
     """The model and --max-length checked from config.json, before anything heavy loads."""
-    from nlptl.inference import onnx_file
+    from nlptl.inference import check_abstain, onnx_file
     from nlptl.models import inspect_model
     from nlptl.stages.common import check_max_length
 
@@ -77,6 +78,7 @@ def _check(settings: dict) -> None:
     if not ref.is_classifier:
         raise UsageError(f"MODEL {ref.spec} is not a classifier; serve needs a finetune run or an ONNX export")
     check_max_length(settings["max_length"], ref.config)
+    check_abstain(ref.config, settings.get("abstain_below"))
 
 
 def _announce(cfg: ServeConfig, settings: dict, info: dict | None) -> None:
