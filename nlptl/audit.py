@@ -155,12 +155,20 @@ def scan(checked: Checked, batches: Iterable[list[str]], num_proc: int = 1, prog
     return merged
 
 
+def _around(document: str, text: str, width: int = 200) -> str:
+    """The part of `document` where `text` starts (its first words, case-insensitive), else its start."""
+    head = " ".join(text.split()[:3]).lower()
+    at = document.lower().find(head) if head else -1
+    start = max(0, at - 40) if at >= 0 else 0
+    return ("..." if start else "") + document[start:start + width]
+
+
 def summary(checked: Checked, source: str, merged: dict) -> dict:
     """Counts and examples of one source against the checked texts."""
     exact = [i for i, (_, is_exact, _) in merged.items() if is_exact]
     near = [i for i, (share, is_exact, _) in merged.items() if share >= NEAR and not is_exact]
     examples = [{"text": checked.texts[i][:200], "kind": "exact" if merged[i][1] else "near",
-                 "containment": round(merged[i][0], 3), "in": merged[i][2][:200]}
+                 "containment": round(merged[i][0], 3), "in": _around(merged[i][2], checked.texts[i])}
                 for i in sorted(exact)[:EXAMPLES] + sorted(near)[:max(0, EXAMPLES - len(exact))]]
     n = len(checked.texts)
     return {"checked": checked.name, "source": source, "n_checked": n, "exact": len(exact), "near": len(near),
@@ -226,12 +234,15 @@ def eval_files(lineage: dict) -> list[dict]:
 
 
 def local_source(spec: str, text_column: str, flag: str) -> dict:
-    from nlptl.data.corpora import resolve_corpus
+    """A file the user names (`--data`), checked under that flag: it exists, has a supported format and
+    the text column(s)."""
+    from nlptl.data.files import check_data_file
 
     if not Path(spec).exists():
         raise UsageError(f"{flag} {spec}: no such file")
-    src = resolve_corpus(spec, text_column.split(",")[0])
-    return {**src.record(), "text_column": text_column}
+    columns = {c: "--text-column" for c in text_column.split(",")}
+    files, fmt, sha = check_data_file(spec, flag, columns if not spec.endswith(".txt") else None)
+    return {"spec": spec, "files": [str(f) for f in files], "format": fmt, "sha256": sha, "text_column": text_column}
 
 
 def _source(rec: dict):

@@ -61,12 +61,16 @@ def plan(runs: list[dict], key: str = "accuracy", factors=FACTORS, seed: int = 0
     if len(counts) < MIN_COUNTS:
         return {"ok": False, "why": f"{len(counts)} label count(s); the fit needs {MIN_COUNTS} or more "
                                     "(--n-labels with three or more values)"}
+    means = {n: statistics.fmean(ys) for n, ys in counts.items()}
+    smallest, largest = min(means), max(means)
+    if means[largest] <= means[smallest]:  # flat or falling: nothing to extrapolate (a rate too high, chance)
+        return {"ok": False, "why": f"the curve does not rise with labels ({key} {means[smallest]:.3f} at {smallest}, "
+                                    f"{means[largest]:.3f} at {largest}); check the runs before buying labels"}
     points = [(n, y) for n, ys in counts.items() for y in ys]
     params = fit(points, bounded)
     if params is None:
         return {"ok": False, "why": "the inverse power law did not converge on this curve"}
-    largest = max(counts)
-    now = statistics.fmean(counts[largest])
+    now = means[largest]
     targets = [largest * f for f in factors]
     rng = random.Random(seed)
     draws: list[list[float]] = []

@@ -502,7 +502,8 @@ class AuditConfig:
 
     model: str = opt("", "A run directory: its lineage names every corpus and file the model trained on.", flag=False)
     data: list[str] = many("A file the model is scored on (repeatable): checked for exact and near duplicates "
-                           "in every corpus, train and probe file of the lineage.", panel=DATA)
+                           "in every corpus, train and probe file of the lineage. The run's own --eval files are "
+                           "always checked too (without --data, only they are).", panel=DATA)
     text_column: str = opt("text", "Text column of --data (two, comma-separated, for text pairs).", panel=DATA)
     num_proc: int | None = opt(None, "Processes that read the sources (default: the usable cores).", resume_safe=True)
 

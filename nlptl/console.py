@@ -158,7 +158,10 @@ def results(title: str, rows: dict[str, Any]) -> None:
     """A command's result: its scalar values, then a classifier's results per class as a table of their own
     (the confusion matrix is in --json, the record and `nlptl report`)."""
     by_class = rows.get("per_class") or []
-    _values(title, {k: v for k, v in rows.items() if k not in ("per_class", "confusion_matrix")})
+    leakage = rows.get("leakage")
+    _values(title, {k: v for k, v in rows.items() if k not in ("per_class", "confusion_matrix", "leakage")})
+    if isinstance(leakage, dict) and leakage.get("checked"):  # evaluate's check: its warnings name the sources
+        _values("leakage check", {"texts seen in the lineage": f"{leakage['seen']} of {leakage['n_checked']}"})
     if by_class and not _state["json"]:
         table(f"{title} per class", ["label", "precision", "recall", "F1", "support"],
               [[r["label"], r["precision"], r["recall"], r["f1"], r["support"]] for r in by_class])

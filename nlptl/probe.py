@@ -108,6 +108,8 @@ class Probe:
         pretrained from scratch: 0.43-0.58 on 100 texts, issue 24); the stage then selects as without it."""
         majority, bar = self.chance()
         if accuracy > bar:
+            log.info("probe: %.3f before adapting, above chance (%.3f): the kept checkpoint is the best by probe",
+                     accuracy, bar)
             return True
         log.warning("the probe cannot guard this run: its accuracy before adapting, %.3f on %d texts of %s, is within "
                     "chance (the majority label's share %.3f; it would need more than %.3f to tell anything); "
@@ -125,4 +127,4 @@ class Probe:
         classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
         folds = StratifiedKFold(n_splits=self.folds, shuffle=True, random_state=self.seed)
         scores = cross_val_score(classifier, self.features(model, device), self.labels, cv=folds, scoring="accuracy")
-        return float(scores.mean())
+        return round(float(scores.mean()), 4)

@@ -127,3 +127,17 @@ def test_audit_cli(leaky_chain, checkpoints, tmp_path):
     # A checkpoint nlptl did not make (no nlptl-run.json): nothing to audit, said in one line.
     assert_one_line_error(run_cli(["audit", checkpoints["bert"], "--data", leaky_chain / "test.csv"], tmp_path), 2,
                           "no nlptl lineage")
+
+
+def test_a_bad_data_file_is_named_by_its_flag(tmp_path):
+    """Was: `nlptl audit M --data notext.csv` said "--corpus ...: no column 'text'" (a flag never typed)."""
+    from nlptl.audit import local_source
+    from nlptl.errors import UsageError
+
+    table = tmp_path / "notext.csv"
+    table.write_text("sentence,label\nfine,1\n", encoding="utf-8")
+    with pytest.raises(UsageError, match=r"^--data .*notext.csv.*'text'"):
+        local_source(str(table), "text", "--data")
+    (tmp_path / "notes.md").write_text("x")
+    with pytest.raises(UsageError, match=r"^--data "):
+        local_source(str(tmp_path / "notes.md"), "text", "--data")

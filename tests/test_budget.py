@@ -47,3 +47,14 @@ def test_a_learning_curve_run_carries_its_plan(checkpoints, task_files, tmp_path
                                        out=str(tmp_path / "curve")))
     plan = result["label_budget"]["gpt2"]
     assert set(plan) >= {"ok"} and (plan["ok"] is False or plan["predictions"][0]["n_labels"] == 160)
+
+
+def test_a_curve_that_does_not_rise_gets_no_plan():
+    """Was: a falling curve (0.580, 0.575, 0.525: the largest runs predicted one class) gave "+0.0 points
+    ± 0.0", a certainty the fit does not have."""
+    from nlptl import budget
+
+    runs = [{"n_train": n, "accuracy": a} for n, a in ((50, 0.58), (50, 0.58), (100, 0.575), (100, 0.575),
+                                                       (200, 0.525), (200, 0.525))]
+    p = budget.plan(runs)
+    assert not p["ok"] and "does not rise" in p["why"] and "0.525 at 200" in p["why"]
