@@ -287,21 +287,36 @@ def texts(rec: dict):
         yield from batch
 
 
+def finetune_check(ref, train: dict, eval_: dict | None, text_column: str) -> dict | None:
+    """finetune's automatic check: its --eval file against the model's lineage and its own --train (eval
+    texts seen in training inflate the score that selects the kept checkpoint). None without an eval file."""
+    if eval_ is None or not eval_.get("files"):
+        return None
+    sources = lineage_sources(ref.lineage, {}) if ref.lineage else []
+    sources.append({**train, "role": "train", "stage": "finetune", "text_column": text_column})
+    return check(ref, sources, {**eval_, "text_column": text_column}, "--eval", "the selection score")
+
+
 def evaluate_check(ref, data: str, text_column: str) -> dict | None:
     """evaluate's automatic check: its --data against the model's lineage, with a warning (counts, where,
     an example) when texts were seen in adaptation or training. None for a model without a lineage."""
     if not ref.lineage:
         return None
     sources = lineage_sources(ref.lineage, (ref.run or {}).get("config") or {})
+    return check(ref, sources, local_source(data, text_column, "--data"), data, "scores on them")
+
+
+def check(ref, sources: list[dict], checked: dict, name: str, inflated: str) -> dict:
+    """`checked` against the local `sources` on one process, each overlap a warning; `name`: how the
+    warning names the checked file; `inflated`: what the overlap inflates."""
     local = [s for s in sources if not s.get("hub")]
     size = sum(Path(f).stat().st_size for s in local for f in s.get("files") or [] if Path(f).is_file())
     if size > AUTO_LIMIT or len(local) < len(sources):
         why = (f"the lineage's sources hold {size / 2**20:.0f} MB" if size > AUTO_LIMIT
                else "a hub corpus is in the lineage")
-        log.info("leakage check not run: %s; run `nlptl audit %s --data %s`", why, ref.spec, data)
+        log.info("leakage check not run: %s; run `nlptl audit %s`", why, ref.spec)
         return {"checked": False, "why": why}
-    checked = local_source(data, text_column, "--data")
-    index = Checked(name=data, texts=list(texts(checked)))
+    index = Checked(name=name, texts=list(texts(checked)))
     seen: set[int] = set()
     rows = []
     for source in local:
@@ -317,9 +332,9 @@ def evaluate_check(ref, data: str, text_column: str) -> dict | None:
         if row["exact"] or row["near"]:
             example = row["examples"][0]["text"][:80]
             log.warning("%d of %d texts of %s were seen in %s (%s of the %s stage): %d exact, %d near duplicates, "
-                        "e.g. %r; scores on them are inflated (details: nlptl audit)", row["exact"] + row["near"],
-                        row["n_checked"], data, source["spec"], source["role"], source["stage"], row["exact"],
-                        row["near"], example)
+                        "e.g. %r; %s are inflated (details: nlptl audit)", row["exact"] + row["near"],
+                        row["n_checked"], name, source["spec"], source["role"], source["stage"], row["exact"],
+                        row["near"], example, inflated)
     return {"checked": True, "seen": len(seen), "n_checked": len(index.texts),
             "exact": sum(r["exact"] for r in rows), "near": sum(r["near"] for r in rows),
             "sources": [{k: r[k] for k in ("source", "exact", "near")} for r in rows]}

@@ -141,3 +141,20 @@ def test_a_bad_data_file_is_named_by_its_flag(tmp_path):
     (tmp_path / "notes.md").write_text("x")
     with pytest.raises(UsageError, match=r"^--data "):
         local_source(str(tmp_path / "notes.md"), "text", "--data")
+
+
+def test_finetune_warns_when_its_eval_texts_are_in_its_train_file(checkpoints, tmp_path, caplog):
+    """Eval texts seen in training inflate the score that picks the kept checkpoint: finetune says so
+    before it trains (result key leakage)."""
+    from nlptl.stages import finetune
+
+    rows = [(f"the review number {i} says the film was {'great' if i % 2 else 'awful'} from start to end",
+             "positive" if i % 2 else "negative") for i in range(60)]
+    train = write_csv(tmp_path / "train.csv", rows[:40])
+    evaluation = write_csv(tmp_path / "eval.csv", rows[30:50])  # 10 of its 20 texts are in train.csv
+    with caplog.at_level(logging.WARNING, logger="nlptl"):
+        result = finetune.run(finetune_cfg(from_model=str(checkpoints["gpt2"]), train_file=str(train),
+                                           eval_file=str(evaluation), out=str(tmp_path / "ft"), max_steps=1))
+    assert result["leakage"]["seen"] >= 10 and result["leakage"]["n_checked"] == 20
+    assert any("texts of --eval were seen in" in r.getMessage() and "selection score" in r.getMessage()
+               for r in caplog.records)

@@ -59,6 +59,7 @@ def finetune(run: Run, ref, spec) -> dict:
     # training gets the rate found or chosen for the checkpoint. Each `auto` choice is logged and recorded.
     train_cfg, lr_found, lr_choice = choose_rates(cfg, ref, data, accelerator, out)
     choices = handoff.announce(data.pooling_choice, lr_choice)
+    leakage = leakage_check(ref, spec, cfg.text_column)
     train_cfg, model, result, best = train_classifier(run, train_cfg, ref, data, accelerator, lr_found)
     metrics = {
         **best,
@@ -74,6 +75,7 @@ def finetune(run: Run, ref, spec) -> dict:
         **range_test_rate(lr_found),
         "lr": train_cfg.lr,
         **({"head_lr": train_cfg.head_lr} if train_cfg.head_lr is not None else {}),
+        **({"leakage": leakage} if leakage is not None else {}),
         "output_dir": str(out),
     }
     shape = {k.removeprefix("nlptl_"): v for k, v in data.shape.items() if k != "nlptl_threshold"}
@@ -103,6 +105,16 @@ def finetune(run: Run, ref, spec) -> dict:
         return {**lora, "max_length": data.max_length, "history": result.history}
 
     return write_stage(run, metrics=metrics, lineage=lineage, write=write, accelerator=accelerator)
+
+
+def leakage_check(ref, spec, text_column: str) -> dict | None:
+    """Were --eval's texts seen in the lineage or in --train? (nlptl/audit.py; before training, so the
+    warning comes first.) None without an --eval file."""
+    from nlptl.audit import finetune_check
+
+    if spec.eval is None or spec.train is None:
+        return None
+    return finetune_check(ref, spec.train.record(), spec.eval.record(), text_column)
 
 
 def range_test_rate(record: dict | None) -> dict:
