@@ -191,3 +191,26 @@ def test_two_processes_shard_the_chunks_and_merge_in_order(trained_classifier, t
     assert [r["doc"] for r in got] == [f"d{i}" for i in range(200)]
     assert [r.get("label") for r in got] == [r.get("label") for r in want]
     assert not (tmp_path / "two.jsonl.parts").exists()
+
+
+def test_output_shows_progress_and_says_when_it_resumes(trained_classifier, tmp_path, monkeypatch, caplog):
+    """From the newcomer run: a long --output run logged nothing until it ended, and a rerun did not say
+    it was resuming."""
+    import logging
+
+    out, _ = trained_classifier
+    write_csv(tmp_path / "in.csv", texts(30))
+    cfg = PredictConfig(model=str(out), input=str(tmp_path / "in.csv"), text_column="body",
+                        output=str(tmp_path / "out.jsonl"), chunk_size=10)
+    parts = tmp_path / "out.jsonl.parts"
+    monkeypatch.setattr(predict, "PROGRESS_SECONDS", 0)
+    monkeypatch.setattr(predict, "_merge", lambda *a: None)  # keep the parts, as a killed run leaves them
+    with caplog.at_level(logging.INFO, logger="nlptl"):
+        predict.run_to_file(cfg)
+    assert sum("rows read" in r.getMessage() for r in caplog.records) == 3
+    (parts / predict.chunk_name(2)).unlink()  # the last chunk was not written: a killed run
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="nlptl"):
+        result = predict.run_to_file(cfg)
+    assert result["resumed_chunks"] == 2
+    assert any("resuming: 2 chunk(s) of 10 rows" in r.getMessage() for r in caplog.records)

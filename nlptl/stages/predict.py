@@ -26,7 +26,9 @@ input order into OUTPUT and removes OUTPUT.parts/.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -38,6 +40,9 @@ from nlptl.inference import check_abstain, is_onnx_export, onnx_file
 from nlptl.models import inspect_model
 from nlptl.rundir import default_from
 from nlptl.stages.common import check_max_length
+
+log = logging.getLogger("nlptl")
+PROGRESS_SECONDS = 10  # --output: a progress line at most this often
 
 # What a result may hold (inference.py, every task shape): an --id-column of another name goes beside them.
 RESULT_KEYS = ("text", "text_pair", "label", "labels", "score", "scores", "threshold", "value", "abstain", "truncated",
@@ -82,7 +87,11 @@ def run_to_file(cfg: PredictConfig, poll_seconds: float = 0.1) -> dict:
     from nlptl import runtime
 
     classifier = _load(cfg, spec, runtime.worker_device(int(os.environ.get("LOCAL_RANK", "0"))) if world > 1 else None)
-    rows, resumed = 0, 0
+    written = len(list(parts.glob("chunk-*.jsonl")))
+    if written:
+        log.info("resuming: %d chunk(s) of %d rows were written by an earlier run of this command (%s)", written,
+                 cfg.chunk_size, parts)
+    rows, resumed, done, started, last = 0, 0, 0, time.perf_counter(), time.perf_counter()
     for k, chunk in enumerate(_chunks(_paired(read(), classifier, cfg, spec), cfg.chunk_size)):
         rows += len(chunk)
         path = parts / chunk_name(k)
@@ -92,6 +101,11 @@ def run_to_file(cfg: PredictConfig, poll_seconds: float = 0.1) -> dict:
             resumed += 1
             continue
         write_atomic(path, _classify(classifier, chunk, cfg))
+        done += len(chunk)
+        if time.perf_counter() - last >= PROGRESS_SECONDS:
+            last = time.perf_counter()
+            log.info("predict: %d rows read, %d classified by this process (%.0f texts/s), chunk %d written", rows,
+                     done, done / (last - started), k)
     if rows == 0:
         raise UsageError(f"--input {cfg.input}: holds no texts to classify")
     chunks = -(-rows // cfg.chunk_size)
