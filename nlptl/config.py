@@ -114,7 +114,8 @@ class TrainConfig:
     overwrite: bool = opt(False, "Replace an --out directory that already holds a run.", panel=OUTPUT, **INVOCATION)
     max_steps: int | None = opt(None, "Stop after this many optimizer steps (overrides --epochs).", resume_safe=True)
     epochs: float = opt(1.0, "Passes over the training data.", resume_safe=True)
-    batch_size: int = opt(16, "Examples (or blocks) per step per process; global batch = batch x processes x grad-accum.")
+    batch_size: int = opt(16, "Examples (or blocks) per step per process; "
+                          "global batch = batch x processes x grad-accum.")
     grad_accum: int = opt(1, "Gradient accumulation steps per optimizer step.")
     lr: float | str = opt(1e-4, "Peak learning rate.")
     weight_decay: float = opt(0.01, "AdamW weight decay (not applied to biases and norms).")
@@ -130,18 +131,24 @@ class TrainConfig:
     min_delta: float = opt(0.0, "With --patience: the improvement of the score that counts as one.",
                             resume_safe=True)
     log_every: int = opt(10, "Log the training loss every N steps.", resume_safe=True, recipe="ignored")
-    precision: str = opt("auto", "auto (bf16 where the hardware has it, else fp32), fp32, bf16 or fp16.", choices=PRECISIONS)
+    precision: str = opt("auto", "auto (bf16 where the hardware has it, else fp32), fp32, bf16 or fp16.",
+                         choices=PRECISIONS)
     compile: bool = opt(False, "torch.compile the model for training (off by default: on a CPU the compile time "
                                "can outweigh the gain of a short run; see docs/performance.md).", negatable=True)
     fsdp: bool = opt(False, "With several processes (torchrun, accelerate launch): shard the weights, gradients and "
                      "optimizer state over them (FSDP2, each transformer block a unit); checkpoints are sharded too "
                      "and resume on the same number of processes. With one process: no effect.")
-    schedule: str = opt("linear", "Learning-rate schedule: linear (warmup + decay), stlr (slanted triangular), one-cycle, cosine, constant.", choices=SCHEDULES)
+    schedule: str = opt("linear", "Learning-rate schedule: linear (warmup + decay), stlr (slanted triangular), "
+                        "one-cycle, cosine, constant.", choices=SCHEDULES)
     cut_frac: float = opt(0.1, "stlr: fraction of the steps spent increasing the learning rate (ULMFiT: 0.1).")
     stlr_ratio: float = opt(32.0, "stlr: how much smaller the lowest learning rate is than the peak (ULMFiT: 32).")
-    discriminative_lr: float = opt(1.0, "Each layer group's learning rate is the one above divided by this factor; one group per transformer block, so it compounds: 1.1-1.2 suits transformers, ULMFiT's 2.6 starves the lower blocks (docs/results.md); 1 = off.")
-    gradual_unfreeze: bool = opt(False, "Train only the head first, then unfreeze one more layer group from the top each epoch.", negatable=True)
-    unfreeze_every: int | None = opt(None, "With --gradual-unfreeze: unfreeze a group every N steps (default: every epoch).")
+    discriminative_lr: float = opt(1.0, "Each layer group's learning rate is the one above divided by this factor; one "
+                                   "group per transformer block, so it compounds: 1.1-1.2 suits transformers, ULMFiT's "
+                                   "2.6 starves the lower blocks (docs/results.md); 1 = off.")
+    gradual_unfreeze: bool = opt(False, "Train only the head first, "
+                                 "then unfreeze one more layer group from the top each epoch.", negatable=True)
+    unfreeze_every: int | None = opt(None, "With --gradual-unfreeze: unfreeze a group every N steps "
+                                     "(default: every epoch).")
     save_every: int | None = opt(500, "Write a resumable checkpoint every N steps into OUT/checkpoints (0 = never).",
                                  panel=OUTPUT, resume_safe=True, recipe="ignored")
     keep_last: int = opt(2, "Keep the last K checkpoints.", panel=OUTPUT, resume_safe=True, recipe="ignored")
@@ -157,12 +164,16 @@ class TrainConfig:
                                   panel=OUTPUT, resume_safe=True, reproduced=False)
     hub_private: bool = opt(False, "With --push-to-hub: create the repo private.", panel=OUTPUT,
                              resume_safe=True, reproduced=False)
-    lora: bool = opt(False, "Train LoRA adapters (peft) instead of all weights; the classifier head stays fully trainable. Needs `pip install nlptl[lora]`.", panel=LORA)
+    lora: bool = opt(False, "Train LoRA adapters (peft) instead of all weights; the classifier head stays fully "
+                     "trainable. Needs `pip install nlptl[lora]`.", panel=LORA)
     lora_r: int = opt(8, "LoRA rank.", panel=LORA)
     lora_alpha: float = opt(16.0, "LoRA scaling numerator (the update is scaled by alpha / r).", panel=LORA)
     lora_dropout: float = opt(0.05, "Dropout on the LoRA branch.", panel=LORA)
-    lora_targets: str | None = opt(None, "Comma-separated module names LoRA adapts (default by architecture: query,value for BERT/RoBERTa, q_lin,v_lin for DistilBERT, c_attn for GPT-2, q_proj,v_proj for Llama-style).", panel=LORA)
-    merge: bool = opt(False, "With --lora: also write the merged model (loads without peft; usable as the next stage's --from).", panel=LORA)
+    lora_targets: str | None = opt(None, "Comma-separated module names LoRA adapts (default by architecture: "
+                                   "query,value for BERT/RoBERTa, q_lin,v_lin for DistilBERT, c_attn for GPT-2, "
+                                   "q_proj,v_proj for Llama-style).", panel=LORA)
+    merge: bool = opt(False, "With --lora: also write the merged model "
+                      "(loads without peft; usable as the next stage's --from).", panel=LORA)
 
     # Whether --lr auto (the learning-rate range test, nlptl/lr_find.py) is offered by this stage, and
     # whether --lr may stay unset (finetune: the checkpoint chooses; adapt: the objective). The rule that
@@ -213,7 +224,9 @@ class TrainConfig:
 class LMConfig(TrainConfig):
     """Options of the language-modelling stages (pretrain with a corpus, adapt)."""
 
-    corpus: str | None = opt(None, "Corpus name (see `nlptl corpora`), hf:NAME[:CONFIG][@SPLIT], or a .txt/.csv/.jsonl/.parquet file, directory or glob; a mixture as NAME:SHARE,NAME:SHARE.", panel=DATA)
+    corpus: str | None = opt(None, "Corpus name (see `nlptl corpora`), hf:NAME[:CONFIG][@SPLIT], or a "
+                             ".txt/.csv/.jsonl/.parquet file, directory or glob; a mixture as NAME:SHARE,NAME:SHARE.",
+                             panel=DATA)
     text_column: str = opt("text", "Text column of .csv/.jsonl/.parquet and hf: corpora.", panel=DATA)
     streaming: bool = opt(False, "Read the corpus as training goes (nothing tokenized ahead or cached; needs "
                           "--max-steps); the first --max-eval-blocks blocks are held out.",
@@ -230,11 +243,12 @@ class LMConfig(TrainConfig):
                                  read_by=("mlm",))
     whole_word_mask: bool = opt(False, "MLM: mask whole words (all their tokens), for any fast tokenizer.",
                                 negatable=True, read_by=("mlm",))
-    train_file: str | None = opt(None, "With --corpus task:NAME: the task's training file whose texts are the corpus.", panel=DATA)
+    train_file: str | None = opt(None, "With --corpus task:NAME: the task's training file whose texts are the corpus.",
+                                 panel=DATA)
     lr: float | str = again(TrainConfig, "lr", 1e-4)
     warmup_ratio: float = again(TrainConfig, "warmup_ratio", 0.05)
-    head_warmup: float = opt(0.2, "When the checkpoint has no LM head (a bare encoder such as all-MiniLM-L6-v2) and one is "
-                             "added: the share of the steps in which only the new head trains, the body frozen, "
+    head_warmup: float = opt(0.2, "When the checkpoint has no LM head (a bare encoder such as all-MiniLM-L6-v2) and "
+                             "one is added: the share of the steps in which only the new head trains, the body frozen, "
                              "before the body joins (ULMFiT's gradual unfreezing at the hand-off; docs/results.md, "
                              "composing stages); 0 = off.", read_by=LM_OBJECTIVES)
 
@@ -258,10 +272,14 @@ class LMConfig(TrainConfig):
 class PretrainConfig(LMConfig):
     """`nlptl pretrain`: a general language model, trained from scratch or taken from a checkpoint."""
 
-    arch: str = opt("gpt", "Model family for training from scratch: gpt (causal LM) or bert (masked LM).", choices=ARCHS)
-    size: str = opt("tiny", "Model size preset: tiny (2x64), mini (4x256), small (6x512), base (12x768).", choices=SIZES)
-    vocab_size: int | None = opt(None, "Tokenizer vocabulary size (default by size: 4k tiny, 8k mini, 16k small, 32k base).")
-    from_model: str | None = opt(None, "Take this existing general checkpoint (hub id or local dir) instead of training from scratch.")
+    arch: str = opt("gpt", "Model family for training from scratch: gpt (causal LM) or bert (masked LM).",
+                    choices=ARCHS)
+    size: str = opt("tiny", "Model size preset: tiny (2x64), mini (4x256), small (6x512), base (12x768).",
+                    choices=SIZES)
+    vocab_size: int | None = opt(None, "Tokenizer vocabulary size "
+                                 "(default by size: 4k tiny, 8k mini, 16k small, 32k base).")
+    from_model: str | None = opt(None, "Take this existing general checkpoint (hub id or local dir) "
+                                 "instead of training from scratch.")
     lr: float | str = again(TrainConfig, "lr", 5e-4)
 
     def __post_init__(self) -> None:
@@ -271,14 +289,16 @@ class PretrainConfig(LMConfig):
         if self.vocab_size is not None and self.vocab_size < 64:
             raise UsageError(f"--vocab-size must be at least 64 (got {self.vocab_size})")
         if self.from_model is None and self.corpus is None:
-            raise UsageError("pretrain needs --corpus CORPUS to train from scratch, or --from MODEL to take a checkpoint")
+            raise UsageError("pretrain needs --corpus CORPUS to train from scratch, "
+                             "or --from MODEL to take a checkpoint")
         if self.from_model is not None:
             # The checkpoint fixes the architecture, size and vocabulary: such flags would be ignored,
             # yet recorded in config.yaml and the card's reproduce line.
             ignored = [flag_name(k) for k, default in (("arch", "gpt"), ("size", "tiny"), ("vocab_size", None))
                        if getattr(self, k) != default]
             if ignored:
-                raise UsageError(f"{' and '.join(ignored)} {'describes' if len(ignored) == 1 else 'describe'} a model built from scratch; --from {self.from_model} "
+                raise UsageError(f"{' and '.join(ignored)} {'describes' if len(ignored) == 1 else 'describe'} "
+                                 f"a model built from scratch; --from {self.from_model} "
                                  f"brings its own: drop {' and '.join(ignored)}")
 
 
@@ -286,8 +306,11 @@ class PretrainConfig(LMConfig):
 class AdaptConfig(LMConfig):
     """`nlptl adapt`: continue a language model on domain (or task) text."""
 
-    from_model: str | None = opt(None, "Language model to adapt: run dir, local checkpoint or hub id (default: latest pretrain run).")
-    corpus: str | None = opt(None, "Domain corpus: a name (see `nlptl corpora`), task:NAME, hf:NAME[:CONFIG][@SPLIT], or a file/dir/glob; a mixture as NAME:SHARE,NAME:SHARE (e.g. reviews:0.95,wikitext-103:0.05 replays general text).", panel=DATA)
+    from_model: str | None = opt(None, "Language model to adapt: run dir, local checkpoint or hub id "
+                                 "(default: latest pretrain run).")
+    corpus: str | None = opt(None, "Domain corpus: a name (see `nlptl corpora`), task:NAME, hf:NAME[:CONFIG][@SPLIT], "
+                             "or a file/dir/glob; a mixture as NAME:SHARE,NAME:SHARE "
+                             "(e.g. reviews:0.95,wikitext-103:0.05 replays general text).", panel=DATA)
     lr: float | str | None = opt(None, "Peak learning rate. Default: 1e-4 for MLM and CLM; 2e-5 for --objective "
                                  "contrastive (SetFit's body rate, the one docs/results.md measured). Or auto (MLM, "
                                  "CLM): a learning-rate range test on the training data picks it (fastai's lr_find; "
@@ -348,7 +371,8 @@ class AdaptConfig(LMConfig):
 class PreprocessConfig:
     """`nlptl preprocess`: tokenize and pack a corpus into the cache that adapt and pretrain read."""
 
-    from_model: str | None = opt(None, "The model whose tokenizer packs the corpus: run dir, local checkpoint or hub id.")
+    from_model: str | None = opt(None, "The model whose tokenizer packs the corpus: "
+                                 "run dir, local checkpoint or hub id.")
     corpus: str | None = again(AdaptConfig, "corpus", None)
     text_column: str = again(LMConfig, "text_column", "text")
     train_file: str | None = again(LMConfig, "train_file", None)
@@ -370,43 +394,61 @@ class PreprocessConfig:
 class FinetuneConfig(TrainConfig):
     """`nlptl finetune`: a sequence classifier on top of the (adapted) language model."""
 
-    from_model: str | None = opt(None, "Model to fine-tune: run dir, local checkpoint or hub id (default: latest adapt, else pretrain run).")
-    task: str = opt("sentiment", "Task name (see `nlptl tasks`): sentiment; classification, multilabel or regression with --train.", panel=DATA)
+    from_model: str | None = opt(None, "Model to fine-tune: run dir, local checkpoint or hub id "
+                                 "(default: latest adapt, else pretrain run).")
+    task: str = opt("sentiment", "Task name (see `nlptl tasks`): sentiment; "
+                    "classification, multilabel or regression with --train.", panel=DATA)
     train_file: str | None = opt(None, "Labelled training file (.csv/.jsonl/.parquet/.tsv).", panel=DATA)
-    eval_file: str | None = opt(None, "Labelled evaluation file for model selection (default: a seeded slice of --train).", panel=DATA)
-    text_column: str = opt("text", "Text column; two, comma-separated (premise,hypothesis), for sentence pairs.", panel=DATA)
-    label_column: str = opt("label", "Label column; for --task multilabel also several 0/1 columns, comma-separated (a,b,c).", panel=DATA)
-    label_separator: str = opt(";", "--task multilabel: what separates the labels in one cell ('sports;politics').", panel=DATA)
+    eval_file: str | None = opt(None, "Labelled evaluation file for model selection "
+                                "(default: a seeded slice of --train).", panel=DATA)
+    text_column: str = opt("text", "Text column; two, comma-separated (premise,hypothesis), for sentence pairs.",
+                           panel=DATA)
+    label_column: str = opt("label", "Label column; "
+                            "for --task multilabel also several 0/1 columns, comma-separated (a,b,c).", panel=DATA)
+    label_separator: str = opt(";", "--task multilabel: what separates the labels in one cell ('sports;politics').",
+                               panel=DATA)
     max_length: int | None = opt(None, "Truncate texts to this many tokens (default: min(256, model positions); with "
                                  "--long-docs chunk: 8 windows).", panel=DATA)
-    long_docs: str = opt("truncate", "Texts longer than a window: truncate, or chunk (overlapping windows, each encoded, "
-                         "pooled into one document; ULMFiT's BPT3C).", panel=DATA, choices=LONG_DOCS)
-    window: int | None = opt(None, "--long-docs chunk: tokens per window (default: min(256, model positions)).", panel=DATA)
-    stride: int | None = opt(None, "--long-docs chunk: tokens each window shares with the one before (default: a quarter window).", panel=DATA)
-    doc_pooling: str = opt("mean", "--long-docs chunk: how windows become one document: mean, max, or attention (learned).",
-                           choices=DOC_POOLINGS)
+    long_docs: str = opt("truncate", "Texts longer than a window: truncate, or chunk (overlapping windows, each "
+                         "encoded, pooled into one document; ULMFiT's BPT3C).", panel=DATA, choices=LONG_DOCS)
+    window: int | None = opt(None, "--long-docs chunk: tokens per window (default: min(256, model positions)).",
+                             panel=DATA)
+    stride: int | None = opt(None, "--long-docs chunk: tokens each window shares with the one before "
+                             "(default: a quarter window).", panel=DATA)
+    doc_pooling: str = opt("mean", "--long-docs chunk: how windows become one document: "
+                           "mean, max, or attention (learned).", choices=DOC_POOLINGS)
     threshold: float = opt(0.5, "--task multilabel: a label is predicted when its probability is at least this.")
-    tune_threshold: bool = opt(False, "--task multilabel: choose the threshold that maximises micro-F1 on the eval split.",
-                               negatable=True)
-    class_weights: str = opt("none", "Loss weights per class: none, auto (inverse frequency; multilabel: negatives/positives "
-                             "per label) or w1,w2,... in label order.")
+    tune_threshold: bool = opt(False, "--task multilabel: choose the threshold that maximises micro-F1 "
+                               "on the eval split.", negatable=True)
+    class_weights: str = opt("none", "Loss weights per class: none, auto (inverse frequency; multilabel: "
+                             "negatives/positives per label) or w1,w2,... in label order.")
     # None: the rates below, chosen by what --from was trained for (rates.resolve).
-    lr: float | str | None = opt(None, "Peak learning rate. Default: 1e-4; after a contrastive adapt stage, 1e-5 for the "
-                                 "body and 1e-2 for the head, which keeps what the pairs taught (docs/results.md, few "
-                                 "labels). auto: a learning-rate range test on the training data picks it (fastai's "
-                                 "lr_find; the curve and the choice are kept in the run directory).")
+    lr: float | str | None = opt(None, "Peak learning rate. Default: 1e-4; after a contrastive adapt stage, 1e-5 for "
+                                 "the body and 1e-2 for the head, which keeps what the pairs taught (docs/results.md, "
+                                 "few labels). auto: a learning-rate range test on the training data picks it "
+                                 "(fastai's lr_find; the curve and the choice are kept in the run directory).")
     lr_find_steps: int = opt(100, "--lr auto: steps of the learning-rate range test.", flag=False)
     LR_AUTO = True
     LR_UNSET = True
-    eval_fraction: float = opt(0.1, "Without --eval: fraction of the training data held out for model selection.", panel=DATA)
+    eval_fraction: float = opt(0.1, "Without --eval: fraction of the training data held out for model selection.",
+                               panel=DATA)
     numeric_classes: bool = opt(False, "Take labels that look like continuous numbers as class names all the same "
                                 "(each distinct value a class).", panel=DATA)
-    n_labels: str | None = opt(None, "Learning curve: train on these numbers of labels, e.g. 100,500,1000,all (stratified subsets, fixed by seed).", panel=CURVE)
-    seeds: int = opt(1, "Learning curve: repeat each point with this many seeds (seed, seed+1, ...); reports mean and std.", panel=CURVE)
+    n_labels: str | None = opt(None, "Learning curve: train on these numbers of labels, e.g. 100,500,1000,all "
+                               "(stratified subsets, fixed by seed).", panel=CURVE)
+    seeds: int = opt(1, "Learning curve: repeat each point with this many seeds (seed, seed+1, ...); "
+                     "reports mean and std.", panel=CURVE)
     compare: list[str] = many("Learning curve: more models to compare with --from (repeatable).", panel=CURVE)
-    pooling: str = opt("auto", "Classifier pooling: cls, mean, last (token), concat ([last, max, mean], ULMFiT); auto = the pooling the checkpoint was trained with where it says so (sentence encoders, contrastive adapt runs: 1_Pooling), else cls for encoders, last for decoders.", choices=POOLINGS)
-    min_steps: int = opt(100, "Train at least this many optimizer steps, whatever --epochs gives (few labels: 3 epochs of 64 examples would be 6 steps); --max-steps overrides it; 0 = off. 100: measured on validation data (docs/results.md, few labels).")
-    head_lr: float | None = opt(None, "Peak learning rate of the head (classifier, pooler, final norm); default: --lr, or 1e-2 after a contrastive adapt stage (1e-3 for the head measured no better on validation from a plain encoder: docs/results.md, few labels).")
+    pooling: str = opt("auto", "Classifier pooling: cls, mean, last (token), concat ([last, max, mean], ULMFiT); "
+                       "auto = the pooling the checkpoint was trained with where it says so (sentence encoders, "
+                       "contrastive adapt runs: 1_Pooling), else cls for encoders, last for decoders.",
+                       choices=POOLINGS)
+    min_steps: int = opt(100, "Train at least this many optimizer steps, whatever --epochs gives (few labels: 3 epochs "
+                         "of 64 examples would be 6 steps); --max-steps overrides it; 0 = off. 100: measured on "
+                         "validation data (docs/results.md, few labels).")
+    head_lr: float | None = opt(None, "Peak learning rate of the head (classifier, pooler, final norm); default: --lr, "
+                                "or 1e-2 after a contrastive adapt stage (1e-3 for the head measured no better on "
+                                "validation from a plain encoder: docs/results.md, few labels).")
     batch_size: int = again(TrainConfig, "batch_size", 32)
     epochs: float = again(TrainConfig, "epochs", 3.0)
     warmup_ratio: float = again(TrainConfig, "warmup_ratio", 0.1)
@@ -478,11 +520,13 @@ class EvaluateConfig:
     """`nlptl evaluate`: accuracy/F1 of a classifier, or perplexity of a language model."""
 
     model: str | None = opt(None, "Run dir or checkpoint to evaluate (default: latest finetune run).")
-    data: str | None = opt(None, "Labelled file (classifier) or text corpus (language model); task:NAME for a task's test file.", panel=DATA)
+    data: str | None = opt(None, "Labelled file (classifier) or text corpus (language model); "
+                           "task:NAME for a task's test file.", panel=DATA)
     text_column: str = opt("text", "Text column.", panel=DATA)
     label_column: str = opt("label", "Label column (classifiers).", panel=DATA)
     batch_size: int = opt(32, "Examples per batch.")
-    max_length: int | None = opt(None, "Truncate texts to this many tokens (default: the length the classifier was trained with).")
+    max_length: int | None = opt(None, "Truncate texts to this many tokens "
+                                 "(default: the length the classifier was trained with).")
     block_size: int | None = opt(None, "LM block size (default: the one the model was trained with).")
     mlm_probability: float = opt(0.15, "Masking rate for MLM perplexity.")
     seed: int | None = opt(None, "Seed of the MLM masks (default: the fixed masks every nlptl LM stage scores with).")
@@ -532,7 +576,8 @@ class PredictConfig:
     chunk_size: int = opt(10_000, "With --output: texts per chunk, the unit of resuming and of sharing over "
                           "processes.", panel=OUTPUT)
     batch_size: int = opt(32, "Texts per batch.")
-    max_length: int | None = opt(None, "Truncate texts to this many tokens (default: the length the classifier was trained with).")
+    max_length: int | None = opt(None, "Truncate texts to this many tokens "
+                                 "(default: the length the classifier was trained with).")
     backend: str = opt("auto", "Run the model with torch, or with onnxruntime (a directory written by `nlptl export "
                        "--format onnx`); auto: onnx for such a directory, torch otherwise.", choices=BACKENDS)
     int8: bool = opt(False, "With an export made with --quantize int8: run its int8 model (model_quantized.onnx, "
@@ -559,13 +604,16 @@ class ServeConfig:
     int8: bool = again(PredictConfig, "int8", False)
     raw_scores: bool = again(PredictConfig, "raw_scores", False)
     abstain_below: float | None = again(PredictConfig, "abstain_below", None)
-    host: str = opt("127.0.0.1", "Address to listen on (0.0.0.0: every interface; put a proxy with TLS and auth in front).", panel=SERVER)
+    host: str = opt("127.0.0.1", "Address to listen on "
+                    "(0.0.0.0: every interface; put a proxy with TLS and auth in front).", panel=SERVER)
     port: int = opt(8000, "Port to listen on.", panel=SERVER)
-    workers: int = opt(1, "Server processes, each with its own copy of the model (on a CPU: cores / threads per worker).", panel=SERVER)
+    workers: int = opt(1, "Server processes, each with its own copy of the model "
+                       "(on a CPU: cores / threads per worker).", panel=SERVER)
     max_batch_size: int = opt(32, "Dynamic batching: the most texts run through the model at once.")
     max_wait_ms: float = opt(5.0, "Dynamic batching: how long the first request of a batch waits for others (ms).")
     max_batch_tokens: int = opt(256, "Dynamic batching: a gathered batch runs in length-sorted passes of at most this "
-                                "many tokens (texts x the longest, padding included), so long texts do not pad short ones.")
+                                "many tokens (texts x the longest, padding included), "
+                                "so long texts do not pad short ones.")
     max_request_bytes: int = opt(1_000_000, "Largest request body accepted (bytes); larger ones get 413.", panel=SERVER)
     max_texts: int = opt(256, "Most texts in one request; more get 413.", panel=SERVER)
     max_length: int | None = again(PredictConfig, "max_length", None)
@@ -885,7 +933,8 @@ def choice(cfg: Any, name: str) -> None:
     value = getattr(cfg, name)
     if value not in choices:
         raise UsageError(
-            f"unknown {flag_name(name)} '{value}'{did_you_mean(str(value), choices)}; choose one of {', '.join(choices)}"
+            f"unknown {flag_name(name)} '{value}'{did_you_mean(str(value), choices)}; "
+            f"choose one of {', '.join(choices)}"
         )
 
 

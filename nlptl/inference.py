@@ -365,7 +365,8 @@ def _load_classifier(spec: str, backend: str, max_length: int | None, flag: str,
         raise UsageError(f"{flag} {spec}: --backend onnx needs a directory written by `nlptl export --format onnx` "
                          f"(model.onnx and {EXPORT_RECORD}); export it first")
     if backend == "torch" and exported:
-        raise UsageError(f"{flag} {spec}: is an ONNX export; use --backend onnx (or pass the finetune run it came from)")
+        raise UsageError(f"{flag} {spec}: is an ONNX export; "
+                         "use --backend onnx (or pass the finetune run it came from)")
     if exported:
         return OnnxClassifier(spec, max_length, onnx_file=file)
     from nlptl.models import inspect_model

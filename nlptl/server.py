@@ -157,7 +157,8 @@ class Batcher:
             try:
                 results = await loop.run_in_executor(self.executor, self._run, texts, pairs)
             except Exception as e:  # noqa: BLE001 - the callers get a 500; the server keeps serving
-                log.error("batch of %d texts failed: %s: %s", len(texts), type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+                log.error("batch of %d texts failed: %s: %s", len(texts), type(e).__name__,
+                          str(e).splitlines()[0] if str(e) else "")
                 if os.environ.get("NLPTL_DEBUG", "") not in ("", "0"):
                     log.exception("traceback")
                 if len(items) == 1:
@@ -207,7 +208,8 @@ def parse_request(body: bytes, pairs_model: bool, max_texts: int) -> tuple[list[
         raise BadRequest('the body must be a JSON object: {"texts": ["..."]}')
     unknown = sorted(set(data) - {"texts", "text_pairs"})
     if unknown:
-        raise BadRequest(f"unknown field {unknown[0]!r}; the fields are \"texts\" and (for a pair model) \"text_pairs\"")
+        raise BadRequest(f"unknown field {unknown[0]!r}; "
+                         "the fields are \"texts\" and (for a pair model) \"text_pairs\"")
     if "texts" not in data:
         raise BadRequest('missing field "texts": a list of strings')
     texts = _strings(data["texts"], "texts", max_texts)
@@ -237,7 +239,8 @@ def _strings(value, name: str, max_texts: int) -> list[str]:
         try:
             v.encode("utf-8")
         except UnicodeEncodeError:  # valid JSON ("\ud800") that no tokenizer takes
-            raise BadRequest(f'"{name}"[{i}] is not valid Unicode text (it holds a lone surrogate such as \\ud800)') from None
+            raise BadRequest(f'"{name}"[{i}] is not valid Unicode text '
+                             '(it holds a lone surrogate such as \\ud800)') from None
     return value
 
 
@@ -309,7 +312,8 @@ class ClientGone(Exception):
     """The client closed the connection before its request body was complete: nobody to answer."""
 
     def __init__(self, received: int):
-        super().__init__(f"a client closed the connection after {received} bytes of its request body; nothing to answer")
+        super().__init__(f"a client closed the connection after {received} bytes of its request body; "
+                         "nothing to answer")
 
 
 def error_handlers(app) -> None:

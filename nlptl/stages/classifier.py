@@ -273,8 +273,10 @@ def train_classifier(run: Run, train_cfg: FinetuneConfig, ref, data: TaskData, a
         except Collapsed as e:
             lower = train_cfg.lr / 10
             log.warning("--lr auto: at lr %.3g the classifier predicts one class for %.0f%% of the eval set at its "
-                        "first evaluation (step %d); starting again at %.3g", train_cfg.lr, 100 * e.share, e.step, lower)
-            lr_found.setdefault("retries", []).append({"lr": train_cfg.lr, "step": e.step, "top_prediction_share": e.share})
+                        "first evaluation (step %d); starting again at %.3g",
+                        train_cfg.lr, 100 * e.share, e.step, lower)
+            lr_found.setdefault("retries", []).append({"lr": train_cfg.lr, "step": e.step,
+                                                       "top_prediction_share": e.share})
             lr_found["lr"] = lower
             if accelerator.is_main_process:
                 lr_find.save(out, lr_found)
