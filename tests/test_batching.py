@@ -25,9 +25,11 @@ def padded_tokens(batches, lengths):
 
 
 def test_length_grouped_epoch_sees_every_example_once_with_less_padding():
+    import datasets
     from accelerate import Accelerator
 
     from nlptl.config import TrainConfig
+    from nlptl.objective import Objective
     from nlptl.train import train
 
     rng = random.Random(0)
@@ -42,8 +44,9 @@ def test_length_grouped_epoch_sees_every_example_once_with_less_padding():
 
     grouped, random_order = Recorder(), Recorder()
     cfg = TrainConfig(epochs=1, batch_size=8, log_every=1000)
-    train(Accelerator(cpu=True), grouped, data, collate, cfg, description="t", lengths=lengths)
-    train(Accelerator(cpu=True), random_order, data, collate, cfg, description="t")
+    dataset = datasets.Dataset.from_list(data)
+    train(Accelerator(cpu=True), grouped, dataset, cfg, Objective(collate, by_length=True), description="t")
+    train(Accelerator(cpu=True), random_order, dataset, cfg, Objective(collate), description="t")
     seen = sorted(i for b in grouped.batches for i in b)
     assert seen == list(range(len(data)))  # each example exactly once
     assert padded_tokens(grouped.batches, lengths) < 0.3 * padded_tokens(random_order.batches, lengths)

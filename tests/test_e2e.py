@@ -158,7 +158,7 @@ def check_flat(result: dict) -> None:
     """Metrics flat at the top level; only `config` and `lineage` nest, and a classifier's results per class
     (`per_class`, `confusion_matrix`: a list and a matrix by nature)."""
     nested = {k for k, v in result.items() if isinstance(v, dict | list)}
-    assert nested - {"per_class", "confusion_matrix"} == {"config", "lineage"}, nested
+    assert nested - {"per_class", "confusion_matrix", "calibration", "leakage"} == {"config", "lineage"}, nested
     assert isinstance(result["config"], dict) and isinstance(result["lineage"], dict)
 
 
