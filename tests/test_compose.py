@@ -317,3 +317,16 @@ def test_a_probe_at_chance_does_not_select(checkpoints, corpus_file, task_files,
     lineage = record_of(tmp_path / "lm")["lineage"]
     assert lineage["kept_by"] == "held-out perplexity"
     assert "the best by held-out perplexity" in (tmp_path / "lm" / "README.md").read_text()
+
+
+def test_a_warmup_that_rounds_to_no_step_is_not_recorded_as_a_choice(checkpoints, corpus_file, tmp_path, caplog):
+    """Was: 2 steps with --head-warmup 0.2 (0.4 of a step: none) still recorded the choice "head_warmup
+    0.2: the new head trains alone", which did not happen."""
+    from nlptl.stages import adapt
+
+    with caplog.at_level(logging.INFO, logger="nlptl"):
+        result = adapt.run(adapt_cfg(from_model=str(checkpoints["bert"]), corpus=str(corpus_file),
+                                     out=str(tmp_path / "lm"), max_steps=2, head_warmup=0.2))
+    assert result["lm_head_added"] and "head_warmup_steps" not in result
+    assert "head_warmup" not in record_of(tmp_path / "lm")["lineage"]["choices"]
+    assert any("rounds to no step" in r.getMessage() for r in caplog.records)

@@ -52,6 +52,12 @@ def lm_stage(run: Run, *, accelerator, model, tokenizer, objective: str, corpora
     train_cfg = rates.resolve(cfg, objective=objective, range_test=lr_found).apply(cfg)
     # A new head trains alone first (not under LoRA, which leaves the head as it is).
     warmup = cfg.head_warmup if head_added and peft_model is None else 0.0
+    if warmup and cfg.max_steps and round(warmup * cfg.max_steps) == 0:
+        # The share is of the steps: a run too short for one step of it trains head and body together.
+        log.info("head warm-up: %g of %d step(s) rounds to no step; the new head and the body train together",
+                 warmup, cfg.max_steps)
+        (lineage.get("choices") or {}).pop("head_warmup", None)
+        warmup = 0.0
     train_cfg = dataclasses.replace(train_cfg, head_warmup=warmup)
     with run.open_log(accelerator) as runlog:
         before = scores(score, probe, model.to(accelerator.device), accelerator)
