@@ -294,7 +294,7 @@ def finetune_check(ref, train: dict, eval_: dict | None, text_column: str) -> di
         return None
     sources = lineage_sources(ref.lineage, {}) if ref.lineage else []
     sources.append({**train, "role": "train", "stage": "finetune", "text_column": text_column})
-    return check(ref, sources, {**eval_, "text_column": text_column}, "--eval", "the selection score")
+    return check(ref, sources, {**eval_, "text_column": text_column}, "--eval", "the selection score is")
 
 
 def evaluate_check(ref, data: str, text_column: str) -> dict | None:
@@ -303,12 +303,12 @@ def evaluate_check(ref, data: str, text_column: str) -> dict | None:
     if not ref.lineage:
         return None
     sources = lineage_sources(ref.lineage, (ref.run or {}).get("config") or {})
-    return check(ref, sources, local_source(data, text_column, "--data"), data, "scores on them")
+    return check(ref, sources, local_source(data, text_column, "--data"), data, "scores on them are")
 
 
 def check(ref, sources: list[dict], checked: dict, name: str, inflated: str) -> dict:
     """`checked` against the local `sources` on one process, each overlap a warning; `name`: how the
-    warning names the checked file; `inflated`: what the overlap inflates."""
+    warning names the checked file; `inflated`: what the overlap inflates, with its verb."""
     local = [s for s in sources if not s.get("hub")]
     size = sum(Path(f).stat().st_size for s in local for f in s.get("files") or [] if Path(f).is_file())
     if size > AUTO_LIMIT or len(local) < len(sources):
@@ -332,7 +332,7 @@ def check(ref, sources: list[dict], checked: dict, name: str, inflated: str) -> 
         if row["exact"] or row["near"]:
             example = row["examples"][0]["text"][:80]
             log.warning("%d of %d texts of %s were seen in %s (%s of the %s stage): %d exact, %d near duplicates, "
-                        "e.g. %r; %s are inflated (details: nlptl audit)", row["exact"] + row["near"],
+                        "e.g. %r; %s inflated (details: nlptl audit)", row["exact"] + row["near"],
                         row["n_checked"], name, source["spec"], source["role"], source["stage"], row["exact"],
                         row["near"], example, inflated)
     return {"checked": True, "seen": len(seen), "n_checked": len(index.texts),

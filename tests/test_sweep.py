@@ -112,3 +112,19 @@ def test_parallel_trials_run_in_their_own_processes(checkpoints, task_files, tmp
     for t in result["trials"]:
         record = read_record(out / "trials" / f"{t['trial']:03d}")
         assert record["command"] == t["command"] + " --json -q" and record["metrics"]["accuracy"] == t["score"]
+
+
+def test_the_best_command_runs_from_anywhere_and_a_space_names_each_option_once(checkpoints, task_files, tmp_path,
+                                                                                 monkeypatch):
+    """From the newcomer run: the best command kept --from and --out as typed (relative to where the sweep
+    started), and a key given twice in --space was silently overwritten."""
+    from nlptl.config import FinetuneConfig
+
+    monkeypatch.chdir(task_files["train"].parent)
+    cfg = FinetuneConfig(from_model=str(checkpoints["bert"]), train_file=task_files["train"].name,
+                         eval_file=task_files["eval"].name)
+    args = sweep.command_of(cfg, "runs/sweep/best")
+    assert args[args.index("--train") + 1] == str(task_files["train"].resolve())
+    assert args[args.index("--out") + 1] == str((task_files["train"].parent / "runs/sweep/best").resolve())
+    with pytest.raises(UsageError, match="names lr twice"):
+        sweep.parse_space("lr=loguniform(1e-5,1e-3);lr=loguniform(1e-4,1e-2)", {}, [])

@@ -231,7 +231,8 @@ def _claim(parts: Path, command: dict, output: str) -> None:
         if before != command:
             changed = sorted(k for k in command.keys() | before.keys() if before.get(k) != command.get(k))
             flags = ", ".join("--" + k.replace("_", "-") for k in changed)
-            raise UsageError(f"--output {output}: {parts} holds the chunks of another command (its {flags} differ); "
+            verb = "differs" if len(changed) == 1 else "differ"
+            raise UsageError(f"--output {output}: {parts} holds the chunks of another command (its {flags} {verb}); "
                              f"rerun that command to finish it, or remove {parts} to start over")
         return
     write_atomic(record, [command], lines=False)

@@ -98,6 +98,8 @@ def parse_space(space: str, options: dict, sets: list[str]) -> dict[str, tuple[s
                              "each in its own OUT/trials/NNN)")
         if key in given:
             raise UsageError(f"--space searches {raw.strip()}, which the stage's options also set; drop one")
+        if key in out:
+            raise UsageError(f"--space names {raw.strip()} twice; give each option one distribution")
         out[key] = _distribution(raw.strip(), dist)
     if not out:
         raise UsageError("--space names nothing to search: e.g. \"lr=loguniform(1e-5,1e-3);batch_size=choice(16,32)\"")
@@ -184,10 +186,16 @@ def selection(stage: FinetuneConfig) -> tuple[str, str]:
 
 
 def command_of(cfg: FinetuneConfig, out: Path) -> list[str]:
-    """`nlptl finetune ...` that builds this config (the model card's reproduce line)."""
+    """`nlptl finetune ...` that builds this config (the model card's reproduce line), its paths absolute:
+    the best trial's command is run again from anywhere."""
     from nlptl.card import reproduce_command
 
-    return shlex.split(reproduce_command("finetune", to_dict(cfg), out, {}))
+    def absolute(value):
+        return str(Path(value).resolve()) if isinstance(value, str) and value and Path(value).exists() else value
+
+    paths = {k: absolute(getattr(cfg, k)) for k in ("from_model", "train_file", "eval_file")}
+    cfg = dataclasses.replace(cfg, **paths, compare=[absolute(m) for m in cfg.compare])
+    return shlex.split(reproduce_command("finetune", to_dict(cfg), Path(out).resolve(), {}))
 
 
 @dataclasses.dataclass
@@ -345,7 +353,8 @@ def check_search(cfg: SweepConfig, out: Path, space: dict) -> dict:
         differs = [k for k in search if json.dumps(before.get(k), sort_keys=True, default=str)
                    != json.dumps(search[k], sort_keys=True, default=str)]
         if differs:
-            raise UsageError(f"--out {out} holds a sweep of another search ({', '.join(differs)} differ); rerun it "
+            verb = "differs" if len(differs) == 1 else "differ"
+            raise UsageError(f"--out {out} holds a sweep of another search ({', '.join(differs)} {verb}); rerun it "
                              "with the same stage options and --space, or choose another --out")
     elif out.exists() and any(out.iterdir()):
         raise UsageError(f"--out {out} is not empty and holds no sweep; choose another --out")
