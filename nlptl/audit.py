@@ -20,7 +20,6 @@ The checked texts are indexed (they are the small side); sources are read once, 
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 import unicodedata
@@ -190,13 +189,11 @@ def compare(index, source: dict, num_proc: int | None) -> dict:
             last = time.perf_counter()
             log.info("audit: %d documents of %s read (%.0f/s)", done, source["spec"], done / (last - started))
 
-    merged = scan(index, batches(source), num_proc or _cores(), progress=seen)
+    from nlptl.data.lm import usable_cores
+
+    merged = scan(index, batches(source), num_proc or usable_cores(), progress=seen)
     flagged = {i for i, (share, exact, _) in merged.items() if exact or share >= NEAR}
     return {**summary(index, source["spec"], merged), "documents": done, "flagged": flagged}
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def lineage_sources(lineage: dict, config: dict) -> list[dict]:
@@ -208,11 +205,12 @@ def lineage_sources(lineage: dict, config: dict) -> list[dict]:
         node = node.get("parent")
     for depth, node in enumerate(reversed(chain)):
         top = depth == len(chain) - 1
-        records = list(node.get("mixture") or ([node["corpus"]] if isinstance(node.get("corpus"), dict) else []))
-        records += [node[r] for r in ("train", "probe") if isinstance(node.get(r), dict)]
-        for rec in (r for r in records if r.get("spec")):
-            role = "corpus" if rec in (node.get("mixture") or []) or rec is node.get("corpus") else \
-                ("train" if rec is node.get("train") else "probe")
+        corpora = node.get("mixture") or ([node["corpus"]] if isinstance(node.get("corpus"), dict) else [])
+        records = [("corpus", rec) for rec in corpora]
+        records += [(role, node[role]) for role in ("train", "probe") if isinstance(node.get(role), dict)]
+        for role, rec in records:
+            if not rec.get("spec"):  # a held-out slice, not a file
+                continue
             key = rec.get("sha256") or rec.get("spec")
             if key in seen:
                 continue

@@ -245,8 +245,9 @@ def _process(running: Trial, parallel: int) -> subprocess.Popen:
     running.out.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     if "OMP_NUM_THREADS" not in env:  # the cores shared among the trials, not each taking them all
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        env["OMP_NUM_THREADS"] = str(max(1, cores // parallel))
+        from nlptl.data.lm import usable_cores
+
+        env["OMP_NUM_THREADS"] = str(max(1, usable_cores() // parallel))
     base = running.out.with_suffix("")
     with open(f"{base}.json", "w") as stdout, open(f"{base}.log", "w") as stderr:
         return subprocess.Popen([sys.executable, "-m", "nlptl", *running.command[1:], "--json", "-q"],
